@@ -1,0 +1,1 @@
+"""GPU collector agents: sample GPUs and publish ``GpuSample`` events."""

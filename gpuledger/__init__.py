@@ -1,0 +1,1 @@
+"""gpuledger application shell: settings, logging, connections, local stack and CLI."""

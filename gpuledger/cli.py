@@ -1,0 +1,226 @@
+"""The ``gpuledger`` command line. Thin: parses options, calls one module, prints the result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpuledger.logs import configure_logging
+from gpuledger.settings import Settings, get_settings
+
+app = typer.Typer(help="gpuledger: real-time chargeback for GPU and token spend.", no_args_is_help=True, pretty_exceptions_enable=False)
+stack_app = typer.Typer(help="The local stack: Kafka (KRaft) and ClickHouse on this machine.", no_args_is_help=True)
+orgs_app = typer.Typer(help="The org directory (API keys, namespaces, nodes -> org/team/project).", no_args_is_help=True)
+prices_app = typer.Typer(help="The effective-dated price list.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(orgs_app, name="orgs")
+app.add_typer(prices_app, name="prices")
+console = Console()
+DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/bold red] {message}")
+    return typer.Exit(1)
+
+
+@app.callback()
+def main(config: Annotated[Path | None, typer.Option(help="YAML settings file (default: ./gpuledger.yaml if present).")] = None) -> None:
+    if config is not None:
+        os.environ["GPULEDGER_CONFIG"] = str(config)
+    try:
+        settings = get_settings()
+    except Exception as exc:
+        raise fail(f"invalid configuration: {exc}") from exc
+    configure_logging(settings.log_level, settings.log_format)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka and ClickHouse (idempotent) and wait until both answer."""
+    from gpuledger.stack import local
+    from gpuledger.stack.processes import StackError
+
+    with console.status("starting Kafka and ClickHouse (the first start downloads Kafka's jars)..."):
+        try:
+            engines = local.up(_settings().stack)
+        except StackError as exc:
+            raise fail(str(exc)) from exc
+    _print_status(engines)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the engines this stack started (only those, by pid)."""
+    from gpuledger.stack import local
+
+    stopped = local.down(_settings().stack)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show which engines run, with pid, port and log."""
+    from gpuledger.stack import local
+
+    engines = local.status(_settings().stack)
+    _print_status(engines)
+    if any(e.pid is None for e in engines):
+        raise typer.Exit(3)
+
+
+def _print_status(engines: list[Any]) -> None:
+    table = Table("engine", "state", "pid", "port", "log")
+    for e in engines:
+        table.add_row(e.name, "[green]running[/green]" if e.pid else "[red]stopped[/red]", str(e.pid or "-"), str(e.port), e.log)
+    console.print(table)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending ClickHouse migrations (idempotent)."""
+    from gpuledger.migrate import MigrationError, apply_migrations
+
+    try:
+        done = apply_migrations(_settings())
+    except MigrationError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in done))
+
+
+@app.command()
+def topics() -> None:
+    """Create gpuledger's Kafka topics if missing (the worker also does this at start)."""
+    from gpuledger.kafka import ensure_topics
+
+    created = asyncio.run(ensure_topics(_settings()))
+    console.print(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+@app.command()
+def worker() -> None:
+    """Run the stream worker (Faust) until SIGTERM."""
+    from streams.app import run_worker
+
+    run_worker(_settings())
+
+
+def _import(kind: str, path: Path) -> None:
+    from gpuledger import reference_import as ri
+
+    try:
+        records = asyncio.run(ri.import_orgs(_settings(), path) if kind == "orgs" else ri.import_prices(_settings(), path))
+    except ri.ReferenceFileError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"published {len(records)} {kind} record(s) from {path}")
+
+
+@orgs_app.command("import")
+def orgs_import(file: Path) -> None:
+    """Publish an org directory file (YAML or CSV: kind,key,org,team,project,cost_centre)."""
+    _import("orgs", file)
+
+
+@prices_app.command("import")
+def prices_import(file: Path) -> None:
+    """Publish a price list file (YAML or CSV: sku,kind,currency,effective_from,input_per_mtok,...)."""
+    _import("prices", file)
+
+
+@app.command()
+def simulate(
+    seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 7,
+    minutes: Annotated[int, typer.Option(min=1, max=24 * 60, help="Simulated minutes of fleet traffic.")] = 30,
+    scale: Annotated[float, typer.Option(min=0.01, help="Multiplier on request rates.")] = 1.0,
+    start: Annotated[datetime | None, typer.Option(help="First minute (UTC); default: ends at the current minute.")] = None,
+    orgs: Annotated[Path, typer.Option(help="Org directory used for the ground truth.")] = DEMO / "orgs.yaml",
+    prices: Annotated[Path, typer.Option(help="Price list used for the ground truth.")] = DEMO / "prices.yaml",
+    truth: Annotated[Path, typer.Option(help="Where to write the expected totals.")] = Path(".gpuledger/simulation-truth.json"),
+) -> None:
+    """Publish deterministic fleet traffic to Kafka and write the ground truth beside it."""
+    from gpuledger.simulate import publish_fleet
+
+    settings = _settings()
+    first = (start.replace(tzinfo=UTC) if start and start.tzinfo is None else start) or _minute_floor(datetime.now(UTC)) - timedelta(minutes=minutes)
+    result = asyncio.run(publish_fleet(settings, seed=seed, start=first, minutes=minutes, scale=scale, orgs=orgs, prices=prices, truth_path=truth, console=console))
+    console.print(f"published {result['usage_events']:,} usage events and {result['gpu_samples']:,} GPU samples; expected total {result['total']} -> {truth}")
+
+
+def _minute_floor(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+@app.command()
+def report(
+    truth: Annotated[Path | None, typer.Option(help="Compare per-org totals with a simulation's ground truth.")] = None,
+    wait: Annotated[float, typer.Option(help="With --truth: wait up to this many seconds for the ledger to match.")] = 0.0,
+) -> None:
+    """Spend by org and model, with totals, from the ledger in ClickHouse."""
+    from gpuledger.report import org_totals, render, spend_by_org_model
+
+    settings = _settings()
+    expected = json.loads(truth.read_text())["orgs"] if truth else None
+    deadline = time.monotonic() + wait
+    rows = spend_by_org_model(settings)
+    while expected and _mismatch(org_totals(rows), expected) and time.monotonic() < deadline:
+        time.sleep(2)
+        rows = spend_by_org_model(settings)
+    console.print(render(rows, settings.currency))
+    if expected:
+        bad = _mismatch(org_totals(rows), expected)
+        if bad:
+            raise fail("ledger differs from the ground truth (to the cent): " + "; ".join(bad))
+        console.print("[bold green]ledger matches the simulation's ground truth to the cent for every org[/bold green]")
+
+
+def _mismatch(actual: dict[str, Decimal], expected: dict[str, dict[str, str]]) -> list[str]:
+    cent = Decimal("0.01")
+    orgs = set(actual) | set(expected)
+    return [
+        f"{org}: ledger {actual.get(org, Decimal(0)).quantize(cent)} vs expected {Decimal(expected.get(org, {}).get('total', '0')).quantize(cent)}"
+        for org in sorted(orgs)
+        if actual.get(org, Decimal(0)).quantize(cent) != Decimal(expected.get(org, {}).get("total", "0")).quantize(cent)
+    ]
+
+
+@app.command()
+def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")] = 30) -> None:
+    """The main job end to end: stack up, migrate, import, worker, simulate, report."""
+    settings = _settings()
+    stack_up()
+    migrate()
+    topics()
+    _import("orgs", DEMO / "orgs.yaml")
+    _import("prices", DEMO / "prices.yaml")
+    log_path = settings.stack.data_dir / "worker.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "worker"], stdout=log, stderr=subprocess.STDOUT)
+    console.print(f"worker started (pid {proc.pid}, log {log_path})")
+    try:
+        truth = settings.stack.data_dir / "simulation-truth.json"
+        simulate(minutes=minutes, truth=truth)
+        with console.status("waiting for the worker to price everything..."):
+            report(truth=truth, wait=240.0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,84 @@
+"""``gpuledger migrate``: apply ``sql/migrations/NNNN_name.sql`` in order, once each.
+
+Applied versions are recorded with a checksum in ``schema_migrations``; editing an
+applied migration is refused (add a new one instead), so every environment's schema
+has the same history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import structlog
+
+from gpuledger.clickhouse import connect
+from gpuledger.settings import Settings
+
+log = structlog.get_logger()
+FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+PARAMETERS = {"raw_retention_days": 90, "rollup_refresh_seconds": 10}
+
+
+class MigrationError(RuntimeError):
+    """A migration that cannot be applied as it stands."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self, database: str) -> list[str]:
+        text = self.sql.format(db=database, **PARAMETERS)
+        body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+        return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def load_migrations() -> list[Migration]:
+    """All migrations shipped in the ``sql`` package, by version."""
+    found = []
+    for entry in resources.files("sql").joinpath("migrations").iterdir():
+        match = FILENAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version number: {versions}")
+    return found
+
+
+def apply_migrations(settings: Settings) -> list[Migration]:
+    """Create the database if needed and apply pending migrations; returns those applied now."""
+    db = settings.clickhouse.database
+    admin = connect(settings.clickhouse, database=None)
+    admin.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    admin.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+        "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    applied = {row[0]: row[1] for row in admin.query(f"SELECT version, checksum FROM {db}.schema_migrations").result_rows}
+    done = []
+    for migration in load_migrations():
+        if migration.version in applied:
+            if applied[migration.version] != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} changed after it was applied; "
+                    "restore it and put the change in a new migration"
+                )
+            continue
+        for statement in migration.statements(db):
+            admin.command(statement)
+        admin.insert(f"{db}.schema_migrations", [[migration.version, migration.name, migration.checksum]], column_names=["version", "name", "checksum"])
+        log.info("migration applied", version=migration.version, name=migration.name)
+        done.append(migration)
+    return done

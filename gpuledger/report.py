@@ -1,0 +1,68 @@
+"""``gpuledger report``: spend by org and model from the ledger, with totals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from rich.table import Table
+
+from gpuledger.clickhouse import connect
+from gpuledger.settings import Settings
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    org: str
+    model: str
+    api: Decimal
+    gpu: Decimal
+    idle: Decimal
+    tokens: int
+    lines: int
+
+    @property
+    def total(self) -> Decimal:
+        return self.api + self.gpu + self.idle
+
+
+def spend_by_org_model(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> list[SpendRow]:
+    """Ledger totals straight from the deduplicated ledger (always current, no rollup lag)."""
+    client = connect(settings.clickhouse)
+    rows = client.query(
+        f"""
+        SELECT org, model, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),
+               sum(prompt_tokens + completion_tokens), count()
+        FROM {settings.clickhouse.database}.ledger FINAL
+        WHERE event_time >= {{since:DateTime64(6)}} AND event_time < {{until:DateTime64(6)}}
+        GROUP BY org, model ORDER BY org, model""",
+        parameters={"since": since or datetime(1970, 1, 2), "until": until or datetime(2999, 1, 1)},
+    ).result_rows
+    return [SpendRow(org, model, Decimal(api), Decimal(gpu), Decimal(idle), int(tokens), int(lines)) for org, model, api, gpu, idle, tokens, lines in rows]
+
+
+def org_totals(rows: list[SpendRow]) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for row in rows:
+        totals[row.org] = totals.get(row.org, Decimal(0)) + row.total
+    return totals
+
+
+def _usd(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.0001')):,}"
+
+
+def render(rows: list[SpendRow], currency: str) -> Table:
+    """A rich table: one line per org and model, a subtotal per org, a grand total."""
+    table = Table(title=f"gpuledger chargeback ({currency})", show_footer=True)
+    table.add_column("org", footer="TOTAL")
+    table.add_column("model")
+    for name, attr in (("API", "api"), ("GPU", "gpu"), ("idle", "idle"), ("total", "total")):
+        table.add_column(name, justify="right", footer=_usd(sum((getattr(r, attr) for r in rows), Decimal(0))))
+    table.add_column("tokens", justify="right", footer=f"{sum(r.tokens for r in rows):,}")
+    for org, total in org_totals(rows).items():
+        for row in (r for r in rows if r.org == org):
+            table.add_row(row.org, row.model, _usd(row.api), _usd(row.gpu), _usd(row.idle), _usd(row.total), f"{row.tokens:,}")
+        table.add_row("", f"[bold]{org} subtotal[/bold]", "", "", "", f"[bold]{_usd(total)}[/bold]", "", end_section=True)
+    return table

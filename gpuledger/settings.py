@@ -1,0 +1,127 @@
+"""Configuration: environment variables over a YAML file over defaults, validated once.
+
+Environment variables are ``GPULEDGER_<SECTION>__<FIELD>`` (e.g.
+``GPULEDGER_KAFKA__BOOTSTRAP_SERVERS``); the YAML file is ``gpuledger.yaml`` in the
+working directory or the path in ``GPULEDGER_CONFIG``. Every field is documented in
+the README's configuration reference.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class KafkaSettings(BaseModel):
+    """Where Kafka is and how to authenticate; the same code talks to the local stack or a cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+
+class ClickHouseSettings(BaseModel):
+    """The ClickHouse that holds the ledger; any server or cluster reachable over HTTP(S)."""
+
+    url: str = "http://127.0.0.1:18123"
+    user: str = "default"
+    password: SecretStr = SecretStr("")
+    database: str = "gpuledger"
+    verify_tls: bool = True
+    ca_cert: Path | None = None
+
+
+class TopicSettings(BaseModel):
+    """Topic names and sizes; created by gpuledger itself (``auto.create.topics.enable=false``)."""
+
+    gpu_samples: str = "gpuledger.gpu-samples.v1"
+    inference_usage: str = "gpuledger.inference-usage.v1"
+    dead_letter: str = "gpuledger.dead-letter.v1"
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class WorkerSettings(BaseModel):
+    """The stream worker: batching into ClickHouse and the GPU cost allocator."""
+
+    app_id: str = Field("gpuledger", description="Faust app id: consumer group and table topic prefix.")
+    batch_size: int = Field(5000, ge=1, description="Most events written to ClickHouse in one insert.")
+    batch_seconds: float = Field(0.25, gt=0, description="Longest wait to fill a batch.")
+    gpu_window_seconds: int = Field(60, ge=10, le=3600, description="GPU cost allocation window.")
+    allocate_every_seconds: float = Field(5.0, gt=0, description="How often GPU windows are (re)allocated.")
+    restate_hours: float = Field(6.0, gt=0, description="Windows younger than this are re-allocated when late events arrive; older ones are final.")
+    unassigned_org: str = Field("unassigned", description="Org booked for identities missing from the directory.")
+    web_port: int = Field(6066, description="Faust's web port (bound to 127.0.0.1).")
+
+
+class StackSettings(BaseModel):
+    """The local stack started by ``gpuledger stack up``."""
+
+    data_dir: Path = Path(".gpuledger")
+    jars_dir: Path = Field(Path.home() / ".cache" / "gpuledger" / "kafka-jars", description="Kafka jars, shared by every stack on this machine.")
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    clickhouse_http_port: int = 18123
+    clickhouse_tcp_port: int = 19000
+    kafka_heap: str = "512m"
+    clickhouse_max_memory_bytes: int = 4_000_000_000
+    start_timeout_seconds: float = 120.0
+
+
+class Settings(BaseSettings):
+    """All of gpuledger's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="GPULEDGER_", env_nested_delimiter="__", extra="forbid")
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    currency: str = "USD"
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    topics: TopicSettings = TopicSettings()
+    worker: WorkerSettings = WorkerSettings()
+    stack: StackSettings = StackSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = Path(os.environ.get("GPULEDGER_CONFIG", "gpuledger.yaml"))
+        if "GPULEDGER_CONFIG" in os.environ and not yaml_file.is_file():
+            raise FileNotFoundError(f"GPULEDGER_CONFIG points at {yaml_file}, which is not a file")
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+    def with_stack_endpoints(self) -> Settings:
+        """Point Kafka and ClickHouse at this settings' local stack ports."""
+        return self.model_copy(
+            update={
+                "kafka": self.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{self.stack.kafka_port}"}),
+                "clickhouse": self.clickhouse.model_copy(update={"url": f"http://127.0.0.1:{self.stack.clickhouse_http_port}"}),
+            }
+        )
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Instrumented inference: metering for vLLM and the OpenAI-compatible gateway."""

@@ -1,0 +1,133 @@
+"""Avro codec with a small in-repo schema registry.
+
+Wire format (Confluent-compatible framing, so a real Schema Registry can replace the
+table below): one magic byte ``0``, a 4-byte big-endian schema id, then the Avro
+body. The reader always decodes into the *current* schema of the record, resolving
+from whichever registered version wrote it; that is what keeps old and new producers
+and consumers interoperable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass, fields, is_dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+import fastavro
+
+from schemas import records
+
+MAGIC = 0
+HEADER = struct.Struct(">bI")
+
+# Schema ids are forever: never reuse or renumber one; add new versions at the end.
+REGISTRY: dict[int, str] = {
+    1: "gpu_sample.v1",
+    2: "inference_usage.v1",
+    3: "inference_usage.v2",
+    4: "org_directory.v1",
+    5: "price.v1",
+    6: "ledger_line.v1",
+    7: "budget_alert.v1",
+}
+
+# The version each typed record is read as and written with.
+CURRENT: dict[type, int] = {
+    records.GpuSample: 1,
+    records.InferenceUsage: 3,
+    records.OrgDirectory: 4,
+    records.Price: 5,
+    records.LedgerLine: 6,
+    records.BudgetAlert: 7,
+}
+
+R = TypeVar("R")
+
+
+class DecodeError(ValueError):
+    """A message that cannot become a record; ``reason`` says why, for the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@cache
+def parsed_schema(schema_id: int) -> dict[str, Any]:
+    """The parsed Avro schema registered under ``schema_id``."""
+    name = REGISTRY[schema_id]
+    text = resources.files("schemas").joinpath("avro", f"{name}.avsc").read_text()
+    return fastavro.parse_schema(json.loads(text), _write_hint=False)
+
+
+def _to_avro(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _to_avro(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list):
+        return [_to_avro(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Codec(Generic[R]):
+    """Encodes one record type with its current schema; decodes any registered version of it."""
+
+    record_type: type[R]
+    writer_id: int
+
+    def encode(self, record: R, *, schema_id: int | None = None) -> bytes:
+        """Serialize ``record``; ``schema_id`` writes an older registered version (tests, old producers)."""
+        sid = schema_id or self.writer_id
+        buf = io.BytesIO()
+        buf.write(HEADER.pack(MAGIC, sid))
+        fastavro.schemaless_writer(buf, parsed_schema(sid), _to_avro(record))
+        return buf.getvalue()
+
+    def encode_dict(self, data: dict[str, Any], *, schema_id: int) -> bytes:
+        """Serialize a plain dict with a given registered schema (for producers on old versions)."""
+        buf = io.BytesIO()
+        buf.write(HEADER.pack(MAGIC, schema_id))
+        fastavro.schemaless_writer(buf, parsed_schema(schema_id), data)
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> R:
+        """Parse a framed message into the current record, or raise ``DecodeError``."""
+        return self.record_type(**self.decode_dict(data))  # type: ignore[call-arg]
+
+    def decode_dict(self, data: bytes | None, *, reader_id: int | None = None) -> dict[str, Any]:
+        """Parse a framed message into a dict shaped by ``reader_id`` (default: the current version)."""
+        if not data or len(data) < HEADER.size:
+            raise DecodeError(f"message too short for the 5-byte header ({len(data or b'')} bytes)")
+        magic, sid = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise DecodeError(f"unknown magic byte {magic}; expected {MAGIC} (is this an Avro gpuledger message?)")
+        if sid not in REGISTRY:
+            raise DecodeError(f"unknown schema id {sid}; this reader knows {sorted(REGISTRY)}")
+        reader = reader_id or self.writer_id
+        if REGISTRY[sid].split(".")[0] != REGISTRY[reader].split(".")[0]:
+            raise DecodeError(f"schema id {sid} is {REGISTRY[sid]}, not a {REGISTRY[reader]} record")
+        try:
+            body = io.BytesIO(data)
+            body.seek(HEADER.size)
+            value = fastavro.schemaless_reader(body, parsed_schema(sid), parsed_schema(reader))
+        except Exception as exc:  # fastavro raises many types for corrupt bodies
+            raise DecodeError(f"corrupt Avro body for {REGISTRY[sid]}: {type(exc).__name__}: {exc}") from exc
+        if body.tell() != len(data):
+            raise DecodeError(f"{len(data) - body.tell()} trailing bytes after the {REGISTRY[sid]} body")
+        return _nested(self.record_type, value)  # type: ignore[arg-type]
+
+
+def _nested(record_type: type, value: dict[str, Any]) -> dict[str, Any]:
+    if record_type is records.GpuSample and value.get("processes"):
+        value["processes"] = [records.GpuProcess(**p) for p in value["processes"]]
+    return value
+
+
+@cache
+def codec_for(record_type: type[R]) -> Codec[R]:
+    """The codec for ``record_type`` writing its current schema version."""
+    return Codec(record_type, CURRENT[record_type])

@@ -1,0 +1,139 @@
+"""Typed records mirroring the current version of each Avro schema.
+
+Plain frozen dataclasses: cheap to build at tens of thousands per second, and
+``Codec`` maps them to and from Avro. Money is ``Decimal``; time is aware UTC ``datetime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuProcess:
+    pid: int
+    command: str | None = None
+    user: str | None = None
+    container_id: str | None = None
+    pod: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    gpu_memory_bytes: int = 0
+    sm_utilization_pct: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuSample:
+    sample_id: str
+    node: str
+    gpu_uuid: str
+    gpu_index: int
+    gpu_model: str
+    interval_start: datetime
+    interval_end: datetime
+    utilization_pct: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    power_watts: float
+    mig_instance: str | None = None
+    memory_utilization_pct: float = 0.0
+    energy_counter_mj: int | None = None
+    energy_joules: float = 0.0
+    sm_clock_mhz: int = 0
+    temperature_c: int = 0
+    xid_errors: int = 0
+    ecc_errors_corrected: int = 0
+    ecc_errors_uncorrected: int = 0
+    processes: list[GpuProcess] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceUsage:
+    event_id: str
+    request_start: datetime
+    request_end: datetime
+    key_id: str
+    model: str
+    backend: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    status: str
+    deployment: str = ""
+    node: str | None = None
+    gpu_uuids: list[str] = field(default_factory=list)
+    cached_prompt_tokens: int = 0
+    ttft_ms: float | None = None
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrgDirectory:
+    kind: str
+    key: str
+    org: str
+    team: str = ""
+    project: str = ""
+    cost_centre: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Price:
+    sku: str
+    kind: str
+    currency: str
+    effective_from: datetime
+    input_per_mtok: Decimal | None = None
+    cached_input_per_mtok: Decimal | None = None
+    output_per_mtok: Decimal | None = None
+    per_hour: Decimal | None = None
+
+    @property
+    def price_id(self) -> str:
+        """Stable name of this price version, quoted on every ledger line it produced."""
+        return f"{self.sku}@{self.effective_from.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerLine:
+    line_id: str
+    kind: str
+    event_time: datetime
+    org: str
+    team: str
+    project: str
+    cost_centre: str
+    model: str
+    price_id: str
+    gpu_seconds: Decimal
+    cost: Decimal
+    currency: str
+    window_seconds: int = 0
+    key_id: str = ""
+    event_id: str = ""
+    node: str = ""
+    gpu_uuid: str = ""
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    window_tokens: int = 0
+    utilization_pct: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetAlert:
+    alert_id: str
+    budget_id: str
+    scope: str
+    kind: str
+    period_start: datetime
+    period_end: datetime
+    spend: Decimal
+    budget_amount: Decimal
+    currency: str
+    raised_at: datetime
+    threshold_pct: int = 0
+    projected_breach: datetime | None = None
+    message: str = ""

@@ -1,0 +1,1 @@
+"""ClickHouse migrations, applied in order by ``gpuledger migrate``."""

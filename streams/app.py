@@ -1,0 +1,160 @@
+"""The Faust worker: usage and GPU samples in, enriched rows and ledger lines out to ClickHouse.
+
+Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
+- ``usage`` agent: decode InferenceUsage, join the org directory and price list,
+  store the enriched event and, for API models, its cost line;
+- ``samples`` agent: decode GpuSample, store it with its node's owner;
+- ``allocate`` timer (leader only): re-derive GPU window lines from stored rows.
+Undecodable messages go to the dead-letter topic with the reason and their origin;
+offsets are acknowledged only after a batch is stored (at-least-once), and storage
+is idempotent, so replays never change totals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import structlog
+from faust.types import EventT
+
+from gpuledger.clickhouse import connect
+from gpuledger.kafka import client_options
+from gpuledger.settings import Settings
+from schemas import DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
+from streams import reference
+from streams.allocator import GpuAllocator
+from streams.enrich import price_usage, resolve_payer
+from streams.pricing import PriceBook
+from streams.sink import (
+    LEDGER_COLUMNS,
+    SAMPLE_COLUMNS,
+    USAGE_COLUMNS,
+    ClickHouseSink,
+    ledger_row,
+    sample_row,
+    usage_row,
+    version_now,
+)
+
+log = structlog.get_logger()
+
+
+def _broker_credentials(settings: Settings) -> Any:
+    options = client_options(settings.kafka)
+    if settings.kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
+            mechanism=settings.kafka.sasl_mechanism, ssl_context=options.get("ssl_context"),
+        )
+    if "ssl_context" in options:
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the worker app; everything it needs comes from ``settings``."""
+    w = settings.worker
+    app = faust.App(
+        w.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+        broker_credentials=_broker_credentials(settings),
+        store="memory://",
+        topic_replication_factor=settings.topics.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=w.batch_size,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4 * w.batch_size, 4096),
+        broker_max_poll_records=w.batch_size,
+        web_enabled=False,
+        producer_acks=-1,
+        datadir=str(settings.stack.data_dir / "worker" / w.app_id),
+    )
+    orgs = reference.org_table(app)
+    prices = reference.price_table(app)
+    usage_topic = app.topic(settings.topics.inference_usage, value_serializer="raw", key_serializer="raw")
+    samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
+    dead_letter = app.topic(settings.topics.dead_letter, value_serializer="raw", key_serializer="raw")
+
+    client = connect(settings.clickhouse)
+    sink = ClickHouseSink(client, settings.clickhouse.database)
+    usage_codec = codec_for(InferenceUsage)
+    sample_codec = codec_for(GpuSample)
+
+    def lookup(kind: str, key: str) -> OrgDirectory | None:
+        return orgs.get(reference.org_key(kind, key))
+
+    def price_book() -> PriceBook:
+        return PriceBook(prices.values())
+
+    async def to_dead_letter(event: EventT, reason: str) -> None:
+        message = event.message
+        log.warning("message sent to dead-letter topic", topic=message.topic, partition=message.partition, offset=message.offset, reason=reason)
+        await dead_letter.send(
+            key=message.key, value=message.value,
+            headers={
+                "x-reason": reason.encode(), "x-origin-topic": message.topic.encode(),
+                "x-origin-partition": str(message.partition).encode(), "x-origin-offset": str(message.offset).encode(),
+            },
+        )
+
+    @app.agent(usage_topic, name="usage")
+    async def usage(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(w.batch_size, within=w.batch_seconds):
+            book = price_book()
+            rows, lines = [], []
+            for event in events:
+                try:
+                    record = usage_codec.decode(event.message.value)
+                except DecodeError as exc:
+                    await to_dead_letter(event, exc.reason)
+                    continue
+                priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book, settings.currency)
+                rows.append(usage_row(priced, event.message.partition, event.message.offset))
+                if priced.line is not None:
+                    lines.append(priced.line)
+            version = version_now()
+            await sink.insert("usage_events", USAGE_COLUMNS, rows)
+            await sink.insert("ledger", LEDGER_COLUMNS, [ledger_row(line, version) for line in lines])
+
+    @app.agent(samples_topic, name="samples")
+    async def samples(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(w.batch_size, within=w.batch_seconds):
+            rows = []
+            for event in events:
+                try:
+                    record = sample_codec.decode(event.message.value)
+                except DecodeError as exc:
+                    await to_dead_letter(event, exc.reason)
+                    continue
+                owner = lookup("node", record.node)
+                rows.append(sample_row(record, owner.org if owner else w.unassigned_org, event.message.partition, event.message.offset))
+            await sink.insert("gpu_samples", SAMPLE_COLUMNS, rows)
+
+    allocator = GpuAllocator(
+        client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,
+        window_seconds=w.gpu_window_seconds, restate_hours=w.restate_hours, owners=lookup, prices=price_book,
+        unassigned=w.unassigned_org,
+    )
+
+    @app.timer(w.allocate_every_seconds, on_leader=True, name="allocate")
+    async def allocate() -> None:
+        try:
+            await allocator.run_once()
+        except Exception:  # a failed pass is retried on the next tick; its inputs are still in ClickHouse
+            log.exception("gpu allocation pass failed")
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the worker until SIGTERM/SIGINT (``gpuledger worker``)."""
+    import asyncio
+
+    from gpuledger.kafka import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    app = create_app(settings)
+    app.conf.datadir.mkdir(parents=True, exist_ok=True)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,48 @@
+"""Join one usage event with the org directory and the price list."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from schemas import InferenceUsage, LedgerLine, OrgDirectory
+from streams.pricing import ZERO, PriceBook, api_cost
+
+OrgLookup = Callable[[str, str], OrgDirectory | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PricedUsage:
+    """A usage event with its payer and, for API models, its cost line."""
+
+    usage: InferenceUsage
+    payer: OrgDirectory
+    priced_as: str  # api | gpu | unpriced
+    price_id: str
+    cost: Decimal
+    line: LedgerLine | None
+
+
+def resolve_payer(usage: InferenceUsage, lookup: OrgLookup, unassigned: str) -> OrgDirectory:
+    """The directory entry of the caller's key, or the configured 'unassigned' org."""
+    return lookup("api_key", usage.key_id) or OrgDirectory(kind="api_key", key=usage.key_id, org=unassigned)
+
+
+def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook, currency: str) -> PricedUsage:
+    """Per-token price when the model has one; GPU-window allocation when it ran on known GPUs."""
+    price = prices.at("token", usage.model, usage.request_end)
+    if price is not None:
+        cost = api_cost(usage, price)
+        line = LedgerLine(
+            line_id=f"api:{usage.event_id}", kind="api", event_time=usage.request_end,
+            org=payer.org, team=payer.team, project=payer.project, cost_centre=payer.cost_centre,
+            model=usage.model, key_id=usage.key_id, event_id=usage.event_id, node=usage.node or "",
+            gpu_uuid=",".join(usage.gpu_uuids), price_id=price.price_id,
+            prompt_tokens=usage.prompt_tokens, cached_prompt_tokens=usage.cached_prompt_tokens,
+            completion_tokens=usage.completion_tokens, gpu_seconds=ZERO, cost=cost, currency=price.currency,
+        )
+        return PricedUsage(usage, payer, "api", price.price_id, cost, line)
+    if usage.gpu_uuids:
+        return PricedUsage(usage, payer, "gpu", "", ZERO, None)
+    return PricedUsage(usage, payer, "unpriced", "", ZERO, None)

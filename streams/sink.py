@@ -1,0 +1,96 @@
+"""Batched, idempotent writes into ClickHouse.
+
+Rows are keyed by event or line id in ReplacingMergeTree tables, so writing a batch
+again (a retry, a replay after a crash) replaces rows instead of adding to totals.
+A failed insert is retried until it succeeds: the worker only acknowledges Kafka
+offsets after its batch is stored, so giving up would lose events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from schemas import GpuSample, LedgerLine
+from streams.enrich import PricedUsage
+
+log = structlog.get_logger()
+
+USAGE_COLUMNS = (
+    "event_id", "request_start", "event_time", "key_id", "model", "backend", "deployment", "endpoint", "node",
+    "gpu_uuids", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "ttft_ms", "latency_ms", "status",
+    "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "source_partition", "source_offset",
+)
+SAMPLE_COLUMNS = (
+    "sample_id", "node", "gpu_uuid", "gpu_index", "gpu_model", "mig_instance", "interval_start", "interval_end",
+    "utilization_pct", "memory_utilization_pct", "memory_used_bytes", "memory_total_bytes", "power_watts",
+    "energy_joules", "sm_clock_mhz", "temperature_c", "xid_errors", "ecc_errors_corrected", "ecc_errors_uncorrected",
+    "processes", "owner_org", "source_partition", "source_offset",
+)
+LEDGER_COLUMNS = (
+    "line_id", "kind", "event_time", "window_seconds", "org", "team", "project", "cost_centre", "model", "key_id",
+    "event_id", "node", "gpu_uuid", "price_id", "prompt_tokens", "cached_prompt_tokens", "completion_tokens",
+    "window_tokens", "gpu_seconds", "utilization_pct", "cost", "currency", "version", "is_deleted",
+)
+
+
+def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:
+    u = p.usage
+    return [
+        u.event_id, u.request_start, u.request_end, u.key_id, u.model, u.backend, u.deployment, u.endpoint, u.node or "",
+        u.gpu_uuids, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens, u.ttft_ms, u.latency_ms, u.status,
+        p.payer.org, p.payer.team, p.payer.project, p.payer.cost_centre, p.priced_as, p.price_id, p.cost, partition, offset,
+    ]
+
+
+def sample_row(s: GpuSample, owner_org: str, partition: int, offset: int) -> list[Any]:
+    processes = json.dumps([asdict(p) for p in s.processes], separators=(",", ":"))
+    return [
+        s.sample_id, s.node, s.gpu_uuid, s.gpu_index, s.gpu_model, s.mig_instance, s.interval_start, s.interval_end,
+        s.utilization_pct, s.memory_utilization_pct, s.memory_used_bytes, s.memory_total_bytes, s.power_watts,
+        s.energy_joules, s.sm_clock_mhz, s.temperature_c, s.xid_errors, s.ecc_errors_corrected, s.ecc_errors_uncorrected,
+        processes, owner_org, partition, offset,
+    ]
+
+
+def ledger_row(line: LedgerLine, version: int, deleted: bool = False) -> list[Any]:
+    return [
+        line.line_id, line.kind, line.event_time, line.window_seconds, line.org, line.team, line.project, line.cost_centre,
+        line.model, line.key_id, line.event_id, line.node, line.gpu_uuid, line.price_id, line.prompt_tokens,
+        line.cached_prompt_tokens, line.completion_tokens, line.window_tokens, line.gpu_seconds, line.utilization_pct,
+        line.cost, line.currency, version, int(deleted),
+    ]
+
+
+def version_now() -> int:
+    """Row version for ReplacingMergeTree: microseconds since the epoch, so a newer write wins."""
+    return time.time_ns() // 1000
+
+
+class ClickHouseSink:
+    """Inserts batches into the ledger database, retrying with backoff until stored."""
+
+    def __init__(self, client: Client, database: str, max_backoff: float = 10.0) -> None:
+        self.client = client
+        self.database = database
+        self.max_backoff = max_backoff
+
+    async def insert(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+        delay = 0.2
+        while True:
+            try:
+                await asyncio.to_thread(self.client.insert, f"{self.database}.{table}", rows, column_names=list(columns))
+                return
+            except Exception as exc:  # network, server restart, overload: all retried
+                log.warning("clickhouse insert failed; retrying", table=table, rows=len(rows), error=str(exc)[:300], retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)

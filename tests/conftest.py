@@ -1,0 +1,45 @@
+"""Test session fixtures: a real Kafka (KRaft) and a real ClickHouse, started once per run.
+
+The test stack uses its own ports and a fresh data folder, so it never touches a
+developer's ``gpuledger stack up``. No engine is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpuledger.settings import Settings, StackSettings
+from gpuledger.stack import local
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_STACK = StackSettings(
+    data_dir=ROOT / ".gpuledger" / "test-stack",
+    kafka_port=29092,
+    kafka_controller_port=29093,
+    clickhouse_http_port=28123,
+    clickhouse_tcp_port=29000,
+    clickhouse_max_memory_bytes=3_000_000_000,
+)
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[Settings]:
+    """Settings pointed at a freshly started test stack, with topics created and migrations applied."""
+    local.down(TEST_STACK)
+    shutil.rmtree(TEST_STACK.data_dir, ignore_errors=True)
+    local.up(TEST_STACK)
+    settings = Settings(stack=TEST_STACK).with_stack_endpoints()
+    from gpuledger.kafka import ensure_topics
+    from gpuledger.migrate import apply_migrations
+
+    asyncio.run(ensure_topics(settings))
+    apply_migrations(settings)
+    try:
+        yield settings
+    finally:
+        local.down(TEST_STACK)
