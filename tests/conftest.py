@@ -7,6 +7,7 @@ developer's ``gpuledger stack up``. No engine is mocked.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +18,14 @@ from gpuledger.settings import Settings, StackSettings
 from gpuledger.stack import local
 
 ROOT = Path(__file__).resolve().parents[1]
+# Two test sessions on one machine (say, two checkouts) each set their own base.
+BASE = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "29000"))
 TEST_STACK = StackSettings(
-    data_dir=ROOT / ".gpuledger" / "test-stack",
-    kafka_port=29092,
-    kafka_controller_port=29093,
-    clickhouse_http_port=28123,
-    clickhouse_tcp_port=29000,
+    data_dir=ROOT / ".gpuledger" / f"test-stack-{BASE}",
+    kafka_port=BASE + 92,
+    kafka_controller_port=BASE + 93,
+    clickhouse_http_port=BASE + 123,
+    clickhouse_tcp_port=BASE,
     clickhouse_max_memory_bytes=3_000_000_000,
 )
 

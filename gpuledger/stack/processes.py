@@ -33,7 +33,7 @@ class Managed:
         return self.workdir / f"{self.name}.log"
 
     def pid(self) -> int | None:
-        """The pid we started, if that process is still alive."""
+        """The pid we started, if that process is still alive and still ours."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
@@ -42,10 +42,13 @@ class Managed:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
-        stat = Path(f"/proc/{pid}/stat")
-        if stat.exists() and stat.read_text().split()[2] == "Z":
+        try:
+            zombie = Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+            ours = Path(f"/proc/{pid}/cwd").resolve() == self.workdir.resolve()
+        except OSError:
             return None
-        return pid
+        # A recycled pid belongs to some other process: ours run with cwd = our workdir.
+        return pid if ours and not zombie else None
 
     def log_tail(self, lines: int = 25) -> str:
         try:

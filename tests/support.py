@@ -1,0 +1,139 @@
+"""Helpers for tests that run the real worker against the real engines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from gpuledger.clickhouse import connect
+from gpuledger.kafka import client_options, ensure_topics
+from gpuledger.migrate import apply_migrations
+from gpuledger.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def isolated(base: Settings, name: str) -> Settings:
+    """Settings with their own topics, consumer group and database, so tests never see each other's data."""
+    settings = base.model_copy(
+        update={
+            "topics": base.topics.model_copy(update={"gpu_samples": f"{name}.samples", "inference_usage": f"{name}.usage", "dead_letter": f"{name}.dlq", "partitions": 2}),
+            "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
+            "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0}),
+        }
+    )
+    asyncio.run(ensure_topics(settings))
+    apply_migrations(settings)
+    return settings
+
+
+def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The environment that makes a `gpuledger` subprocess use ``settings``."""
+    return {
+        "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "GPULEDGER_CLICKHOUSE__URL": settings.clickhouse.url,
+        "GPULEDGER_CLICKHOUSE__DATABASE": settings.clickhouse.database,
+        "GPULEDGER_TOPICS__GPU_SAMPLES": settings.topics.gpu_samples,
+        "GPULEDGER_TOPICS__INFERENCE_USAGE": settings.topics.inference_usage,
+        "GPULEDGER_TOPICS__DEAD_LETTER": settings.topics.dead_letter,
+        "GPULEDGER_TOPICS__PARTITIONS": str(settings.topics.partitions),
+        "GPULEDGER_WORKER__APP_ID": settings.worker.app_id,
+        "GPULEDGER_WORKER__ALLOCATE_EVERY_SECONDS": str(settings.worker.allocate_every_seconds),
+        "GPULEDGER_STACK__DATA_DIR": str(data_dir),
+        "GPULEDGER_LOG_FORMAT": "json",
+    }
+
+
+class WorkerProcess:
+    """`gpuledger worker` as a real OS process, so tests can SIGKILL it."""
+
+    def __init__(self, settings: Settings, data_dir: Path) -> None:
+        self.settings, self.data_dir = settings, data_dir
+        self.log = data_dir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **settings_env(self.settings, self.data_dir)}
+        env.pop("GPULEDGER_CONFIG", None)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, worker: WorkerProcess | None = None) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        if worker:
+            worker.assert_alive()
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+
+
+def org_totals(settings: Settings) -> dict[str, Decimal]:
+    rows = connect(settings.clickhouse).query("SELECT org, sum(cost) FROM ledger FINAL GROUP BY org").result_rows
+    return {org: Decimal(total) for org, total in rows}
+
+
+def expected_totals(truth: dict[str, Any]) -> dict[str, Decimal]:
+    return {org: Decimal(v["total"]) for org, v in truth["orgs"].items()}
+
+
+async def consumer_lag(settings: Settings, topics: list[str]) -> int:
+    """Messages in ``topics`` not yet committed by the worker's consumer group."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    consumer = AIOKafkaConsumer(**client_options(settings.kafka))
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.worker.app_id)
+        parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))]
+        ends = await consumer.end_offsets(parts)
+        return sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0) for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka exposes no public refresh
+    return consumer.partitions_for_topic(topic) or set()
+
+
+def caught_up(settings: Settings) -> bool:
+    return asyncio.run(consumer_lag(settings, [settings.topics.inference_usage, settings.topics.gpu_samples])) == 0

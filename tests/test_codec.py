@@ -1,0 +1,99 @@
+"""Avro contracts: round trips, schema evolution in both directions, and decode errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from schemas import (
+    BudgetAlert,
+    DecodeError,
+    GpuProcess,
+    GpuSample,
+    InferenceUsage,
+    LedgerLine,
+    OrgDirectory,
+    Price,
+    codec_for,
+)
+from schemas.codec import CURRENT, HEADER, REGISTRY, parsed_schema
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+T1 = datetime(2026, 11, 1, 12, 0, 5, 250_000, tzinfo=UTC)
+
+EXAMPLES = [
+    GpuSample(
+        sample_id="n1/GPU-1/1", node="n1", gpu_uuid="GPU-1", gpu_index=0, gpu_model="NVIDIA H100 80GB HBM3",
+        interval_start=T0, interval_end=T1, utilization_pct=63.5, memory_used_bytes=10, memory_total_bytes=20,
+        power_watts=300.5, mig_instance="MIG-1", energy_counter_mj=123_456_789, energy_joules=1500.25,
+        processes=[GpuProcess(pid=7, container_id="abc", pod="p", namespace="ns", labels={"team": "t"}, gpu_memory_bytes=5)],
+    ),
+    InferenceUsage(
+        event_id="e1", request_start=T0, request_end=T1, key_id="k1", model="m", backend="vllm", prompt_tokens=10,
+        completion_tokens=5, latency_ms=12.5, status="ok", gpu_uuids=["GPU-1"], cached_prompt_tokens=4, ttft_ms=3.25, endpoint="chat.completions",
+    ),
+    OrgDirectory(kind="api_key", key="k1", org="o", team="t", project="p", cost_centre="cc"),
+    Price(sku="m", kind="token", currency="USD", effective_from=T0, input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.6")),
+    LedgerLine(
+        line_id="api:e1", kind="api", event_time=T1, org="o", team="t", project="p", cost_centre="cc", model="m", price_id="m@x",
+        gpu_seconds=Decimal("0"), cost=Decimal("0.000001234"), currency="USD",
+    ),
+    BudgetAlert(
+        alert_id="a", budget_id="b", scope="o", kind="threshold", period_start=T0, period_end=T1, spend=Decimal("80.5"),
+        budget_amount=Decimal("100"), currency="USD", raised_at=T1, threshold_pct=80,
+    ),
+]
+
+
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: type(r).__name__)
+def test_round_trip_is_lossless(record: object) -> None:
+    codec = codec_for(type(record))
+    assert codec.decode(codec.encode(record)) == record
+
+
+def test_every_registered_schema_parses() -> None:
+    assert {parsed_schema(sid)["name"] for sid in REGISTRY} >= {"dev.gpuledger.v1.InferenceUsage", "dev.gpuledger.v1.Price"}
+    assert set(CURRENT.values()) <= set(REGISTRY)
+
+
+def test_old_producer_v1_is_read_by_new_reader_with_defaults() -> None:
+    codec = codec_for(InferenceUsage)
+    old = {
+        "event_id": "e-old", "request_start": T0, "request_end": T1, "key_id": "k", "model": "m", "backend": "vllm",
+        "deployment": "", "node": None, "gpu_uuids": [], "prompt_tokens": 3, "completion_tokens": 4, "latency_ms": 1.0, "status": "ok",
+    }
+    record = codec.decode(codec.encode_dict(old, schema_id=2))
+    assert record.event_id == "e-old" and record.prompt_tokens == 3
+    assert (record.cached_prompt_tokens, record.ttft_ms, record.endpoint) == (0, None, "")
+
+
+def test_new_producer_v2_is_read_by_old_reader() -> None:
+    codec = codec_for(InferenceUsage)
+    new = EXAMPLES[1]
+    as_v1 = codec.decode_dict(codec.encode(new), reader_id=2)
+    assert as_v1["event_id"] == "e1" and as_v1["completion_tokens"] == 5
+    assert "cached_prompt_tokens" not in as_v1 and "ttft_ms" not in as_v1
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "too short"),
+        (b"\x01\x00\x00\x00\x03abc", "magic byte"),
+        (HEADER.pack(0, 999) + b"x", "unknown schema id 999"),
+        (HEADER.pack(0, 4) + b"x", "not a inference_usage"),
+        (HEADER.pack(0, 3) + b"\xff\xff\xff", "corrupt Avro body"),
+    ],
+)
+def test_undecodable_messages_raise_with_a_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as err:
+        codec_for(InferenceUsage).decode(payload)
+    assert reason in err.value.reason
+
+
+def test_trailing_garbage_is_rejected() -> None:
+    codec = codec_for(OrgDirectory)
+    with pytest.raises(DecodeError, match="trailing bytes"):
+        codec.decode(codec.encode(EXAMPLES[2]) + b"zz")

@@ -1,0 +1,175 @@
+"""End to end through the real Kafka, the real Faust worker process and the real ClickHouse."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from gpuledger.clickhouse import connect
+from gpuledger.kafka import client_options, new_producer
+from gpuledger.reference_import import import_orgs, import_prices
+from gpuledger.settings import Settings
+from gpuledger.simulate import publish_fleet
+from schemas import InferenceUsage, codec_for
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    caught_up,
+    expected_totals,
+    isolated,
+    org_totals,
+    wait_until,
+)
+
+DEMO = ROOT / "deploy" / "local" / "demo"
+pytestmark = pytest.mark.engines
+
+
+@pytest.fixture
+def pipeline(stack_settings: Settings, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """A namespace of its own (topics, group, database), reference data loaded, and a running worker."""
+    settings = isolated(stack_settings, request.node.name.removeprefix("test_")[:40])
+    asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
+    asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
+    worker = WorkerProcess(settings, tmp_path / "worker").start()
+    yield settings, worker
+    worker.stop()
+
+
+def publish(settings: Settings, tmp_path: Path, *, seed: int, minutes: int, scale: float) -> dict:
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes + 1)
+    return asyncio.run(publish_fleet(
+        settings, seed=seed, start=start, minutes=minutes, scale=scale, orgs=DEMO / "orgs.yaml",
+        prices=DEMO / "prices.yaml", truth_path=tmp_path / f"truth-{seed}.json", console=None,
+    ))
+
+
+def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
+    settings, worker = pipeline
+    truth = publish(settings, tmp_path, seed=11, minutes=4, scale=0.5)
+    expected = expected_totals(truth)
+    assert "unassigned" in expected, "the fleet has a caller missing from the directory"
+    wait_until(lambda: org_totals(settings) == expected, 120, "ledger totals to equal the ground truth", worker)
+
+    client = connect(settings.clickhouse)
+    # Every GPU window: allocated + idle == hourly rate * covered seconds / 3600, to the nano-unit.
+    rates = {"NVIDIA H100 80GB HBM3": Decimal("2.49"), "NVIDIA L40S": Decimal("0.89")}
+    windows = client.query(
+        "SELECT gpu_uuid, event_time, sum(cost), any(gpu_seconds), anyIf(model, kind = 'idle'), countIf(kind = 'idle') "
+        "FROM ledger FINAL WHERE kind IN ('gpu', 'idle') GROUP BY gpu_uuid, event_time"
+    ).result_rows
+    assert len(windows) == 8 * 4
+    for gpu, window, total, seconds, model, idle_lines in windows:
+        assert idle_lines == 1
+        assert total == (rates[model] * seconds / 3600).quantize(Decimal("1e-9"), ROUND_HALF_EVEN), (gpu, window)
+
+    # The analyst's view agrees with the ledger once the rollups refresh.
+    client.command("SYSTEM REFRESH VIEW spend_daily")
+    client.command("SYSTEM WAIT VIEW spend_daily")
+    view_total = client.query("SELECT sum(total_cost) FROM spend_by_org_daily").result_rows[0][0]
+    assert view_total == sum(expected.values())
+
+    # The same events published again: every total and every count stays the same.
+    publish(settings, tmp_path, seed=11, minutes=4, scale=0.5)
+    wait_until(lambda: caught_up(settings), 90, "the worker to consume the replay", worker)
+    time.sleep(3)  # at least two allocator passes over the replayed rows
+    assert org_totals(settings) == expected
+    assert client.query("SELECT count() FROM usage_events FINAL").result_rows[0][0] == truth["usage_events"]
+    assert client.query("SELECT count() FROM usage_events").result_rows[0][0] >= truth["usage_events"]
+
+
+def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(pipeline: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
+    settings, worker = pipeline
+    client = connect(settings.clickhouse)
+    stored = lambda: client.query("SELECT count() FROM usage_events").result_rows[0][0]  # noqa: E731
+    with ThreadPoolExecutor(1) as pool:
+        publishing = pool.submit(publish, settings, tmp_path, seed=23, minutes=6, scale=4)
+        deadline = time.monotonic() + 60
+        while stored() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.kill()  # mid-stream: the publisher is still sending
+        truth = publishing.result()
+    assert 0 < stored() < truth["usage_events"], "the kill must land between the first and the last batch"
+    worker.start()
+    wait_until(lambda: org_totals(settings) == expected_totals(truth), 150, "totals to equal the ground truth after restart", worker)
+    assert client.query("SELECT count() FROM usage_events FINAL").result_rows[0][0] == truth["usage_events"]
+
+
+async def _send(settings: Settings, values: list[bytes]) -> list[tuple[int, int]]:
+    producer = new_producer(settings.kafka)
+    await producer.start()
+    try:
+        sent = [await (await producer.send(settings.topics.inference_usage, value=v, partition=0)) for v in values]
+        return [(m.partition, m.offset) for m in sent]
+    finally:
+        await producer.stop()
+
+
+async def _dead_letters(settings: Settings) -> list[tuple[bytes, dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(settings.topics.dead_letter, auto_offset_reset="earliest", **client_options(settings.kafka))
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=3000)
+        return [(m.value, dict(m.headers)) for msgs in batch.values() for m in msgs]
+    finally:
+        await consumer.stop()
+
+
+def usage_event(event_id: str, when: datetime, *, key_id: str = "key-support-bot", model: str = "gpt-4o-mini") -> InferenceUsage:
+    return InferenceUsage(
+        event_id=event_id, request_start=when - timedelta(seconds=1), request_end=when, key_id=key_id, model=model,
+        backend="openai", prompt_tokens=1_000_000, completion_tokens=1_000_000, latency_ms=1000.0, status="ok",
+    )
+
+
+def test_malformed_message_goes_to_dead_letter_and_unknown_caller_to_unassigned(pipeline: tuple[Settings, WorkerProcess]) -> None:
+    settings, worker = pipeline
+    good = codec_for(InferenceUsage).encode(usage_event("after-garbage", datetime.now(UTC), key_id="key-nobody-knows"))
+    (_, bad_offset), _ = asyncio.run(_send(settings, [b"{not avro at all", good]))
+    client = connect(settings.clickhouse)
+    line = wait_until(
+        lambda: client.query("SELECT org, cost FROM ledger FINAL WHERE line_id = 'api:after-garbage'").result_rows,
+        60, "the valid message after the malformed one", worker,
+    )
+    assert line == [("unassigned", Decimal("0.75"))]  # 1M prompt at 0.15 + 1M completion at 0.60
+    letters = asyncio.run(_dead_letters(settings))
+    assert len(letters) == 1
+    value, headers = letters[0]
+    assert value == b"{not avro at all"
+    assert b"magic byte" in headers["x-reason"]
+    assert headers["x-origin-topic"].decode() == settings.topics.inference_usage
+    assert (headers["x-origin-partition"], headers["x-origin-offset"]) == (b"0", str(bad_offset).encode())
+
+
+def test_price_change_applies_from_its_effective_time_only(pipeline: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
+    settings, worker = pipeline
+    change = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    new_prices = tmp_path / "prices.csv"
+    new_prices.write_text(
+        "sku,kind,currency,effective_from,input_per_mtok,output_per_mtok\n"
+        f"gpt-4o-mini,token,USD,{change.isoformat()},0.10,0.40\n"
+    )
+    asyncio.run(import_prices(settings, new_prices))
+    time.sleep(2)  # the price is published ahead of the events it prices, as in production
+    codec = codec_for(InferenceUsage)
+    asyncio.run(_send(settings, [
+        codec.encode(usage_event("before-change", change - timedelta(seconds=1))),
+        codec.encode(usage_event("at-change", change)),
+    ]))
+    client = connect(settings.clickhouse)
+    rows = wait_until(
+        lambda: (r := client.query("SELECT line_id, cost, price_id FROM ledger FINAL WHERE kind = 'api' ORDER BY line_id").result_rows) and len(r) == 2 and r,
+        60, "both events priced", worker,
+    )
+    assert rows == [
+        ("api:at-change", Decimal("0.5"), f"gpt-4o-mini@{change.isoformat()}"),
+        ("api:before-change", Decimal("0.75"), "gpt-4o-mini@2026-01-01T00:00:00+00:00"),
+    ]
