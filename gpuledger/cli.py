@@ -17,8 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from collectors.cli import app as collector_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
+from inference.cli import app as gateway_app
 
 app = typer.Typer(help="gpuledger: real-time chargeback for GPU and token spend.", no_args_is_help=True, pretty_exceptions_enable=False)
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft) and ClickHouse on this machine.", no_args_is_help=True)
@@ -27,6 +29,8 @@ prices_app = typer.Typer(help="The effective-dated price list.", no_args_is_help
 app.add_typer(stack_app, name="stack")
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(prices_app, name="prices")
+app.add_typer(collector_app, name="collector")
+app.add_typer(gateway_app, name="gateway")
 console = Console()
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 

@@ -100,6 +100,8 @@ class Managed:
             os.killpg(pid, signal.SIGKILL)
             while self.pid() is not None:
                 time.sleep(0.05)
+        while port_in_use(self.port) and time.monotonic() < deadline + timeout:
+            time.sleep(0.1)  # the kernel releases the listener a moment after the process is gone
         self.pid_file.unlink(missing_ok=True)
         return True
 

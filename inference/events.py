@@ -1,0 +1,74 @@
+"""Turning one timed request into an ``InferenceUsage`` event; shared by the vLLM middleware and the gateway."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from inference.openai_usage import Usage
+from schemas import InferenceUsage
+
+# Request path -> the event's endpoint name; only these paths are metered.
+ENDPOINTS: dict[str, str] = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+NO_USAGE = Usage()
+
+
+def key_id_for_secret(secret: str) -> str:
+    """A stable, non-reversible identifier for an API key: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a request ran: the event's backend kind, deployment, node and GPUs."""
+
+    backend: str
+    deployment: str = ""
+    node: str | None = None
+    gpu_uuids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RequestMeter:
+    """Clocks one request (wall time for the record, a monotonic clock for durations)."""
+
+    endpoint: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    first_byte: float | None = None
+
+    def mark_first_byte(self) -> None:
+        """Time to first token is measured at the first response body chunk."""
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter()
+
+    def event(self, *, key_id: str, model: str, placement: Placement, usage: Usage | None, status: str, streamed: bool) -> InferenceUsage:
+        """The finished request as an event; TTFT only for streams, where the first chunk is the first token."""
+        elapsed = time.perf_counter() - self.started
+        usage = usage or NO_USAGE
+        ttft = (self.first_byte - self.started) * 1000.0 if streamed and self.first_byte is not None else None
+        return InferenceUsage(
+            event_id=uuid.uuid4().hex,
+            request_start=self.started_at,
+            request_end=self.started_at + timedelta(seconds=elapsed),
+            key_id=key_id,
+            model=model,
+            backend=placement.backend,
+            deployment=placement.deployment,
+            node=placement.node,
+            gpu_uuids=placement.gpu_uuids,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            ttft_ms=ttft,
+            latency_ms=elapsed * 1000.0,
+            status=status,
+            endpoint=self.endpoint,
+        )

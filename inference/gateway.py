@@ -1,0 +1,257 @@
+"""The metering gateway: an OpenAI-compatible front for several backends that emits one usage event per request.
+
+Routes are plain ASGI endpoints inside a Starlette app, so each request is read once, forwarded
+as raw bytes (re-serialized only when the model is renamed or usage must be requested), and
+watched for client disconnects, at a cost of tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gpuledger.settings import Settings
+from inference.asgi_body import BodyTooLarge, ClientGone, Receive, Scope, Send, header, read_body
+from inference.auth import KeyRing
+from inference.errors import error_body, send_error, send_json
+from inference.events import ENDPOINTS, Placement, RequestMeter
+from inference.gateway_config import GatewayConfig
+from inference.metrics import REQUESTS
+from inference.openai_usage import SseUsageScanner, Usage, find_usage, rewrite_request, wants_usage_injection
+from inference.publisher import UsagePublisher
+from inference.routing import Router
+from inference.upstream import Answer, UpstreamClient, UpstreamFailure
+
+log = structlog.get_logger()
+NOWHERE = Placement(backend="gateway")
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+
+class Rejected(Exception):
+    """A request refused before any backend saw it (event status ``rejected``)."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the usage event will say; filled in as the request progresses."""
+
+    key_id: str
+    model: str = ""
+    placement: Placement = NOWHERE
+    usage: Usage | None = None
+    status: str = "ok"
+    streamed: bool = False
+    complete: bool = False
+
+
+class Gateway:
+    """Shared state of one gateway process: routing, keys, the upstream pool and the usage publisher."""
+
+    def __init__(self, config: GatewayConfig, settings: Settings) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.keys = KeyRing(config.keys)
+        self.publisher = UsagePublisher(settings.kafka, settings.topics.inference_usage, component="gateway", queue_size=config.queue_size)
+        self.upstream: UpstreamClient | None = None
+
+    def app(self) -> Starlette:
+        routes = [Route(path, OpenAIRoute(self, path, endpoint), methods=["POST"]) for path, endpoint in ENDPOINTS.items()]
+        routes += [Route("/v1/models", self.models, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]), Route("/health", health, methods=["GET"])]
+        return Starlette(routes=routes, lifespan=self.lifespan)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        self.upstream = UpstreamClient(self.config)
+        log.info("gateway_started", backends=[b.name for b in self.config.backends], models=self.router.names())
+        try:
+            yield
+        finally:
+            await self.upstream.aclose()
+            await self.publisher.close()
+
+    async def models(self, request: Request) -> Response:
+        key, _ = self.keys.authenticate(request.scope)
+        if key is None:
+            return Response(error_body("Missing or invalid API key: send 'Authorization: Bearer <your gateway key>'.", "invalid_request_error", "invalid_api_key"), 401, media_type="application/json")
+        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "gpuledger"} for n in self.router.names()]})
+
+
+class OpenAIRoute:
+    """One metered OpenAI endpoint (an ASGI app, so Starlette hands it the raw scope/receive/send)."""
+
+    def __init__(self, gateway: Gateway, path: str, endpoint: str) -> None:
+        self.gw, self.suffix, self.endpoint = gateway, path.removeprefix("/v1"), endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        meter = RequestMeter(self.endpoint)
+        key, key_id = self.gw.keys.authenticate(scope)
+        outcome = Outcome(key_id=key_id)
+        try:
+            if key is None:
+                raise Rejected(401, "Missing or invalid API key: send 'Authorization: Bearer <your gateway key>'.", code="invalid_api_key")
+            request, body = await self._admit(scope, receive, outcome)
+            await self._forward_watching_disconnect(scope, receive, send, request, body, outcome, meter)
+        except Rejected as exc:
+            outcome.status = "rejected"
+            await send_error(send, exc.status, exc.message, exc.kind, exc.code, exc.param)
+        except ClientGone:
+            outcome.status = "client_disconnected"
+        finally:
+            _requests_counter(self.endpoint, outcome.status).inc()
+            self.gw.publisher.submit(meter.event(key_id=outcome.key_id, model=outcome.model, placement=outcome.placement, usage=outcome.usage, status=outcome.status, streamed=outcome.streamed))
+
+    async def _admit(self, scope: Scope, receive: Receive, outcome: Outcome) -> tuple[dict[str, Any], bytes]:
+        """Read and validate the body; raises ``Rejected`` with a message that says what to fix."""
+        limit = self.gw.config.max_body_bytes
+        too_large = Rejected(413, f"Request body is larger than this gateway's limit of {limit} bytes; send a shorter prompt or raise max_body_bytes.", code="request_too_large")
+        declared = header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        try:
+            body = await read_body(receive, limit)
+        except BodyTooLarge:
+            raise too_large from None
+        try:
+            request = json.loads(body)
+        except ValueError as exc:
+            raise Rejected(400, f"Request body is not valid JSON ({exc}); send a JSON object with Content-Type: application/json.", code="invalid_json") from None
+        if not isinstance(request, dict):
+            raise Rejected(400, "Request body must be a JSON object.", code="invalid_json")
+        model = request.get("model")
+        if not isinstance(model, str) or not model:
+            raise Rejected(400, "Missing 'model': name one of GET /v1/models.", param="model", code="missing_model")
+        outcome.model = model
+        return request, body
+
+    async def _forward_watching_disconnect(self, scope: Scope, receive: Receive, send: Send, request: dict[str, Any], body: bytes, outcome: Outcome, meter: RequestMeter) -> None:
+        """Forward; if the client goes away first, stop (cancelling the upstream call) and record it."""
+        this = asyncio.current_task()
+        assert this is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not outcome.complete:
+                gone = True
+                this.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await self._forward(scope, send, request, body, outcome, meter)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            this.uncancel()
+            outcome.status = "client_disconnected"
+        finally:
+            watcher.cancel()
+
+    async def _forward(self, scope: Scope, send: Send, request: dict[str, Any], body: bytes, outcome: Outcome, meter: RequestMeter) -> None:
+        resolved = self.gw.router.resolve(outcome.model, request, scope)
+        if resolved is None:
+            raise Rejected(404, f"The model '{outcome.model}' does not exist on this gateway; choose one of: {', '.join(self.gw.router.names())}.", param="model", code="model_not_found")
+        outcome.model, upstreams = resolved
+        stream = request.get("stream") is True
+        inject = wants_usage_injection(request)
+        bodies = [rewrite_request(body, request, inject_usage=inject, model=u.model) for u in upstreams]
+        assert self.gw.upstream is not None
+        try:
+            answer = await self.gw.upstream.call(upstreams, self.suffix, bodies, stream=stream)
+        except UpstreamFailure as failure:
+            outcome.status = "error"
+            if failure.upstream is not None:
+                outcome.placement = failure.upstream.placement
+            await send_error(send, failure.status, failure.message, "upstream_error", failure.code)
+            return
+        outcome.placement = answer.upstream.placement
+        outcome.model = answer.upstream.model
+        if answer.content is None:
+            await self._stream(send, answer, inject, outcome, meter)
+        else:
+            await self._reply(send, answer, outcome, meter)
+
+    async def _reply(self, send: Send, answer: Answer, outcome: Outcome, meter: RequestMeter) -> None:
+        """A whole JSON answer; upstream 4xx pass through (normalized to OpenAI's error shape)."""
+        content = answer.content or b""
+        status = answer.response.status_code
+        meter.mark_first_byte()
+        if status >= 400:
+            outcome.status = "error"
+            content = _openai_error(content, status)
+        else:
+            outcome.usage = find_usage(content)
+        outcome.complete = True
+        await send_json(send, status, content)
+
+    async def _stream(self, send: Send, answer: Answer, inject: bool, outcome: Outcome, meter: RequestMeter) -> None:
+        """Relay SSE as it arrives, noting usage and dropping the usage chunk this gateway asked for."""
+        outcome.streamed = True
+        scanner = SseUsageScanner(strip_usage_chunk=inject)
+        try:
+            await send({"type": "http.response.start", "status": answer.response.status_code, "headers": SSE_HEADERS})
+            try:
+                async for chunk in answer.response.aiter_raw():
+                    meter.mark_first_byte()
+                    out = scanner.feed(chunk)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                tail = scanner.flush()
+            except Exception as exc:  # httpx read errors/timeouts mid-stream: nothing can fall back now
+                outcome.status = "error"
+                log.warning("upstream_stream_broken", backend=answer.upstream.backend.name, error=type(exc).__name__)
+                tail = b"data: " + error_body(f"backend {answer.upstream.backend.name!r} broke off the stream ({type(exc).__name__})", "upstream_error", "upstream_stream_broken") + b"\n\n"
+            outcome.usage = scanner.usage
+            outcome.complete = True
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        finally:
+            await answer.response.aclose()
+
+
+@functools.cache
+def _requests_counter(endpoint: str, status: str) -> Any:
+    """The labelled child, looked up once per (endpoint, status) instead of per request."""
+    return REQUESTS.labels(endpoint, status)
+
+
+def _openai_error(content: bytes, status: int) -> bytes:
+    """Keep OpenAI-shaped errors; wrap others (vLLM's ``{"object": "error", "message": ...}``, plain text)."""
+    try:
+        parsed = json.loads(content)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return content
+    message = parsed.get("message") if isinstance(parsed, dict) else None
+    return error_body(str(message or content[:500].decode("utf-8", "replace") or f"upstream HTTP {status}"), "invalid_request_error" if status < 500 else "upstream_error", str(status))
+
+
+async def metrics(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def health(_: Request) -> Response:
+    return Response("ok", media_type="text/plain")
+
+
+def create_app(config: GatewayConfig, settings: Settings | None = None) -> Starlette:
+    """The gateway ASGI app (``settings`` defaults to gpuledger's, for Kafka)."""
+    return Gateway(config, settings or config.gpuledger_settings()).app()
+

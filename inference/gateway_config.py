@@ -1,0 +1,117 @@
+"""The gateway's YAML configuration: backends, models and their fallback order, aliases with routing rules, virtual keys.
+
+Secrets never live in this file: a backend names the environment variable holding its API
+key, and virtual keys are stored as sha256 digests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, model_validator
+
+from gpuledger.settings import Settings
+
+
+class Backend(BaseModel):
+    """One upstream OpenAI-compatible server."""
+
+    name: str
+    kind: Literal["vllm", "openai"] = Field(description="vllm: self-hosted (events carry node/GPUs); openai: any external OpenAI-compatible API.")
+    base_url: str = Field(description="Up to and including /v1, e.g. http://vllm-8b:8000/v1.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the upstream API key.")
+    timeout_s: float = Field(60.0, gt=0, description="Longest wait for the upstream's next byte.")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    deployment: str = ""
+    node: str | None = None
+    gpu_uuids: list[str] = Field(default_factory=list)
+
+    def api_key(self) -> str | None:
+        """Read at startup; never logged."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Target(BaseModel):
+    """A backend and the model name it knows the model by."""
+
+    backend: str
+    model: str | None = Field(None, description="Upstream model name; defaults to the gateway model name.")
+
+
+class Model(BaseModel):
+    """A model clients can ask for, served by its targets in order (the next one on failure)."""
+
+    name: str
+    targets: list[Target] = Field(min_length=1)
+
+
+class Rule(BaseModel):
+    """Route to ``model`` when any condition given matches."""
+
+    model: str
+    max_tokens_gt: int | None = None
+    messages_chars_gt: int | None = None
+    header: dict[str, str] = Field(default_factory=dict, description="Header name -> value that must match exactly.")
+
+
+class Alias(BaseModel):
+    """A name like ``auto``: the first matching rule's model, else ``default``."""
+
+    name: str
+    default: str
+    rules: list[Rule] = Field(default_factory=list)
+
+
+class VirtualKey(BaseModel):
+    """A client key, stored as its sha256 hex digest; ``id`` is what events carry."""
+
+    id: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    org: str
+    team: str = ""
+    project: str = ""
+
+
+class GatewayConfig(BaseModel):
+    """Everything the gateway needs besides gpuledger's Kafka settings."""
+
+    backends: list[Backend] = Field(min_length=1)
+    models: list[Model] = Field(min_length=1)
+    aliases: list[Alias] = Field(default_factory=list)
+    keys: list[VirtualKey] = Field(default_factory=list)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    fallback_statuses: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504], description="Upstream statuses that try the next target.")
+    queue_size: int = Field(10_000, ge=1, description="Usage events buffered while Kafka is slow.")
+    max_connections: int = Field(1024, ge=1, description="Pooled upstream connections, all backends together.")
+    client_shards: int = Field(16, ge=1, le=256, description="HTTP client pools the connections are spread over (see upstream.UpstreamClient).")
+    kafka_settings_file: Path | None = Field(None, description="gpuledger settings YAML; default: GPULEDGER_* env and ./gpuledger.yaml.")
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GatewayConfig:
+        backends = {b.name for b in self.backends}
+        models = {m.name for m in self.models}
+        for model in self.models:
+            for target in model.targets:
+                if target.backend not in backends:
+                    raise ValueError(f"model {model.name!r} targets unknown backend {target.backend!r}; known: {sorted(backends)}")
+        for alias in self.aliases:
+            if alias.name in models:
+                raise ValueError(f"alias {alias.name!r} shadows a model of the same name")
+            for name in [alias.default, *(r.model for r in alias.rules)]:
+                if name not in models:
+                    raise ValueError(f"alias {alias.name!r} points at unknown model {name!r}; known: {sorted(models)}")
+        return self
+
+    def gpuledger_settings(self) -> Settings:
+        """Kafka and topic settings for publishing usage."""
+        if self.kafka_settings_file is not None:
+            os.environ["GPULEDGER_CONFIG"] = str(self.kafka_settings_file)
+        return Settings()
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Parse and validate a gateway YAML file."""
+    return GatewayConfig.model_validate(yaml.safe_load(path.read_text()) or {})

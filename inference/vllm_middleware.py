@@ -1,0 +1,174 @@
+"""Usage metering inside vLLM's OpenAI server, as a pure ASGI middleware.
+
+Load with ``vllm serve MODEL --middleware inference.vllm_middleware.UsageMeteringMiddleware``.
+vLLM builds it with only ``app``, so everything else comes from the environment (see
+``inference.meter_config`` and gpuledger's ``GPULEDGER_KAFKA__*`` settings).
+
+Per request it reads the body once, asks streams for the final usage chunk when the client
+did not (and hides that chunk from such clients), watches the response go by and queues one
+``InferenceUsage`` event. It never holds a response back, and never records text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from starlette.requests import ClientDisconnect
+
+from gpuledger.settings import Settings, get_settings
+from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
+from inference.events import ENDPOINTS, Placement, RequestMeter, key_id_for_secret
+from inference.meter_config import MeterSettings
+from inference.openai_usage import SseUsageScanner, Usage, find_usage, rewrite_request, wants_usage_injection
+from inference.publisher import UsagePublisher
+
+log = structlog.get_logger()
+ANONYMOUS = "anonymous"
+
+
+class UsageMeteringMiddleware:
+    """Meters POST /v1/completions, /v1/chat/completions and /v1/embeddings; passes everything else through."""
+
+    def __init__(self, app: Any, *, settings: Settings | None = None, meter: MeterSettings | None = None) -> None:
+        self.app = app
+        settings = settings or get_settings()
+        meter = meter or MeterSettings()
+        self.placement: Placement = meter.placement()
+        self.key_header = meter.key_header.lower().encode() if meter.key_header else None
+        self.publisher = UsagePublisher(settings.kafka, settings.topics.inference_usage, component="vllm", queue_size=meter.queue_size)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+            return
+        endpoint = ENDPOINTS.get(scope.get("path", "")) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        await MeteredRequest(self, endpoint, scope, receive, send).run()
+
+    def key_id(self, scope: Scope) -> str:
+        """The caller: the configured header's value, else a hash prefix of the bearer key."""
+        if self.key_header is not None:
+            value = header(scope, self.key_header)
+            if value:
+                return value.decode("latin-1")
+        token = bearer_token(scope)
+        return key_id_for_secret(token) if token else ANONYMOUS
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        """Flush queued events when the server shuts down."""
+
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.publisher.close()
+            return message
+
+        return wrapped
+
+
+class MeteredRequest:
+    """One metered request: the replayed body, the watched response, the event at the end."""
+
+    __slots__ = ("body", "chunks", "complete", "disconnected", "endpoint", "inject", "meter", "mw", "receive", "replayed", "scanner", "scope", "send", "status")
+
+    def __init__(self, mw: UsageMeteringMiddleware, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        self.mw, self.endpoint, self.scope, self.receive, self.send = mw, endpoint, scope, receive, send
+        self.meter = RequestMeter(endpoint)
+        self.body = b""
+        self.replayed = False
+        self.status = 0
+        self.complete = False
+        self.disconnected = False
+        self.inject = False
+        self.scanner: SseUsageScanner | None = None
+        self.chunks: list[bytes] = []
+
+    async def run(self) -> None:
+        try:
+            self.body = await read_body(self.receive)
+        except ClientGone:
+            return
+        request = _parse(self.body)
+        scope = self.scope
+        self.inject = inject = wants_usage_injection(request)
+        if inject:
+            self.body = rewrite_request(self.body, request, inject_usage=True)
+            scope = dict(scope)
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [(b"content-length", str(len(self.body)).encode())]
+        failed = False
+        try:
+            await self.mw.app(scope, self._receive, self._send)
+        except (OSError, asyncio.CancelledError, ClientDisconnect):  # how servers and apps report a client gone mid-response
+            self.disconnected = True
+            raise
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self._emit(request, failed)
+
+    async def _receive(self) -> Message:
+        if not self.replayed:
+            self.replayed = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        message = await self.receive()
+        if message["type"] == "http.disconnect" and not self.complete:
+            self.disconnected = True
+        return message
+
+    async def _send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            self.meter.mark_first_byte()
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            self.complete = not more
+            if self.scanner is not None:
+                out = self.scanner.feed(body)
+                if not more:
+                    out += self.scanner.flush()
+                if self.inject:  # forward the scanner's output, which lacks the usage chunk we asked for
+                    if more and not out:
+                        return
+                    message = {"type": "http.response.body", "body": out, "more_body": more}
+            elif self.status < 400:
+                self.chunks.append(body)
+        elif kind == "http.response.start":
+            self.status = message["status"]
+            content_type = header({"headers": message.get("headers", [])}, b"content-type") or b""
+            if self.status < 400 and content_type.startswith(b"text/event-stream"):
+                self.scanner = SseUsageScanner(strip_usage_chunk=self.inject)
+        await self.send(message)
+
+    def _emit(self, request: dict[str, Any], failed: bool) -> None:
+        streamed = self.scanner is not None
+        if failed or self.status >= 400:
+            status, usage = "error", None
+        elif self.disconnected or not self.complete:
+            status, usage = "client_disconnected", self._usage()
+        else:
+            status, usage = "ok", self._usage()
+        model = request.get("model")
+        event = self.meter.event(
+            key_id=self.mw.key_id(self.scope), model=model if isinstance(model, str) else "", placement=self.mw.placement,
+            usage=usage, status=status, streamed=streamed,
+        )
+        self.mw.publisher.submit(event)
+
+    def _usage(self) -> Usage | None:
+        if self.scanner is not None:
+            return self.scanner.usage
+        return find_usage(b"".join(self.chunks)) if self.chunks else None
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) else {}

@@ -1,0 +1,165 @@
+"""pid -> container -> pod attribution against fixture /proc trees and a real HTTP server playing the kubelet."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from collectors.attribution import ASSIGNED_IDLE_PID, Attributor
+from collectors.cgroups import parse_cgroup, read_proc
+from collectors.kubelet import PodDirectory, read_gpu_assignments
+from schemas import GpuProcess, GpuSample
+
+CID = "3f4e" + "a" * 60
+CID2 = "9b1c" + "b" * 60
+POD_UID = "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718"
+POD_UID_US = POD_UID.replace("-", "_")
+
+CGROUP_CASES = {
+    "containerd v2 systemd": (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID_US}.slice/cri-containerd-{CID}.scope\n", CID, POD_UID),
+    "crio v2 systemd besteffort": (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_UID_US}.slice/crio-{CID}.scope\n", CID, POD_UID),
+    "guaranteed v2 systemd": (f"0::/kubepods.slice/kubepods-pod{POD_UID_US}.slice/cri-containerd-{CID}.scope\n", CID, POD_UID),
+    "docker scope": (f"0::/system.slice/docker-{CID}.scope\n", CID, None),
+    "docker v1": (f"12:memory:/docker/{CID}\n11:cpu,cpuacct:/docker/{CID}\n1:name=systemd:/docker/{CID}\n", CID, None),
+    "kubepods v1 cgroupfs burstable": (
+        f"12:pids:/kubepods/burstable/pod{POD_UID}/{CID}\n4:memory:/kubepods/burstable/pod{POD_UID}/{CID}\n0::/\n", CID, POD_UID),
+    "kubepods v1 cgroupfs besteffort": (f"5:cpuset:/kubepods/besteffort/pod{POD_UID}/{CID}\n", CID, POD_UID),
+    "kubepods v1 guaranteed": (f"5:devices:/kubepods/pod{POD_UID}/{CID}\n", CID, POD_UID),
+    "crio conmon is not the container": (f"0::/kubepods.slice/kubepods-pod{POD_UID_US}.slice/crio-conmon-{CID2}.scope\n", None, None),
+    "plain host process": ("0::/user.slice/user-1000.slice/session-3.scope\n", None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CGROUP_CASES))
+def test_cgroup_formats(case: str) -> None:
+    text, container, pod_uid = CGROUP_CASES[case]
+    info = parse_cgroup(text)
+    assert info.container_id == container
+    if case != "crio conmon is not the container":
+        assert info.pod_uid == pod_uid
+
+
+def make_proc(root: Path, pid: int, cgroup: str, comm: str, uid: int) -> None:
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    (d / "cgroup").write_text(cgroup)
+    (d / "comm").write_text(comm + "\n")
+    (d / "status").write_text(f"Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t0\t0\t0\t0\n")
+
+
+def test_read_proc_outside_kubernetes_gives_user_and_command(tmp_path: Path) -> None:
+    make_proc(tmp_path, 77, "0::/user.slice/session-1.scope\n", "python3", 0)
+    make_proc(tmp_path, 78, "0::/user.slice/session-1.scope\n", "train", 54321)
+    assert read_proc(tmp_path, 77).user == "root" and read_proc(tmp_path, 77).command == "python3"
+    assert read_proc(tmp_path, 78).user == "54321"  # unknown uid: the number, not a crash
+    gone = read_proc(tmp_path, 99)
+    assert (gone.command, gone.user, gone.container_id) == (None, None, None)
+
+
+POD_LIST = {
+    "kind": "PodList", "apiVersion": "v1",
+    "items": [
+        {"metadata": {"name": "trainer-0", "namespace": "ml", "uid": POD_UID, "labels": {"team": "vision", "project": "detector", "app": "x"}},
+         "status": {"containerStatuses": [{"name": "main", "containerID": f"containerd://{CID}"}]}},
+        {"metadata": {"name": "vllm-1", "namespace": "serving", "uid": "0000aaaa-0000-0000-0000-000000000001", "labels": {"squad": "llm"}},
+         "status": {"containerStatuses": [{"name": "vllm", "containerID": f"cri-o://{CID2}"}]}},
+        {"metadata": {"name": "idle-reserver", "namespace": "research", "uid": "0000aaaa-0000-0000-0000-000000000002",
+                      "labels": {"team": "research", "project": "p9"}}, "status": {}},
+    ],
+}
+
+
+@pytest.fixture
+def kubelet() -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server on 127.0.0.1 answering /pods with a PodList; records the request paths."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.path)
+            body = json.dumps(POD_LIST).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def sample(uuid: str, pids: list[int]) -> GpuSample:
+    t = datetime(2027, 1, 1, tzinfo=UTC)
+    return GpuSample(sample_id=f"n/{uuid}/0", node="n", gpu_uuid=uuid, gpu_index=0, gpu_model="H100", interval_start=t,
+                     interval_end=t, utilization_pct=0, memory_used_bytes=0, memory_total_bytes=1, power_watts=0,
+                     processes=[GpuProcess(pid=p, gpu_memory_bytes=p * 10) for p in pids])
+
+
+def test_processes_attributed_to_pods_through_the_kubelet(tmp_path: Path, kubelet: tuple[str, list[str]]) -> None:
+    base, seen = kubelet
+    proc = tmp_path / "proc"
+    make_proc(proc, 10, CGROUP_CASES["containerd v2 systemd"][0], "python", 0)
+    make_proc(proc, 11, f"0::/kubepods.slice/kubepods-pod0000aaaa_0000_0000_0000_000000000001.slice/crio-{CID2}.scope\n", "vllm", 1000)
+    make_proc(proc, 12, "0::/user.slice/session-2.scope\n", "bench", 0)
+    assignments = tmp_path / "pod-resources.json"
+    assignments.write_text(json.dumps({"pod_resources": [
+        {"name": "idle-reserver", "namespace": "research", "containers": [
+            {"name": "c", "devices": [{"resource_name": "nvidia.com/gpu", "device_ids": ["GPU-idle"]}]}]},
+        {"name": "trainer-0", "namespace": "ml", "containers": [
+            {"name": "main", "devices": [{"resource_name": "nvidia.com/gpu", "device_ids": ["GPU-busy"]}]}]},
+    ]}))
+    pods = PodDirectory(base + "/pods?fieldSelector=spec.nodeName={node}".replace("{node}", "gpu-7"),
+                        label_names={"team": "team", "project": "project"})
+    attributor = Attributor(proc, pods, assignments)
+    busy, idle, host = attributor.attribute([sample("GPU-busy", [10, 11]), sample("GPU-idle", []), sample("GPU-host", [12])])
+
+    trainer, vllm = busy.processes
+    assert (trainer.pod, trainer.namespace, trainer.container_id, trainer.command, trainer.user) == ("trainer-0", "ml", CID, "python", "root")
+    assert trainer.labels == {"team": "vision", "project": "detector"} and trainer.gpu_memory_bytes == 100
+    assert (vllm.pod, vllm.namespace, vllm.labels) == ("vllm-1", "serving", {})
+    assert len(busy.processes) == 2  # the assigned pod already has a process: no placeholder
+    [reserved] = idle.processes
+    assert (reserved.pid, reserved.pod, reserved.namespace, reserved.labels) == (ASSIGNED_IDLE_PID, "idle-reserver", "research", {"team": "research", "project": "p9"})
+    [plain] = host.processes
+    assert (plain.pod, plain.container_id, plain.command, plain.user) == (None, None, "bench", "root")
+    assert seen and all(p == "/pods?fieldSelector=spec.nodeName=gpu-7" for p in seen)
+    # a second interval within the refresh period does not hit the kubelet again
+    calls = len(seen)
+    attributor.attribute([sample("GPU-busy", [10])])
+    assert len(seen) == calls
+
+
+def test_unknown_container_refreshes_once_then_gives_up(tmp_path: Path, kubelet: tuple[str, list[str]]) -> None:
+    base, seen = kubelet
+    pods = PodDirectory(base + "/pods", label_names={})
+    assert pods.lookup("f" * 64, None) is None
+    assert len(seen) == 1  # forced refresh is rate-limited (2 s) right after the first fetch
+    assert pods.lookup(CID, None) is not None
+
+
+def test_kubelet_down_keeps_previous_view(tmp_path: Path) -> None:
+    pods = PodDirectory("http://127.0.0.1:9/pods", label_names={})
+    assert pods.lookup(CID, None) is None and pods.errors == 1
+
+
+def test_pod_resources_json_camel_case_and_other_resources_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "pr.json"
+    path.write_text(json.dumps({"podResources": [{"name": "p", "namespace": "ns", "containers": [{"name": "c", "devices": [
+        {"resourceName": "nvidia.com/mig-1g.10gb", "deviceIds": ["MIG-1"]}, {"resourceName": "example.com/fpga", "deviceIds": ["F-1"]}]}]}]}))
+    assert read_gpu_assignments(path) == {"MIG-1": ("ns", "p")}
+    assert read_gpu_assignments(tmp_path / "missing.json") == {}

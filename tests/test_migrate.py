@@ -1,0 +1,34 @@
+"""Migrations: ordered, applied once, and protected against after-the-fact edits."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuledger.clickhouse import connect
+from gpuledger.migrate import MigrationError, apply_migrations, load_migrations
+from gpuledger.settings import Settings
+
+pytestmark = pytest.mark.engines
+
+
+def fresh(settings: Settings, name: str) -> Settings:
+    return settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": name})})
+
+
+def test_migrations_apply_once_in_order_and_record_their_versions(stack_settings: Settings) -> None:
+    settings = fresh(stack_settings, "t_migrate_once")
+    first = apply_migrations(settings)
+    assert [m.version for m in first] == [m.version for m in load_migrations()] == sorted(m.version for m in first)
+    assert apply_migrations(settings) == []
+    client = connect(settings.clickhouse)
+    assert [r[0] for r in client.query("SELECT version FROM schema_migrations ORDER BY version").result_rows] == [1, 2, 3]
+    tables = {r[0] for r in client.query("SHOW TABLES").result_rows}
+    assert {"usage_events", "gpu_samples", "ledger", "spend_hourly", "spend_daily", "spend_by_org_daily"} <= tables
+
+
+def test_an_edited_migration_is_refused(stack_settings: Settings) -> None:
+    settings = fresh(stack_settings, "t_migrate_edited")
+    apply_migrations(settings)
+    connect(settings.clickhouse).command("ALTER TABLE schema_migrations UPDATE checksum = 'edited' WHERE version = 2 SETTINGS mutations_sync = 1")
+    with pytest.raises(MigrationError, match="0002_ledger changed after it was applied"):
+        apply_migrations(settings)
