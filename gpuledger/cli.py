@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ app.add_typer(orgs_app, name="orgs")
 app.add_typer(prices_app, name="prices")
 app.add_typer(collector_app, name="collector")
 app.add_typer(gateway_app, name="gateway")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
 
@@ -205,8 +206,14 @@ def _mismatch(actual: dict[str, Decimal], expected: dict[str, dict[str, str]]) -
 
 @app.command()
 def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")] = 30) -> None:
-    """The main job end to end: stack up, migrate, import, worker, simulate, report."""
+    """The main job end to end on a fresh local stack: stack up, migrate, import, worker, simulate, report."""
+    from gpuledger.stack import local
+
     settings = _settings()
+    # The demo checks its ledger against the ground truth, so it starts from empty engines.
+    local.down(settings.stack)
+    for engine in ("kafka", "clickhouse", "worker"):
+        shutil.rmtree(settings.stack.data_dir / engine, ignore_errors=True)
     stack_up()
     migrate()
     topics()
@@ -219,8 +226,16 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
     try:
         truth = settings.stack.data_dir / "simulation-truth.json"
         simulate(minutes=minutes, truth=truth)
+        from gpuledger.report import org_totals, spend_by_org_model
+
+        expected = json.loads(truth.read_text())["orgs"]
+        deadline = time.monotonic() + 240
         with console.status("waiting for the worker to price everything..."):
-            report(truth=truth, wait=240.0)
+            while _mismatch(org_totals(spend_by_org_model(settings)), expected) and time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
+                time.sleep(2)
+        report(truth=truth)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -28,18 +28,31 @@ class SpendRow:
 
 
 def spend_by_org_model(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> list[SpendRow]:
-    """Ledger totals straight from the deduplicated ledger (always current, no rollup lag)."""
+    """Ledger totals straight from the deduplicated ledger (always current, no rollup lag).
+
+    Tokens come from the usage events, not the ledger: a request served by two GPUs
+    has a line on each, but its tokens are counted once.
+    """
     client = connect(settings.clickhouse)
-    rows = client.query(
-        f"""
-        SELECT org, model, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),
-               sum(prompt_tokens + completion_tokens), count()
-        FROM {settings.clickhouse.database}.ledger FINAL
-        WHERE event_time >= {{since:DateTime64(6)}} AND event_time < {{until:DateTime64(6)}}
-        GROUP BY org, model ORDER BY org, model""",
-        parameters={"since": since or datetime(1970, 1, 2), "until": until or datetime(2999, 1, 1)},
+    db = settings.clickhouse.database
+    bounds = {"since": since or datetime(1970, 1, 2), "until": until or datetime(2999, 1, 1)}
+    where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
+    costs = client.query(
+        f"SELECT org, model, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'), count() "
+        f"FROM {db}.ledger FINAL WHERE {where} GROUP BY org, model ORDER BY org, model",
+        parameters=bounds,
     ).result_rows
-    return [SpendRow(org, model, Decimal(api), Decimal(gpu), Decimal(idle), int(tokens), int(lines)) for org, model, api, gpu, idle, tokens, lines in rows]
+    tokens = {
+        (org, model): int(count)
+        for org, model, count in client.query(
+            f"SELECT org, model, sum(prompt_tokens + completion_tokens) FROM {db}.usage_events FINAL WHERE {where} GROUP BY org, model",
+            parameters=bounds,
+        ).result_rows
+    }
+    return [
+        SpendRow(org, model, Decimal(api), Decimal(gpu), Decimal(idle), tokens.get((org, model), 0), int(lines))
+        for org, model, api, gpu, idle, lines in costs
+    ]
 
 
 def org_totals(rows: list[SpendRow]) -> dict[str, Decimal]:
@@ -56,8 +69,8 @@ def _usd(value: Decimal) -> str:
 def render(rows: list[SpendRow], currency: str) -> Table:
     """A rich table: one line per org and model, a subtotal per org, a grand total."""
     table = Table(title=f"gpuledger chargeback ({currency})", show_footer=True)
-    table.add_column("org", footer="TOTAL")
-    table.add_column("model")
+    table.add_column("org", footer="TOTAL", no_wrap=True)
+    table.add_column("model", no_wrap=True)
     for name, attr in (("API", "api"), ("GPU", "gpu"), ("idle", "idle"), ("total", "total")):
         table.add_column(name, justify="right", footer=_usd(sum((getattr(r, attr) for r in rows), Decimal(0))))
     table.add_column("tokens", justify="right", footer=f"{sum(r.tokens for r in rows):,}")

@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from rich.console import Console
+
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options, new_producer
 from gpuledger.reference_import import import_orgs, import_prices
+from gpuledger.report import render, spend_by_org_model
+from gpuledger.report import org_totals as report_totals
 from gpuledger.settings import Settings
 from gpuledger.simulate import publish_fleet
 from schemas import InferenceUsage, codec_for
@@ -76,6 +80,14 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
     client.command("SYSTEM WAIT VIEW spend_daily")
     view_total = client.query("SELECT sum(total_cost) FROM spend_by_org_daily").result_rows[0][0]
     assert view_total == sum(expected.values())
+
+    # The report shows the same totals, and counts each request's tokens once (even across two GPUs).
+    rows = spend_by_org_model(settings)
+    assert report_totals(rows) == expected
+    assert sum(r.tokens for r in rows) == client.query("SELECT sum(prompt_tokens + completion_tokens) FROM usage_events FINAL").result_rows[0][0]
+    console = Console(width=200, record=True)
+    console.print(render(rows, "USD"))
+    assert f"{sum(expected.values()).quantize(Decimal('0.0001')):,}" in console.export_text()
 
     # The same events published again: every total and every count stays the same.
     publish(settings, tmp_path, seed=11, minutes=4, scale=0.5)

@@ -51,6 +51,6 @@ def test_down_never_stops_a_process_it_did_not_start(tmp_path: Path) -> None:
 
 def test_an_engine_that_dies_at_start_reports_its_log(tmp_path: Path) -> None:
     engine = Managed("broken", tmp_path, 1)
-    engine.start([sys.executable, "-c", "import sys; print('bad config: no listeners'); sys.exit(3)"], cwd=tmp_path)
+    proc = engine.start([sys.executable, "-c", "import sys; print('bad config: no listeners'); sys.exit(3)"], cwd=tmp_path)
     with pytest.raises(StackError, match="(?s)broken exited during start-up.*bad config: no listeners"):
-        engine.wait_ready(lambda: False, timeout=10)
+        engine.wait_ready(proc, lambda: False, timeout=10)

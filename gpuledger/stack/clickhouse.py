@@ -52,8 +52,8 @@ def start(stack: StackSettings) -> None:
     (server.workdir / "config.xml").write_text(
         CONFIG.format(http_port=stack.clickhouse_http_port, tcp_port=stack.clickhouse_tcp_port, max_memory=stack.clickhouse_max_memory_bytes)
     )
-    server.start([sys.executable, "-m", "gpuledger.stack.clickhouse", str((server.workdir / "data").resolve())], cwd=server.workdir)
-    server.wait_ready(lambda: ping(stack.clickhouse_http_port), stack.start_timeout_seconds)
+    proc = server.start([sys.executable, "-m", "gpuledger.stack.clickhouse", str((server.workdir / "data").resolve())], cwd=server.workdir)
+    server.wait_ready(proc, lambda: ping(stack.clickhouse_http_port), stack.start_timeout_seconds)
 
 
 def serve(data_dir: Path) -> None:

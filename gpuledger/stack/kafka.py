@@ -118,9 +118,9 @@ def start(stack: StackSettings) -> None:
     )
     (broker.workdir / "log4j2.yaml").write_text(LOG4J2)
     _format_storage(java, jars, broker.workdir)
-    broker.start(
+    proc = broker.start(
         [java, f"-Xmx{stack.kafka_heap}", f"-Xms{stack.kafka_heap}", "-XX:+UseG1GC",
          f"-Dlog4j2.configurationFile={broker.workdir / 'log4j2.yaml'}", "-cp", f"{jars}/*", "kafka.Kafka", "server.properties"],
         cwd=broker.workdir,
     )
-    broker.wait_ready(lambda: _broker_answers(stack.kafka_port), stack.start_timeout_seconds)
+    broker.wait_ready(proc, lambda: _broker_answers(stack.kafka_port), stack.start_timeout_seconds)

@@ -56,7 +56,7 @@ class Managed:
         except FileNotFoundError:
             return "(no log written)"
 
-    def start(self, argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> int:
+    def start(self, argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Launch detached (own session) so it outlives the CLI; record its pid."""
         if port_in_use(self.port):
             raise StackError(
@@ -70,13 +70,13 @@ class Managed:
                 start_new_session=True, env={**os.environ, **(env or {})},
             )
         self.pid_file.write_text(str(proc.pid))
-        return proc.pid
+        return proc
 
-    def wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
+    def wait_ready(self, proc: subprocess.Popen[bytes], probe: Callable[[], bool], timeout: float) -> None:
         """Poll ``probe`` until it answers; fail with the log tail if the process dies or time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.pid() is None:
+            if proc.poll() is not None:
                 raise StackError(f"{self.name} exited during start-up. Last lines of {self.log_file}:\n{self.log_tail()}")
             try:
                 if probe():
