@@ -22,6 +22,7 @@ from collectors.cli import app as collector_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
 from inference.cli import app as gateway_app
+from streams.notifier.cli import app as notifier_app
 
 app = typer.Typer(help="gpuledger: real-time chargeback for GPU and token spend.", no_args_is_help=True, pretty_exceptions_enable=False)
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft) and ClickHouse on this machine.", no_args_is_help=True)
@@ -32,6 +33,7 @@ app.add_typer(orgs_app, name="orgs")
 app.add_typer(prices_app, name="prices")
 app.add_typer(collector_app, name="collector")
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(notifier_app, name="notifier")
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 

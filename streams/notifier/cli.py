@@ -1,0 +1,92 @@
+"""``gpuledger notifier``: run the budget-alert notifier, inspect its delivery ledger, preview a message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas import BudgetAlert
+from streams.notifier.settings import NotifierSettings, load_notifier_settings
+
+app = typer.Typer(help="Budget alerts from Kafka to Slack and JSON webhooks.", no_args_is_help=True)
+console = Console()
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--notifier-config", envvar="GPULEDGER_NOTIFIER_CONFIG", help="YAML with notifier settings (routes, default, retry policy)."),
+]
+
+
+def _load(path: Path | None) -> NotifierSettings:
+    try:
+        return load_notifier_settings(path)
+    except Exception as exc:
+        console.print(f"[bold red]error:[/bold red] invalid notifier configuration: {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command("run")
+def run(notifier_config: ConfigOption = None) -> None:
+    """Consume the alerts topic and post each alert once; Ctrl-C or SIGTERM stops cleanly."""
+    from gpuledger.settings import get_settings
+    from streams.notifier.runner import run_notifier
+
+    ns = _load(notifier_config)
+    if not ns.routes and ns.default is None:
+        console.print("[bold red]error:[/bold red] no routes and no default target configured")
+        raise typer.Exit(1)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_notifier(get_settings(), ns, stop)
+
+    asyncio.run(main())
+
+
+@app.command("status")
+def status(notifier_config: ConfigOption = None, last: Annotated[int, typer.Option(help="Rows to show.")] = 20) -> None:
+    """Delivery ledger: counts per status and the latest deliveries (route names only, never URLs)."""
+    from streams.notifier.state import DeliveryState
+
+    ns = _load(notifier_config)
+    if not ns.state_file.exists():
+        console.print(f"no delivery state yet at {ns.state_file}")
+        return
+    state = DeliveryState(ns.state_file)
+    try:
+        counts, rows = state.counts(), state.all()[-last:]
+    finally:
+        state.close()
+    console.print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no deliveries")
+    table = Table("alert_id", "status", "route", "attempts", "last http", "updated")
+    for d in rows:
+        table.add_row(d.alert_id, d.status, d.route, str(d.attempts), str(d.last_http_status or ""), d.updated_at)
+    console.print(table)
+
+
+@app.command("preview")
+def preview(scope: str = "acme/ml", spend: str = "800", budget: str = "1000", kind: str = "threshold", threshold_pct: int = 80) -> None:
+    """Print the Slack Block Kit payload for a sample alert (paste into Slack's Block Kit Builder)."""
+    from streams.notifier.slack import slack_message
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    alert = BudgetAlert(alert_id=f"preview/{scope}/{kind}/{threshold_pct}", budget_id=f"{scope}-monthly", scope=scope, kind=kind,
+                        threshold_pct=threshold_pct if kind == "threshold" else 0, period_start=now.replace(day=1), period_end=now.replace(day=1) + timedelta(days=31),
+                        spend=Decimal(spend), budget_amount=Decimal(budget), currency="USD", raised_at=now,
+                        projected_breach=now + timedelta(days=5) if kind == "forecast" else None)
+    console.print_json(json.dumps(slack_message(alert)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,175 @@
+"""The notifier loop: consume ``BudgetAlert`` records, deliver each once, then commit its offset.
+
+Guarantee, per alert:
+
+* The Kafka offset is committed only after the alert is ``delivered`` or has
+  ``failed`` permanently (4xx other than 408/429, or no route). Transient failures
+  (429, 5xx, network) are retried for ``max_attempts``, then again after
+  ``redelivery_pause_s``, forever, holding the partition: Slack being down delays
+  alerts but never drops them.
+* The sqlite3 ledger (``state``) records each ``alert_id`` as delivered before the
+  offset is committed, so a replayed offset or a re-published alert is skipped.
+* Honest gap: if the process dies after Slack answered 200 but before the ledger
+  write, the alert is posted a second time on restart. Slack webhooks have no
+  idempotency key, so that window can be made small (it is: one local fsync) but
+  not zero. The ledger is local: run one notifier per consumer group (or give the
+  instances a shared ``state_dir``), or a rebalance could repost an alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
+
+from gpuledger.kafka import client_options
+from gpuledger.settings import Settings
+from schemas import BudgetAlert, DecodeError, codec_for
+from streams.notifier.routing import route_for
+from streams.notifier.settings import NotifierSettings
+from streams.notifier.slack import Outcome, RetryPolicy, json_payload, post_with_retry, slack_message
+from streams.notifier.state import DeliveryState
+
+log = structlog.get_logger("gpuledger.notifier")
+
+
+class Stopped(Exception):
+    """The stop event fired before the current alert reached a final state; its offset stays uncommitted."""
+
+
+async def ensure_alerts_topic(settings: Settings, ns: NotifierSettings) -> bool:
+    """Create the alerts topic if missing; True when created now."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    await admin.start()
+    try:
+        if ns.topic in set(await admin.list_topics()):
+            return False
+        try:
+            await admin.create_topics([NewTopic(ns.topic, ns.topic_partitions, ns.replication_factor)])
+        except TopicAlreadyExistsError:
+            return False
+        return True
+    finally:
+        await admin.close()
+
+
+async def wait_or_stop(stop_event: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``stop_event`` fires first; True when it fired."""
+    if stop_event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(stop_event.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+class Notifier:
+    """Delivers one alert at a time against the ledger; ``run_notifier`` feeds it from Kafka."""
+
+    def __init__(self, ns: NotifierSettings, state: DeliveryState, client: httpx.AsyncClient, stop_event: asyncio.Event) -> None:
+        self.ns = ns
+        self.state = state
+        self.client = client
+        self.stop_event = stop_event
+        self.policy = RetryPolicy(ns.max_attempts, ns.backoff_base_s, ns.backoff_max_s, ns.max_retry_after_s)
+
+    async def deliver(self, alert: BudgetAlert) -> str:
+        """Take ``alert`` to a final state; returns ``delivered``, ``failed`` or ``duplicate``. Raises ``Stopped``."""
+        bound = log.bind(alert_id=alert.alert_id, scope=alert.scope, kind=alert.kind)
+        if self.state.is_final(alert.alert_id):
+            bound.info("alert already handled, skipped")
+            return "duplicate"
+        target = route_for(alert.scope, self.ns)
+        if target is None:
+            self.state.finish(alert.alert_id, "failed", "-", "no route and no default target")
+            bound.error("no route for alert; recorded as failed")
+            return "failed"
+        payload = slack_message(alert) if target.format == "slack" else json_payload(alert)
+        self.state.begin(alert.alert_id, target.name)
+        while True:
+            outcome: Outcome = await post_with_retry(
+                self.client,
+                target.url.get_secret_value(),
+                payload,
+                self.policy,
+                sleep=lambda s: wait_or_stop(self.stop_event, s),
+                on_attempt=lambda status, detail: self.state.attempt(alert.alert_id, status, detail),
+            )
+            if outcome.status in ("delivered", "failed"):
+                self.state.finish(alert.alert_id, outcome.status, target.name, outcome.detail)
+                level = bound.info if outcome.status == "delivered" else bound.error
+                level(f"alert {outcome.status}", route=target.name, attempts=outcome.attempts, http_status=outcome.http_status, detail=outcome.detail)
+                return outcome.status
+            if outcome.status == "interrupted":
+                raise Stopped(alert.alert_id)
+            bound.error("delivery attempts exhausted; retrying later", route=target.name, attempts=outcome.attempts,
+                        http_status=outcome.http_status, pause_s=self.ns.redelivery_pause_s)
+            if await wait_or_stop(self.stop_event, self.ns.redelivery_pause_s):
+                raise Stopped(alert.alert_id)
+
+
+async def _commit(consumer: AIOKafkaConsumer, message: ConsumerRecord) -> None:
+    try:
+        await consumer.commit({TopicPartition(message.topic, message.partition): message.offset + 1})
+    except CommitFailedError as exc:  # partition moved in a rebalance; the ledger skips it on redelivery
+        log.warning("offset commit failed", topic=message.topic, partition=message.partition, offset=message.offset, error=str(exc))
+
+
+async def run_notifier(
+    settings: Settings,
+    notifier_settings: NotifierSettings,
+    stop_event: asyncio.Event,
+    *,
+    client: httpx.AsyncClient | None = None,
+) -> None:
+    """Run until ``stop_event`` is set (or the task is cancelled); safe to kill at any point."""
+    ns = notifier_settings
+    for noisy in ("httpx", "httpcore"):  # httpx logs every request URL at INFO: webhook URLs are secrets
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    await ensure_alerts_topic(settings, ns)
+    state = DeliveryState(ns.state_file)
+    own_client = client is None
+    http = client or httpx.AsyncClient(timeout=ns.request_timeout_s, follow_redirects=False)
+    consumer = AIOKafkaConsumer(
+        ns.topic,
+        **client_options(settings.kafka),
+        group_id=ns.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    codec = codec_for(BudgetAlert)
+    notifier = Notifier(ns, state, http, stop_event)
+    await consumer.start()
+    log.info("notifier started", topic=ns.topic, group=ns.group_id, routes=[r.name for r in ns.routes],
+             default_route=ns.default.name if ns.default else None)
+    try:
+        while not stop_event.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=100)
+            for messages in batches.values():
+                for message in messages:
+                    try:
+                        alert = codec.decode(message.value)
+                    except DecodeError as exc:
+                        log.error("undecodable alert skipped", topic=message.topic, partition=message.partition,
+                                  offset=message.offset, reason=exc.reason)
+                    else:
+                        try:
+                            await notifier.deliver(alert)
+                        except Stopped:
+                            return
+                    await _commit(consumer, message)
+    finally:
+        try:
+            await consumer.stop()
+        finally:
+            state.close()
+            if own_client:
+                await http.aclose()
+        log.info("notifier stopped")

@@ -1,0 +1,169 @@
+"""Turning a ``BudgetAlert`` into a Slack Block Kit message (or plain JSON) and posting it with retries.
+
+Response classes follow Slack incoming webhooks: 2xx is delivered; 429 waits
+``Retry-After`` seconds; 5xx, 408 and network errors back off exponentially; every
+other 4xx (``invalid_payload``, ``no_service``, ``channel_is_archived``...) is a
+permanent failure that retrying cannot fix. URLs never appear in an ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+import httpx
+
+from schemas import BudgetAlert
+
+KIND_LABEL = {"threshold": "threshold reached", "forecast": "forecast to exceed", "spike": "spend spike"}
+KIND_EMOJI = {"threshold": ":warning:", "forecast": ":crystal_ball:", "spike": ":chart_with_upwards_trend:"}
+CENT = Decimal("0.01")
+TENTH = Decimal("0.1")
+
+
+def percent_of_budget(alert: BudgetAlert) -> Decimal | None:
+    """Spend as a percentage of the budget, to one decimal; ``None`` for a zero budget."""
+    if not alert.budget_amount:
+        return None
+    return (alert.spend * 100 / alert.budget_amount).quantize(TENTH, rounding=ROUND_HALF_UP)
+
+
+def money(amount: Decimal, currency: str) -> str:
+    return f"{amount.quantize(CENT, rounding=ROUND_HALF_UP):,} {currency}"
+
+
+def _day(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d")
+
+
+def headline(alert: BudgetAlert) -> str:
+    pct = percent_of_budget(alert)
+    label = KIND_LABEL.get(alert.kind, alert.kind)
+    figure = f"{pct}% of budget" if pct is not None else money(alert.spend, alert.currency)
+    if alert.kind == "threshold" and alert.threshold_pct:
+        label = f"{alert.threshold_pct}% threshold reached"
+    return f"Budget {label}: {alert.scope} at {figure}"
+
+
+def slack_message(alert: BudgetAlert) -> dict[str, Any]:
+    """Block Kit payload with a plain ``text`` fallback (what notifications and screen readers show)."""
+    pct = percent_of_budget(alert)
+    fields = [
+        f"*Scope*\n{alert.scope}",
+        f"*Budget*\n{alert.budget_id}",
+        f"*Spend*\n{money(alert.spend, alert.currency)}",
+        f"*Budget amount*\n{money(alert.budget_amount, alert.currency)}",
+        f"*Percent of budget*\n{pct}%" if pct is not None else "*Percent of budget*\nn/a (zero budget)",
+        f"*Kind*\n{alert.kind}" + (f" ({alert.threshold_pct}%)" if alert.threshold_pct else ""),
+        f"*Period*\n{_day(alert.period_start)} to {_day(alert.period_end)}",
+    ]
+    if alert.projected_breach is not None:
+        fields.append(f"*Forecast breach*\n{_day(alert.projected_breach)}")
+    title = f"{KIND_EMOJI.get(alert.kind, ':bell:')} {headline(alert)}"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": headline(alert)[:150], "emoji": True}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields[:10]]},  # Slack allows 10 fields
+    ]
+    if alert.message:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": alert.message[:3000]}})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"alert `{alert.alert_id}` raised {alert.raised_at.isoformat()}"}]})
+    return {"text": title, "blocks": blocks}
+
+
+def json_payload(alert: BudgetAlert) -> dict[str, Any]:
+    """The alert as JSON for generic webhooks: Decimals as strings (never floats), times as ISO 8601."""
+    out: dict[str, Any] = {}
+    for name in BudgetAlert.__dataclass_fields__:
+        value = getattr(alert, name)
+        if isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        out[name] = value
+    pct = percent_of_budget(alert)
+    out["percent_of_budget"] = str(pct) if pct is not None else None
+    return out
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 300.0
+
+    def backoff(self, attempt: int) -> float:
+        """Wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``delivered`` and ``failed`` are final; ``exhausted`` means transient failures used every attempt;
+    ``interrupted`` means the stop event fired while waiting to retry."""
+
+    status: Literal["delivered", "failed", "exhausted", "interrupted"]
+    attempts: int
+    http_status: int | None = None
+    detail: str = ""
+
+
+def retry_after_seconds(response: httpx.Response, fallback: float, cap: float) -> float:
+    raw = response.headers.get("Retry-After", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = fallback
+    return max(0.0, min(value, cap))
+
+
+Sleep = Callable[[float], Awaitable[bool]]  # returns True when the wait was cut short by a stop
+
+
+async def _plain_sleep(seconds: float) -> bool:
+    await asyncio.sleep(seconds)
+    return False
+
+
+async def post_with_retry(
+    client: httpx.AsyncClient,
+    url: str,
+    payload: dict[str, Any],
+    policy: RetryPolicy,
+    *,
+    sleep: Sleep = _plain_sleep,
+    on_attempt: Callable[[int | None, str], None] | None = None,
+) -> Outcome:
+    """POST ``payload`` as JSON until delivered, permanently refused, or ``policy.max_attempts`` are spent."""
+    status: int | None = None
+    detail = ""
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            response = await client.post(url, json=payload)
+        except httpx.TransportError as exc:  # connect/read timeouts, refused, reset
+            status, detail, wait = None, f"network: {type(exc).__name__}", policy.backoff(attempt)
+        else:
+            status, detail = response.status_code, response.text[:200]
+            if 200 <= status < 300:
+                if on_attempt:
+                    on_attempt(status, detail)
+                return Outcome("delivered", attempt, status, detail)
+            if status == 429:
+                wait = retry_after_seconds(response, policy.backoff(attempt), policy.max_retry_after_s)
+            elif status >= 500 or status == 408:
+                wait = policy.backoff(attempt)
+            else:
+                if on_attempt:
+                    on_attempt(status, detail)
+                return Outcome("failed", attempt, status, detail)
+        if on_attempt:
+            on_attempt(status, detail)
+        if attempt == policy.max_attempts:
+            break
+        if await sleep(wait):
+            return Outcome("interrupted", attempt, status, detail)
+    return Outcome("exhausted", policy.max_attempts, status, detail)

@@ -1,0 +1,127 @@
+"""Message rendering, routing, retry classification, settings and CLI, without Kafka (Slack is the local fake)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from streams.notifier import NotifierSettings, Route, Target
+from streams.notifier.cli import app
+from streams.notifier.routing import route_for
+from streams.notifier.runner import wait_or_stop
+from streams.notifier.settings import load_notifier_settings
+from streams.notifier.slack import RetryPolicy, json_payload, percent_of_budget, post_with_retry, slack_message
+from streams.notifier.state import DeliveryState
+from tests.notifier.conftest import alert
+from tests.notifier.fake_slack import FakeSlack
+
+FAST = RetryPolicy(max_attempts=4, backoff_base_s=0.01, backoff_max_s=0.02)
+
+
+def test_message_figures_forecast_and_message_text() -> None:
+    a = alert(kind="forecast", pct=0, spend="1234.5", budget="2000", projected_breach=datetime(2027, 3, 24, tzinfo=UTC), message="GPU spend up 3x")
+    m = slack_message(a)
+    assert m["text"] == ":crystal_ball: Budget forecast to exceed: acme/ml at 61.7% of budget"
+    assert m["blocks"][0] == {"type": "header", "text": {"type": "plain_text", "text": "Budget forecast to exceed: acme/ml at 61.7% of budget", "emoji": True}}
+    texts = [f["text"] for f in m["blocks"][1]["fields"]]
+    assert "*Spend*\n1,234.50 USD" in texts and "*Budget amount*\n2,000.00 USD" in texts
+    assert "*Forecast breach*\n2027-03-24" in texts and "*Kind*\nforecast" in texts
+    assert m["blocks"][2] == {"type": "section", "text": {"type": "mrkdwn", "text": "GPU spend up 3x"}}
+    assert a.alert_id in m["blocks"][3]["elements"][0]["text"]
+
+
+def test_percent_is_decimal_and_zero_budget_is_not_a_crash() -> None:
+    assert percent_of_budget(alert(spend="0.0005", budget="0.001")) == Decimal("50.0")
+    assert percent_of_budget(alert(spend="1", budget="3")) == Decimal("33.3")
+    zero = alert(spend="12", budget="0")
+    assert percent_of_budget(zero) is None
+    assert "*Percent of budget*\nn/a (zero budget)" in [f["text"] for f in slack_message(zero)["blocks"][1]["fields"]]
+    body = json_payload(alert(spend="0.1", budget="0.3"))
+    assert body["spend"] == "0.1" and body["percent_of_budget"] == "33.3"
+
+
+def test_routes_match_whole_segments_longest_first() -> None:
+    ns = NotifierSettings(routes=[Route(name="a", match="acme", url="http://x/a"), Route(name="a-ml", match="/acme/ml/", url="http://x/b")],
+                          default=Target(name="d", url="http://x/d"))
+    assert route_for("acme", ns).name == "a"
+    assert route_for("acme/research/p1", ns).name == "a"
+    assert route_for("acme/ml", ns).name == "a-ml"
+    assert route_for("acme/ml/llm", ns).name == "a-ml"
+    assert route_for("acme/mlops", ns).name == "a"
+    assert route_for("acmecorp", ns).name == "d"
+    assert route_for("globex", NotifierSettings()) is None
+
+
+async def test_retry_classes() -> None:
+    with FakeSlack() as slack:
+        hook = slack.new_hook()
+        async with httpx.AsyncClient(timeout=2) as client:
+            for _ in range(4):
+                slack.then(hook, 503, "service_unavailable")
+            seen: list[int | None] = []
+            out = await post_with_retry(client, hook, {"text": "x"}, FAST, on_attempt=lambda s, d: seen.append(s))
+            assert (out.status, out.attempts, out.http_status) == ("exhausted", 4, 503)
+            assert seen == [503] * 4 and slack.messages(hook) == []
+
+            out = await post_with_retry(client, slack.base_url + "/services/T/B/nope", {"text": "x"}, FAST)
+            assert (out.status, out.attempts, out.http_status, out.detail) == ("failed", 1, 404, "no_service")
+            out = await post_with_retry(client, hook, {"blocks": []}, FAST)
+            assert (out.status, out.attempts, out.http_status, out.detail) == ("failed", 1, 400, "no_text")
+
+            slack.then(hook, 429, "rate_limited", Retry_After="0.3")
+            started = time.monotonic()
+            out = await post_with_retry(client, hook, {"text": "y"}, FAST)
+            assert (out.status, out.attempts) == ("delivered", 2) and time.monotonic() - started >= 0.3
+            assert slack.messages(hook) == [{"text": "y"}]
+
+            slack.then(hook, 500, "oops")
+            stop = asyncio.Event()
+            stop.set()
+            out = await post_with_retry(client, hook, {"text": "z"}, FAST, sleep=lambda s: wait_or_stop(stop, s))
+            assert (out.status, out.attempts) == ("interrupted", 1)
+
+        dead_port = slack.server.server_address[1]
+    async with httpx.AsyncClient(timeout=1) as client:  # the server is gone: connection refused
+        out = await post_with_retry(client, f"http://127.0.0.1:{dead_port}/services/T/B/x", {"text": "x"}, FAST)
+    assert out.status == "exhausted" and out.http_status is None and out.detail == "network: ConnectError"
+
+
+def test_settings_from_yaml_keep_urls_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "notifier.yaml"
+    config.write_text(
+        "topic: my.alerts\nstate_dir: %s\nmax_attempts: 3\n"
+        "default: {name: ops, url: 'https://hooks.slack.com/services/T1/B1/supersecret'}\n"
+        "routes:\n  - {name: acme, match: acme, url: 'https://hooks.slack.com/services/T2/B2/acmesecret'}\n"
+        "  - {name: fin, match: initech/finance, format: json, url: 'https://example.test/hook'}\n" % (tmp_path / "st")
+    )
+    monkeypatch.setenv("GPULEDGER_NOTIFIER__MAX_ATTEMPTS", "5")
+    ns = load_notifier_settings(config)
+    assert ns.topic == "my.alerts" and ns.max_attempts == 5  # the environment wins over the file
+    assert [r.name for r in ns.routes] == ["acme", "fin"] and ns.routes[1].format == "json"
+    assert ns.default is not None and ns.default.url.get_secret_value().endswith("supersecret")
+    assert "supersecret" not in repr(ns) and "acmesecret" not in str(ns)
+    assert NotifierSettings().topic == "gpuledger.budget-alerts.v1"
+
+    result = CliRunner().invoke(app, ["status", "--notifier-config", str(config)])
+    assert result.exit_code == 0 and "no delivery state yet" in result.output
+    state = DeliveryState(ns.state_file)
+    state.begin("a1", "acme")
+    state.attempt("a1", 200, "ok")
+    state.finish("a1", "delivered", "acme")
+    state.close()
+    result = CliRunner().invoke(app, ["status", "--notifier-config", str(config)])
+    assert result.exit_code == 0 and "delivered=1" in result.output and "secret" not in result.output
+
+
+def test_run_refuses_to_start_without_any_target(tmp_path: Path) -> None:
+    config = tmp_path / "empty.yaml"
+    config.write_text(f"state_dir: {tmp_path}\n")
+    result = CliRunner().invoke(app, ["run", "--notifier-config", str(config)])
+    assert result.exit_code == 1 and "no routes and no default target" in result.output
