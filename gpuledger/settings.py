@@ -66,7 +66,7 @@ class WorkerSettings(BaseModel):
     allocate_every_seconds: float = Field(5.0, gt=0, description="How often GPU windows are (re)allocated.")
     restate_hours: float = Field(6.0, gt=0, description="Windows younger than this are re-allocated when late events arrive; older ones are final.")
     unassigned_org: str = Field("unassigned", description="Org booked for identities missing from the directory.")
-    web_port: int = Field(6066, description="Faust's web port (bound to 127.0.0.1).")
+    session_timeout_seconds: float = Field(10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on).")
 
 
 class StackSettings(BaseModel):

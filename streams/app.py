@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=max(4 * w.batch_size, 4096),
         broker_max_poll_records=w.batch_size,
         web_enabled=False,
+        broker_session_timeout=w.session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, w.session_timeout_seconds / 4),
         producer_acks=-1,
         datadir=str(settings.stack.data_dir / "worker" / w.app_id),
     )
