@@ -24,6 +24,7 @@ from gpuledger.settings import Settings
 from schemas import DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
 from streams import reference
 from streams.allocator import GpuAllocator
+from streams.batching import EventBatcher
 from streams.enrich import price_usage, resolve_payer
 from streams.pricing import PriceBook
 from streams.sink import (
@@ -100,38 +101,46 @@ def create_app(settings: Settings) -> faust.App:
             },
         )
 
+    async def store_usage(events: list[EventT]) -> None:
+        book = price_book()
+        rows, lines = [], []
+        for event in events:
+            try:
+                record = usage_codec.decode(event.message.value)
+            except DecodeError as exc:
+                await to_dead_letter(event, exc.reason)
+                continue
+            priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book, settings.currency)
+            rows.append(usage_row(priced, event.message.partition, event.message.offset))
+            if priced.line is not None:
+                lines.append(priced.line)
+        version = version_now()
+        await sink.insert("usage_events", USAGE_COLUMNS, rows)
+        await sink.insert("ledger", LEDGER_COLUMNS, [ledger_row(line, version) for line in lines])
+
+    async def store_samples(events: list[EventT]) -> None:
+        rows = []
+        for event in events:
+            try:
+                record = sample_codec.decode(event.message.value)
+            except DecodeError as exc:
+                await to_dead_letter(event, exc.reason)
+                continue
+            owner = lookup("node", record.node)
+            rows.append(sample_row(record, owner.org if owner else w.unassigned_org, event.message.partition, event.message.offset))
+        await sink.insert("gpu_samples", SAMPLE_COLUMNS, rows)
+
     @app.agent(usage_topic, name="usage")
     async def usage(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(w.batch_size, within=w.batch_seconds):
-            book = price_book()
-            rows, lines = [], []
-            for event in events:
-                try:
-                    record = usage_codec.decode(event.message.value)
-                except DecodeError as exc:
-                    await to_dead_letter(event, exc.reason)
-                    continue
-                priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book, settings.currency)
-                rows.append(usage_row(priced, event.message.partition, event.message.offset))
-                if priced.line is not None:
-                    lines.append(priced.line)
-            version = version_now()
-            await sink.insert("usage_events", USAGE_COLUMNS, rows)
-            await sink.insert("ledger", LEDGER_COLUMNS, [ledger_row(line, version) for line in lines])
+        async with EventBatcher(stream, store_usage, size=w.batch_size, seconds=w.batch_seconds) as batcher:
+            async for event in stream.events():
+                await batcher.add(event)
 
     @app.agent(samples_topic, name="samples")
     async def samples(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(w.batch_size, within=w.batch_seconds):
-            rows = []
-            for event in events:
-                try:
-                    record = sample_codec.decode(event.message.value)
-                except DecodeError as exc:
-                    await to_dead_letter(event, exc.reason)
-                    continue
-                owner = lookup("node", record.node)
-                rows.append(sample_row(record, owner.org if owner else w.unassigned_org, event.message.partition, event.message.offset))
-            await sink.insert("gpu_samples", SAMPLE_COLUMNS, rows)
+        async with EventBatcher(stream, store_samples, size=w.batch_size, seconds=w.batch_seconds) as batcher:
+            async for event in stream.events():
+                await batcher.add(event)
 
     allocator = GpuAllocator(
         client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,
