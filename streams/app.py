@@ -21,7 +21,7 @@ from faust.types import EventT
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options
 from gpuledger.settings import Settings
-from schemas import DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
+from schemas import Codec, DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
 from streams import reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
@@ -101,16 +101,21 @@ def create_app(settings: Settings) -> faust.App:
             },
         )
 
+    async def decoded(events: list[EventT], codec: Codec[Any]) -> list[tuple[EventT, Any]]:
+        """The batch's records; undecodable messages go to the dead-letter topic instead."""
+        good = []
+        for event in events:
+            try:
+                good.append((event, codec.decode(event.message.value)))
+            except DecodeError as exc:
+                await to_dead_letter(event, exc.reason)
+        return good
+
     async def store_usage(events: list[EventT]) -> None:
         book = price_book()
         rows, lines = [], []
-        for event in events:
-            try:
-                record = usage_codec.decode(event.message.value)
-            except DecodeError as exc:
-                await to_dead_letter(event, exc.reason)
-                continue
-            priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book, settings.currency)
+        for event, record in await decoded(events, usage_codec):
+            priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book)
             rows.append(usage_row(priced, event.message.partition, event.message.offset))
             if priced.line is not None:
                 lines.append(priced.line)
@@ -120,27 +125,23 @@ def create_app(settings: Settings) -> faust.App:
 
     async def store_samples(events: list[EventT]) -> None:
         rows = []
-        for event in events:
-            try:
-                record = sample_codec.decode(event.message.value)
-            except DecodeError as exc:
-                await to_dead_letter(event, exc.reason)
-                continue
+        for event, record in await decoded(events, sample_codec):
             owner = lookup("node", record.node)
             rows.append(sample_row(record, owner.org if owner else w.unassigned_org, event.message.partition, event.message.offset))
         await sink.insert("gpu_samples", SAMPLE_COLUMNS, rows)
 
-    @app.agent(usage_topic, name="usage")
-    async def usage(stream: faust.StreamT) -> None:
-        async with EventBatcher(stream, store_usage, size=w.batch_size, seconds=w.batch_seconds) as batcher:
-            async for event in stream.events():
-                await batcher.add(event)
+    def batched(topic: faust.TopicT, name: str, store: Any) -> None:
+        """An agent that stores its topic's events in batches, acking each batch once stored."""
 
-    @app.agent(samples_topic, name="samples")
-    async def samples(stream: faust.StreamT) -> None:
-        async with EventBatcher(stream, store_samples, size=w.batch_size, seconds=w.batch_seconds) as batcher:
-            async for event in stream.events():
-                await batcher.add(event)
+        async def agent(stream: faust.StreamT) -> None:
+            async with EventBatcher(stream, store, size=w.batch_size, seconds=w.batch_seconds) as batcher:
+                async for event in stream.events():
+                    await batcher.add(event)
+
+        app.agent(topic, name=name)(agent)
+
+    batched(usage_topic, "usage", store_usage)
+    batched(samples_topic, "samples", store_samples)
 
     allocator = GpuAllocator(
         client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,

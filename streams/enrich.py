@@ -29,7 +29,7 @@ def resolve_payer(usage: InferenceUsage, lookup: OrgLookup, unassigned: str) -> 
     return lookup("api_key", usage.key_id) or OrgDirectory(kind="api_key", key=usage.key_id, org=unassigned)
 
 
-def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook, currency: str) -> PricedUsage:
+def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook) -> PricedUsage:
     """Per-token price when the model has one; GPU-window allocation when it ran on known GPUs."""
     price = prices.at("token", usage.model, usage.request_end)
     if price is not None:
