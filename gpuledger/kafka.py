@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -44,6 +44,30 @@ def new_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**{**options, **overrides})
 
 
+class AckedSender:
+    """Sends one message at a time and returns once Kafka acknowledged it; the producer starts on first use.
+
+    Created lazily because aiokafka binds a producer to the event loop it was built in.
+    """
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._kafka = kafka
+        self._producer: AIOKafkaProducer | None = None
+
+    async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """``value=None`` writes a tombstone (deletes ``key`` from a compacted topic)."""
+        if self._producer is None:
+            producer = new_producer(self._kafka, linger_ms=0)
+            await producer.start()
+            self._producer = producer
+        await self._producer.send_and_wait(topic, value, key=key)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
 def table_topic(settings: Settings, table: str) -> str:
     """Faust names a table's changelog ``<app_id>-<table>-changelog``; the directory and price list live there."""
     return f"{settings.worker.app_id}-{table}-changelog"
@@ -59,6 +83,9 @@ def declared_topics(settings: Settings) -> list[NewTopic]:
         NewTopic(t.dead_letter, 1, t.replication_factor, topic_configs={"retention.ms": str(30 * 24 * 3600 * 1000)}),
         NewTopic(table_topic(settings, "orgs"), 1, t.replication_factor, topic_configs=compact),
         NewTopic(table_topic(settings, "prices"), 1, t.replication_factor, topic_configs=compact),
+        NewTopic(table_topic(settings, "budgets"), 1, t.replication_factor, topic_configs=compact),
+        NewTopic(t.budget_alerts, 1, t.replication_factor),
+        NewTopic(t.budget_status, 1, t.replication_factor, topic_configs=compact),
     ]
 
 
@@ -77,3 +104,37 @@ async def ensure_topics(settings: Settings) -> list[str]:
         return [topic.name for topic in missing]
     finally:
         await admin.close()
+
+
+async def read_compacted(kafka: KafkaSettings, topic: str) -> dict[bytes, bytes]:
+    """The latest value of every live key of a compacted topic, read from the start to its current end.
+
+    Tombstones (null values) remove their key, as compaction eventually would.
+    """
+    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        ends = await assign_from_beginning(consumer, topic)
+        latest: dict[bytes, bytes] = {}
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    if message.value is None:
+                        latest.pop(message.key, None)
+                    else:
+                        latest[message.key] = message.value
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def assign_from_beginning(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
+    """Assign every partition of ``topic`` (no consumer group), rewind to the start; returns the end offsets now."""
+    await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public metadata refresh
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        raise LookupError(f"Kafka topic {topic!r} does not exist; run `gpuledger topics` (or start the worker) first")
+    partitions = [TopicPartition(topic, p) for p in sorted(found)]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    return await consumer.end_offsets(partitions)

@@ -100,8 +100,8 @@ def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow]) -
     return records
 
 
-async def publish(settings: Settings, table: str, items: list[tuple[bytes, bytes]]) -> None:
-    """Write keyed records to a reference table's compacted topic and wait for acks."""
+async def publish(settings: Settings, table: str, items: list[tuple[bytes, bytes | None]]) -> None:
+    """Write keyed records (``None``: a tombstone) to a reference table's compacted topic and wait for acks."""
     await ensure_topics(settings)
     producer = new_producer(settings.kafka)
     await producer.start()

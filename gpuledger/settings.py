@@ -52,6 +52,8 @@ class TopicSettings(BaseModel):
     gpu_samples: str = "gpuledger.gpu-samples.v1"
     inference_usage: str = "gpuledger.inference-usage.v1"
     dead_letter: str = "gpuledger.dead-letter.v1"
+    budget_alerts: str = Field("gpuledger.budget-alerts.v1", description="Alerts the worker raises; the notifier's own `topic` setting must name the same topic.")
+    budget_status: str = Field("gpuledger.budget-status.v1", description="Compacted: each budget's standing, read by the gateway to enforce hard budgets.")
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
 
@@ -67,6 +69,19 @@ class WorkerSettings(BaseModel):
     restate_hours: float = Field(6.0, gt=0, description="Windows younger than this are re-allocated when late events arrive; older ones are final.")
     unassigned_org: str = Field("unassigned", description="Org booked for identities missing from the directory.")
     session_timeout_seconds: float = Field(10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on).")
+
+
+class BudgetSettings(BaseModel):
+    """Budget evaluation in the worker: how often, and when forecast and spike alerts fire."""
+
+    evaluate_every_seconds: float = Field(1.0, gt=0, description="How often the leader worker re-evaluates every budget.")
+    late_grace_hours: float = Field(6.0, ge=0, description="After a period ends it is still evaluated this long, so late events can still cross its thresholds.")
+    forecast_window_minutes: int = Field(60, ge=1, description="Run rate for forecasts = spend in this trailing window / its length.")
+    forecast_min_pct: float = Field(10.0, ge=0, le=100, description="No forecast alert before spend reaches this % of the budget (too little data).")
+    spike_factor: float = Field(3.0, gt=1, description="Spike: spend in the last hour >= this many times the trailing hourly baseline.")
+    spike_baseline_hours: int = Field(24, ge=1, description="Trailing window (before the last hour) the spike baseline is averaged over.")
+    spike_min_pct: float = Field(1.0, ge=0, le=100, description="Spikes smaller than this % of the budget are ignored.")
+    top_n: int = Field(3, ge=1, le=10, description="Models and keys named in each alert.")
 
 
 class StackSettings(BaseModel):
@@ -95,6 +110,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     topics: TopicSettings = TopicSettings()
     worker: WorkerSettings = WorkerSettings()
+    budgets: BudgetSettings = BudgetSettings()
     stack: StackSettings = StackSettings()
 
     @classmethod

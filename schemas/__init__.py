@@ -5,17 +5,22 @@ Every component speaks to every other only through these records and the codec.
 
 from schemas.codec import Codec, DecodeError, codec_for
 from schemas.records import (
+    Budget,
     BudgetAlert,
+    BudgetStatus,
     GpuProcess,
     GpuSample,
     InferenceUsage,
     LedgerLine,
     OrgDirectory,
     Price,
+    SpendShare,
 )
 
 __all__ = [
+    "Budget",
     "BudgetAlert",
+    "BudgetStatus",
     "Codec",
     "DecodeError",
     "GpuProcess",
@@ -24,5 +29,6 @@ __all__ = [
     "LedgerLine",
     "OrgDirectory",
     "Price",
+    "SpendShare",
     "codec_for",
 ]

@@ -33,6 +33,9 @@ REGISTRY: dict[int, str] = {
     5: "price.v1",
     6: "ledger_line.v1",
     7: "budget_alert.v1",
+    8: "budget.v1",
+    9: "budget_alert.v2",
+    10: "budget_status.v1",
 }
 
 # The version each typed record is read as and written with.
@@ -42,7 +45,9 @@ CURRENT: dict[type, int] = {
     records.OrgDirectory: 4,
     records.Price: 5,
     records.LedgerLine: 6,
-    records.BudgetAlert: 7,
+    records.BudgetAlert: 9,
+    records.Budget: 8,
+    records.BudgetStatus: 10,
 }
 
 R = TypeVar("R")
@@ -124,6 +129,9 @@ class Codec(Generic[R]):
 def _nested(record_type: type, value: dict[str, Any]) -> dict[str, Any]:
     if record_type is records.GpuSample and value.get("processes"):
         value["processes"] = [records.GpuProcess(**p) for p in value["processes"]]
+    if record_type is records.BudgetAlert:
+        for name in ("top_models", "top_keys"):
+            value[name] = [records.SpendShare(**s) for s in value.get(name) or []]
     return value
 
 

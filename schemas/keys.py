@@ -13,3 +13,8 @@ def org_key(kind: str, key: str) -> bytes:
 def price_key(price: Price) -> bytes:
     """One key per price version, so compaction keeps every version and history is never rewritten."""
     return f"{price.kind}:{price.price_id}".encode()
+
+
+def budget_key(budget_id: str) -> bytes:
+    """Budgets and their statuses are keyed by id: the latest write wins, a tombstone deletes."""
+    return budget_id.encode()

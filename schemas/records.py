@@ -123,6 +123,14 @@ class LedgerLine:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SpendShare:
+    """One model's or key's spend within a budget period (what drives an alert)."""
+
+    name: str
+    spend: Decimal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BudgetAlert:
     alert_id: str
     budget_id: str
@@ -137,3 +145,45 @@ class BudgetAlert:
     threshold_pct: int = 0
     projected_breach: datetime | None = None
     message: str = ""
+    top_models: list[SpendShare] = field(default_factory=list)
+    top_keys: list[SpendShare] = field(default_factory=list)
+    mode: str = "soft"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Budget:
+    budget_id: str
+    org: str
+    period: str
+    amount: Decimal
+    currency: str
+    updated_at: datetime
+    team: str = ""
+    project: str = ""
+    model: str | None = None
+    timezone: str = "UTC"
+    thresholds: list[int] = field(default_factory=lambda: [50, 80, 100])
+    mode: str = "soft"
+
+    @property
+    def scope(self) -> str:
+        """``org[/team[/project]]``, plus `` model=<m>`` for a per-model budget: how people name it."""
+        path = "/".join(p for p in (self.org, self.team, self.project) if p)
+        return f"{path} model={self.model}" if self.model else path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetStatus:
+    budget_id: str
+    org: str
+    mode: str
+    period_start: datetime
+    period_end: datetime
+    spend: Decimal
+    amount: Decimal
+    currency: str
+    exhausted: bool
+    evaluated_at: datetime
+    team: str = ""
+    project: str = ""
+    model: str | None = None

@@ -4,7 +4,9 @@ Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
 - ``usage`` agent: decode InferenceUsage, join the org directory and price list,
   store the enriched event and, for API models, its cost line;
 - ``samples`` agent: decode GpuSample, store it with its node's owner;
-- ``allocate`` timer (leader only): re-derive GPU window lines from stored rows.
+- ``allocate`` timer (leader only): re-derive GPU window lines from stored rows;
+- ``budgets`` timer (leader only): measure every budget on the ledger, raise alerts,
+  publish each budget's standing (see ``streams.budgets.evaluator``).
 Undecodable messages go to the dead-letter topic with the reason and their origin;
 offsets are acknowledged only after a batch is stored (at-least-once), and storage
 is idempotent, so replays never change totals.
@@ -19,12 +21,13 @@ import structlog
 from faust.types import EventT
 
 from gpuledger.clickhouse import connect
-from gpuledger.kafka import client_options
+from gpuledger.kafka import AckedSender, client_options
 from gpuledger.settings import Settings
 from schemas import Codec, DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
 from streams import reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
+from streams.budgets.evaluator import BudgetEvaluator, Topics
 from streams.enrich import price_usage, resolve_payer
 from streams.pricing import PriceBook
 from streams.sink import (
@@ -75,6 +78,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     orgs = reference.org_table(app)
     prices = reference.price_table(app)
+    budgets = reference.budget_table(app)
     usage_topic = app.topic(settings.topics.inference_usage, value_serializer="raw", key_serializer="raw")
     samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(settings.topics.dead_letter, value_serializer="raw", key_serializer="raw")
@@ -155,6 +159,19 @@ def create_app(settings: Settings) -> faust.App:
             await allocator.run_once()
         except Exception:  # a failed pass is retried on the next tick; its inputs are still in ClickHouse
             log.exception("gpu allocation pass failed")
+
+    evaluator = BudgetEvaluator(
+        client=connect(settings.clickhouse), database=settings.clickhouse.database, budgets=budgets.values,
+        publish=AckedSender(settings.kafka).send,
+        topics=Topics(alerts=settings.topics.budget_alerts, status=settings.topics.budget_status), settings=settings.budgets,
+    )
+
+    @app.timer(settings.budgets.evaluate_every_seconds, on_leader=True, name="budgets")
+    async def evaluate_budgets() -> None:
+        try:
+            await evaluator.run_once()
+        except Exception:  # retried on the next tick; ledger and raised alerts are in ClickHouse
+            log.exception("budget evaluation failed")
 
     return app
 

@@ -1,9 +1,9 @@
-"""Reference data the worker joins against: the org directory and the price list.
+"""Reference data the worker joins against: the org directory, the price list and the budgets.
 
 Both live in Faust GlobalTables whose changelogs are compacted topics
-(``<app_id>-orgs-changelog``, ``<app_id>-prices-changelog``); ``gpuledger orgs import``
-and ``gpuledger prices import`` publish straight into them, so every worker holds
-the full set and a restarted worker recovers it from Kafka.
+(``<app_id>-orgs-changelog``, ``-prices-changelog``, ``-budgets-changelog``);
+``gpuledger orgs import``, ``prices import`` and ``budgets set`` publish straight into
+them, so every worker holds the full set and a restarted worker recovers it from Kafka.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import faust
 
-from schemas import OrgDirectory, Price, codec_for
+from schemas import Budget, OrgDirectory, Price, codec_for
 from schemas.keys import org_key, price_key
 
-__all__ = ["org_key", "org_table", "price_key", "price_table"]
+__all__ = ["budget_table", "org_key", "org_table", "price_key", "price_table"]
 
 
 class ReferenceTable:
@@ -40,3 +40,7 @@ def org_table(app: faust.App) -> ReferenceTable:
 
 def price_table(app: faust.App) -> ReferenceTable:
     return ReferenceTable(app, "prices", Price)
+
+
+def budget_table(app: faust.App) -> ReferenceTable:
+    return ReferenceTable(app, "budgets", Budget)

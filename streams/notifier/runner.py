@@ -9,6 +9,11 @@ Guarantee, per alert:
   alerts but never drops them.
 * The sqlite3 ledger (``state``) records each ``alert_id`` as delivered before the
   offset is committed, so a replayed offset or a re-published alert is skipped.
+* Each settled alert is also copied to ClickHouse ``budget_alert_deliveries`` (route,
+  status, attempts, last HTTP status; never the URL), so ``budget_alert_history``
+  shows raised, delivered and attempts. The copy is best effort: rows that ClickHouse
+  refuses are kept and retried with the next alert, and a ClickHouse outage never holds
+  back a Slack message (the sqlite ledger remains the delivery truth).
 * Honest gap: if the process dies after Slack answered 200 but before the ledger
   write, the alert is posted a second time on restart. Slack webhooks have no
   idempotency key, so that window can be made small (it is: one local fsync) but
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
+from typing import Any
 
 import httpx
 import structlog
@@ -27,15 +34,38 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 
+from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options
 from gpuledger.settings import Settings
 from schemas import BudgetAlert, DecodeError, codec_for
 from streams.notifier.routing import route_for
 from streams.notifier.settings import NotifierSettings
 from streams.notifier.slack import Outcome, RetryPolicy, json_payload, post_with_retry, slack_message
-from streams.notifier.state import DeliveryState
+from streams.notifier.state import Delivery, DeliveryState
+from streams.sink import version_now
 
 log = structlog.get_logger("gpuledger.notifier")
+DELIVERY_COLUMNS = ("alert_id", "route", "status", "attempts", "last_http_status", "detail", "finished_at", "version")
+
+
+class History:
+    """Copies settled deliveries into ClickHouse; connects lazily, keeps and retries what it could not write."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._ch = settings.clickhouse
+        self._client: Any = None
+        self._backlog: list[list[Any]] = []
+
+    async def record(self, d: Delivery) -> None:
+        self._backlog.append([d.alert_id, d.route, d.status, d.attempts, d.last_http_status, d.last_detail, datetime.fromisoformat(d.updated_at), version_now()])
+        try:
+            if self._client is None:
+                self._client = await asyncio.to_thread(connect, self._ch)
+            await asyncio.to_thread(self._client.insert, f"{self._ch.database}.budget_alert_deliveries", self._backlog, column_names=list(DELIVERY_COLUMNS))
+            self._backlog = []
+        except Exception as exc:  # ClickHouse down or not migrated: the alert still counts as delivered
+            log.warning("alert history not written to ClickHouse yet; will retry with the next alert", alert_id=d.alert_id,
+                        backlog=len(self._backlog), error=str(exc)[:200])
 
 
 class Stopped(Exception):
@@ -72,11 +102,13 @@ async def wait_or_stop(stop_event: asyncio.Event, seconds: float) -> bool:
 class Notifier:
     """Delivers one alert at a time against the ledger; ``run_notifier`` feeds it from Kafka."""
 
-    def __init__(self, ns: NotifierSettings, state: DeliveryState, client: httpx.AsyncClient, stop_event: asyncio.Event) -> None:
+    def __init__(self, ns: NotifierSettings, state: DeliveryState, client: httpx.AsyncClient, stop_event: asyncio.Event,
+                 history: History | None = None) -> None:
         self.ns = ns
         self.state = state
         self.client = client
         self.stop_event = stop_event
+        self.history = history
         self.policy = RetryPolicy(ns.max_attempts, ns.backoff_base_s, ns.backoff_max_s, ns.max_retry_after_s)
 
     async def deliver(self, alert: BudgetAlert) -> str:
@@ -88,6 +120,7 @@ class Notifier:
         target = route_for(alert.scope, self.ns)
         if target is None:
             self.state.finish(alert.alert_id, "failed", "-", "no route and no default target")
+            await self._record(alert.alert_id)
             bound.error("no route for alert; recorded as failed")
             return "failed"
         payload = slack_message(alert) if target.format == "slack" else json_payload(alert)
@@ -103,6 +136,7 @@ class Notifier:
             )
             if outcome.status in ("delivered", "failed"):
                 self.state.finish(alert.alert_id, outcome.status, target.name, outcome.detail)
+                await self._record(alert.alert_id)
                 level = bound.info if outcome.status == "delivered" else bound.error
                 level(f"alert {outcome.status}", route=target.name, attempts=outcome.attempts, http_status=outcome.http_status, detail=outcome.detail)
                 return outcome.status
@@ -112,6 +146,13 @@ class Notifier:
                         http_status=outcome.http_status, pause_s=self.ns.redelivery_pause_s)
             if await wait_or_stop(self.stop_event, self.ns.redelivery_pause_s):
                 raise Stopped(alert.alert_id)
+
+
+    async def _record(self, alert_id: str) -> None:
+        """Copy the settled delivery into ClickHouse's alert history."""
+        d = self.state.get(alert_id)
+        if self.history is not None and d is not None:
+            await self.history.record(d)
 
 
 async def _commit(consumer: AIOKafkaConsumer, message: ConsumerRecord) -> None:
@@ -145,7 +186,8 @@ async def run_notifier(
         isolation_level="read_committed",
     )
     codec = codec_for(BudgetAlert)
-    notifier = Notifier(ns, state, http, stop_event)
+    history = History(settings) if ns.record_history else None
+    notifier = Notifier(ns, state, http, stop_event, history)
     await consumer.start()
     log.info("notifier started", topic=ns.topic, group=ns.group_id, routes=[r.name for r in ns.routes],
              default_route=ns.default.name if ns.default else None)

@@ -51,6 +51,7 @@ class NotifierSettings(BaseSettings):
     backoff_max_s: float = Field(30.0, ge=0)
     max_retry_after_s: float = Field(300.0, ge=0, description="Cap on a 429 Retry-After wait.")
     request_timeout_s: float = Field(10.0, gt=0)
+    record_history: bool = Field(True, description="Write each settled delivery to ClickHouse (budget_alert_deliveries) for the alert history.")
     redelivery_pause_s: float = Field(60.0, ge=0, description="Pause before a new round once max_attempts transient failures are spent.")
 
     @property

@@ -70,6 +70,10 @@ def slack_message(alert: BudgetAlert) -> dict[str, Any]:
     ]
     if alert.message:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": alert.message[:3000]}})
+    drivers = [f"*Top {label}*\n" + "\n".join(f"{s.name}: {money(s.spend, alert.currency)}" for s in shares)
+               for label, shares in (("models", alert.top_models), ("keys", alert.top_keys)) if shares]
+    if drivers:
+        blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": d[:2000]} for d in drivers]})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"alert `{alert.alert_id}` raised {alert.raised_at.isoformat()}"}]})
     return {"text": title, "blocks": blocks}
 
@@ -83,6 +87,8 @@ def json_payload(alert: BudgetAlert) -> dict[str, Any]:
             value = str(value)
         elif isinstance(value, datetime):
             value = value.isoformat()
+        elif name in ("top_models", "top_keys"):
+            value = [{"name": s.name, "spend": str(s.spend)} for s in value]
         out[name] = value
     pct = percent_of_budget(alert)
     out["percent_of_budget"] = str(pct) if pct is not None else None

@@ -209,7 +209,8 @@ async def test_cli_process_delivers_and_stops_on_sigterm(stack_settings: Setting
     config = tmp_path / "notifier.yaml"
     config.write_text(f"topic: {ns.topic}\ngroup_id: {ns.group_id}\nstate_dir: {ns.state_dir}\ndefault: {{name: ops, url: '{hook}'}}\n")
     await publish(stack_settings, ns, [alert(pct=80, spend="800")])
-    env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers, "GPULEDGER_CONFIG": str(tmp_path / "none.yaml")}
+    env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
+           "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url, "GPULEDGER_CONFIG": str(tmp_path / "none.yaml")}
     (tmp_path / "none.yaml").write_text("log_format: json\n")
     proc = subprocess.Popen([sys.executable, "-m", "streams.notifier.cli", "run", "--notifier-config", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,0 +1,205 @@
+"""The budget evaluator: on every tick (leader worker only) measure each budget, raise new alerts, publish standings.
+
+Each tick:
+1. mirror the budget set into ClickHouse when it changed (analysts query ``budgets``);
+2. measure every budget's current period (and the previous one during the late-event
+   grace, so a late line still counts where it belongs) in one ledger scan;
+3. raise each threshold, forecast and spike alert not raised before: publish it to the
+   alerts topic and wait for Kafka's ack, *then* record it in ``budget_alerts``. A crash
+   between the two re-raises the same ``alert_id`` on the next tick, which the notifier
+   and ``budget_alerts`` both absorb; the reverse order could lose an alert;
+4. publish each budget's standing to the compacted status topic when it changes, which
+   the gateway reads to enforce hard budgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from gpuledger.settings import BudgetSettings
+from schemas import Budget, BudgetAlert, BudgetStatus, SpendShare, codec_for
+from schemas.keys import budget_key
+from streams.budgets.periods import period_bounds, previous_period
+from streams.budgets.rules import (
+    Figures,
+    crossed,
+    forecast_alert_id,
+    is_spike,
+    projected_breach,
+    spike_alert_id,
+    threshold_alert_id,
+)
+from streams.budgets.spend import Probe, measure, top_spenders
+from streams.sink import ClickHouseSink, version_now
+
+log = structlog.get_logger()
+Publish = Callable[[str, bytes, bytes | None], Awaitable[None]]  # topic, key, value (None: tombstone); returns once acked
+CENT = Decimal("0.01")
+STATUS_REFRESH = timedelta(seconds=30)
+
+BUDGET_COLUMNS = ("budget_id", "org", "team", "project", "model", "period", "timezone", "amount", "currency", "thresholds", "mode", "updated_at", "version", "is_deleted")
+ALERT_COLUMNS = (
+    "alert_id", "budget_id", "scope", "kind", "threshold_pct", "mode", "period_start", "period_end", "spend", "budget_amount",
+    "currency", "raised_at", "projected_breach", "top_models", "top_keys", "message",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    alerts: str
+    status: str
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    return f"{amount.quantize(CENT, rounding=ROUND_HALF_UP):,} {currency}"
+
+
+def _shares_json(shares: list[SpendShare]) -> str:
+    return json.dumps([{"name": s.name, "spend": str(s.spend)} for s in shares])
+
+
+def _budget_row(b: Budget, version: int) -> list[Any]:
+    return [b.budget_id, b.org, b.team, b.project, b.model, b.period, b.timezone, b.amount, b.currency, b.thresholds, b.mode, b.updated_at, version, 0]
+
+
+def _alert_row(a: BudgetAlert) -> list[Any]:
+    return [
+        a.alert_id, a.budget_id, a.scope, a.kind, a.threshold_pct, a.mode, a.period_start, a.period_end, a.spend, a.budget_amount,
+        a.currency, a.raised_at, a.projected_breach, _shares_json(a.top_models), _shares_json(a.top_keys), a.message,
+    ]
+
+
+class BudgetEvaluator:
+    """Holds what was mirrored and published; everything else is re-read from ClickHouse each tick."""
+
+    def __init__(self, client: Client, database: str, budgets: Callable[[], list[Budget]], publish: Publish, topics: Topics,
+                 settings: BudgetSettings, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.client, self.database, self.budgets, self.publish, self.topics = client, database, budgets, publish, topics
+        self.settings, self.clock = settings, clock
+        self.sink = ClickHouseSink(client, database)
+        self._mirrored: dict[str, datetime] | None = None  # budget_id -> updated_at as mirrored
+        self._published: dict[str, tuple[BudgetStatus, datetime]] = {}
+        self._alert_codec = codec_for(BudgetAlert)
+        self._status_codec = codec_for(BudgetStatus)
+
+    async def run_once(self) -> list[BudgetAlert]:
+        """One evaluation of every budget; returns the alerts raised now."""
+        now = self.clock()
+        budgets = [b for b in self.budgets() if b.amount > 0]
+        await self._mirror(budgets)
+        probes = self._probes(budgets, now)
+        s = self.settings
+        figures = await asyncio.to_thread(
+            measure, self.client, self.database, probes, now,
+            forecast_window=timedelta(minutes=s.forecast_window_minutes), baseline_hours=s.spike_baseline_hours,
+        )
+        raised = await asyncio.to_thread(self._raised_since, min((p.period_start for p in probes), default=now))
+        alerts = []
+        for probe, f in zip(probes, figures, strict=True):
+            for alert_id, kind, pct, breach in self._due(probe.budget, f, now):
+                if alert_id not in raised:
+                    alerts.append(await self._raise(probe, f, now, alert_id, kind, pct, breach))
+            if probe.period_end > now:
+                await self._publish_status(probe.budget, f, now)
+        return alerts
+
+    def _probes(self, budgets: list[Budget], now: datetime) -> list[Probe]:
+        grace = timedelta(hours=self.settings.late_grace_hours)
+        probes = []
+        for b in budgets:
+            start, end = period_bounds(b.period, b.timezone, now)
+            probes.append(Probe(b, start, end))
+            if now - start <= grace:
+                probes.append(Probe(b, *previous_period(b.period, b.timezone, start)))
+        return probes
+
+    def _due(self, b: Budget, f: Figures, now: datetime) -> list[tuple[str, str, int, datetime | None]]:
+        """(alert_id, kind, threshold_pct, projected breach) of every alert the figures call for."""
+        due: list[tuple[str, str, int, datetime | None]] = [(threshold_alert_id(b, f.period_start, pct), "threshold", pct, None) for pct in crossed(b, f.spend)]
+        if f.period_end <= now:
+            return due  # a past period only settles thresholds; forecasts and spikes are about now
+        s = self.settings
+        breach = projected_breach(b, f, now, timedelta(minutes=s.forecast_window_minutes), s.forecast_min_pct)
+        if breach is not None:
+            due.append((forecast_alert_id(b, f.period_start), "forecast", 0, breach))
+        if is_spike(b, f, s.spike_baseline_hours, s.spike_factor, s.spike_min_pct):
+            due.append((spike_alert_id(b, f.period_start, now), "spike", 0, None))
+        return due
+
+    def _raised_since(self, earliest: datetime) -> set[str]:
+        sql = f"SELECT alert_id FROM {self.database}.budget_alerts WHERE period_start >= {{earliest:DateTime64(6, 'UTC')}}"
+        return {row[0] for row in self.client.query(sql, parameters={"earliest": earliest}).result_rows}
+
+    async def _raise(self, probe: Probe, f: Figures, now: datetime, alert_id: str, kind: str, pct: int, breach: datetime | None) -> BudgetAlert:
+        b, n = probe.budget, self.settings.top_n
+        top_models = await asyncio.to_thread(top_spenders, self.client, self.database, probe, "model", n)
+        top_keys = await asyncio.to_thread(top_spenders, self.client, self.database, probe, "key_id", n)
+        alert = BudgetAlert(
+            alert_id=alert_id, budget_id=b.budget_id, scope=b.scope, kind=kind, threshold_pct=pct,
+            period_start=f.period_start, period_end=f.period_end, spend=f.spend, budget_amount=b.amount, currency=b.currency,
+            raised_at=now, projected_breach=breach, message=self._message(b, f, kind, breach), top_models=top_models,
+            top_keys=top_keys, mode=b.mode,
+        )
+        await self.publish(self.topics.alerts, budget_key(b.budget_id), self._alert_codec.encode(alert))
+        await self.sink.insert("budget_alerts", ALERT_COLUMNS, [_alert_row(alert)])
+        log.info("budget alert raised", alert_id=alert_id, scope=b.scope, kind=kind, threshold_pct=pct, spend=str(f.spend))
+        return alert
+
+    def _message(self, b: Budget, f: Figures, kind: str, breach: datetime | None) -> str:
+        s = self.settings
+        if kind == "forecast" and breach is not None:
+            hourly = f.recent / Decimal(s.forecast_window_minutes) * 60
+            return (f"At the last {s.forecast_window_minutes} min's run rate ({_money(hourly, b.currency)}/h), {b.scope} "
+                    f"will exhaust its {_money(b.amount, b.currency)} {b.period} budget around {breach:%Y-%m-%d %H:%M} UTC, "
+                    f"before the period ends {f.period_end:%Y-%m-%d %H:%M} UTC.")
+        if kind == "spike":
+            hourly = f.baseline / s.spike_baseline_hours
+            ratio = (f.last_hour / hourly).quantize(Decimal("0.1")) if hourly else Decimal(0)
+            return (f"{b.scope} spent {_money(f.last_hour, b.currency)} in the last hour: {ratio}x its average of "
+                    f"{_money(hourly, b.currency)}/h over the {s.spike_baseline_hours} h before.")
+        action = " Its requests through the gateway are refused until the period ends or the budget is raised." if b.mode == "hard" and f.spend >= b.amount else ""
+        return f"{b.scope} has spent {_money(f.spend, b.currency)} of its {_money(b.amount, b.currency)} {b.period} budget.{action}"
+
+    async def _mirror(self, budgets: list[Budget]) -> None:
+        """Write changed budgets, and tombstones for deleted ones, into ClickHouse; withdraw deleted budgets' status."""
+        if self._mirrored is None:
+            result = await asyncio.to_thread(self.client.query, f"SELECT budget_id, updated_at FROM {self.database}.budgets FINAL")
+            self._mirrored = {bid: at.replace(tzinfo=UTC) for bid, at in result.result_rows}
+        mirrored = self._mirrored
+        version = version_now()
+        rows = [_budget_row(b, version) for b in budgets if mirrored.get(b.budget_id) != b.updated_at]
+        gone = mirrored.keys() - {b.budget_id for b in budgets}
+        rows += [[bid, "", "", "", None, "", "", Decimal(0), "", [], "", datetime.now(UTC), version, 1] for bid in gone]
+        await self.sink.insert("budgets", BUDGET_COLUMNS, rows)
+        for bid in gone:
+            await self.publish(self.topics.status, budget_key(bid), None)
+            self._published.pop(bid, None)
+            log.info("budget removed", budget_id=bid)
+        self._mirrored = {b.budget_id: b.updated_at for b in budgets}
+
+    async def _publish_status(self, b: Budget, f: Figures, now: datetime) -> None:
+        status = BudgetStatus(
+            budget_id=b.budget_id, org=b.org, team=b.team, project=b.project, model=b.model, mode=b.mode,
+            period_start=f.period_start, period_end=f.period_end, spend=f.spend, amount=b.amount, currency=b.currency,
+            exhausted=f.spend >= b.amount, evaluated_at=now,
+        )
+        last = self._published.get(b.budget_id)
+        if last is not None:
+            before, at = last
+            same = (before.period_start, before.exhausted, before.amount, before.mode, before.org, before.team, before.project, before.model) == (
+                status.period_start, status.exhausted, status.amount, status.mode, status.org, status.team, status.project, status.model)
+            if same and (before.spend == status.spend or now - at < STATUS_REFRESH):
+                return
+        await self.publish(self.topics.status, budget_key(b.budget_id), self._status_codec.encode(status))
+        self._published[b.budget_id] = (status, now)
+        if status.exhausted and b.mode == "hard" and (last is None or not last[0].exhausted):
+            log.warning("hard budget exhausted", budget_id=b.budget_id, scope=b.scope, spend=str(f.spend), amount=str(b.amount))
