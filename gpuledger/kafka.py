@@ -6,6 +6,7 @@ topic the project uses is declared here with its partitions and cleanup policy.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -45,7 +46,7 @@ def new_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
 
 
 class AckedSender:
-    """Sends one message at a time and returns once Kafka acknowledged it; the producer starts on first use.
+    """Sends messages and returns once Kafka acknowledged all of them; the producer starts on first use.
 
     Created lazily because aiokafka binds a producer to the event loop it was built in.
     """
@@ -54,13 +55,16 @@ class AckedSender:
         self._kafka = kafka
         self._producer: AIOKafkaProducer | None = None
 
-    async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
-        """``value=None`` writes a tombstone (deletes ``key`` from a compacted topic)."""
+    async def send_all(self, topic: str, items: list[tuple[bytes, bytes | None]]) -> None:
+        """Send (key, value) pairs in order; ``value=None`` writes a tombstone (deletes ``key`` from a compacted topic)."""
+        if not items:
+            return
         if self._producer is None:
             producer = new_producer(self._kafka, linger_ms=0)
             await producer.start()
             self._producer = producer
-        await self._producer.send_and_wait(topic, value, key=key)
+        acks = [await self._producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*acks)
 
     async def stop(self) -> None:
         if self._producer is not None:

@@ -162,7 +162,7 @@ def create_app(settings: Settings) -> faust.App:
 
     evaluator = BudgetEvaluator(
         client=connect(settings.clickhouse), database=settings.clickhouse.database, budgets=budgets.values,
-        publish=AckedSender(settings.kafka).send,
+        publish=AckedSender(settings.kafka).send_all,
         topics=Topics(alerts=settings.topics.budget_alerts, status=settings.topics.budget_status), settings=settings.budgets,
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,7 @@ from streams.budgets.spend import Probe, measure, top_spenders
 from streams.sink import ClickHouseSink, version_now
 
 log = structlog.get_logger()
-Publish = Callable[[str, bytes, bytes | None], Awaitable[None]]  # topic, key, value (None: tombstone); returns once acked
+Publish = Callable[[str, list[tuple[bytes, bytes | None]]], Awaitable[None]]  # topic, [(key, value or None: tombstone)]; returns once acked
 CENT = Decimal("0.01")
 STATUS_REFRESH = timedelta(seconds=30)
 
@@ -93,6 +94,7 @@ class BudgetEvaluator:
 
     async def run_once(self) -> list[BudgetAlert]:
         """One evaluation of every budget; returns the alerts raised now."""
+        started = time.perf_counter()
         now = self.clock()
         budgets = [b for b in self.budgets() if b.amount > 0]
         await self._mirror(budgets)
@@ -103,13 +105,11 @@ class BudgetEvaluator:
             forecast_window=timedelta(minutes=s.forecast_window_minutes), baseline_hours=s.spike_baseline_hours,
         )
         raised = await asyncio.to_thread(self._raised_since, min((p.period_start for p in probes), default=now))
-        alerts = []
-        for probe, f in zip(probes, figures, strict=True):
-            for alert_id, kind, pct, breach in self._due(probe.budget, f, now):
-                if alert_id not in raised:
-                    alerts.append(await self._raise(probe, f, now, alert_id, kind, pct, breach))
-            if probe.period_end > now:
-                await self._publish_status(probe.budget, f, now)
+        due = [(probe, f, *d) for probe, f in zip(probes, figures, strict=True) for d in self._due(probe.budget, f, now) if d[0] not in raised]
+        alerts = await self._raise(due, now)
+        await self.publish(self.topics.status, self._status_changes(probes, figures, now))
+        if alerts:
+            log.info("budget alerts raised", alerts=[a.alert_id for a in alerts], seconds=round(time.perf_counter() - started, 3))
         return alerts
 
     def _probes(self, budgets: list[Budget], now: datetime) -> list[Probe]:
@@ -139,20 +139,27 @@ class BudgetEvaluator:
         sql = f"SELECT alert_id FROM {self.database}.budget_alerts WHERE period_start >= {{earliest:DateTime64(6, 'UTC')}}"
         return {row[0] for row in self.client.query(sql, parameters={"earliest": earliest}).result_rows}
 
-    async def _raise(self, probe: Probe, f: Figures, now: datetime, alert_id: str, kind: str, pct: int, breach: datetime | None) -> BudgetAlert:
-        b, n = probe.budget, self.settings.top_n
-        top_models = await asyncio.to_thread(top_spenders, self.client, self.database, probe, "model", n)
-        top_keys = await asyncio.to_thread(top_spenders, self.client, self.database, probe, "key_id", n)
-        alert = BudgetAlert(
-            alert_id=alert_id, budget_id=b.budget_id, scope=b.scope, kind=kind, threshold_pct=pct,
-            period_start=f.period_start, period_end=f.period_end, spend=f.spend, budget_amount=b.amount, currency=b.currency,
-            raised_at=now, projected_breach=breach, message=self._message(b, f, kind, breach), top_models=top_models,
-            top_keys=top_keys, mode=b.mode,
+    async def _raise(self, due: list[tuple[Probe, Figures, str, str, int, datetime | None]], now: datetime) -> list[BudgetAlert]:
+        """Build, publish (acked) and then record the due alerts, all in one batch."""
+        if not due:
+            return []
+        probes, n = [d[0] for d in due], self.settings.top_n
+        top_models, top_keys = await asyncio.gather(
+            asyncio.to_thread(top_spenders, self.client, self.database, probes, "model", n),
+            asyncio.to_thread(top_spenders, self.client, self.database, probes, "key_id", n),
         )
-        await self.publish(self.topics.alerts, budget_key(b.budget_id), self._alert_codec.encode(alert))
-        await self.sink.insert("budget_alerts", ALERT_COLUMNS, [_alert_row(alert)])
-        log.info("budget alert raised", alert_id=alert_id, scope=b.scope, kind=kind, threshold_pct=pct, spend=str(f.spend))
-        return alert
+        alerts = [
+            BudgetAlert(
+                alert_id=alert_id, budget_id=p.budget.budget_id, scope=p.budget.scope, kind=kind, threshold_pct=pct,
+                period_start=f.period_start, period_end=f.period_end, spend=f.spend, budget_amount=p.budget.amount,
+                currency=p.budget.currency, raised_at=now, projected_breach=breach, message=self._message(p.budget, f, kind, breach),
+                top_models=models, top_keys=keys, mode=p.budget.mode,
+            )
+            for (p, f, alert_id, kind, pct, breach), models, keys in zip(due, top_models, top_keys, strict=True)
+        ]
+        await self.publish(self.topics.alerts, [(budget_key(a.budget_id), self._alert_codec.encode(a)) for a in alerts])
+        await self.sink.insert("budget_alerts", ALERT_COLUMNS, [_alert_row(a) for a in alerts])
+        return alerts
 
     def _message(self, b: Budget, f: Figures, kind: str, breach: datetime | None) -> str:
         s = self.settings
@@ -180,26 +187,37 @@ class BudgetEvaluator:
         gone = mirrored.keys() - {b.budget_id for b in budgets}
         rows += [[bid, "", "", "", None, "", "", Decimal(0), "", [], "", datetime.now(UTC), version, 1] for bid in gone]
         await self.sink.insert("budgets", BUDGET_COLUMNS, rows)
+        await self.publish(self.topics.status, [(budget_key(bid), None) for bid in gone])
         for bid in gone:
-            await self.publish(self.topics.status, budget_key(bid), None)
             self._published.pop(bid, None)
             log.info("budget removed", budget_id=bid)
         self._mirrored = {b.budget_id: b.updated_at for b in budgets}
 
-    async def _publish_status(self, b: Budget, f: Figures, now: datetime) -> None:
-        status = BudgetStatus(
-            budget_id=b.budget_id, org=b.org, team=b.team, project=b.project, model=b.model, mode=b.mode,
-            period_start=f.period_start, period_end=f.period_end, spend=f.spend, amount=b.amount, currency=b.currency,
-            exhausted=f.spend >= b.amount, evaluated_at=now,
-        )
-        last = self._published.get(b.budget_id)
-        if last is not None:
-            before, at = last
-            same = (before.period_start, before.exhausted, before.amount, before.mode, before.org, before.team, before.project, before.model) == (
-                status.period_start, status.exhausted, status.amount, status.mode, status.org, status.team, status.project, status.model)
-            if same and (before.spend == status.spend or now - at < STATUS_REFRESH):
-                return
-        await self.publish(self.topics.status, budget_key(b.budget_id), self._status_codec.encode(status))
-        self._published[b.budget_id] = (status, now)
-        if status.exhausted and b.mode == "hard" and (last is None or not last[0].exhausted):
-            log.warning("hard budget exhausted", budget_id=b.budget_id, scope=b.scope, spend=str(f.spend), amount=str(b.amount))
+    def _status_changes(self, probes: list[Probe], figures: list[Figures], now: datetime) -> list[tuple[bytes, bytes | None]]:
+        """Standings of the current periods that changed (or whose spend moved and were last sent a while ago)."""
+        changes = []
+        for probe, f in zip(probes, figures, strict=True):
+            b = probe.budget
+            if probe.period_end <= now:
+                continue
+            status = BudgetStatus(
+                budget_id=b.budget_id, org=b.org, team=b.team, project=b.project, model=b.model, mode=b.mode,
+                period_start=f.period_start, period_end=f.period_end, spend=f.spend, amount=b.amount, currency=b.currency,
+                exhausted=f.spend >= b.amount, evaluated_at=now,
+            )
+            last = self._published.get(b.budget_id)
+            if last is not None:
+                before, at = last
+                if _same_standing(before, status) and (before.spend == status.spend or now - at < STATUS_REFRESH):
+                    continue
+            if status.exhausted and b.mode == "hard" and (last is None or not last[0].exhausted):
+                log.warning("hard budget exhausted", budget_id=b.budget_id, scope=b.scope, spend=str(f.spend), amount=str(b.amount))
+            self._published[b.budget_id] = (status, now)
+            changes.append((budget_key(b.budget_id), self._status_codec.encode(status)))
+        return changes
+
+
+def _same_standing(a: BudgetStatus, b: BudgetStatus) -> bool:
+    """Everything the gateway acts on is unchanged (spend aside)."""
+    fields = ("period_start", "exhausted", "amount", "mode", "org", "team", "project", "model")
+    return all(getattr(a, name) == getattr(b, name) for name in fields)

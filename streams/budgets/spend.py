@@ -69,14 +69,28 @@ def measure(client: Client, database: str, probes: list[Probe], now: datetime, *
     return figures
 
 
-def top_spenders(client: Client, database: str, probe: Probe, column: str, limit: int) -> list[SpendShare]:
-    """The period's largest spenders by ``model`` or ``key_id``, biggest first ('' shows as '(none)')."""
+def top_spenders(client: Client, database: str, probes: list[Probe], column: str, limit: int) -> list[list[SpendShare]]:
+    """Each probe's largest spenders in its period by ``model`` or ``key_id``, biggest first ('' shows as '(none)').
+
+    One scan for all probes: each ledger line is fanned out to the probes it belongs to
+    (``arrayJoin``), then ``LIMIT n BY`` keeps each probe's top ``limit``.
+    """
     assert column in ("model", "key_id")
-    params: dict[str, Any] = {"ps": probe.period_start, "pe": probe.period_end, "n": limit}
-    scope = _scope_condition(probe.budget, 0, params)
+    if not probes:
+        return []
+    params: dict[str, Any] = {"n": limit, "earliest": min(p.period_start for p in probes)}
+    members = []
+    for i, probe in enumerate(probes):
+        params[f"ps{i}"], params[f"pe{i}"] = probe.period_start, probe.period_end
+        period = f"event_time >= {{ps{i}:DateTime64(6, 'UTC')}} AND event_time < {{pe{i}:DateTime64(6, 'UTC')}}"
+        members.append(f"if({_scope_condition(probe.budget, i, params)} AND {period}, {i}, -1)")
     sql = (
-        f"SELECT {column}, sum(cost) AS spent FROM {database}.ledger FINAL WHERE {scope}"
-        " AND event_time >= {ps:DateTime64(6, 'UTC')} AND event_time < {pe:DateTime64(6, 'UTC')}"
-        f" GROUP BY {column} ORDER BY spent DESC, {column} LIMIT {{n:UInt32}}"
+        f"SELECT probe, {column}, sum(cost) AS spent FROM ("
+        f" SELECT arrayJoin(arrayFilter(x -> x >= 0, [{', '.join(members)}])) AS probe, {column}, cost"
+        f" FROM {database}.ledger FINAL WHERE event_time >= {{earliest:DateTime64(6, 'UTC')}})"
+        f" GROUP BY probe, {column} ORDER BY probe, spent DESC, {column} LIMIT {{n:UInt32}} BY probe"
     )
-    return [SpendShare(name=name or "(none)", spend=Decimal(spent)) for name, spent in client.query(sql, parameters=params).result_rows]
+    shares: list[list[SpendShare]] = [[] for _ in probes]
+    for probe, name, spent in client.query(sql, parameters=params).result_rows:
+        shares[probe].append(SpendShare(name=name or "(none)", spend=Decimal(spent)))
+    return shares
