@@ -223,6 +223,9 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
     topics()
     _import("orgs", DEMO / "orgs.yaml")
     _import("prices", DEMO / "prices.yaml")
+    from gpuledger.budgets_cli import import_budgets, list_budgets
+
+    import_budgets(DEMO / "budgets.yaml")
     log_path = settings.stack.data_dir / "worker.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "worker"], stdout=log, stderr=subprocess.STDOUT)
@@ -240,9 +243,28 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
                     raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
                 time.sleep(2)
         report(truth=truth)
+        _show_alerts(settings)
+        list_budgets()
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _show_alerts(settings: Settings) -> None:
+    """The budget alerts the worker raised (the notifier would post them; none is configured in the demo)."""
+    from gpuledger.clickhouse import connect
+
+    client = connect(settings.clickhouse)
+    sql = "SELECT budget_id, kind, threshold_pct, spend, budget_amount, currency, message FROM budget_alerts FINAL ORDER BY raised_at, threshold_pct"
+    deadline = time.monotonic() + 15
+    rows = client.query(sql).result_rows
+    while not rows and time.monotonic() < deadline:
+        time.sleep(1)
+        rows = client.query(sql).result_rows
+    table = Table("budget", "kind", "threshold", "spend", "budget", "message", title="budget alerts raised (`gpuledger notifier run` posts them to Slack)")
+    for budget_id, kind, pct, spend, amount, currency, message in rows:
+        table.add_row(budget_id, kind, f"{pct}%" if pct else "-", f"{spend:.2f} {currency}", f"{amount:.2f} {currency}", message)
+    console.print(table)
 
 
 if __name__ == "__main__":

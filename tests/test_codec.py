@@ -8,7 +8,9 @@ from decimal import Decimal
 import pytest
 
 from schemas import (
+    Budget,
     BudgetAlert,
+    BudgetStatus,
     DecodeError,
     GpuProcess,
     GpuSample,
@@ -16,6 +18,7 @@ from schemas import (
     LedgerLine,
     OrgDirectory,
     Price,
+    SpendShare,
     codec_for,
 )
 from schemas.codec import CURRENT, HEADER, REGISTRY, parsed_schema
@@ -43,7 +46,12 @@ EXAMPLES = [
     BudgetAlert(
         alert_id="a", budget_id="b", scope="o", kind="threshold", period_start=T0, period_end=T1, spend=Decimal("80.5"),
         budget_amount=Decimal("100"), currency="USD", raised_at=T1, threshold_pct=80,
+        top_models=[SpendShare(name="m", spend=Decimal("80.5"))], top_keys=[SpendShare(name="k1", spend=Decimal("80.5"))], mode="hard",
     ),
+    Budget(budget_id="b", org="o", team="t", model="m", period="week", timezone="Europe/Berlin", amount=Decimal("100"), currency="USD",
+           thresholds=[25, 100], mode="hard", updated_at=T1),
+    BudgetStatus(budget_id="b", org="o", team="t", mode="hard", period_start=T0, period_end=T1, spend=Decimal("101"), amount=Decimal("100"),
+                 currency="USD", exhausted=True, evaluated_at=T1),
 ]
 
 
@@ -75,6 +83,14 @@ def test_new_producer_v2_is_read_by_old_reader() -> None:
     as_v1 = codec.decode_dict(codec.encode(new), reader_id=2)
     assert as_v1["event_id"] == "e1" and as_v1["completion_tokens"] == 5
     assert "cached_prompt_tokens" not in as_v1 and "ttft_ms" not in as_v1
+
+
+def test_budget_alert_v1_from_an_old_producer_reads_with_empty_drivers() -> None:
+    codec = codec_for(BudgetAlert)
+    v2 = EXAMPLES[5]
+    record = codec.decode(codec.encode(v2, schema_id=7))
+    assert (record.top_models, record.top_keys, record.mode) == ([], [], "soft")
+    assert (record.alert_id, record.spend, record.threshold_pct) == (v2.alert_id, v2.spend, 80)
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ from streams.sink import ClickHouseSink, version_now
 log = structlog.get_logger()
 Publish = Callable[[str, list[tuple[bytes, bytes | None]]], Awaitable[None]]  # topic, [(key, value or None: tombstone)]; returns once acked
 CENT = Decimal("0.01")
-STATUS_REFRESH = timedelta(seconds=30)
+STATUS_REFRESH = timedelta(seconds=10)
 
 BUDGET_COLUMNS = ("budget_id", "org", "team", "project", "model", "period", "timezone", "amount", "currency", "thresholds", "mode", "updated_at", "version", "is_deleted")
 ALERT_COLUMNS = (

@@ -6,7 +6,9 @@ from streams.notifier.settings import NotifierSettings, Target
 
 
 def segments(scope: str) -> list[str]:
-    return [s for s in scope.strip("/").split("/") if s]
+    """``org/team/project`` parts; a per-model budget's `` model=<m>`` suffix does not change the route."""
+    path = scope.split(" model=", 1)[0]
+    return [s for s in path.strip("/").split("/") if s]
 
 
 def route_for(scope: str, settings: NotifierSettings) -> Target | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from schemas import SpendShare
 from streams.notifier import NotifierSettings, Route, Target
 from streams.notifier.cli import app
 from streams.notifier.routing import route_for
@@ -37,6 +39,14 @@ def test_message_figures_forecast_and_message_text() -> None:
     assert a.alert_id in m["blocks"][3]["elements"][0]["text"]
 
 
+def test_message_names_the_top_models_and_keys_driving_the_spend() -> None:
+    a = replace(alert(spend="812.5"), top_models=[SpendShare(name="llama-70b", spend=Decimal("600")), SpendShare(name="gpt-4o", spend=Decimal("212.5"))],
+                top_keys=[SpendShare(name="key-ml-batch", spend=Decimal("812.5"))])
+    drivers = [f["text"] for b in slack_message(a)["blocks"] if b["type"] == "section" for f in b.get("fields", []) if f["text"].startswith("*Top")]
+    assert drivers == ["*Top models*\nllama-70b: 600.00 USD\ngpt-4o: 212.50 USD", "*Top keys*\nkey-ml-batch: 812.50 USD"]
+    assert json_payload(a)["top_models"] == [{"name": "llama-70b", "spend": "600"}, {"name": "gpt-4o", "spend": "212.5"}]
+
+
 def test_percent_is_decimal_and_zero_budget_is_not_a_crash() -> None:
     assert percent_of_budget(alert(spend="0.0005", budget="0.001")) == Decimal("50.0")
     assert percent_of_budget(alert(spend="1", budget="3")) == Decimal("33.3")
@@ -56,6 +66,7 @@ def test_routes_match_whole_segments_longest_first() -> None:
     assert route_for("acme/ml/llm", ns).name == "a-ml"
     assert route_for("acme/mlops", ns).name == "a"
     assert route_for("acmecorp", ns).name == "d"
+    assert route_for("acme/ml model=llama-70b", ns).name == "a-ml"  # a per-model budget routes like its team
     assert route_for("globex", NotifierSettings()) is None
 
 
