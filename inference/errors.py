@@ -14,9 +14,9 @@ def error_body(message: str, kind: str, code: str | None = None, param: str | No
     return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
 
 
-async def send_json(send: Send, status: int, body: bytes) -> None:
-    """A complete JSON response."""
-    await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A complete JSON response (``headers``: extra ones)."""
+    await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or ())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

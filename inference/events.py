@@ -50,7 +50,11 @@ class RequestMeter:
             self.first_byte = time.perf_counter()
 
     def event(self, *, key_id: str, model: str, placement: Placement, usage: Usage | None, status: str, streamed: bool) -> InferenceUsage:
-        """The finished request as an event; TTFT only for streams, where the first chunk is the first token."""
+        """The finished request as an event; TTFT only for streams, where the first chunk is the first token.
+
+        A JSON answer's first byte comes after its last token: as "TTFT" it would repeat latency_ms
+        and skew TTFT percentiles, so non-streamed requests carry none (null).
+        """
         elapsed = time.perf_counter() - self.started
         usage = usage or NO_USAGE
         ttft = (self.first_byte - self.started) * 1000.0 if streamed and self.first_byte is not None else None

@@ -1,4 +1,4 @@
-"""Reading OpenAI ``usage`` objects out of responses and SSE streams without parsing whole bodies.
+"""Reading OpenAI ``usage`` objects out of bodies without parsing them whole, and asking streams to carry usage.
 
 Bodies can be megabytes (embeddings) while ``usage`` is a few dozen bytes near the end, so we
 locate it and decode only that object; that keeps metering within its per-request budget.
@@ -7,12 +7,12 @@ locate it and decode only that object; that keeps metering within its per-reques
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-_DECODER = json.JSONDecoder()
-_USAGE = b'"usage"'
-_EVENT_END = b"\n\n"
+DECODER = json.JSONDecoder()
+USAGE_KEY = b'"usage"'
 _BACKSLASH = 0x5C
 
 
@@ -38,100 +38,87 @@ def usage_from_dict(usage: dict[str, Any]) -> Usage:
 def find_usage(body: bytes) -> Usage | None:
     """The last non-null ``"usage": {...}`` member of a JSON document (or SSE event), if any."""
     end = len(body)
-    while (at := body.rfind(_USAGE, 0, end)) != -1:
+    while (at := body.rfind(USAGE_KEY, 0, end)) != -1:
         end = at
         if at and body[at - 1] == _BACKSLASH:
             continue  # an escaped quote: the word is inside a string, not a key
-        rest = body[at + len(_USAGE) :].lstrip()
+        rest = body[at + len(USAGE_KEY) :].lstrip()
         if rest[:1] != b":":
             continue
         value = rest[1:].lstrip()
         if value[:1] != b"{":
             return None  # "usage": null
         try:
-            obj, _ = _DECODER.raw_decode(value.decode("utf-8", "replace"))
+            obj, _ = DECODER.raw_decode(value.decode("utf-8", "replace"))
         except ValueError:
             return None
         return usage_from_dict(obj) if isinstance(obj, dict) else None
     return None
 
 
-def _is_usage_only_chunk(event: bytes) -> bool:
-    """True for the final ``{"choices": [], "usage": {...}}`` chunk that include_usage adds."""
-    payload = event.partition(b"data:")[2].strip()
-    try:
-        chunk = json.loads(payload)
-    except ValueError:
-        return False
-    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
+@dataclass(frozen=True, slots=True)
+class StreamUsage:
+    """What metering adds to a stream's ``stream_options``, and so what the client must not be shown.
 
-
-class SseUsageScanner:
-    """Follows an SSE stream chunk by chunk: remembers the last usage seen and can drop the usage-only chunk.
-
-    Only complete events (ending in a blank line) are released, so an event split across
-    network reads is never half-inspected; vLLM writes one event per chunk, so nothing is delayed.
+    ``final``: include_usage (the last, usage-only chunk). ``each``: vLLM's continuous_usage_stats
+    (usage in every chunk), so a stream cut short still has exact prompt and completion counts.
     """
 
-    __slots__ = ("_strip", "_tail", "usage")
-
-    def __init__(self, *, strip_usage_chunk: bool) -> None:
-        self._strip = strip_usage_chunk
-        self._tail = b""
-        self.usage: Usage | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Bytes to forward to the client now."""
-        data = self._tail + chunk if self._tail else chunk
-        cut = data.rfind(_EVENT_END)
-        if cut == -1:
-            self._tail = data
-            return b""
-        cut += len(_EVENT_END)
-        complete, self._tail = data[:cut], data[cut:]
-        return self._scan(complete) if _USAGE in complete else complete
-
-    def flush(self) -> bytes:
-        """Whatever is left when the stream ends (an unterminated last event)."""
-        rest, self._tail = self._tail, b""
-        return self._scan(rest) if _USAGE in rest else rest
-
-    def _scan(self, complete: bytes) -> bytes:
-        kept: list[bytes] = []
-        for event in complete.split(_EVENT_END):
-            if not event:
-                continue
-            if _USAGE in event and (usage := find_usage(event)) is not None:
-                self.usage = usage
-                if self._strip and _is_usage_only_chunk(event):
-                    continue
-            kept.append(event + _EVENT_END)
-        return b"".join(kept)
+    final: bool
+    each: bool
 
 
-def wants_usage_injection(request: dict[str, Any]) -> bool:
-    """A streamed request whose client did not ask for the final usage chunk."""
+def stream_usage(request: dict[str, Any], *, continuous: bool) -> StreamUsage | None:
+    """None unless streaming; ``continuous`` only for vLLM backends (OpenAI's API does not know the option)."""
     if request.get("stream") is not True:
-        return False
+        return None
     options = request.get("stream_options")
-    return not (isinstance(options, dict) and options.get("include_usage") is True)
+    options = options if isinstance(options, dict) else {}
+    has_final = options.get("include_usage") is True
+    has_each = has_final and options.get("continuous_usage_stats") is True
+    return StreamUsage(final=not has_final, each=continuous and not has_each)
 
 
-def rewrite_request(body: bytes, request: dict[str, Any], *, inject_usage: bool, model: str | None = None) -> bytes:
-    """The request body with include_usage set and/or the model renamed; untouched bytes when neither applies.
+def rewrite_request(body: bytes, request: dict[str, Any], *, usage: StreamUsage | None, model: str | None = None) -> bytes:
+    """The request body with stream_options added and/or the model renamed; untouched bytes when neither applies.
 
     Adding stream_options when absent is a byte splice (no re-serialization of a long prompt).
     """
+    added: dict[str, bool] = {}
+    if usage is not None and (usage.final or usage.each):
+        added["include_usage"] = True
+        if usage.each:
+            added["continuous_usage_stats"] = True
     renamed = model is not None and model != request.get("model")
-    if not inject_usage and not renamed:
+    if not added and not renamed:
         return body
-    if inject_usage and not renamed and "stream_options" not in request:
+    if added and not renamed and "stream_options" not in request:
         brace = body.find(b"{")
-        return body[: brace + 1] + b'"stream_options":{"include_usage":true},' + body[brace + 1 :]
+        return body[: brace + 1] + b'"stream_options":' + json.dumps(added, separators=(",", ":")).encode() + b"," + body[brace + 1 :]
     changed = dict(request)
     if renamed:
         changed["model"] = model
-    if inject_usage:
+    if added:
         options = request.get("stream_options")
-        changed["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        changed["stream_options"] = {**(options if isinstance(options, dict) else {}), **added}
     return json.dumps(changed, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def prompt_chars(request: dict[str, Any]) -> int:
+    """Characters of text in messages (string or content-part lists) or the prompt."""
+    total = 0
+    for message in request.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
+    prompt = request.get("prompt")
+    if isinstance(prompt, str):
+        total += len(prompt)
+    return total
+
+
+def estimated_prompt_tokens(request: dict[str, Any]) -> int:
+    """OpenAI's rule of thumb, four characters a token: only for streams cut short before any usage arrived."""
+    return math.ceil(prompt_chars(request) / 4)

@@ -23,6 +23,9 @@ from schemas import InferenceUsage, codec_for
 log = structlog.get_logger()
 CODEC = codec_for(InferenceUsage)
 MAX_BATCH = 500
+# Gather events this long before building a record batch: one Kafka produce request per request
+# cost ~100 µs of the gateway's CPU each (measured); a few ms of delay is nothing to a ledger.
+LINGER_S = 0.005
 
 
 class UsagePublisher:
@@ -72,6 +75,7 @@ class UsagePublisher:
         try:
             while True:
                 events = [await self._queue.get()]
+                await asyncio.sleep(LINGER_S)
                 while len(events) < MAX_BATCH and not self._queue.empty():
                     events.append(self._queue.get_nowait())
                 try:

@@ -8,6 +8,7 @@ from typing import Any
 from inference.asgi_body import Scope, header
 from inference.events import Placement
 from inference.gateway_config import Alias, Backend, GatewayConfig, Rule
+from inference.openai_usage import prompt_chars
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +57,10 @@ def _matches(rule: Rule, request: dict[str, Any], scope: Scope) -> bool:
         asked = request.get("max_tokens") or request.get("max_completion_tokens")
         if isinstance(asked, int) and asked > rule.max_tokens_gt:
             return True
-    if rule.messages_chars_gt is not None and _message_chars(request) > rule.messages_chars_gt:
+    if rule.messages_chars_gt is not None and prompt_chars(request) > rule.messages_chars_gt:
         return True
     for name, value in rule.header.items():
         seen = header(scope, name.lower().encode())
         if seen is not None and seen.decode("latin-1") == value:
             return True
     return False
-
-
-def _message_chars(request: dict[str, Any]) -> int:
-    """Characters of text in messages (string or content-part lists) or the prompt."""
-    total = 0
-    for message in request.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
-    prompt = request.get("prompt")
-    if isinstance(prompt, str):
-        total += len(prompt)
-    return total

@@ -4,9 +4,10 @@ Load with ``vllm serve MODEL --middleware inference.vllm_middleware.UsageMeterin
 vLLM builds it with only ``app``, so everything else comes from the environment (see
 ``inference.meter_config`` and gpuledger's ``GPULEDGER_KAFKA__*`` settings).
 
-Per request it reads the body once, asks streams for the final usage chunk when the client
-did not (and hides that chunk from such clients), watches the response go by and queues one
-``InferenceUsage`` event. It never holds a response back, and never records text.
+Per request it reads the body once, asks streams for usage in every chunk and in a final chunk
+(hiding from the client what it did not ask for), watches the response go by and queues one
+``InferenceUsage`` event. Per-chunk usage is what makes a stream the client hangs up on still
+count exactly. It never holds a response back, and never records text.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
 from inference.events import ENDPOINTS, Placement, RequestMeter, key_id_for_secret
 from inference.meter_config import MeterSettings
-from inference.openai_usage import SseUsageScanner, Usage, find_usage, rewrite_request, wants_usage_injection
+from inference.openai_usage import StreamUsage, Usage, find_usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
+from inference.sse_usage import SseUsageScanner
 
 log = structlog.get_logger()
 ANONYMOUS = "anonymous"
@@ -74,7 +76,7 @@ class UsageMeteringMiddleware:
 class MeteredRequest:
     """One metered request: the replayed body, the watched response, the event at the end."""
 
-    __slots__ = ("body", "chunks", "complete", "disconnected", "endpoint", "inject", "meter", "mw", "receive", "replayed", "scanner", "scope", "send", "status")
+    __slots__ = ("body", "chunks", "complete", "disconnected", "endpoint", "hidden", "meter", "mw", "receive", "replayed", "request", "scanner", "scope", "send", "status")
 
     def __init__(self, mw: UsageMeteringMiddleware, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.mw, self.endpoint, self.scope, self.receive, self.send = mw, endpoint, scope, receive, send
@@ -84,7 +86,8 @@ class MeteredRequest:
         self.status = 0
         self.complete = False
         self.disconnected = False
-        self.inject = False
+        self.hidden: StreamUsage | None = None
+        self.request: dict[str, Any] = {}
         self.scanner: SseUsageScanner | None = None
         self.chunks: list[bytes] = []
 
@@ -93,11 +96,12 @@ class MeteredRequest:
             self.body = await read_body(self.receive)
         except ClientGone:
             return
-        request = _parse(self.body)
+        self.request = request = _parse(self.body)
         scope = self.scope
-        self.inject = inject = wants_usage_injection(request)
-        if inject:
-            self.body = rewrite_request(self.body, request, inject_usage=True)
+        self.hidden = stream_usage(request, continuous=True)
+        body = rewrite_request(self.body, request, usage=self.hidden)
+        if body is not self.body:
+            self.body = body
             scope = dict(scope)
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [(b"content-length", str(len(self.body)).encode())]
         failed = False
@@ -110,7 +114,7 @@ class MeteredRequest:
             failed = True
             raise
         finally:
-            self._emit(request, failed)
+            self._emit(failed)
 
     async def _receive(self) -> Message:
         if not self.replayed:
@@ -132,7 +136,7 @@ class MeteredRequest:
                 out = self.scanner.feed(body)
                 if not more:
                     out += self.scanner.flush()
-                if self.inject:  # forward the scanner's output, which lacks the usage chunk we asked for
+                if self.scanner.rewrites:  # forward the scanner's output, which lacks the usage we asked for
                     if more and not out:
                         return
                     message = {"type": "http.response.body", "body": out, "more_body": more}
@@ -142,10 +146,10 @@ class MeteredRequest:
             self.status = message["status"]
             content_type = header({"headers": message.get("headers", [])}, b"content-type") or b""
             if self.status < 400 and content_type.startswith(b"text/event-stream"):
-                self.scanner = SseUsageScanner(strip_usage_chunk=self.inject)
+                self.scanner = SseUsageScanner(self.hidden, self.endpoint)
         await self.send(message)
 
-    def _emit(self, request: dict[str, Any], failed: bool) -> None:
+    def _emit(self, failed: bool) -> None:
         streamed = self.scanner is not None
         if failed or self.status >= 400:
             status, usage = "error", None
@@ -153,7 +157,7 @@ class MeteredRequest:
             status, usage = "client_disconnected", self._usage()
         else:
             status, usage = "ok", self._usage()
-        model = request.get("model")
+        model = self.request.get("model")
         event = self.meter.event(
             key_id=self.mw.key_id(self.scope), model=model if isinstance(model, str) else "", placement=self.mw.placement,
             usage=usage, status=status, streamed=streamed,
@@ -162,7 +166,7 @@ class MeteredRequest:
 
     def _usage(self) -> Usage | None:
         if self.scanner is not None:
-            return self.scanner.usage
+            return self.scanner.usage_or_estimate(self.request)
         return find_usage(b"".join(self.chunks)) if self.chunks else None
 
 

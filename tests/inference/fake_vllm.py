@@ -3,9 +3,11 @@
 It reproduces what metering depends on byte for byte (vLLM 0.8-0.10 shapes): compact JSON,
 ``data: {json}\\n\\n`` SSE framing, a role chunk first, ``logprobs: null`` on every choice,
 ``stop_reason`` on the finishing choice, the usage-only chunk (``"choices":[]``) only when
-``stream_options.include_usage`` is true, ``data: [DONE]\\n\\n`` last, ``prompt_tokens_details``
-only when tokens were cached, and vLLM's error body. Tokens are whitespace-separated words,
-so tests know the exact counts. Behaviour (delay, 500s, hangs) is set per server instance.
+``stream_options.include_usage`` is true, usage in every chunk as well when ``continuous_usage_stats``
+is also true (cumulative counts; chat from its role chunk on, completions with
+``prompt_tokens_details: null``), ``data: [DONE]\\n\\n`` last, ``prompt_tokens_details`` only when
+tokens were cached, vLLM's error body, and the X-Request-Id of ``--enable-request-id-headers``.
+Tokens are whitespace-separated words, so tests know the exact counts. Behaviour (delay, 500s, hangs) is set per server instance.
 """
 
 from __future__ import annotations
@@ -48,17 +50,20 @@ class FakeVllm:
     hang: bool = False  # never answer (until the client gives up)
     cached_tokens: int = 0
     default_max_tokens: int = 5
+    request_id_headers: bool = False  # vLLM's --enable-request-id-headers
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
+        app = Starlette(routes=[
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/health", lambda _: Response(status_code=200), methods=["GET"]),
         ])
+        app.add_middleware(RequestIdHeaders, fake=self)
+        return app
 
     async def list_models(self, _: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "vllm"} for m in self.models]})
@@ -108,9 +113,11 @@ class FakeVllm:
         tokens = [f"tok{i} " for i in range(n_out)]
         if body.get("stream"):
             chunk_obj = "chat.completion.chunk" if obj == "chat.completion" else obj
-            include = bool((body.get("stream_options") or {}).get("include_usage"))
+            options = body.get("stream_options") or {}
+            include = bool(options.get("include_usage"))
+            each = include and bool(options.get("continuous_usage_stats"))
             stream = self._chat_stream if prefix == "chatcmpl" else self._completion_stream
-            return StreamingResponse(stream(rid, chunk_obj, created, model, tokens, n_prompt, include), media_type="text/event-stream")
+            return StreamingResponse(stream(rid, chunk_obj, created, model, tokens, n_prompt, include, each), media_type="text/event-stream")
         usage = self._usage(n_prompt, n_out)
         text = "".join(tokens)
         if prefix == "chatcmpl":
@@ -120,26 +127,31 @@ class FakeVllm:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None, "prompt_logprobs": None}
         return self._json({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage})
 
-    async def _chat_stream(self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool) -> AsyncIterator[str]:
+    async def _chat_stream(self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool, each: bool) -> AsyncIterator[str]:
+        """Chunks are dumped with exclude_unset: ``usage`` appears only when continuous stats set it."""
         head = {"id": rid, "object": obj, "created": created, "model": model}
-        yield f"data: {dumps({**head, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ''}, 'logprobs': None, 'finish_reason': None}]})}\n\n"
+        role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+        yield f"data: {dumps({**role, 'usage': _running(n_prompt, 0)} if each else role)}\n\n"
         for i, token in enumerate(tokens):
             await self._pace()
             choice: dict[str, Any] = {"index": 0, "delta": {"content": token}, "logprobs": None, "finish_reason": None}
             if i == len(tokens) - 1:
                 choice.update(finish_reason="length", stop_reason=None)
-            yield f"data: {dumps({**head, 'choices': [choice]})}\n\n"
+            chunk = {**head, "choices": [choice]}
+            yield f"data: {dumps({**chunk, 'usage': _running(n_prompt, i + 1)} if each else chunk)}\n\n"
         if include:
             yield f"data: {dumps({**head, 'choices': [], 'usage': self._usage(n_prompt, len(tokens), final_chunk=True)})}\n\n"
         yield "data: [DONE]\n\n"
 
-    async def _completion_stream(self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool) -> AsyncIterator[str]:
+    async def _completion_stream(self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool, each: bool) -> AsyncIterator[str]:
+        """Chunks are dumped with exclude_unset=False: ``usage`` is always there, null unless continuous stats set it."""
         head = {"id": rid, "object": obj, "created": created, "model": model}
         for i, token in enumerate(tokens):
             await self._pace()
             last = i == len(tokens) - 1
             choice = {"index": 0, "text": token, "logprobs": None, "finish_reason": "length" if last else None, "stop_reason": None}
-            yield f"data: {dumps({**head, 'choices': [choice], 'usage': None})}\n\n"
+            usage = {**_running(n_prompt, i + 1), "prompt_tokens_details": None} if each else None
+            yield f"data: {dumps({**head, 'choices': [choice], 'usage': usage})}\n\n"
         if include:
             yield f"data: {dumps({**head, 'choices': [], 'usage': self._usage(n_prompt, len(tokens), final_chunk=True)})}\n\n"
         yield "data: [DONE]\n\n"
@@ -163,3 +175,28 @@ class FakeVllm:
     @staticmethod
     def _error(status: int, kind: str, message: str) -> JSONResponse:
         return JSONResponse({"object": "error", "message": message, "type": kind, "param": None, "code": status}, status_code=status)
+
+
+def _running(n_prompt: int, n_out: int) -> dict[str, int]:
+    """A continuous-usage-stats UsageInfo: counts so far, in vLLM's field order."""
+    return {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out, "completion_tokens": n_out}
+
+
+class RequestIdHeaders:
+    """vLLM's ``--enable-request-id-headers``: X-Request-Id echoed from the request or a fresh uuid hex, when switched on."""
+
+    def __init__(self, app: Any, fake: FakeVllm) -> None:
+        self.app, self.fake = app, fake
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.fake.request_id_headers:
+            await self.app(scope, receive, send)
+            return
+        request_id = dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()
+
+        async def with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, with_id)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -27,6 +29,7 @@ from tests.inference.usage_tap import UsageTap
 RUN = uuid.uuid4().hex[:8]
 KEY_ID = f"key-search-{RUN}"
 SECRET = f"sk-gw-{RUN}"
+EXT_KEY_ENV, EXT_KEY = "GPULEDGER_TEST_EXT_API_KEY", f"sk-ext-{RUN}"
 
 
 @dataclass
@@ -50,6 +53,7 @@ def fleet(stack_settings: Settings) -> Iterator[Fleet]:
                 {"name": "vllm-down", "kind": "vllm", "base_url": urls["broken"] + "/v1", "deployment": "llama-70b-b"},
                 {"name": "stuck-api", "kind": "openai", "base_url": urls["hanging"] + "/v1", "timeout_s": 0.3},
                 {"name": "nowhere", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "connect_timeout_s": 0.5},
+                {"name": "ext-api", "kind": "openai", "base_url": urls["small"] + "/v1", "api_key_env": EXT_KEY_ENV},
             ],
             "models": [
                 {"name": "llama-8b", "targets": [{"backend": "vllm-8b", "model": "meta-llama/Llama-3.1-8B-Instruct"}]},
@@ -57,6 +61,7 @@ def fleet(stack_settings: Settings) -> Iterator[Fleet]:
                 {"name": "slow-model", "targets": [{"backend": "stuck-api"}]},
                 {"name": "gone-model", "targets": [{"backend": "nowhere"}]},
                 {"name": "misnamed", "targets": [{"backend": "vllm-70b", "model": "not-served-here"}]},
+                {"name": "ext-model", "targets": [{"backend": "ext-api"}]},
             ],
             "aliases": [{"name": "auto", "default": "llama-8b", "rules": [
                 {"model": "llama-70b", "max_tokens_gt": 512},
@@ -66,8 +71,10 @@ def fleet(stack_settings: Settings) -> Iterator[Fleet]:
             "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "acme", "team": "search"}],
             "max_body_bytes": 4096,
         })
+        os.environ[EXT_KEY_ENV] = EXT_KEY  # read once, when the gateway starts
         url = stack.enter_context(serve(create_app(config, stack_settings)))
         yield Fleet(small, large, broken, hanging, url)
+    os.environ.pop(EXT_KEY_ENV, None)
 
 
 @pytest.fixture
@@ -169,31 +176,53 @@ async def test_bad_requests_are_rejected_with_a_message_that_says_what_to_fix(cl
 async def test_streaming_meters_and_hides_the_injected_usage_chunk(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:
     since = now()
     plain = await client.post("/v1/chat/completions", json=chat("one two", stream=True, max_tokens=4))
-    assert fleet.small.requests[-1]["stream_options"] == {"include_usage": True}
+    assert fleet.small.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}, "vLLM backends get usage in every chunk"
     asked = await client.post("/v1/chat/completions", json=chat("one two three", stream=True, max_tokens=2, stream_options={"include_usage": True}))
+    completion = await client.post("/v1/completions", json={"model": "llama-8b", "prompt": "p q r s", "stream": True, "max_tokens": 3})
+    await client.post("/v1/chat/completions", json={**chat("one two", stream=True, max_tokens=3), "model": "ext-model"})
+    assert fleet.small.requests[-1]["stream_options"] == {"include_usage": True}, "OpenAI's API does not know continuous_usage_stats"
     assert plain.headers["content-type"].startswith("text/event-stream")
     plain_events = plain.text.split("\n\n")[:-1]
     assert plain_events[-1] == "data: [DONE]" and len(plain_events) == 1 + 4 + 1
-    assert all('"usage"' not in e for e in plain_events)
-    usage_chunk = json.loads(asked.text.split("\n\n")[-3].removeprefix("data: "))
+    assert all('"usage"' not in e for e in plain_events), "chat chunks carry no usage member unless asked"
+    asked_events = asked.text.split("\n\n")[:-1]
+    usage_chunk = json.loads(asked_events[-2].removeprefix("data: "))
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 2
-    events = sorted(await tap.events(ours(since), 2), key=lambda e: e.request_start)
-    assert [(e.prompt_tokens, e.completion_tokens, e.status) for e in events] == [(2, 4, "ok"), (3, 2, "ok")]
+    assert all('"usage"' not in e for e in asked_events[:-2]), "per-chunk usage was not asked for by this client"
+    completion_events = completion.text.split("\n\n")[:-1]
+    assert len(completion_events) == 3 + 1 and all(e.endswith(',"usage":null}') for e in completion_events[:-1]), "vLLM's completions write usage null"
+    events = sorted(await tap.events(ours(since), 4), key=lambda e: e.request_start)
+    assert [(e.prompt_tokens, e.completion_tokens, e.status) for e in events] == [(2, 4, "ok"), (3, 2, "ok"), (4, 3, "ok"), (2, 3, "ok")]
     assert all(e.ttft_ms is not None and e.ttft_ms <= e.latency_ms for e in events)
 
 
-async def test_streaming_client_that_hangs_up_is_recorded(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:
+async def hang_up_after(client: httpx.AsyncClient, body: dict[str, object], tokens: int) -> None:
+    """Stream ``body`` and disconnect once ``tokens`` content chunks have arrived."""
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        seen = 0
+        async for line in response.aiter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                seen += 1
+                if seen == tokens:
+                    break
+
+
+STORY = "tell me an extraordinarily long story"  # 6 tokens to the fake, 10 by the 4-characters estimate: the two cannot be confused
+
+
+@pytest.mark.parametrize("model", ["llama-8b", "ext-model"])
+async def test_streaming_client_that_hangs_up_is_charged_for_what_it_was_sent(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap, model: str) -> None:
     since = now()
     fleet.small.token_delay_s = 0.1
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=chat(stream=True, max_tokens=50)) as response:
-            async for _ in response.aiter_bytes():
-                break
+        await hang_up_after(client, {**chat(STORY, stream=True, max_tokens=50), "model": model}, 3)
     finally:
         fleet.small.token_delay_s = 0.0
     [event] = await tap.events(ours(since), 1)
-    assert (event.status, event.deployment) == ("client_disconnected", "llama-8b-a")
-    assert event.latency_ms < 3000
+    assert event.status == "client_disconnected" and event.latency_ms < 3000  # not the 5 s the full answer would take
+    # vLLM: exact counts from per-chunk usage; an external API: chunks relayed and a prompt estimated at 4 characters a token
+    expected_prompt = len(STORY.split()) if model == "llama-8b" else math.ceil(len(STORY) / 4)
+    assert event.prompt_tokens == expected_prompt and 3 <= event.completion_tokens <= 4, event  # a 4th token may be relayed as the hang-up travels
 
 
 async def test_cancelled_non_streaming_request_is_recorded(client: httpx.AsyncClient, tap: UsageTap) -> None:
@@ -207,10 +236,29 @@ async def test_cancelled_non_streaming_request_is_recorded(client: httpx.AsyncCl
 async def test_models_embeddings_and_metrics(client: httpx.AsyncClient, tap: UsageTap) -> None:
     since = now()
     names = {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
-    assert names == {"auto", "llama-8b", "llama-70b", "slow-model", "gone-model", "misnamed"}
+    assert names == {"auto", "llama-8b", "llama-70b", "slow-model", "gone-model", "misnamed", "ext-model"}
     embedded = await client.post("/v1/embeddings", json={"model": "llama-8b", "input": ["a b c", "d"]})
     assert embedded.status_code == 200 and len(embedded.json()["data"]) == 2
     [event] = await tap.events(ours(since), 1)
     assert (event.endpoint, event.prompt_tokens, event.completion_tokens) == ("embeddings", 4, 0)
     metrics = (await client.get("/metrics")).text
     assert "gpuledger_usage_events_published_total" in metrics and 'gpuledger_gateway_requests_total{endpoint="embeddings",status="ok"}' in metrics
+
+
+async def test_tracing_headers_go_upstream_credentials_do_not_and_the_request_id_comes_back(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:
+    since = now()
+    fleet.small.request_id_headers = True
+    try:
+        sent = {"x-request-id": f"req-{RUN}", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "x-custom": "no", "cookie": "c=1"}
+        plain = await client.post("/v1/chat/completions", json={**chat(), "model": "ext-model"}, headers=sent)
+        seen = fleet.small.headers_seen[-1]
+        streamed = await client.post("/v1/chat/completions", json={**chat(stream=True), "model": "llama-8b"})
+        fresh_id = fleet.small.headers_seen[-1].get("x-request-id")
+    finally:
+        fleet.small.request_id_headers = False
+    assert (seen["x-request-id"], seen["traceparent"]) == (sent["x-request-id"], sent["traceparent"])
+    assert "x-custom" not in seen and "cookie" not in seen
+    assert seen["authorization"] == f"Bearer {EXT_KEY}", "the backend's own key replaces the client's"
+    assert plain.status_code == 200 and plain.headers["x-request-id"] == sent["x-request-id"]
+    assert fresh_id is None and len(streamed.headers["x-request-id"]) == 32, "the backend's own id comes back when the client sent none"
+    await tap.events(ours(since), 2)

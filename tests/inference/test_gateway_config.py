@@ -21,6 +21,7 @@ def test_example_config_loads() -> None:
     ({"models": [{"name": "m", "targets": [{"backend": "missing"}]}]}, "unknown backend 'missing'"),
     ({"aliases": [{"name": "auto", "default": "nope"}]}, "unknown model 'nope'"),
     ({"aliases": [{"name": "m", "default": "m"}]}, "shadows a model"),
+    ({"forward_headers": ["x-request-id", "Authorization"]}, "may not include \\['authorization'\\]"),
 ])
 def test_broken_references_are_explained(change: dict[str, object], message: str) -> None:
     base = {"backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}], "models": [{"name": "m", "targets": [{"backend": "b"}]}]}

@@ -85,7 +85,7 @@ async def test_plain_chat_is_metered_with_exact_tokens(vllm_url: str, tap: Usage
 async def test_stream_asks_for_usage_and_hides_the_usage_chunk(vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str) -> None:
     async with httpx.AsyncClient(base_url=vllm_url, headers={"Authorization": f"Bearer {secret}"}) as client:
         response = await client.post("/v1/chat/completions", json={"model": "llama-8b", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "one two three"}]})
-    assert reset.requests[-1]["stream_options"] == {"include_usage": True}, "the middleware must ask vLLM for usage"
+    assert reset.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}, "the middleware must ask vLLM for usage"
     chunks = sse_chunks(response.text)
     assert len(chunks) == 1 + 6 + 1  # role, six tokens, [DONE]: no usage chunk for a client that did not ask
     assert all(c == "[DONE]" or (c["choices"] and "usage" not in c) for c in chunks)
@@ -100,6 +100,8 @@ async def test_stream_keeps_usage_chunk_when_client_asked(vllm_url: str, tap: Us
         response = await client.post("/v1/completions", json=body)
     chunks = sse_chunks(response.text)
     assert chunks[-2] == {**chunks[0], "choices": [], "usage": {"prompt_tokens": 5, "total_tokens": 7, "completion_tokens": 2}}  # type: ignore[dict-item]
+    assert reset.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert response.text.count(',"usage":null}') == 2, "per-chunk usage hidden as vLLM's completions write it when not asked: null"
     [event] = await tap.events(mine(secret), 1)
     assert (event.prompt_tokens, event.completion_tokens, event.endpoint) == (5, 2, "completions")
 
@@ -115,16 +117,22 @@ async def test_embeddings_and_errors_are_metered(vllm_url: str, tap: UsageTap, r
     assert [(e.endpoint, e.status, e.prompt_tokens, e.completion_tokens) for e in events] == [("embeddings", "ok", 5, 0), ("chat.completions", "error", 0, 0)]
 
 
-async def test_client_disconnecting_mid_stream_is_recorded(vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str) -> None:
+async def test_client_disconnecting_mid_stream_is_charged_for_what_it_was_sent(vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str) -> None:
     reset.token_delay_s = 0.1
     body = {"model": "llama-8b", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": "long answer please"}]}
     async with httpx.AsyncClient(base_url=vllm_url, headers={"Authorization": f"Bearer {secret}"}) as client:
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            async for _ in response.aiter_bytes():
-                break  # hang up after the first chunk
+            seen = 0
+            async for line in response.aiter_lines():
+                assert '"usage"' not in line
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    seen += 1
+                    if seen == 3:
+                        break  # hang up after three tokens
     [event] = await tap.events(mine(secret), 1)
     assert event.status == "client_disconnected"
     assert event.ttft_ms is not None and event.latency_ms < 3000  # not the 5 s the full answer would take
+    assert event.prompt_tokens == 3 and 3 <= event.completion_tokens <= 4, event  # exact, from per-chunk usage; a 4th may be in flight
 
 
 async def test_key_header_names_the_caller(stack_settings: Settings, fake: FakeVllm, tap: UsageTap) -> None:
