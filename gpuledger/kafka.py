@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from gpuledger.settings import KafkaSettings, Settings
+
+log = structlog.get_logger()
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -120,16 +124,81 @@ async def read_compacted(kafka: KafkaSettings, topic: str) -> dict[bytes, bytes]
     try:
         ends = await assign_from_beginning(consumer, topic)
         latest: dict[bytes, bytes] = {}
-        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for message in messages:
-                    if message.value is None:
-                        latest.pop(message.key, None)
-                    else:
-                        latest[message.key] = message.value
+        while not await _reached(consumer, ends):
+            _apply(latest, await _next_batch(consumer))
         return latest
     finally:
         await consumer.stop()
+
+
+class CompactedView:
+    """The latest value of every key of a compacted topic, kept current for as long as ``run`` runs.
+
+    Why not a Faust table: a Faust table stops reading its changelog once recovered on the
+    worker that owns the partition, so reference data that the CLI writes while a worker
+    runs would stay unseen until a restart. Each (re)connect reads the topic from its
+    beginning into a fresh dict that replaces ``latest`` only once caught up, so readers
+    never see a half-loaded set; ``on_change`` gets every batch's changes (None: deleted).
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, on_change: Callable[[dict[bytes, bytes | None]], None] | None = None) -> None:
+        self.kafka, self.topic, self._on_change = kafka, topic, on_change
+        self.latest: dict[bytes, bytes] = {}
+        self.caught_up = asyncio.Event()  # set once the topic was first read to its end
+
+    async def run(self) -> None:
+        """Follow the topic until cancelled; a broken connection is retried with backoff."""
+        delay = 1.0
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker down, topic missing: keep the last view, retry
+                log.warning("compacted topic unavailable; retrying", topic=self.topic, error=str(exc)[:200], retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False, isolation_level="read_committed")
+        await consumer.start()
+        try:
+            ends = await assign_from_beginning(consumer, self.topic)
+            fresh: dict[bytes, bytes] = {}
+            while not await _reached(consumer, ends):
+                _apply(fresh, await _next_batch(consumer))
+            changes = {k: fresh.get(k) for k in self.latest.keys() | fresh.keys() if fresh.get(k) != self.latest.get(k)}
+            self.latest = fresh
+            self._changed(changes)
+            self.caught_up.set()
+            while True:
+                self._changed(_apply(self.latest, await _next_batch(consumer)))
+        finally:
+            await consumer.stop()
+
+    def _changed(self, changes: dict[bytes, bytes | None]) -> None:
+        if changes and self._on_change is not None:
+            self._on_change(changes)
+
+
+async def _next_batch(consumer: AIOKafkaConsumer) -> list[tuple[bytes, bytes | None]]:
+    return [(m.key or b"", m.value) for messages in (await consumer.getmany(timeout_ms=500)).values() for m in messages]
+
+
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+
+
+def _apply(latest: dict[bytes, bytes], batch: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes | None]:
+    """Apply messages in order (a tombstone removes its key); returns each touched key's final value."""
+    changes: dict[bytes, bytes | None] = {}
+    for key, value in batch:
+        if value is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = value
+        changes[key] = value
+    return changes
 
 
 async def assign_from_beginning(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:

@@ -5,8 +5,8 @@ The worker publishes each budget's standing to a compacted topic whenever it cha
 the exhausted hard budgets in memory, so the check on each request is a dict scan with
 no I/O. A block ends when the worker says so (budget raised, deleted, or the new
 period's standing arrives) or, without waiting for anyone, when its period has ended.
-If Kafka cannot be reached the guard blocks nothing and keeps retrying: an outage of
-the metering path must not take every application down with it.
+If Kafka cannot be reached at start the guard blocks nothing and keeps retrying: an
+outage of the metering path must not take every application down with it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import structlog
-from aiokafka import AIOKafkaConsumer
-
-from gpuledger.kafka import assign_from_beginning, client_options
+from gpuledger.kafka import CompactedView
 from gpuledger.settings import KafkaSettings
 from schemas import BudgetStatus, DecodeError, codec_for
 
@@ -30,14 +28,14 @@ class BudgetGuard:
     """Which exhausted hard budget, if any, covers a caller's org/team/project and model."""
 
     def __init__(self, kafka: KafkaSettings, topic: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._kafka, self._topic, self._clock = kafka, topic, clock
+        self._clock = clock
         self._blocked: dict[str, BudgetStatus] = {}
-        self._task: asyncio.Task[None] | None = None
         self._codec = codec_for(BudgetStatus)
-        self.caught_up = asyncio.Event()  # set once the topic was read to its end at start
+        self.view = CompactedView(kafka, topic, on_change=self._changed)
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._follow_forever())
+        self._task = asyncio.get_running_loop().create_task(self.view.run())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -73,29 +71,6 @@ class BudgetGuard:
         elif self._blocked.pop(status.budget_id, None) is not None:
             log.info("hard budget no longer exhausted: accepting its scope again", budget_id=status.budget_id)
 
-    async def _follow_forever(self) -> None:
-        delay = 1.0
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker down, topic missing: enforce nothing new, retry
-                log.warning("budget status topic unavailable; retrying", topic=self._topic, error=str(exc)[:200], retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    async def _follow(self) -> None:
-        consumer = AIOKafkaConsumer(**client_options(self._kafka), enable_auto_commit=False, isolation_level="read_committed")
-        await consumer.start()
-        try:
-            ends = await assign_from_beginning(consumer, self._topic)
-            self._blocked.clear()  # rebuilt from the start of the topic
-            while True:
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
-                    for message in messages:
-                        self.apply(message.key, message.value)
-                if not self.caught_up.is_set() and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
-                    self.caught_up.set()
-        finally:
-            await consumer.stop()
+    def _changed(self, changes: dict[bytes, bytes | None]) -> None:
+        for key, value in changes.items():
+            self.apply(key, value)

@@ -15,6 +15,12 @@ from pydantic import BaseModel, Field, model_validator
 
 from gpuledger.settings import Settings
 
+# Credentials, and headers the gateway itself sets per upstream request or that describe the client's own connection.
+NEVER_FORWARDED = frozenset({
+    "authorization", "proxy-authorization", "cookie", "api-key", "x-api-key", "host", "content-length", "content-type",
+    "transfer-encoding", "connection", "keep-alive", "te", "upgrade", "accept-encoding", "expect",
+})
+
 
 class Backend(BaseModel):
     """One upstream OpenAI-compatible server."""
@@ -86,8 +92,20 @@ class GatewayConfig(BaseModel):
     fallback_statuses: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504], description="Upstream statuses that try the next target.")
     queue_size: int = Field(10_000, ge=1, description="Usage events buffered while Kafka is slow.")
     max_connections: int = Field(1024, ge=1, description="Pooled upstream connections, all backends together.")
-    client_shards: int = Field(16, ge=1, le=256, description="HTTP client pools the connections are spread over (see upstream.UpstreamClient).")
+    forward_headers: list[str] = Field(
+        default_factory=lambda: ["x-request-id", "traceparent", "tracestate"],
+        description="Client request headers passed on to the backend (tracing and correlation only; never credentials).",
+    )
+    enforce_budgets: bool = Field(True, description="Refuse requests (429) of scopes whose hard budget is exhausted, as published by the stream worker.")
     kafka_settings_file: Path | None = Field(None, description="gpuledger settings YAML; default: GPULEDGER_* env and ./gpuledger.yaml.")
+
+    @model_validator(mode="after")
+    def _forwarding_is_safe(self) -> GatewayConfig:
+        """The client's key must never reach a backend (the backend's own key replaces it), nor may framing headers."""
+        refused = sorted({h.lower() for h in self.forward_headers} & NEVER_FORWARDED)
+        if refused:
+            raise ValueError(f"forward_headers may not include {refused}: the gateway sets these itself")
+        return self
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:

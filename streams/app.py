@@ -14,6 +14,7 @@ is idempotent, so replays never change totals.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -76,9 +77,8 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         datadir=str(settings.stack.data_dir / "worker" / w.app_id),
     )
-    orgs = reference.org_table(app)
-    prices = reference.price_table(app)
-    budgets = reference.budget_table(app)
+    orgs, prices, budgets = reference.org_table(settings), reference.price_table(settings), reference.budget_table(settings)
+    tables = (orgs, prices, budgets)
     usage_topic = app.topic(settings.topics.inference_usage, value_serializer="raw", key_serializer="raw")
     samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(settings.topics.dead_letter, value_serializer="raw", key_serializer="raw")
@@ -87,6 +87,15 @@ def create_app(settings: Settings) -> faust.App:
     sink = ClickHouseSink(client, settings.clickhouse.database)
     usage_codec = codec_for(InferenceUsage)
     sample_codec = codec_for(GpuSample)
+
+    @app.task
+    async def follow_reference() -> None:
+        await asyncio.gather(*(table.view.run() for table in tables))
+
+    async def reference_loaded() -> None:
+        """Nothing is joined or evaluated against a half-read directory, price list or budget set."""
+        for table in tables:
+            await table.view.caught_up.wait()
 
     def lookup(kind: str, key: str) -> OrgDirectory | None:
         return orgs.get(reference.org_key(kind, key))
@@ -116,6 +125,7 @@ def create_app(settings: Settings) -> faust.App:
         return good
 
     async def store_usage(events: list[EventT]) -> None:
+        await reference_loaded()
         book = price_book()
         rows, lines = [], []
         for event, record in await decoded(events, usage_codec):
@@ -128,6 +138,7 @@ def create_app(settings: Settings) -> faust.App:
         await sink.insert("ledger", LEDGER_COLUMNS, [ledger_row(line, version) for line in lines])
 
     async def store_samples(events: list[EventT]) -> None:
+        await reference_loaded()
         rows = []
         for event, record in await decoded(events, sample_codec):
             owner = lookup("node", record.node)
@@ -156,6 +167,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(w.allocate_every_seconds, on_leader=True, name="allocate")
     async def allocate() -> None:
         try:
+            await reference_loaded()
             await allocator.run_once()
         except Exception:  # a failed pass is retried on the next tick; its inputs are still in ClickHouse
             log.exception("gpu allocation pass failed")
@@ -169,6 +181,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(settings.budgets.evaluate_every_seconds, on_leader=True, name="budgets")
     async def evaluate_budgets() -> None:
         try:
+            await reference_loaded()
             await evaluator.run_once()
         except Exception:  # retried on the next tick; ledger and raised alerts are in ClickHouse
             log.exception("budget evaluation failed")
@@ -178,8 +191,6 @@ def create_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     """Run the worker until SIGTERM/SIGINT (``gpuledger worker``)."""
-    import asyncio
-
     from gpuledger.kafka import ensure_topics
 
     asyncio.run(ensure_topics(settings))

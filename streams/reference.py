@@ -1,9 +1,10 @@
 """Reference data the worker joins against: the org directory, the price list and the budgets.
 
-Both live in Faust GlobalTables whose changelogs are compacted topics
-(``<app_id>-orgs-changelog``, ``-prices-changelog``, ``-budgets-changelog``);
-``gpuledger orgs import``, ``prices import`` and ``budgets set`` publish straight into
-them, so every worker holds the full set and a restarted worker recovers it from Kafka.
+Each lives in a compacted topic (``<app_id>-orgs-changelog``, ``-prices-changelog``,
+``-budgets-changelog``; the names Faust tables used to have). ``gpuledger orgs import``,
+``prices import`` and ``budgets set`` publish straight into them; every worker follows
+them live (``gpuledger.kafka.CompactedView``), so it holds the full, current set and a
+restarted worker reads it back from Kafka before it handles any event.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import faust
-
+from gpuledger.kafka import CompactedView, table_topic
+from gpuledger.settings import Settings
 from schemas import Budget, OrgDirectory, Price, codec_for
 from schemas.keys import org_key, price_key
 
@@ -20,27 +21,27 @@ __all__ = ["budget_table", "org_key", "org_table", "price_key", "price_table"]
 
 
 class ReferenceTable:
-    """A GlobalTable of raw Avro values, decoded on read (memoized: reference data changes rarely)."""
+    """A compacted topic of Avro records, followed live; values decoded on read (memoized: reference data changes rarely)."""
 
-    def __init__(self, app: faust.App, name: str, record_type: type) -> None:
-        self.table = app.GlobalTable(name, key_type=bytes, value_type=bytes, partitions=1)
+    def __init__(self, settings: Settings, name: str, record_type: type) -> None:
+        self.view = CompactedView(settings.kafka, table_topic(settings, name))
         self._decode = lru_cache(maxsize=65536)(codec_for(record_type).decode)
 
     def get(self, key: bytes) -> Any:
-        raw = self.table.get(key)
+        raw = self.view.latest.get(key)
         return None if raw is None else self._decode(raw)
 
     def values(self) -> list[Any]:
-        return [self._decode(raw) for raw in self.table.values() if raw is not None]
+        return [self._decode(raw) for raw in self.view.latest.values()]
 
 
-def org_table(app: faust.App) -> ReferenceTable:
-    return ReferenceTable(app, "orgs", OrgDirectory)
+def org_table(settings: Settings) -> ReferenceTable:
+    return ReferenceTable(settings, "orgs", OrgDirectory)
 
 
-def price_table(app: faust.App) -> ReferenceTable:
-    return ReferenceTable(app, "prices", Price)
+def price_table(settings: Settings) -> ReferenceTable:
+    return ReferenceTable(settings, "prices", Price)
 
 
-def budget_table(app: faust.App) -> ReferenceTable:
-    return ReferenceTable(app, "budgets", Budget)
+def budget_table(settings: Settings) -> ReferenceTable:
+    return ReferenceTable(settings, "budgets", Budget)

@@ -165,8 +165,17 @@ def test_malformed_message_goes_to_dead_letter_and_unknown_caller_to_unassigned(
 
 
 def test_price_change_applies_from_its_effective_time_only(pipeline: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
+    """The new price is imported while the worker runs (after it stored an event), and applies without a restart."""
     settings, worker = pipeline
     change = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    codec = codec_for(InferenceUsage)
+    client = connect(settings.clickhouse)
+
+    def priced() -> list[tuple[str, Decimal, str]]:
+        return client.query("SELECT line_id, cost, price_id FROM ledger FINAL WHERE kind = 'api' ORDER BY line_id").result_rows  # type: ignore[return-value]
+
+    asyncio.run(_send(settings, [codec.encode(usage_event("before-change", change - timedelta(seconds=1)))]))
+    wait_until(lambda: len(priced()) == 1, 60, "the first event priced", worker)
     new_prices = tmp_path / "prices.csv"
     new_prices.write_text(
         "sku,kind,currency,effective_from,input_per_mtok,output_per_mtok\n"
@@ -174,16 +183,8 @@ def test_price_change_applies_from_its_effective_time_only(pipeline: tuple[Setti
     )
     asyncio.run(import_prices(settings, new_prices))
     time.sleep(2)  # the price is published ahead of the events it prices, as in production
-    codec = codec_for(InferenceUsage)
-    asyncio.run(_send(settings, [
-        codec.encode(usage_event("before-change", change - timedelta(seconds=1))),
-        codec.encode(usage_event("at-change", change)),
-    ]))
-    client = connect(settings.clickhouse)
-    rows = wait_until(
-        lambda: (r := client.query("SELECT line_id, cost, price_id FROM ledger FINAL WHERE kind = 'api' ORDER BY line_id").result_rows) and len(r) == 2 and r,
-        60, "both events priced", worker,
-    )
+    asyncio.run(_send(settings, [codec.encode(usage_event("at-change", change))]))
+    rows = wait_until(lambda: (r := priced()) and len(r) == 2 and r, 60, "both events priced", worker)
     assert rows == [
         ("api:at-change", Decimal("0.5"), f"gpt-4o-mini@{change.isoformat()}"),
         ("api:before-change", Decimal("0.75"), "gpt-4o-mini@2026-01-01T00:00:00+00:00"),

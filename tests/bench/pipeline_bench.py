@@ -1,6 +1,6 @@
 """Pipeline benchmark: usage events per second through one worker into ClickHouse, and freshness.
 
-Runs on its own local stack (ports 45xxx), several runs, and prints medians:
+Runs on its own local stack (ports 27xxx, below the ephemeral range), several runs, and prints medians:
 - baseline: a bare aiokafka consumer reading the same topic (no decode, no storage),
   measured in the same run, so the worker's figure is also given as a ratio to it;
 - throughput: a backlog of N events published first, then timed from the worker's
@@ -40,8 +40,8 @@ from schemas import InferenceUsage, codec_for  # noqa: E402
 from tests.support import WorkerProcess, isolated  # noqa: E402
 
 DEMO = ROOT / "deploy" / "local" / "demo"
-STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-stack", kafka_port=45092, kafka_controller_port=45093,
-                      clickhouse_http_port=45123, clickhouse_tcp_port=45000)
+STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-stack", kafka_port=27092, kafka_controller_port=27093,
+                      clickhouse_http_port=27123, clickhouse_tcp_port=27000)
 MODELS = ["gpt-4o-mini", "claude-sonnet-4", "llama-3.1-8b-instruct", "llama-3.1-70b-instruct"]
 
 
