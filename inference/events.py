@@ -71,6 +71,7 @@ class RequestMeter:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             cached_prompt_tokens=usage.cached_prompt_tokens,
+            usage_estimated=usage.estimated,
             ttft_ms=ttft,
             latency_ms=elapsed * 1000.0,
             status=status,

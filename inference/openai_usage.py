@@ -23,6 +23,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
+    estimated: bool = False  # the backend reported nothing: counted and estimated by gpuledger
 
 
 def usage_from_dict(usage: dict[str, Any]) -> Usage:

@@ -138,7 +138,7 @@ class SseUsageScanner:
         """The backend's last figures relayed; without any, token chunks relayed and an estimated prompt."""
         if self.usage is not None:
             return self.usage
-        return Usage(prompt_tokens=estimated_prompt_tokens(request), completion_tokens=self.relayed)
+        return Usage(prompt_tokens=estimated_prompt_tokens(request), completion_tokens=self.relayed, estimated=True)
 
     def _scan(self, complete: bytes) -> bytes:
         pairs = _split(complete)

@@ -36,12 +36,13 @@ REGISTRY: dict[int, str] = {
     8: "budget.v1",
     9: "budget_alert.v2",
     10: "budget_status.v1",
+    11: "inference_usage.v3",
 }
 
 # The version each typed record is read as and written with.
 CURRENT: dict[type, int] = {
     records.GpuSample: 1,
-    records.InferenceUsage: 3,
+    records.InferenceUsage: 11,
     records.OrgDirectory: 4,
     records.Price: 5,
     records.LedgerLine: 6,

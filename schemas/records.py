@@ -67,6 +67,7 @@ class InferenceUsage:
     cached_prompt_tokens: int = 0
     ttft_ms: float | None = None
     endpoint: str = ""
+    usage_estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,7 +25,7 @@ log = structlog.get_logger()
 
 USAGE_COLUMNS = (
     "event_id", "request_start", "event_time", "key_id", "model", "backend", "deployment", "endpoint", "node",
-    "gpu_uuids", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "ttft_ms", "latency_ms", "status",
+    "gpu_uuids", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "usage_estimated", "ttft_ms", "latency_ms", "status",
     "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "source_partition", "source_offset",
 )
 SAMPLE_COLUMNS = (
@@ -45,7 +45,7 @@ def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:
     u = p.usage
     return [
         u.event_id, u.request_start, u.request_end, u.key_id, u.model, u.backend, u.deployment, u.endpoint, u.node or "",
-        u.gpu_uuids, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens, u.ttft_ms, u.latency_ms, u.status,
+        u.gpu_uuids, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens, u.usage_estimated, u.ttft_ms, u.latency_ms, u.status,
         p.payer.org, p.payer.team, p.payer.project, p.payer.cost_centre, p.priced_as, p.price_id, p.cost, partition, offset,
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -83,6 +84,16 @@ def test_new_producer_v2_is_read_by_old_reader() -> None:
     as_v1 = codec.decode_dict(codec.encode(new), reader_id=2)
     assert as_v1["event_id"] == "e1" and as_v1["completion_tokens"] == 5
     assert "cached_prompt_tokens" not in as_v1 and "ttft_ms" not in as_v1
+
+
+def test_inference_usage_v2_and_v3_read_each_other() -> None:
+    """v3 adds usage_estimated: a v2 producer's events read as reported counts; a v2 reader ignores the flag."""
+    codec = codec_for(InferenceUsage)
+    estimated = replace(EXAMPLES[1], usage_estimated=True)
+    as_v2 = codec.decode_dict(codec.encode(estimated), reader_id=3)
+    assert "usage_estimated" not in as_v2 and as_v2["ttft_ms"] == 3.25
+    from_v2 = codec.decode(codec.encode(estimated, schema_id=3))
+    assert from_v2.usage_estimated is False and replace(from_v2, usage_estimated=True) == estimated
 
 
 def test_budget_alert_v1_from_an_old_producer_reads_with_empty_drivers() -> None:

@@ -237,5 +237,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=300.0, help="offered requests per second, all clients together")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--port-base", type=int, default=44000)
+    parser.add_argument("--port-base", type=int, default=26000)
     asyncio.run(main(parser.parse_args()))

@@ -223,6 +223,7 @@ async def test_streaming_client_that_hangs_up_is_charged_for_what_it_was_sent(fl
     # vLLM: exact counts from per-chunk usage; an external API: chunks relayed and a prompt estimated at 4 characters a token
     expected_prompt = len(STORY.split()) if model == "llama-8b" else math.ceil(len(STORY) / 4)
     assert event.prompt_tokens == expected_prompt and 3 <= event.completion_tokens <= 4, event  # a 4th token may be relayed as the hang-up travels
+    assert event.usage_estimated is (model == "ext-model"), "estimates are flagged as such, reported counts are not"
 
 
 async def test_cancelled_non_streaming_request_is_recorded(client: httpx.AsyncClient, tap: UsageTap) -> None:

@@ -67,7 +67,7 @@ def test_without_any_usage_the_relayed_chunks_count_and_the_prompt_is_estimated(
     stream = b"".join(b"data: " + chunk(c) + b"\n\n" for c in ["", "a ", "b ", "", "c "])
     assert relay(scanner, [stream]) == stream, "nothing to hide: the very same bytes"
     assert scanner.usage is None and scanner.relayed == 3
-    assert scanner.usage_or_estimate({"messages": [{"role": "user", "content": "x" * 9}]}) == Usage(prompt_tokens=3, completion_tokens=3)
+    assert scanner.usage_or_estimate({"messages": [{"role": "user", "content": "x" * 9}]}) == Usage(prompt_tokens=3, completion_tokens=3, estimated=True)
 
 
 def test_an_unterminated_last_event_is_released_on_flush() -> None:
