@@ -107,7 +107,7 @@ class BudgetEvaluator:
         raised = await asyncio.to_thread(self._raised_since, min((p.period_start for p in probes), default=now))
         due = [(probe, f, *d) for probe, f in zip(probes, figures, strict=True) for d in self._due(probe.budget, f, now) if d[0] not in raised]
         alerts = await self._raise(due, now)
-        await self.publish(self.topics.status, self._status_changes(probes, figures, now))
+        await self.publish(self.topics.status, self._status_changes(probes, figures, now, alerted={a.budget_id for a in alerts}))
         if alerts:
             log.info("budget alerts raised", alerts=[a.alert_id for a in alerts], seconds=round(time.perf_counter() - started, 3))
         return alerts
@@ -193,8 +193,9 @@ class BudgetEvaluator:
             log.info("budget removed", budget_id=bid)
         self._mirrored = {b.budget_id: b.updated_at for b in budgets}
 
-    def _status_changes(self, probes: list[Probe], figures: list[Figures], now: datetime) -> list[tuple[bytes, bytes | None]]:
-        """Standings of the current periods that changed (or whose spend moved and were last sent a while ago)."""
+    def _status_changes(self, probes: list[Probe], figures: list[Figures], now: datetime, alerted: set[str]) -> list[tuple[bytes, bytes | None]]:
+        """Standings of the current periods that changed, or whose spend moved and were last sent a while
+        ago or just raised an alert (so `budgets list` agrees with the alert)."""
         changes = []
         for probe, f in zip(probes, figures, strict=True):
             b = probe.budget
@@ -208,7 +209,7 @@ class BudgetEvaluator:
             last = self._published.get(b.budget_id)
             if last is not None:
                 before, at = last
-                if _same_standing(before, status) and (before.spend == status.spend or now - at < STATUS_REFRESH):
+                if _same_standing(before, status) and (before.spend == status.spend or (now - at < STATUS_REFRESH and b.budget_id not in alerted)):
                     continue
             if status.exhausted and b.mode == "hard" and (last is None or not last[0].exhausted):
                 log.warning("hard budget exhausted", budget_id=b.budget_id, scope=b.scope, spend=str(f.spend), amount=str(b.amount))

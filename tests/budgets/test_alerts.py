@@ -4,12 +4,15 @@ budget evaluation -> alerts topic -> the notifier -> a local server speaking Sla
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from gpuledger.budgets import current
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
 from tests.budgets.conftest import NotifierThread, noon_zone, notifier_for, publish_usage, raised_alerts, set_budgets, usage
@@ -41,6 +44,9 @@ def test_crossing_50_80_100_posts_three_messages_and_a_replay_posts_none(budget_
                 for upto, count in ((5, 1), (8, 2), (10, 3)):  # 15.00, 24.00, 30.00 of 30.00
                     publish_usage(settings, events[upto - {5: 5, 8: 3, 10: 2}[upto] : upto])
                     wait_until(lambda c=count: len(slack.messages(hook)) >= c, 60, f"alert {count}", worker)
+                    # The standing (`budgets list`, the gateway) agrees with the alert at once, not a refresh later.
+                    standing = asyncio.run(current(settings))[1]["research-daily"]
+                    assert (standing.spend, standing.exhausted) == (Decimal(3 * upto), upto == 10)
                 assert headlines(slack, hook) == [
                     "Budget 50% threshold reached: research at 50.0% of budget",
                     "Budget 80% threshold reached: research at 80.0% of budget",
