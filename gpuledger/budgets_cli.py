@@ -73,19 +73,20 @@ def import_budgets(file: Annotated[Path, typer.Argument(help="YAML with a 'budge
 
 @app.command("list")
 def list_budgets() -> None:
-    """Every budget with its spend this period, as last evaluated by the worker."""
+    """Every budget with its spend this period, as last published by the worker (at most ~10 s old while spend moves)."""
     with _refusal_exits():
         budgets, statuses = asyncio.run(current(get_settings()))
-    table = Table("id", "scope", "period", "amount", "thresholds", "mode", "spent this period", "%", "state")
+    table = Table("id", "scope", "period", "amount", "thresholds", "mode", "spent this period", "%", "state", "as of (UTC)")
     for b in budgets:
         s = statuses.get(b.budget_id)
-        spent = pct = state = "-"
+        spent = pct = state = as_of = "-"
         if s is not None and s.amount == b.amount:
+            as_of = f"{s.evaluated_at:%H:%M:%S}"
             spent = f"{s.spend.quantize(CENT, ROUND_HALF_UP):,}"
             pct = f"{(s.spend * 100 / b.amount).quantize(Decimal('0.1'), ROUND_HALF_UP)}"
             state = "[red]exhausted[/red]" if s.exhausted else "ok"
         table.add_row(b.budget_id, b.scope, f"{b.period} ({b.timezone})", f"{b.amount.quantize(CENT):,} {b.currency}",
-                      ",".join(map(str, b.thresholds)), b.mode, spent, pct, state)
+                      ",".join(map(str, b.thresholds)), b.mode, spent, pct, state, as_of)
     console.print(table if budgets else "no budgets; create one with `gpuledger budgets set`")
 
 

@@ -244,6 +244,10 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
                 time.sleep(2)
         report(truth=truth)
         _show_alerts(settings)
+        from streams.budgets.evaluator import STATUS_REFRESH
+
+        with console.status("waiting for the worker's next budget standings..."):
+            time.sleep(STATUS_REFRESH.total_seconds() + 2)  # a standing whose spend moved is republished within this
         list_budgets()
     finally:
         proc.terminate()
