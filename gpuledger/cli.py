@@ -243,11 +243,11 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
                     raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
                 time.sleep(2)
         report(truth=truth)
-        _show_alerts(settings)
         from streams.budgets.evaluator import STATUS_REFRESH
 
-        with console.status("waiting for the worker's next budget standings..."):
+        with console.status("waiting for the worker's next budget evaluations..."):
             time.sleep(STATUS_REFRESH.total_seconds() + 2)  # a standing whose spend moved is republished within this
+        _show_alerts(settings)
         list_budgets()
     finally:
         proc.terminate()
