@@ -119,14 +119,10 @@ async def read_compacted(kafka: KafkaSettings, topic: str) -> dict[bytes, bytes]
 
     Tombstones (null values) remove their key, as compaction eventually would.
     """
-    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, isolation_level="read_committed")
+    consumer = _reader(kafka)
     await consumer.start()
     try:
-        ends = await assign_from_beginning(consumer, topic)
-        latest: dict[bytes, bytes] = {}
-        while not await _reached(consumer, ends):
-            _apply(latest, await _next_batch(consumer))
-        return latest
+        return await _read_to_end(consumer, topic)
     finally:
         await consumer.stop()
 
@@ -160,13 +156,10 @@ class CompactedView:
                 delay = min(delay * 2, 30.0)
 
     async def _follow(self) -> None:
-        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False, isolation_level="read_committed")
+        consumer = _reader(self.kafka)
         await consumer.start()
         try:
-            ends = await assign_from_beginning(consumer, self.topic)
-            fresh: dict[bytes, bytes] = {}
-            while not await _reached(consumer, ends):
-                _apply(fresh, await _next_batch(consumer))
+            fresh = await _read_to_end(consumer, self.topic)
             changes = {k: fresh.get(k) for k in self.latest.keys() | fresh.keys() if fresh.get(k) != self.latest.get(k)}
             self.latest = fresh
             self._changed(changes)
@@ -185,8 +178,18 @@ async def _next_batch(consumer: AIOKafkaConsumer) -> list[tuple[bytes, bytes | N
     return [(m.key or b"", m.value) for messages in (await consumer.getmany(timeout_ms=500)).values() for m in messages]
 
 
-async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+def _reader(kafka: KafkaSettings) -> AIOKafkaConsumer:
+    """A group-less consumer that sees only committed messages."""
+    return AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, isolation_level="read_committed")
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer, topic: str) -> dict[bytes, bytes]:
+    """Every live key's latest value, from the topic's start to its end as of now; the consumer stays there."""
+    ends = await assign_from_beginning(consumer, topic)
+    latest: dict[bytes, bytes] = {}
+    while not all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+        _apply(latest, await _next_batch(consumer))
+    return latest
 
 
 def _apply(latest: dict[bytes, bytes], batch: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes | None]:
