@@ -65,11 +65,11 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--kafka", default="own", help="'own' (start a broker on 39192), 'none' (unreachable: spool path), or host:port")
+    parser.add_argument("--kafka", default="own", help="'own' (start a broker on 27192), 'none' (unreachable: spool path), or host:port")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="collector-bench-"))
-    stack = StackSettings(data_dir=work / "stack", kafka_port=39192, kafka_controller_port=39193)
+    stack = StackSettings(data_dir=work / "stack", kafka_port=27192, kafka_controller_port=27193)
     if args.kafka == "own":
         kafka.start(stack)
         settings = Settings(stack=stack).with_stack_endpoints()

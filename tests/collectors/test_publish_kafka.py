@@ -23,6 +23,7 @@ from gpuledger.settings import Settings, StackSettings
 from gpuledger.stack import kafka
 from collectors.simnvml import DeviceState, NvmlDouble
 from schemas import GpuSample, codec_for
+from tests.conftest import BASE
 from tests.collectors.test_attribution import CGROUP_CASES, CID, kubelet, make_proc  # noqa: F401 - kubelet is a fixture
 
 GPUS = ["GPU-a", "GPU-b", "GPU-c"]
@@ -71,8 +72,12 @@ def assert_exactly_once_in_order(received: list[GpuSample], intervals: int) -> N
 
 @pytest.fixture(scope="module")
 def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StackSettings, Settings]]:
-    """A broker of our own (not the session's): the outage test stops and restarts it."""
-    stack = StackSettings(data_dir=tmp_path_factory.mktemp("collector-kafka"), kafka_port=39092, kafka_controller_port=39093)
+    """A broker of our own (not the session's): the outage test stops and restarts it.
+
+    Its ports follow the session's base, below the ephemeral range (32768-60999), where an
+    outgoing connection of any test could already hold them ("Address already in use").
+    """
+    stack = StackSettings(data_dir=tmp_path_factory.mktemp("collector-kafka"), kafka_port=BASE + 192, kafka_controller_port=BASE + 193)
     kafka.managed(stack).stop()
     kafka.start(stack)
     settings = Settings(stack=stack).with_stack_endpoints()
