@@ -154,7 +154,7 @@ def prices_import(file: Path) -> None:
 
 @app.command()
 def simulate(
-    seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 7,
+    seed: Annotated[int, typer.Option(help="Same seed and --start, same events (ids and times).")] = 7,
     minutes: Annotated[int, typer.Option(min=1, max=24 * 60, help="Simulated minutes of fleet traffic.")] = 30,
     scale: Annotated[float, typer.Option(min=0.01, help="Multiplier on request rates.")] = 1.0,
     start: Annotated[datetime | None, typer.Option(help="First minute (UTC); default: ends at the current minute.")] = None,

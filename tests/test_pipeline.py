@@ -48,8 +48,12 @@ def pipeline(stack_settings: Settings, request: pytest.FixtureRequest, tmp_path:
     worker.stop()
 
 
-def publish(settings: Settings, tmp_path: Path, *, seed: int, minutes: int, scale: float) -> dict:
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes + 1)
+def fleet_start(minutes: int) -> datetime:
+    """A fleet of ``minutes`` that ended a minute ago, aligned to the minute."""
+    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes + 1)
+
+
+def publish(settings: Settings, tmp_path: Path, *, seed: int, start: datetime, minutes: int, scale: float) -> dict:
     return asyncio.run(publish_fleet(
         settings, seed=seed, start=start, minutes=minutes, scale=scale, orgs=DEMO / "orgs.yaml",
         prices=DEMO / "prices.yaml", truth_path=tmp_path / f"truth-{seed}.json", console=None,
@@ -58,7 +62,8 @@ def publish(settings: Settings, tmp_path: Path, *, seed: int, minutes: int, scal
 
 def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
     settings, worker = pipeline
-    truth = publish(settings, tmp_path, seed=11, minutes=4, scale=0.5)
+    start = fleet_start(4)
+    truth = publish(settings, tmp_path, seed=11, start=start, minutes=4, scale=0.5)
     expected = expected_totals(truth)
     assert "unassigned" in expected, "the fleet has a caller missing from the directory"
     wait_until(lambda: org_totals(settings) == expected, 120, "ledger totals to equal the ground truth", worker)
@@ -90,7 +95,9 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
     assert f"{sum(expected.values()).quantize(Decimal('0.0001')):,}" in console.export_text()
 
     # The same events published again: every total and every count stays the same.
-    publish(settings, tmp_path, seed=11, minutes=4, scale=0.5)
+    # The replay is the same events byte for byte: the same seed *and* the same start (a start taken
+    # again from the clock would be new samples in new windows once a minute had rolled over).
+    publish(settings, tmp_path, seed=11, start=start, minutes=4, scale=0.5)
     wait_until(lambda: caught_up(settings), 90, "the worker to consume the replay", worker)
     time.sleep(3)  # at least two allocator passes over the replayed rows
     assert org_totals(settings) == expected
@@ -103,7 +110,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(pipelin
     client = connect(settings.clickhouse)
     stored = lambda: client.query("SELECT count() FROM usage_events").result_rows[0][0]  # noqa: E731
     with ThreadPoolExecutor(1) as pool:
-        publishing = pool.submit(publish, settings, tmp_path, seed=23, minutes=6, scale=4)
+        publishing = pool.submit(publish, settings, tmp_path, seed=23, start=fleet_start(6), minutes=6, scale=4)
         deadline = time.monotonic() + 60
         while stored() == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
