@@ -246,8 +246,8 @@ class NvmlDouble:
 
     def nvmlEventSetWait_v2(self, event_set: list[str], timeout_ms: int) -> c_nvmlEventData_t:
         self.calls += 1
-        for uuid in event_set:
-            dev = self._all()[uuid]
+        for device_uuid in event_set:
+            dev = self._all()[device_uuid]
             if dev.xids:
                 return c_nvmlEventData_t(eventType=nvmlEventTypeXidCriticalError, eventData=dev.xids.pop(0))
         raise NVMLError_Timeout()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,11 +12,7 @@ from collectors.attribution import ASSIGNED_IDLE_PID, Attributor
 from collectors.cgroups import parse_cgroup, read_proc
 from collectors.kubelet import PodDirectory, read_gpu_assignments
 from schemas import GpuProcess, GpuSample
-
-CID = "3f4e" + "a" * 60
-CID2 = "9b1c" + "b" * 60
-POD_UID = "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718"
-POD_UID_US = POD_UID.replace("-", "_")
+from tests.collectors.conftest import CID, CID2, POD_UID, POD_UID_US
 
 CGROUP_CASES = {
     "containerd v2 systemd": (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID_US}.slice/cri-containerd-{CID}.scope\n", CID, POD_UID),
@@ -62,45 +55,6 @@ def test_read_proc_outside_kubernetes_gives_user_and_command(tmp_path: Path) -> 
     assert (gone.command, gone.user, gone.container_id) == (None, None, None)
 
 
-POD_LIST = {
-    "kind": "PodList", "apiVersion": "v1",
-    "items": [
-        {"metadata": {"name": "trainer-0", "namespace": "ml", "uid": POD_UID, "labels": {"team": "vision", "project": "detector", "app": "x"}},
-         "status": {"containerStatuses": [{"name": "main", "containerID": f"containerd://{CID}"}]}},
-        {"metadata": {"name": "vllm-1", "namespace": "serving", "uid": "0000aaaa-0000-0000-0000-000000000001", "labels": {"squad": "llm"}},
-         "status": {"containerStatuses": [{"name": "vllm", "containerID": f"cri-o://{CID2}"}]}},
-        {"metadata": {"name": "idle-reserver", "namespace": "research", "uid": "0000aaaa-0000-0000-0000-000000000002",
-                      "labels": {"team": "research", "project": "p9"}}, "status": {}},
-    ],
-}
-
-
-@pytest.fixture
-def kubelet() -> Iterator[tuple[str, list[str]]]:
-    """A real HTTP server on 127.0.0.1 answering /pods with a PodList; records the request paths."""
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            seen.append(self.path)
-            body = json.dumps(POD_LIST).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def sample(uuid: str, pids: list[int]) -> GpuSample:

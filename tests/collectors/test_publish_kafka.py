@@ -10,21 +10,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from aiokafka import AIOKafkaConsumer
 
 from collectors.agent import Agent, to_records
 from collectors.metrics import health
 from collectors.publisher import Publisher
 from collectors.settings import CollectorSettings
+from collectors.simnvml import DeviceState, NvmlDouble
 from collectors.spool import Spool
 from gpuledger.kafka import client_options, ensure_topics
 from gpuledger.settings import Settings, StackSettings
 from gpuledger.stack import kafka
-from collectors.simnvml import DeviceState, NvmlDouble
 from schemas import GpuSample, codec_for
+from tests.collectors.conftest import CID
+from tests.collectors.test_attribution import CGROUP_CASES, make_proc
 from tests.conftest import BASE
-from tests.collectors.test_attribution import CGROUP_CASES, CID, kubelet, make_proc  # noqa: F401 - kubelet is a fixture
 
 GPUS = ["GPU-a", "GPU-b", "GPU-c"]
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
