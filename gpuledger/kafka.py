@@ -141,16 +141,20 @@ class CompactedView:
         self.kafka, self.topic, self._on_change = kafka, topic, on_change
         self.latest: dict[bytes, bytes] = {}
         self.caught_up = asyncio.Event()  # set once the topic was first read to its end
+        self._reached_end = False  # this connection read the topic to its end
 
     async def run(self) -> None:
         """Follow the topic until cancelled; a broken connection is retried with backoff."""
         delay = 1.0
         while True:
+            self._reached_end = False
             try:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker down, topic missing: keep the last view, retry
+                if self._reached_end:  # this connection worked: a new outage starts the backoff over
+                    delay = 1.0
                 log.warning("compacted topic unavailable; retrying", topic=self.topic, error=str(exc)[:200], retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -164,6 +168,7 @@ class CompactedView:
             self.latest = fresh
             self._changed(changes)
             self.caught_up.set()
+            self._reached_end = True
             while True:
                 self._changed(_apply(self.latest, await _next_batch(consumer)))
         finally:
