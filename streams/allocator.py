@@ -153,7 +153,7 @@ class GpuAllocator:
 
     async def run_once(self) -> int:
         """One allocation pass; returns how many ledger rows it wrote."""
-        prices = self.prices()  # read the Faust table on the event loop, query ClickHouse off it
+        prices = self.prices()  # read the price list on the event loop (where it is updated), query ClickHouse off it
         now, rows = await asyncio.to_thread(self.plan, prices)
         await self.sink.insert("ledger", LEDGER_COLUMNS, rows)
         self.last_pass = now
