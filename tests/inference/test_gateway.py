@@ -24,6 +24,7 @@ from inference.gateway_config import GatewayConfig
 from schemas import InferenceUsage
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
+from tests.inference.streaming_client import hang_up_after
 from tests.inference.usage_tap import UsageTap
 
 RUN = uuid.uuid4().hex[:8]
@@ -194,17 +195,6 @@ async def test_streaming_meters_and_hides_the_injected_usage_chunk(fleet: Fleet,
     events = sorted(await tap.events(ours(since), 4), key=lambda e: e.request_start)
     assert [(e.prompt_tokens, e.completion_tokens, e.status) for e in events] == [(2, 4, "ok"), (3, 2, "ok"), (4, 3, "ok"), (2, 3, "ok")]
     assert all(e.ttft_ms is not None and e.ttft_ms <= e.latency_ms for e in events)
-
-
-async def hang_up_after(client: httpx.AsyncClient, body: dict[str, object], tokens: int) -> None:
-    """Stream ``body`` and disconnect once ``tokens`` content chunks have arrived."""
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        seen = 0
-        async for line in response.aiter_lines():
-            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
-                seen += 1
-                if seen == tokens:
-                    break
 
 
 STORY = "tell me an extraordinarily long story"  # 6 tokens to the fake, 10 by the 4-characters estimate: the two cannot be confused

@@ -19,6 +19,7 @@ from inference.meter_config import MeterSettings
 from inference.vllm_middleware import UsageMeteringMiddleware
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
+from tests.inference.streaming_client import hang_up_after
 from tests.inference.usage_tap import UsageTap
 
 GPUS = "GPU-11111111-2222-3333-4444-555555555555,GPU-66666666-7777-8888-9999-000000000000"
@@ -121,14 +122,8 @@ async def test_client_disconnecting_mid_stream_is_charged_for_what_it_was_sent(v
     reset.token_delay_s = 0.1
     body = {"model": "llama-8b", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": "long answer please"}]}
     async with httpx.AsyncClient(base_url=vllm_url, headers={"Authorization": f"Bearer {secret}"}) as client:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            seen = 0
-            async for line in response.aiter_lines():
-                assert '"usage"' not in line
-                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
-                    seen += 1
-                    if seen == 3:
-                        break  # hang up after three tokens
+        lines = await hang_up_after(client, body, 3)
+    assert all('"usage"' not in line for line in lines), "the per-chunk usage the middleware asked for is hidden"
     [event] = await tap.events(mine(secret), 1)
     assert event.status == "client_disconnected"
     assert event.ttft_ms is not None and event.latency_ms < 3000  # not the 5 s the full answer would take
