@@ -37,11 +37,12 @@ REGISTRY: dict[int, str] = {
     9: "budget_alert.v2",
     10: "budget_status.v1",
     11: "inference_usage.v3",
+    12: "gpu_sample.v2",
 }
 
 # The version each typed record is read as and written with.
 CURRENT: dict[type, int] = {
-    records.GpuSample: 1,
+    records.GpuSample: 12,
     records.InferenceUsage: 11,
     records.OrgDirectory: 4,
     records.Price: 5,

@@ -38,6 +38,10 @@ class GpuSample:
     memory_total_bytes: int
     power_watts: float
     mig_instance: str | None = None
+    mig_parent_uuid: str | None = None
+    mig_profile: str | None = None
+    mig_slices: int = 0
+    mig_parent_slices: int = 0
     memory_utilization_pct: float = 0.0
     energy_counter_mj: int | None = None
     energy_joules: float = 0.0
