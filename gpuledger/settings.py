@@ -66,8 +66,17 @@ class WorkerSettings(BaseModel):
     batch_seconds: float = Field(0.25, gt=0, description="Longest wait to fill a batch.")
     gpu_window_seconds: int = Field(60, ge=10, le=3600, description="GPU cost allocation window.")
     allocate_every_seconds: float = Field(5.0, gt=0, description="How often GPU windows are (re)allocated.")
-    restate_hours: float = Field(6.0, gt=0, description="Windows younger than this are re-allocated when late events arrive; older ones are final.")
+    restate_hours: float = Field(6.0, gt=0, description="Windows younger than this are rewritten when late events arrive; older (closed) ones are corrected by adjustment lines in the open period.")
     unassigned_org: str = Field("unassigned", description="Org booked for identities missing from the directory.")
+    idle_policy: Literal["workload", "node", "callers"] = Field(
+        "workload", description="Where the idle part of a GPU serving metered inference goes: the serving workload's owner, the node owner, or the callers by token share (fully loaded)."
+    )
+    org_labels: list[str] = Field(["gpuledger.dev/org", "org"], description="Pod label keys naming the paying org (first present wins).")
+    team_labels: list[str] = Field(["gpuledger.dev/team", "team"], description="Pod label keys naming the team.")
+    project_labels: list[str] = Field(["gpuledger.dev/project", "project"], description="Pod label keys naming the project.")
+    cost_centre_labels: list[str] = Field(
+        ["gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter"], description="Pod label keys naming the cost centre."
+    )
     session_timeout_seconds: float = Field(10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on).")
 
 

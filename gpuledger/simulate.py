@@ -1,10 +1,13 @@
 """``gpuledger simulate``: realistic fleet traffic into Kafka, plus the ground truth it must produce.
 
-A deterministic (seeded) fleet: two GPU nodes, self-hosted models on them, two paid
-APIs, and orgs with different usage shapes (steady, ramping, bursty, small, and one
-caller missing from the directory). GPU utilization follows the token load. The
-expected ledger is computed here independently of the stream worker, by the cost
-model's written rules (README), so end-to-end tests and the demo can check the
+A deterministic (seeded) fleet: two serving nodes with self-hosted models (one tensor
+parallel), two paid APIs, and orgs with different usage shapes (steady, ramping, bursty,
+small, one caller missing from the directory, one team paying from two cost centres).
+A third node runs what tokens never show: a training job on two GPUs, two notebook pods
+sharing one GPU, and an A100 split into MIG instances (a notebook, a pod assigned a slice
+it does not use, an instance nobody holds, and a free slice). GPU utilization follows the
+load. The expected ledger is computed here independently of the stream worker, by the
+cost model's written rules (README), so end-to-end tests and the demo can check the
 pipeline against it to the cent.
 """
 
@@ -60,6 +63,18 @@ CALLERS = [
     Caller("key-research-agents", ("claude-sonnet-4", "llama-3.1-70b-instruct"), 90, "bursty"),
     Caller("key-finance-ops", ("llama-3.1-8b-instruct", "gpt-4o-mini"), 25, "steady"),
     Caller("key-unregistered", ("gpt-4o-mini",), 8, "steady"),
+    Caller("key-support-bot-eu", ("llama-3.1-70b-instruct",), 40, "steady"),
+]
+# Node c: GPUs no token ever names. (gpu, processes per sample) are built in ``_workload_samples``.
+TRAINING = [Gpu("gpu-node-c", i, "NVIDIA H100 80GB HBM3") for i in range(2)]
+SHARED = Gpu("gpu-node-c", 2, "NVIDIA L40S")
+MIG_PARENT = Gpu("gpu-node-c", 3, "NVIDIA A100-SXM4-80GB")
+MIG_SLICES = 7
+# (profile, compute slices, the pod holding it: (namespace, pod, running?) or None)
+MIG_INSTANCES: list[tuple[str, int, tuple[str, str, bool] | None]] = [
+    ("3g.40gb", 3, ("search-prod", "ranker-eval-nb", True)),
+    ("2g.20gb", 2, ("finance-jobs", "ocr-batch-0", False)),  # assigned by the kubelet, nothing running (pid 0)
+    ("1g.10gb", 1, None),  # an instance nobody holds; the 7th slice has no instance at all
 ]
 
 
@@ -120,60 +135,208 @@ def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fl
                     sm_clock_mhz=1980, temperature_c=int(35 + util / 3),
                     processes=[GpuProcess(pid=4242, command="vllm", namespace="inference", pod=f"vllm-{gpu.node}-{gpu.index // 2}", gpu_memory_bytes=38 * 2**30)],
                 ))
+    fleet.samples.extend(_workload_samples(start, minutes, rng))
     return fleet
 
 
-# ----- ground truth: the cost model's rules, written out independently of streams/ -----
+def _mig_uuid(profile: str) -> str:
+    digest = hashlib.sha1(f"{MIG_PARENT.uuid}/{profile}".encode()).hexdigest()
+    return f"MIG-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def _sample(gpu: Gpu, uuid: str, begin: datetime, util: float, processes: list[GpuProcess], **mig: Any) -> GpuSample:
+    return GpuSample(
+        sample_id=f"{gpu.node}/{uuid}/{int(begin.timestamp() * 1_000_000)}", node=gpu.node, gpu_uuid=uuid, gpu_index=gpu.index,
+        gpu_model=gpu.model, interval_start=begin, interval_end=begin + timedelta(seconds=SAMPLE_SECONDS), utilization_pct=util,
+        memory_utilization_pct=round(util * 0.6, 1), memory_used_bytes=30 * 2**30, memory_total_bytes=80 * 2**30,
+        power_watts=round(90 + 6 * util, 1), energy_joules=round((90 + 6 * util) * SAMPLE_SECONDS, 1), sm_clock_mhz=1980,
+        temperature_c=int(35 + util / 3), processes=processes, **mig,
+    )
+
+
+def _workload_samples(start: datetime, minutes: int, rng: random.Random) -> list[GpuSample]:
+    """Node c's samples: training, a time-sliced GPU, MIG instances (their processes carry the attribution evidence)."""
+    out = []
+    for minute in range(minutes):
+        for tick in range(60 // SAMPLE_SECONDS):
+            begin = start + timedelta(minutes=minute, seconds=tick * SAMPLE_SECONDS)
+            for gpu in TRAINING:
+                trainer = GpuProcess(pid=7001 + gpu.index, command="python", namespace="research-train", pod="llama-ft-0",
+                                     labels={"cost-center": "CC-3009"}, gpu_memory_bytes=70 * 2**30,
+                                     sm_utilization_pct=round(rng.uniform(85, 99), 1))
+                out.append(_sample(gpu, gpu.uuid, begin, round(rng.uniform(88, 99), 1), [trainer]))
+            alice, bob = round(rng.uniform(5, 40), 1), round(rng.uniform(1, 20), 1)
+            out.append(_sample(SHARED, SHARED.uuid, begin, round(min(100.0, alice + bob), 1), [
+                GpuProcess(pid=8101, command="jupyter", namespace="notebooks", pod="alice-nb", labels={"org": "research", "team": "agents"},
+                           gpu_memory_bytes=12 * 2**30, sm_utilization_pct=alice),
+                GpuProcess(pid=8102, command="jupyter", namespace="notebooks", pod="bob-nb", gpu_memory_bytes=6 * 2**30, sm_utilization_pct=bob),
+            ]))
+            for profile, slices, holder in MIG_INSTANCES:
+                processes = []
+                if holder is not None:
+                    namespace, pod, running = holder
+                    processes.append(GpuProcess(pid=9100 + slices if running else 0, namespace=namespace, pod=pod,
+                                                command="jupyter" if running else None, gpu_memory_bytes=8 * 2**30 if running else 0))
+                out.append(_sample(MIG_PARENT, _mig_uuid(profile), begin, round(rng.uniform(0, 60), 1), processes,
+                                   mig_instance=f"{MIG_PARENT.uuid}/{profile}", mig_parent_uuid=MIG_PARENT.uuid, mig_profile=profile,
+                                   mig_slices=slices, mig_parent_slices=MIG_SLICES))
+    return out
+
+
+# ----- ground truth: the cost model's rules (README), written out independently of streams/ -----
+# Straight loops over the events, on purpose not sharing a line of code with the worker: this is the
+# oracle the worker's ledger must match to the nano-unit.
+
+LABELS = {
+    "org": ("gpuledger.dev/org", "org"), "team": ("gpuledger.dev/team", "team"), "project": ("gpuledger.dev/project", "project"),
+    "cost_centre": ("gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter"),
+}
+
 
 def _price_at(prices: list[Price], kind: str, sku: str, when: datetime) -> Price | None:
     valid = [p for p in prices if p.kind == kind and p.sku == sku and p.effective_from <= when]
     return max(valid, key=lambda p: p.effective_from) if valid else None
 
 
+def _down(value: Decimal) -> Decimal:
+    return value.quantize(NANO, ROUND_DOWN)
+
+
+def _even(value: Decimal) -> Decimal:
+    return value.quantize(NANO, ROUND_HALF_EVEN)
+
+
+def _who_pays(process: GpuProcess, node_entry: dict[str, str], by_key: dict[tuple[str, str], OrgDirectory]) -> dict[str, str]:
+    """Labels naming an org, else the namespace's directory entry, else the node owner; labels refine the rest."""
+    labels = process.labels or {}
+
+    def label(field_name: str) -> str | None:
+        for key in LABELS[field_name]:
+            if labels.get(key):
+                return labels[key]
+        return None
+
+    if label("org"):
+        payer = {"org": label("org") or "", "team": "", "project": "", "cost_centre": ""}
+    elif ("namespace", process.namespace or "") in by_key:
+        entry = by_key[("namespace", process.namespace or "")]
+        payer = {"org": entry.org, "team": entry.team, "project": entry.project, "cost_centre": entry.cost_centre}
+    else:
+        payer = dict(node_entry)
+    for field_name in ("team", "project", "cost_centre"):
+        if label(field_name):
+            payer[field_name] = label(field_name) or ""
+    return payer
+
+
 def ground_truth(fleet: Fleet, orgs: list[OrgDirectory], prices: list[Price], window_seconds: int = 60, unassigned: str = "unassigned") -> dict[str, Any]:
-    """Expected spend per org (api, gpu, idle, total) as decimal strings."""
+    """Expected spend per org (api, gpu, idle, total) and per org/team, as decimal strings (default idle policy: workload)."""
     by_key = {(o.kind, o.key): o for o in orgs}
     totals: dict[str, dict[str, Decimal]] = defaultdict(lambda: {"api": Decimal(0), "gpu": Decimal(0), "idle": Decimal(0)})
+    teams: dict[str, Decimal] = defaultdict(Decimal)
     tokens: dict[tuple[str, datetime], dict[tuple[str, ...], int]] = defaultdict(lambda: defaultdict(int))
+
+    def book(payer: dict[str, str], kind: str, amount: Decimal) -> None:
+        totals[payer["org"]][kind] += amount
+        teams[f"{payer['org']}/{payer['team']}"] += amount
 
     def window_of(t: datetime) -> datetime:
         return datetime.fromtimestamp(int(t.timestamp()) // window_seconds * window_seconds, UTC)
 
     for u in fleet.usage:
-        payer = by_key.get(("api_key", u.key_id))
-        org = payer.org if payer else unassigned
+        entry = by_key.get(("api_key", u.key_id))
+        payer = {"org": entry.org if entry else unassigned, "team": entry.team if entry else "",
+                 "project": entry.project if entry else "", "cost_centre": entry.cost_centre if entry else ""}
         price = _price_at(prices, "token", u.model, u.request_end)
         if price is not None:
             cin = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
             raw = (u.prompt_tokens - u.cached_prompt_tokens) * price.input_per_mtok + u.cached_prompt_tokens * cin + u.completion_tokens * price.output_per_mtok  # type: ignore[operator]
-            totals[org]["api"] += (raw / Decimal(1_000_000)).quantize(NANO, ROUND_HALF_EVEN)
+            book(payer, "api", _even(raw / Decimal(1_000_000)))
         else:
-            group = (org, payer.team if payer else "", payer.project if payer else "", u.model)
+            group = (payer["org"], payer["team"], payer["project"], payer["cost_centre"], u.model, u.key_id)
             for gpu in u.gpu_uuids:
                 tokens[(gpu, window_of(u.request_end))][group] += u.prompt_tokens + u.completion_tokens
+
     windows: dict[tuple[str, datetime], list[GpuSample]] = defaultdict(list)
     for s in fleet.samples:
         windows[(s.gpu_uuid, window_of(s.interval_start))].append(s)
-    for (gpu, window), samples in windows.items():
-        price = _price_at(prices, "gpu_hour", samples[0].gpu_model, window)
-        owner = by_key.get(("node", samples[0].node))
-        seconds = Decimal(sum(int((s.interval_end - s.interval_start).total_seconds() * 1_000_000) for s in samples)) / Decimal(1_000_000)
-        seconds = min(seconds, Decimal(window_seconds))
-        util = (sum(Decimal(repr(s.utilization_pct)) for s in samples) / len(samples)).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
-        cost = (price.per_hour * seconds / Decimal(3600)).quantize(NANO, ROUND_HALF_EVEN)  # type: ignore[union-attr,operator]
+    mig_costs: dict[tuple[str, datetime], Decimal] = defaultdict(Decimal)  # (parent, window) -> instance window costs
+    mig_seconds: dict[tuple[str, datetime], Decimal] = defaultdict(Decimal)
+    mig_first: dict[tuple[str, datetime], GpuSample] = {}
+    for (gpu, window), samples in sorted(windows.items()):
+        first = samples[0]
+        node = by_key.get(("node", first.node))
+        node_entry = {"org": node.org if node else unassigned, "team": node.team if node else "",
+                      "project": node.project if node else "", "cost_centre": node.cost_centre if node else ""}
+        seconds = min(Decimal(sum(int((s.interval_end - s.interval_start).total_seconds() * 1_000_000) for s in samples)) / Decimal(1_000_000), Decimal(window_seconds))
+        util = (sum(min(max(Decimal(repr(s.utilization_pct)), Decimal(0)), Decimal(100)) for s in samples) / len(samples)).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
+        # 1. the window's cost
+        if first.mig_profile:
+            own = _price_at(prices, "gpu_hour", f"{first.gpu_model}/{first.mig_profile}", window)
+            parent = _price_at(prices, "gpu_hour", first.gpu_model, window)
+            if own is not None:
+                cost = _even(own.per_hour * seconds / Decimal(3600))  # type: ignore[operator]
+            else:
+                cost = _down(parent.per_hour * first.mig_slices * seconds / (first.mig_parent_slices * Decimal(3600)))  # type: ignore[union-attr,operator]
+            key = (first.mig_parent_uuid or "", window)
+            mig_costs[key] += cost
+            mig_seconds[key] = max(mig_seconds[key], seconds)
+            mig_first.setdefault(key, first)
+        else:
+            price = _price_at(prices, "gpu_hour", first.gpu_model, window)
+            cost = _even(price.per_hour * seconds / Decimal(3600))  # type: ignore[union-attr,operator]
+        # the holders and their weights (SM utilization, else memory, else equal)
+        holders: dict[str, tuple[dict[str, str], Decimal, int]] = {}
+        for s in samples:
+            micros = int((s.interval_end - s.interval_start).total_seconds() * 1_000_000)
+            for p in s.processes:
+                name = f"{p.namespace or ''}/{p.pod}" if p.pod else (f"host:{p.command}" if p.command else None)
+                if name is None:
+                    continue
+                payer, sm, memory = holders.get(name, (_who_pays(p, node_entry, by_key), Decimal(0), 0))
+                if p.sm_utilization_pct:
+                    sm += Decimal(repr(p.sm_utilization_pct)) * micros
+                memory += p.gpu_memory_bytes * micros
+                holders[name] = (payer, sm, memory)
+        if any(sm for _, sm, _ in holders.values()):
+            weights = {n: sm for n, (_, sm, _) in holders.items() if sm}
+        elif any(mem for _, _, mem in holders.values()):
+            weights = {n: Decimal(mem) for n, (_, _, mem) in holders.items() if mem}
+        else:
+            weights = {n: Decimal(1) for n in holders}
+        # 2. metered tokens: busy by token share, idle to the holders (policy "workload"); 3. else all to the holders
         shares = tokens.get((gpu, window), {})
         total_tokens = sum(shares.values())
-        allocated = Decimal(0)
+        booked = Decimal(0)
         if total_tokens:
-            busy = (cost * min(util, Decimal(100)) / Decimal(100)).quantize(NANO, ROUND_DOWN)
+            busy = _down(cost * util / Decimal(100))
             for group, count in shares.items():
-                share = (busy * count / total_tokens).quantize(NANO, ROUND_DOWN)
-                totals[group[0]]["gpu"] += share
-                allocated += share
-        totals[owner.org if owner else unassigned]["idle"] += cost - allocated
+                amount = _down(busy * count / total_tokens)
+                book({"org": group[0], "team": group[1]}, "gpu", amount)
+                booked += amount
+            for name, weight in weights.items():
+                amount = _down((cost - busy) * weight / sum(weights.values()))
+                book(holders[name][0], "idle", amount)
+                booked += amount
+        else:
+            for name, weight in weights.items():
+                amount = _down(cost * weight / sum(weights.values()))
+                book(holders[name][0], "gpu", amount)
+                booked += amount
+        # 4. the remainder: the node owner's idle
+        book(node_entry, "idle", cost - booked)
+    for (parent, window), instance_costs in mig_costs.items():
+        first = mig_first[(parent, window)]
+        node = by_key.get(("node", first.node))
+        price = _price_at(prices, "gpu_hour", first.gpu_model, window)
+        parent_cost = _even(price.per_hour * mig_seconds[(parent, window)] / Decimal(3600))  # type: ignore[union-attr,operator]
+        book({"org": node.org if node else unassigned, "team": node.team if node else ""}, "idle", max(parent_cost - instance_costs, Decimal(0)))
     per_org = {org: {k: str(v) for k, v in {**t, "total": t["api"] + t["gpu"] + t["idle"]}.items()} for org, t in sorted(totals.items())}
     grand = sum((Decimal(v["total"]) for v in per_org.values()), Decimal(0))
-    return {"orgs": per_org, "total": str(grand), "usage_events": len(fleet.usage), "gpu_samples": len(fleet.samples)}
+    return {
+        "orgs": per_org, "teams": {team: str(v) for team, v in sorted(teams.items())}, "total": str(grand),
+        "usage_events": len(fleet.usage), "gpu_samples": len(fleet.samples),
+    }
 
 
 def batches(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -38,6 +38,7 @@ REGISTRY: dict[int, str] = {
     10: "budget_status.v1",
     11: "inference_usage.v3",
     12: "gpu_sample.v2",
+    13: "ledger_line.v2",
 }
 
 # The version each typed record is read as and written with.
@@ -46,7 +47,7 @@ CURRENT: dict[type, int] = {
     records.InferenceUsage: 11,
     records.OrgDirectory: 4,
     records.Price: 5,
-    records.LedgerLine: 6,
+    records.LedgerLine: 13,
     records.BudgetAlert: 9,
     records.Budget: 8,
     records.BudgetStatus: 10,

@@ -1,6 +1,11 @@
-"""Kafka message keys of the compacted reference topics (part of the contract: producers and the worker must agree)."""
+"""Ids the README promises: Kafka keys of the compacted reference topics and ledger line ids.
+
+Both are part of the contract: producers, the worker and analysts must agree on them.
+"""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from schemas.records import Price
 
@@ -18,3 +23,44 @@ def price_key(price: Price) -> bytes:
 def budget_key(budget_id: str) -> bytes:
     """Budgets and their statuses are keyed by id: the latest write wins, a tombstone deletes."""
     return budget_id.encode()
+
+
+# ----- ledger line ids: deterministic from every dimension a line is grouped by -----
+# Each free-text part is percent-encoded (``quote(safe="")``), so a '/' or ':' inside a team or
+# pod name can never make two different lines share an id.
+
+
+def _part(value: str) -> str:
+    return quote(value, safe="")
+
+
+def api_line_id(event_id: str) -> str:
+    """``api:<event_id>``: one line per priced API request (a whole event id is injective as it is)."""
+    return f"api:{event_id}"
+
+
+def gpu_share_line_id(gpu: str, window_start: int, org: str, team: str, project: str, cost_centre: str, model: str, key_id: str) -> str:
+    """``gpu:<gpu>:<window>:<org>/<team>/<project>/<cost_centre>/<model>/<key_id>``: a caller group's token share."""
+    payer = "/".join(_part(p) for p in (org, team, project, cost_centre, model, key_id))
+    return f"gpu:{_part(gpu)}:{window_start}:{payer}"
+
+
+def workload_line_id(gpu: str, window_start: int, workload: str) -> str:
+    """``wl:<gpu>:<window>:<workload>``: an unmetered workload's share of the window."""
+    return f"wl:{_part(gpu)}:{window_start}:{_part(workload)}"
+
+
+def idle_line_id(gpu: str, window_start: int, holder: str = "") -> str:
+    """``idle:<gpu>:<window>`` (the remainder) or ``idle:<gpu>:<window>:<holder>`` (idle placed on a workload or caller)."""
+    base = f"idle:{_part(gpu)}:{window_start}"
+    return f"{base}:{_part(holder)}" if holder else base
+
+
+def mig_free_line_id(parent_gpu: str, window_start: int) -> str:
+    """``idle:<parent gpu>:<window>:mig-free``: the parent's slices that no MIG instance holds."""
+    return f"idle:{_part(parent_gpu)}:{window_start}:mig-free"
+
+
+def adjustment_line_id(original_line_id: str, sequence: int) -> str:
+    """``adj:<original line id>#<n>``: the n-th correction of a line whose window was already closed."""
+    return f"adj:{original_line_id}#{sequence}"

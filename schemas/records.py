@@ -124,7 +124,15 @@ class LedgerLine:
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     window_tokens: int = 0
+    share_tokens: int = 0
     utilization_pct: float = 0.0
+    workload: str = ""
+    basis: str = ""
+    idle_policy: str = ""
+    mig_profile: str = ""
+    parent_gpu_uuid: str = ""
+    adjusts_line_id: str = ""
+    adjusts_window: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,6 +41,7 @@ from streams.sink import (
     usage_row,
     version_now,
 )
+from streams.workloads import LabelKeys
 
 log = structlog.get_logger()
 
@@ -161,7 +162,8 @@ def create_app(settings: Settings) -> faust.App:
     allocator = GpuAllocator(
         client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,
         window_seconds=w.gpu_window_seconds, restate_hours=w.restate_hours, owners=lookup, prices=price_book,
-        unassigned=w.unassigned_org,
+        unassigned=w.unassigned_org, idle_policy=w.idle_policy,
+        label_keys=LabelKeys(tuple(w.org_labels), tuple(w.team_labels), tuple(w.project_labels), tuple(w.cost_centre_labels)),
     )
 
     @app.timer(w.allocate_every_seconds, on_leader=True, name="allocate")

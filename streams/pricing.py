@@ -1,9 +1,9 @@
-"""The cost model, as pure functions over Decimals: per-token API prices and GPU window allocation.
+"""The cost model's money rules and per-token API prices, as pure functions over Decimals.
 
-Rules (the README's worked example follows them step by step):
-- Money has 9 decimal places (nano-units) and is rounded half-even, except token
-  shares of a GPU window, which are rounded down so that the idle line (the exact
-  remainder) absorbs every rounding residue: allocated + idle == window cost, always.
+Rules (the README's worked examples follow them step by step):
+- Money has 9 decimal places (nano-units) and is rounded half-even, except shares
+  of a GPU window, which are rounded down so that the idle remainder line absorbs
+  every rounding residue (``streams.gpu_cost``): a window's lines == its cost, always.
 - A price applies to events at or after its ``effective_from``; the version in force
   at the event's time is used, so publishing a new price never rewrites history.
 """
@@ -11,8 +11,7 @@ Rules (the README's worked example follows them step by step):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
@@ -56,35 +55,6 @@ def api_cost(usage: InferenceUsage, price: Price) -> Decimal:
     cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)
     total = (usage.prompt_tokens - cached) * input_price + cached * cached_price + usage.completion_tokens * output_price
     return money(total / MILLION)
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """One GPU window's cost split: shares keyed by payer group, plus the owner's idle remainder."""
-
-    window_cost: Decimal
-    busy_cost: Decimal
-    shares: dict[tuple[str, ...], Decimal]
-    idle: Decimal
-
-
-def allocate_window(
-    *, per_hour: Decimal, gpu_seconds: Decimal, utilization_pct: Decimal, tokens: Mapping[tuple[str, ...], int]
-) -> Allocation:
-    """Split one GPU window: its busy part by token share, the rest (and any residue) to idle.
-
-    ``window_cost = per_hour * gpu_seconds / 3600``; the busy part is
-    ``window_cost * utilization`` (capped to 0..100 %); each payer gets
-    ``busy * its_tokens / all_tokens`` rounded down; idle is what remains.
-    """
-    window_cost = money(per_hour * gpu_seconds / SECONDS_PER_HOUR)
-    total_tokens = sum(tokens.values())
-    if total_tokens <= 0:
-        return Allocation(window_cost, ZERO, {}, window_cost)
-    utilization = min(max(utilization_pct, ZERO), Decimal(100)) / Decimal(100)
-    busy = money(window_cost * utilization, ROUND_DOWN)
-    shares = {group: money(busy * count / total_tokens, ROUND_DOWN) for group, count in tokens.items() if count > 0}
-    return Allocation(window_cost, busy, shares, window_cost - sum(shares.values(), ZERO))
 
 
 def utilization_decimal(value: float) -> Decimal:

@@ -29,7 +29,8 @@ USAGE_COLUMNS = (
     "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "source_partition", "source_offset",
 )
 SAMPLE_COLUMNS = (
-    "sample_id", "node", "gpu_uuid", "gpu_index", "gpu_model", "mig_instance", "interval_start", "interval_end",
+    "sample_id", "node", "gpu_uuid", "gpu_index", "gpu_model", "mig_instance", "mig_parent_uuid", "mig_profile", "mig_slices",
+    "mig_parent_slices", "interval_start", "interval_end",
     "utilization_pct", "memory_utilization_pct", "memory_used_bytes", "memory_total_bytes", "power_watts",
     "energy_joules", "sm_clock_mhz", "temperature_c", "xid_errors", "ecc_errors_corrected", "ecc_errors_uncorrected",
     "processes", "owner_org", "source_partition", "source_offset",
@@ -37,7 +38,8 @@ SAMPLE_COLUMNS = (
 LEDGER_COLUMNS = (
     "line_id", "kind", "event_time", "window_seconds", "org", "team", "project", "cost_centre", "model", "key_id",
     "event_id", "node", "gpu_uuid", "price_id", "prompt_tokens", "cached_prompt_tokens", "completion_tokens",
-    "window_tokens", "gpu_seconds", "utilization_pct", "cost", "currency", "version", "is_deleted",
+    "window_tokens", "share_tokens", "gpu_seconds", "utilization_pct", "cost", "currency", "workload", "basis", "idle_policy",
+    "mig_profile", "parent_gpu_uuid", "adjusts_line_id", "adjusts_window", "version", "is_deleted",
 )
 
 
@@ -53,7 +55,8 @@ def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:
 def sample_row(s: GpuSample, owner_org: str, partition: int, offset: int) -> list[Any]:
     processes = json.dumps([asdict(p) for p in s.processes], separators=(",", ":"))
     return [
-        s.sample_id, s.node, s.gpu_uuid, s.gpu_index, s.gpu_model, s.mig_instance, s.interval_start, s.interval_end,
+        s.sample_id, s.node, s.gpu_uuid, s.gpu_index, s.gpu_model, s.mig_instance, s.mig_parent_uuid or "", s.mig_profile or "",
+        s.mig_slices, s.mig_parent_slices, s.interval_start, s.interval_end,
         s.utilization_pct, s.memory_utilization_pct, s.memory_used_bytes, s.memory_total_bytes, s.power_watts,
         s.energy_joules, s.sm_clock_mhz, s.temperature_c, s.xid_errors, s.ecc_errors_corrected, s.ecc_errors_uncorrected,
         processes, owner_org, partition, offset,
@@ -64,8 +67,9 @@ def ledger_row(line: LedgerLine, version: int, deleted: bool = False) -> list[An
     return [
         line.line_id, line.kind, line.event_time, line.window_seconds, line.org, line.team, line.project, line.cost_centre,
         line.model, line.key_id, line.event_id, line.node, line.gpu_uuid, line.price_id, line.prompt_tokens,
-        line.cached_prompt_tokens, line.completion_tokens, line.window_tokens, line.gpu_seconds, line.utilization_pct,
-        line.cost, line.currency, version, int(deleted),
+        line.cached_prompt_tokens, line.completion_tokens, line.window_tokens, line.share_tokens, line.gpu_seconds,
+        line.utilization_pct, line.cost, line.currency, line.workload, line.basis, line.idle_policy, line.mig_profile,
+        line.parent_gpu_uuid, line.adjusts_line_id, line.adjusts_window, version, int(deleted),
     ]
 
 

@@ -69,22 +69,32 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
     wait_until(lambda: org_totals(settings) == expected, 120, "ledger totals to equal the ground truth", worker)
 
     client = connect(settings.clickhouse)
-    # Every GPU window: allocated + idle == hourly rate * covered seconds / 3600, to the nano-unit.
-    rates = {"NVIDIA H100 80GB HBM3": Decimal("2.49"), "NVIDIA L40S": Decimal("0.89")}
+    # Every whole GPU's window: its lines add up to hourly rate * covered seconds / 3600, to the nano-unit,
+    # with exactly one remainder line; every MIG parent's instances plus its free slices add up to the parent's cost.
+    rates = {"NVIDIA H100 80GB HBM3": Decimal("2.49"), "NVIDIA L40S": Decimal("0.89"), "NVIDIA A100-SXM4-80GB": Decimal("2.10")}
     windows = client.query(
-        "SELECT gpu_uuid, event_time, sum(cost), any(gpu_seconds), anyIf(model, kind = 'idle'), countIf(kind = 'idle') "
-        "FROM ledger FINAL WHERE kind IN ('gpu', 'idle') GROUP BY gpu_uuid, event_time"
+        "SELECT if(parent_gpu_uuid != '', parent_gpu_uuid, gpu_uuid) AS unit, event_time, sum(cost), max(gpu_seconds), "
+        "anyIf(model, basis IN ('remainder', 'mig-free')), countIf(basis = 'remainder'), countIf(basis = 'mig-free'), uniqExact(gpu_uuid) "
+        "FROM ledger FINAL WHERE kind IN ('gpu', 'idle') GROUP BY unit, event_time"
     ).result_rows
-    assert len(windows) == 8 * 4
-    for gpu, window, total, seconds, model, idle_lines in windows:
-        assert idle_lines == 1
-        assert total == (rates[model] * seconds / 3600).quantize(Decimal("1e-9"), ROUND_HALF_EVEN), (gpu, window)
+    assert len(windows) == 12 * 4  # 8 serving GPUs, 2 training, 1 time-sliced, 1 MIG parent; 4 minutes
+    for unit, window, total, seconds, model, remainders, free, gpus in windows:
+        assert total == (rates[model] * seconds / 3600).quantize(Decimal("1e-9"), ROUND_HALF_EVEN), (unit, window)
+        assert (remainders, free, gpus) in ((1, 0, 1), (3, 1, 4)), (unit, window)  # a GPU; or a parent with 3 instances
+    # Every team's spend, including training and notebooks that never metered a token, matches the oracle.
+    teams = dict(client.query("SELECT concat(org, '/', team), sum(cost) FROM ledger FINAL GROUP BY org, team").result_rows)
+    assert {team: Decimal(v) for team, v in truth["teams"].items()} == teams
+    # A team paying from two cost centres keeps both shares (their line ids differ by cost centre).
+    centres = client.query("SELECT DISTINCT cost_centre FROM ledger FINAL WHERE kind = 'gpu' AND org = 'support' ORDER BY cost_centre").result_rows
+    assert centres == [("CC-2001",), ("CC-2002",)]
 
     # The analyst's view agrees with the ledger once the rollups refresh.
     client.command("SYSTEM REFRESH VIEW spend_daily")
     client.command("SYSTEM WAIT VIEW spend_daily")
-    view_total = client.query("SELECT sum(total_cost) FROM spend_by_org_daily").result_rows[0][0]
+    view_total, view_tokens = client.query("SELECT sum(total_cost), sum(tokens) FROM spend_by_org_daily").result_rows[0]
     assert view_total == sum(expected.values())
+    # Tensor-parallel requests (two GPUs each) are counted once in the view's tokens.
+    assert view_tokens == client.query("SELECT sum(prompt_tokens + completion_tokens) FROM usage_events FINAL").result_rows[0][0]
 
     # The report shows the same totals, and counts each request's tokens once (even across two GPUs).
     rows = spend_by_org_model(settings)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import pytest
-
 from schemas import InferenceUsage, Price
-from streams.pricing import PriceBook, allocate_window, api_cost, utilization_decimal
+from streams.pricing import PriceBook, api_cost
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -54,35 +51,3 @@ def test_price_book_picks_the_version_in_force_at_event_time() -> None:
     assert book.at("token", "gpt-4o-mini", change - timedelta(microseconds=1)) == MINI
     assert book.at("token", "gpt-4o-mini", change) == new
     assert book.at("gpu_hour", "gpt-4o-mini", change) is None
-
-
-def test_gpu_window_allocation_worked_example() -> None:
-    # H100 at 2.49/h for a full 60 s window: 2.49 * 60 / 3600 = 0.0415
-    # 75 % busy -> 0.031125 split 3:1 by tokens -> 0.02334375 and 0.00778125; idle = 0.0103750
-    split = allocate_window(per_hour=Decimal("2.49"), gpu_seconds=Decimal(60), utilization_pct=Decimal(75),
-                            tokens={("search",): 3000, ("support",): 1000})
-    assert split.window_cost == Decimal("0.041500000")
-    assert split.shares == {("search",): Decimal("0.023343750"), ("support",): Decimal("0.007781250")}
-    assert split.idle == Decimal("0.010375000")
-
-
-def test_idle_gpu_window_books_everything_to_idle() -> None:
-    split = allocate_window(per_hour=Decimal("0.89"), gpu_seconds=Decimal(60), utilization_pct=Decimal(40), tokens={})
-    assert split.shares == {} and split.idle == split.window_cost == Decimal("0.014833333")
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_allocated_plus_idle_always_equals_window_cost(seed: int) -> None:
-    rng = random.Random(seed)
-    tokens = {(f"org{i}",): rng.randrange(0, 10_000) for i in range(rng.randrange(1, 8))}
-    util = utilization_decimal(rng.uniform(0, 100))
-    split = allocate_window(per_hour=Decimal(str(rng.uniform(0.1, 12))).quantize(Decimal("0.0001")),
-                            gpu_seconds=Decimal(rng.randrange(1, 61)), utilization_pct=util, tokens=tokens)
-    assert sum(split.shares.values()) + split.idle == split.window_cost
-    assert all(share >= 0 for share in split.shares.values()) and split.idle >= 0
-    assert sum(split.shares.values()) <= split.busy_cost
-
-
-def test_utilization_is_capped_between_zero_and_hundred() -> None:
-    over = allocate_window(per_hour=Decimal(1), gpu_seconds=Decimal(3600), utilization_pct=Decimal(130), tokens={("a",): 1})
-    assert over.shares[("a",)] == Decimal(1) and over.idle == 0
