@@ -34,6 +34,10 @@ def _part(value: str) -> str:
     return quote(value, safe="")
 
 
+def _parts(*values: str) -> str:
+    return "/".join(_part(v) for v in values)
+
+
 def api_line_id(event_id: str) -> str:
     """``api:<event_id>``: one line per priced API request (a whole event id is injective as it is)."""
     return f"api:{event_id}"
@@ -41,8 +45,7 @@ def api_line_id(event_id: str) -> str:
 
 def gpu_share_line_id(gpu: str, window_start: int, org: str, team: str, project: str, cost_centre: str, model: str, key_id: str) -> str:
     """``gpu:<gpu>:<window>:<org>/<team>/<project>/<cost_centre>/<model>/<key_id>``: a caller group's token share."""
-    payer = "/".join(_part(p) for p in (org, team, project, cost_centre, model, key_id))
-    return f"gpu:{_part(gpu)}:{window_start}:{payer}"
+    return f"gpu:{_part(gpu)}:{window_start}:{_parts(org, team, project, cost_centre, model, key_id)}"
 
 
 def workload_line_id(gpu: str, window_start: int, workload: str) -> str:
@@ -50,10 +53,11 @@ def workload_line_id(gpu: str, window_start: int, workload: str) -> str:
     return f"wl:{_part(gpu)}:{window_start}:{_part(workload)}"
 
 
-def idle_line_id(gpu: str, window_start: int, holder: str = "") -> str:
-    """``idle:<gpu>:<window>`` (the remainder) or ``idle:<gpu>:<window>:<holder>`` (idle placed on a workload or caller)."""
+def idle_line_id(gpu: str, window_start: int, *holder: str) -> str:
+    """``idle:<gpu>:<window>`` (the remainder), or with the holder it was placed on: a workload
+    (``idle:<gpu>:<window>:<namespace%2Fpod>``) or a caller group (six parts, as in a share's id)."""
     base = f"idle:{_part(gpu)}:{window_start}"
-    return f"{base}:{_part(holder)}" if holder else base
+    return f"{base}:{_parts(*holder)}" if holder else base
 
 
 def mig_free_line_id(parent_gpu: str, window_start: int) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
-from typing import Literal
+from typing import Literal, TypeVar
 
 from schemas import LedgerLine, OrgDirectory, Price
 from schemas.keys import gpu_share_line_id, idle_line_id, mig_free_line_id, workload_line_id
@@ -25,6 +25,7 @@ from streams.workloads import Workload
 
 IdlePolicy = Literal["workload", "node", "callers"]
 PayerOf = Callable[[Workload], OrgDirectory]
+K = TypeVar("K", str, "CallerGroup")
 
 
 @dataclass(frozen=True, order=True)
@@ -39,8 +40,8 @@ class CallerGroup:
     key_id: str
 
     @property
-    def label(self) -> str:
-        return "/".join((self.org, self.team, self.project, self.cost_centre, self.model, self.key_id))
+    def parts(self) -> tuple[str, str, str, str, str, str]:
+        return (self.org, self.team, self.project, self.cost_centre, self.model, self.key_id)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def window_cost(rate: Rate, gpu_seconds: Decimal) -> Decimal:
     return money(value) if rate.exact else money(value, ROUND_DOWN)
 
 
-def split_down(total: Decimal, weights: Mapping[str, Decimal | int]) -> dict[str, Decimal]:
+def split_down(total: Decimal, weights: Mapping[K, Decimal | int]) -> dict[K, Decimal]:
     """``total x weight / Σ weights`` for each positive weight, rounded down (the caller books the residue)."""
     whole = sum((Decimal(w) for w in weights.values()), ZERO)
     if whole <= 0:
@@ -160,18 +161,17 @@ def derive_lines(
     if window_tokens > 0:
         busy = money(cost * min(max(facts.utilization, ZERO), Decimal(100)) / Decimal(100), ROUND_DOWN)
         idle = cost - busy
-        by_label = {g.label: g for g in facts.groups}
-        for label, amount in sorted(split_down(busy, {g.label: t.share for g, t in facts.groups.items()}).items()):
-            group, tokens = by_label[label], facts.groups[by_label[label]]
+        token_shares = {group: tokens.share for group, tokens in facts.groups.items()}
+        for group, amount in sorted(split_down(busy, token_shares).items()):
+            tokens = facts.groups[group]
             lines.append(line(
-                gpu_share_line_id(facts.gpu, stamp, group.org, group.team, group.project, group.cost_centre, group.model, group.key_id),
-                "gpu", _payer(group), group.model, amount, "tokens", key_id=group.key_id, share_tokens=tokens.share,
-                prompt_tokens=tokens.prompt, cached_prompt_tokens=tokens.cached, completion_tokens=tokens.completion,
+                gpu_share_line_id(facts.gpu, stamp, *group.parts), "gpu", _payer(group), group.model, amount, "tokens",
+                key_id=group.key_id, share_tokens=tokens.share, prompt_tokens=tokens.prompt, cached_prompt_tokens=tokens.cached,
+                completion_tokens=tokens.completion,
             ))
         if policy == "callers":
-            for label, amount in sorted(split_down(idle, {g.label: t.share for g, t in facts.groups.items()}).items()):
-                group = by_label[label]
-                lines.append(line(idle_line_id(facts.gpu, stamp, label), "idle", _payer(group), facts.gpu_model, amount, "tokens", key_id=group.key_id))
+            for group, amount in sorted(split_down(idle, token_shares).items()):
+                lines.append(line(idle_line_id(facts.gpu, stamp, *group.parts), "idle", _payer(group), facts.gpu_model, amount, "tokens", key_id=group.key_id))
         elif policy == "workload" and facts.workloads:
             basis, weights = workload_weights(facts.workloads)
             for name, amount in sorted(split_down(idle, weights).items()):

@@ -54,6 +54,8 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_TOPICS__PARTITIONS": str(settings.topics.partitions),
         "GPULEDGER_WORKER__APP_ID": settings.worker.app_id,
         "GPULEDGER_WORKER__ALLOCATE_EVERY_SECONDS": str(settings.worker.allocate_every_seconds),
+        "GPULEDGER_WORKER__RESTATE_HOURS": str(settings.worker.restate_hours),
+        "GPULEDGER_WORKER__IDLE_POLICY": settings.worker.idle_policy,
         "GPULEDGER_STACK__DATA_DIR": str(data_dir),
         "GPULEDGER_LOG_FORMAT": "json",
     }
