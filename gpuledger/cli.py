@@ -181,7 +181,7 @@ def report(
     wait: Annotated[float, typer.Option(help="With --truth: wait up to this many seconds for the ledger to match.")] = 0.0,
 ) -> None:
     """Spend by org and model, with totals, from the ledger in ClickHouse."""
-    from gpuledger.report import org_totals, render, spend_by_org_model
+    from gpuledger.report import gpu_spend_by_team, org_totals, render, render_gpu_teams, spend_by_org_model
 
     settings = _settings()
     expected = json.loads(truth.read_text())["orgs"] if truth else None
@@ -191,6 +191,7 @@ def report(
         time.sleep(2)
         rows = spend_by_org_model(settings)
     console.print(render(rows, settings.currency))
+    console.print(render_gpu_teams(gpu_spend_by_team(settings), settings.currency))
     if expected:
         bad = _mismatch(org_totals(rows), expected)
         if bad:

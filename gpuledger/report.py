@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,12 +20,29 @@ class SpendRow:
     api: Decimal
     gpu: Decimal
     idle: Decimal
+    adjustment: Decimal
     tokens: int
     lines: int
 
     @property
     def total(self) -> Decimal:
-        return self.api + self.gpu + self.idle
+        return self.api + self.gpu + self.idle + self.adjustment
+
+
+@dataclass(frozen=True)
+class GpuTeamRow:
+    """One team's GPU spend by what it paid for: metered inference, its own workloads, idle, late adjustments."""
+
+    org: str
+    team: str
+    inference: Decimal
+    workloads: Decimal
+    idle: Decimal
+    adjustment: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.inference + self.workloads + self.idle + self.adjustment
 
 
 def spend_by_org_model(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> list[SpendRow]:
@@ -38,7 +56,8 @@ def spend_by_org_model(settings: Settings, since: datetime | None = None, until:
     bounds = {"since": since or datetime(1970, 1, 2), "until": until or datetime(2999, 1, 1)}
     where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
     costs = client.query(
-        f"SELECT org, model, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'), count() "
+        f"SELECT org, model, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'), "
+        f"sumIf(cost, kind = 'adjustment'), count() "
         f"FROM {db}.ledger FINAL WHERE {where} GROUP BY org, model ORDER BY org, model",
         parameters=bounds,
     ).result_rows
@@ -50,9 +69,19 @@ def spend_by_org_model(settings: Settings, since: datetime | None = None, until:
         ).result_rows
     }
     return [
-        SpendRow(org, model, Decimal(api), Decimal(gpu), Decimal(idle), tokens.get((org, model), 0), int(lines))
-        for org, model, api, gpu, idle, lines in costs
+        SpendRow(org, model, Decimal(api), Decimal(gpu), Decimal(idle), Decimal(adj), tokens.get((org, model), 0), int(lines))
+        for org, model, api, gpu, idle, adj, lines in costs
     ]
+
+
+def gpu_spend_by_team(settings: Settings) -> list[GpuTeamRow]:
+    """GPU spend per org and team: inference (token shares), workloads (training, notebooks, pods holding GPUs), idle, adjustments."""
+    rows = connect(settings.clickhouse).query(
+        f"SELECT org, team, sumIf(cost, kind = 'gpu' AND basis = 'tokens'), sumIf(cost, kind = 'gpu' AND basis != 'tokens'), "
+        f"sumIf(cost, kind = 'idle'), sumIf(cost, kind = 'adjustment') FROM {settings.clickhouse.database}.ledger FINAL "
+        "WHERE kind != 'api' GROUP BY org, team ORDER BY org, team"
+    ).result_rows
+    return [GpuTeamRow(org, team, *(Decimal(v) for v in values)) for org, team, *values in rows]
 
 
 def org_totals(rows: list[SpendRow]) -> dict[str, Decimal]:
@@ -66,16 +95,33 @@ def _usd(value: Decimal) -> str:
     return f"{value.quantize(Decimal('0.0001')):,}"
 
 
+def _money_columns(table: Table, rows: Sequence[object], columns: tuple[tuple[str, str], ...]) -> None:
+    """Right-aligned money columns, each footed with its total."""
+    for name, attr in columns:
+        table.add_column(name, justify="right", footer=_usd(sum((getattr(r, attr) for r in rows), Decimal(0))))
+
+
 def render(rows: list[SpendRow], currency: str) -> Table:
     """A rich table: one line per org and model, a subtotal per org, a grand total."""
     table = Table(title=f"gpuledger chargeback ({currency})", show_footer=True)
     table.add_column("org", footer="TOTAL", no_wrap=True)
     table.add_column("model", no_wrap=True)
-    for name, attr in (("API", "api"), ("GPU", "gpu"), ("idle", "idle"), ("total", "total")):
-        table.add_column(name, justify="right", footer=_usd(sum((getattr(r, attr) for r in rows), Decimal(0))))
+    _money_columns(table, rows, (("API", "api"), ("GPU", "gpu"), ("idle", "idle"), ("late adj.", "adjustment"), ("total", "total")))
     table.add_column("tokens", justify="right", footer=f"{sum(r.tokens for r in rows):,}")
     for org, total in org_totals(rows).items():
         for row in (r for r in rows if r.org == org):
-            table.add_row(row.org, row.model, _usd(row.api), _usd(row.gpu), _usd(row.idle), _usd(row.total), f"{row.tokens:,}")
-        table.add_row("", f"[bold]{org} subtotal[/bold]", "", "", "", f"[bold]{_usd(total)}[/bold]", "", end_section=True)
+            table.add_row(row.org, row.model, _usd(row.api), _usd(row.gpu), _usd(row.idle), _usd(row.adjustment), _usd(row.total), f"{row.tokens:,}")
+        table.add_row("", f"[bold]{org} subtotal[/bold]", "", "", "", "", f"[bold]{_usd(total)}[/bold]", "", end_section=True)
+    return table
+
+
+def render_gpu_teams(rows: list[GpuTeamRow], currency: str) -> Table:
+    """GPU spend by team: what training and notebooks cost next to inference, and who carries the idle."""
+    table = Table(title=f"GPU spend by team ({currency})", show_footer=True)
+    table.add_column("org", footer="TOTAL", no_wrap=True)
+    table.add_column("team", no_wrap=True)
+    _money_columns(table, rows, (("inference", "inference"), ("training & other workloads", "workloads"), ("idle", "idle"),
+                                 ("late adj.", "adjustment"), ("total", "total")))
+    for row in rows:
+        table.add_row(row.org, row.team or "-", _usd(row.inference), _usd(row.workloads), _usd(row.idle), _usd(row.adjustment), _usd(row.total))
     return table
