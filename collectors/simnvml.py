@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pynvml
 from pynvml import (
@@ -23,13 +24,17 @@ from pynvml import (
     NVML_GPU_UTILIZATION_SAMPLES,
     NVML_TEMPERATURE_GPU,
     NVML_VALUE_TYPE_UNSIGNED_INT,
+    NVMLError_FunctionNotFound,
     NVMLError_GpuIsLost,
     NVMLError_InvalidArgument,
     NVMLError_NotFound,
     NVMLError_NotSupported,
     NVMLError_Timeout,
     NVMLError_Uninitialized,
+    c_nvmlDeviceAttributes,
     c_nvmlEventData_t,
+    c_nvmlGpuInstanceProfileInfo_t,
+    c_nvmlGpuInstanceProfileInfo_v2_t,
     c_nvmlMemory_t,
     c_nvmlProcessUtilizationSample_t,
     c_nvmlSample_t,
@@ -40,6 +45,12 @@ from pynvml import (
 
 if TYPE_CHECKING:
     from schemas import GpuSample
+
+# GPU-instance profile id -> compute slices, for a 7-slice GPU (A100, H100, H200); pynvml's NVML_GPU_INSTANCE_PROFILE_*.
+A100_GI_PROFILES = {
+    pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1, pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2, pynvml.NVML_GPU_INSTANCE_PROFILE_3_SLICE: 3,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4, pynvml.NVML_GPU_INSTANCE_PROFILE_7_SLICE: 7, pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: 1,
+}
 
 
 @dataclass
@@ -70,6 +81,12 @@ class DeviceState:
     gi: int = 0
     ci: int = 0
     parent: DeviceState | None = None
+    # MIG geometry. A whole GPU: the GPU-instance profiles it supports (profile id -> compute slices;
+    # A100/H100: 1, 2, 3, 4 and 7 slices). A MIG instance: its slices and memory (nvmlDeviceGetAttributes).
+    gi_profiles: dict[int, int] = field(default_factory=lambda: dict(A100_GI_PROFILES))
+    gi_slices: int = 0
+    ci_slices: int = 0
+    memory_size_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,38 @@ class Handle:
     """Opaque device handle, like pynvml's ``c_nvmlDevice_t`` pointer."""
 
     uuid: str
+
+
+MIG_UNSUPPORTED = frozenset({"nvmlDeviceGetUtilizationRates", "nvmlDeviceGetSamples", "nvmlDeviceGetProcessUtilization"})
+PROFILE_NAME = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.(\d+)gb$")
+
+
+def split_mig(parent: DeviceState, profiles: list[str], *, uuid_prefix: str | None = None) -> list[DeviceState]:
+    """Split ``parent`` into MIG instances named like ``3g.40gb`` (or ``1c.3g.40gb``), one GPU instance each.
+
+    Memory per instance is 2 % under the nominal size, as real profiles report (3g.40gb: 40192 MiB);
+    utilization calls answer NotSupported on MIG devices, as NVML does.
+    """
+    total = max(parent.gi_profiles.values(), default=0)
+    slices = []
+    for name in profiles:
+        match = PROFILE_NAME.match(name)
+        if match is None:
+            raise ValueError(f"MIG profile {name!r}: expected '<slices>g.<GB>gb' or '<c>c.<slices>g.<GB>gb', e.g. '3g.40gb'")
+        ci, gi, gb = int(match[1] or match[2]), int(match[2]), int(match[3])
+        if gi not in parent.gi_profiles.values() or ci > gi:
+            raise ValueError(f"MIG profile {name!r} does not exist on {parent.name} (GPU-instance slice counts: {sorted(set(parent.gi_profiles.values()))})")
+        slices.append((ci, gi, gb))
+    if sum(gi for _, gi, _ in slices) > total:
+        raise ValueError(f"MIG layout {profiles} needs {sum(gi for _, gi, _ in slices)} slices; {parent.name} has {total}")
+    prefix = uuid_prefix or f"MIG-{parent.uuid.removeprefix('GPU-')}"
+    parent.mig = [
+        DeviceState(uuid=f"{prefix}-{k}", name=parent.name, index=parent.index, memory_total=int(gb * 1024 * 0.98) * 2**20,
+                    gi=k + 1, ci=0, parent=parent, gi_slices=gi, ci_slices=ci, memory_size_mb=int(gb * 1024 * 0.98),
+                    unsupported=set(MIG_UNSUPPORTED))
+        for k, (ci, gi, gb) in enumerate(slices)
+    ]
+    return parent.mig
 
 
 class NvmlDouble:
@@ -170,6 +219,36 @@ class NvmlDouble:
 
     def nvmlDeviceGetComputeInstanceId(self, handle: Handle) -> int:
         return self._dev(handle, "nvmlDeviceGetComputeInstanceId").ci
+
+    def nvmlDeviceGetAttributes_v2(self, handle: Handle) -> c_nvmlDeviceAttributes:
+        """MIG device handles only, as NVML documents; a whole GPU answers NotSupported."""
+        dev = self._dev(handle, "nvmlDeviceGetAttributes")
+        if dev.parent is None:
+            raise NVMLError_NotSupported()
+        return c_nvmlDeviceAttributes(multiprocessorCount=14 * dev.ci_slices, gpuInstanceSliceCount=dev.gi_slices,
+                                      computeInstanceSliceCount=dev.ci_slices, memorySizeMB=dev.memory_size_mb)
+
+    nvmlDeviceGetAttributes = nvmlDeviceGetAttributes_v2
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Handle, profile: int, version: int = 2) -> Any:
+        """Static profile info of a whole GPU; profiles it lacks answer NotSupported, MIG handles InvalidArgument."""
+        dev = self._dev(handle, "nvmlDeviceGetGpuInstanceProfileInfo")
+        if dev.parent is not None:
+            raise NVMLError_InvalidArgument()
+        slices = dev.gi_profiles.get(profile)
+        if slices is None:
+            raise NVMLError_NotSupported()
+        if version == 2:
+            info: Any = c_nvmlGpuInstanceProfileInfo_v2_t()
+        elif version == 1:
+            info = c_nvmlGpuInstanceProfileInfo_t()
+        else:
+            raise NVMLError_FunctionNotFound()
+        total = max(dev.gi_profiles.values())
+        info.id, info.sliceCount, info.instanceCount = profile, slices, total // slices
+        eighths = {1: 1, 2: 2, 3: 4, 4: 4}.get(slices, 8)  # A100/H100 memory slices are eighths: 3g.40gb holds 4 of 8
+        info.multiprocessorCount, info.memorySizeMB = 14 * slices, int(dev.memory_total // 2**20 * eighths / 8 * 0.98)
+        return info
 
     # -- readings ---------------------------------------------------------------------------
     def nvmlDeviceGetMemoryInfo(self, handle: Handle) -> c_nvmlMemory_t:
