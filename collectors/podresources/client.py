@@ -116,7 +116,6 @@ class PodResourcesClient:
         try:
             response = self._connect().List(ListPodResourcesRequest(), timeout=self.timeout_seconds)  # type: ignore[attr-defined]
         except grpc.RpcError as exc:
-            self.close()  # a fresh channel next time: the kubelet may come back on a new socket inode
             code = exc.code() if hasattr(exc, "code") else None
             return self._failed(code.name.lower() if code is not None else "rpc_error", exc.details() if hasattr(exc, "details") else str(exc))
         self._last = index_assignments(response, self.resource_prefix)
@@ -127,6 +126,7 @@ class PodResourcesClient:
         return self._last
 
     def _failed(self, reason: str, detail: str | None) -> dict[str, list[DeviceAssignment]]:
+        self.close()  # a fresh channel next time: the kubelet comes back on a new socket, no reconnect backoff to wait out
         self.stats.errors[reason] += 1
         if reason != self._failing:
             log.warning("pod-resources API unavailable; idle GPUs held by pods are not attributed until it answers",
