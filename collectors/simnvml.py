@@ -339,6 +339,7 @@ class NvmlDouble:
 # Seeded workload simulator
 # ---------------------------------------------------------------------------------------------
 
+MIG_MODELS = {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
 MODELS = [("NVIDIA H100 80GB HBM3", 80 * 2**30, 700, 1980), ("NVIDIA L40S", 48 * 2**30, 350, 2520), ("NVIDIA A100-SXM4-80GB", 80 * 2**30, 400, 1410)]
 SAMPLE_PERIOD_US = 166_667  # the driver keeps ~6 utilization samples per second
 
@@ -352,21 +353,37 @@ class _Phase:
 
 
 class SimulatedNvml(NvmlDouble):
-    """Realistic traces: idle gaps, steady training jobs, bursty inference; power, energy and heat follow load."""
+    """Realistic traces: idle gaps, steady training jobs, bursty inference; power, energy and heat follow load.
 
-    def __init__(self, gpus: int = 8, *, seed: int = 7, node: str = "sim", clock: Callable[[], float] = time.time) -> None:
+    ``mig`` splits GPUs into MIG instances (GPU index -> profiles, e.g. ``{0: ["3g.40gb", "2g.20gb"]}``);
+    each instance then runs its own workload phases and the parent's power follows their load by slices.
+    """
+
+    def __init__(self, gpus: int = 8, *, seed: int = 7, node: str = "sim", clock: Callable[[], float] = time.time,
+                 mig: dict[int, list[str]] | None = None) -> None:
         self.rng = random.Random(f"{seed}/{node}")
         model, mem, tdp, clk = MODELS[self.rng.randrange(len(MODELS))]
         devices = [
-            DeviceState(uuid=f"GPU-{uuid.UUID(int=self.rng.getrandbits(128))}", name=model, index=i, memory_total=mem)
+            DeviceState(uuid=f"GPU-{uuid.UUID(int=self.rng.getrandbits(128))}", name=model, index=i, memory_total=mem,
+                        gi_profiles=dict(A100_GI_PROFILES) if model in MIG_MODELS else {})
             for i in range(gpus)
         ]
+        for index, profiles in (mig or {}).items():
+            if not 0 <= index < gpus:
+                raise ValueError(f"MIG layout for GPU {index}: the simulated node has GPUs 0..{gpus - 1}")
+            if model not in MIG_MODELS:
+                raise ValueError(f"MIG layout for GPU {index}: {model} (seed {seed}, node {node!r}) has no MIG; try another seed or node")
+            split_mig(devices[index], profiles)
         super().__init__(devices, clock=clock)
         self.tdp_mw, self.max_clock = tdp * 1000, clk
         self.idle_mw = int(self.tdp_mw * 0.1)
         self._now = clock()
-        self._phases = [self._next_phase(self._now) for _ in devices]
+        self._phases = [self._next_phase(self._now) for _ in self._leaves()]
         self._next_pid = 4000
+
+    def _leaves(self) -> list[DeviceState]:
+        """What runs workloads: each MIG instance, or the whole GPU."""
+        return [leaf for dev in self.devices for leaf in (dev.mig or [dev])]
 
     def _next_phase(self, now: float) -> _Phase:
         kind = self.rng.choices(["idle", "training", "inference"], weights=[2, 3, 4])[0]
@@ -375,47 +392,64 @@ class SimulatedNvml(NvmlDouble):
         level = {"idle": 0.0, "training": self.rng.uniform(80, 99), "inference": self.rng.uniform(20, 70)}[kind]
         return _Phase(kind, now + duration, level, self._next_pid)
 
+    def _run_leaf(self, k: int, leaf: DeviceState, now: float) -> float:
+        """Move one workload forward; returns its utilization (%)."""
+        phase = self._phases[k]
+        if now >= phase.until:
+            phase = self._phases[k] = self._next_phase(now)
+        if phase.kind == "idle":
+            util = 0.0
+        elif phase.kind == "training":
+            util = phase.level + self.rng.uniform(-3, 1)
+        else:
+            util = max(0.0, phase.level * (0.6 + 0.5 * math.sin(now / 7 + k)) + self.rng.uniform(-10, 10))
+        util = min(100.0, max(0.0, util))
+        leaf.util_gpu = round(util)
+        leaf.util_memory = round(util * 0.6)
+        if phase.kind == "idle":
+            leaf.processes.clear()
+            leaf.memory_used = 512 * 2**20
+        else:
+            used = int(leaf.memory_total * (0.85 if phase.kind == "training" else 0.45))
+            leaf.processes = {phase.pid: used}
+            leaf.memory_used = used + 512 * 2**20
+        ts = int(now * 1e6)
+        last = leaf.util_samples[-1][0] if leaf.util_samples else 0
+        steps = min(12, max(1, (ts - last) // SAMPLE_PERIOD_US)) if last else 1
+        for j in range(int(steps), 0, -1):
+            leaf.util_samples.append((ts - (j - 1) * SAMPLE_PERIOD_US, leaf.util_gpu))
+        if leaf.processes:
+            leaf.process_samples.append((phase.pid, ts, leaf.util_gpu))
+        return util
+
     def advance(self) -> None:
         now = self.clock()
         if now - self._now < 0.05:  # one state step per 50 ms is plenty, and keeps the agent cheap
             return
         dt = now - self._now
-        for i, dev in enumerate(self.devices):
-            phase = self._phases[i]
-            if now >= phase.until:
-                phase = self._phases[i] = self._next_phase(now)
-            if phase.kind == "idle":
-                util = 0.0
-            elif phase.kind == "training":
-                util = phase.level + self.rng.uniform(-3, 1)
+        k = 0
+        for dev in self.devices:
+            if dev.mig:  # the parent's power follows its instances' load, weighted by compute slices
+                total = max(dev.gi_profiles.values())
+                utils = []
+                for leaf in dev.mig:
+                    utils.append((leaf.ci_slices / total, self._run_leaf(k, leaf, now)))
+                    k += 1
+                load = sum(w * (u / 100) ** 1.2 for w, u in utils)
+                util = sum(w * u for w, u in utils)
             else:
-                util = max(0.0, phase.level * (0.6 + 0.5 * math.sin(now / 7 + i)) + self.rng.uniform(-10, 10))
-            util = min(100.0, max(0.0, util))
-            dev.util_gpu = round(util)
-            dev.util_memory = round(util * 0.6)
-            dev.power_mw = int(self.idle_mw + (self.tdp_mw - self.idle_mw) * (util / 100) ** 1.2)
+                util = self._run_leaf(k, dev, now)
+                k += 1
+                load = (util / 100) ** 1.2
+            dev.power_mw = int(self.idle_mw + (self.tdp_mw - self.idle_mw) * load)
             dev.energy_mj += int(dev.power_mw * dt)  # mW * s = mJ
             dev.temperature_c = min(88, 32 + int(util * 0.5))
             dev.sm_clock_mhz = 210 if util == 0 else self.max_clock
-            if phase.kind == "idle":
-                dev.processes.clear()
-                dev.memory_used = 512 * 2**20
-            else:
-                used = int(dev.memory_total * (0.85 if phase.kind == "training" else 0.45))
-                dev.processes = {phase.pid: used}
-                dev.memory_used = used + 512 * 2**20
-            ts = int(now * 1e6)
-            last = dev.util_samples[-1][0] if dev.util_samples else 0
-            steps = min(12, max(1, (ts - last) // SAMPLE_PERIOD_US)) if last else 1
-            for k in range(int(steps), 0, -1):
-                dev.util_samples.append((ts - (k - 1) * SAMPLE_PERIOD_US, dev.util_gpu))
-            if dev.processes:
-                dev.process_samples.append((phase.pid, ts, dev.util_gpu))
         self._now = now
 
 
 def simulated_samples(node: str, gpus: int, start: float, intervals: int, *, interval_seconds: float = 5.0,
-                      polls_per_interval: int = 5, seed: int = 7) -> list[GpuSample]:
+                      polls_per_interval: int = 5, seed: int = 7, mig: dict[int, list[str]] | None = None) -> list[GpuSample]:
     """A reproducible GPU trace for ``node`` as the real collector would publish it (same sampler code,
     simulated clock): for the fleet simulator and for tests. ``start`` is epoch seconds."""
     from collectors.sampler import NvmlSampler
@@ -425,7 +459,7 @@ def simulated_samples(node: str, gpus: int, start: float, intervals: int, *, int
     def clock() -> float:
         return now[0]
 
-    sampler = NvmlSampler(SimulatedNvml(gpus, seed=seed, node=node, clock=clock), node, clock=clock)
+    sampler = NvmlSampler(SimulatedNvml(gpus, seed=seed, node=node, clock=clock, mig=mig), node, clock=clock)
     sampler.start()
     out: list[GpuSample] = []
     for k in range(intervals + 1):

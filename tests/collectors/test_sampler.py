@@ -318,3 +318,28 @@ def test_simulated_samples_for_the_fleet_simulator() -> None:
     assert samples[-1].interval_end == datetime.fromtimestamp(T0 + 60, UTC)
     assert len({s.sample_id for s in samples}) == 24 and all(s.node == "gpu-node-z" for s in samples)
     assert all(s.energy_joules == pytest.approx(s.power_watts * 5.0, rel=0.25) for s in samples)
+
+
+def test_simulated_mig_node_reports_profiles_and_instance_workloads() -> None:
+    from collectors.simnvml import simulated_samples
+
+    layout = {0: ["3g.40gb", "2g.20gb", "1g.10gb"]}
+    samples = simulated_samples("mig-node", 2, T0, 60, interval_seconds=5.0, seed=1, mig=layout)
+    assert samples == simulated_samples("mig-node", 2, T0, 60, interval_seconds=5.0, seed=1, mig=layout)
+    first = samples[:4]
+    assert [(s.mig_profile, s.mig_slices, s.mig_parent_slices) for s in first] == [
+        ("3g.40gb", 3, 7), ("2g.20gb", 2, 7), ("1g.10gb", 1, 7), (None, 0, 0)]
+    parent = first[3].gpu_uuid
+    assert first[0].gpu_model == "NVIDIA A100-SXM4-80GB" and {s.mig_parent_uuid for s in first[:3]} == {first[0].mig_instance.split("/")[0]}
+    assert parent != first[0].mig_parent_uuid  # GPU 1 is whole; GPU 0 is only seen through its instances
+    mig = [s for s in samples if s.mig_profile]
+    assert any(s.processes for s in mig) and any(not s.processes for s in mig)  # instances run and idle on their own
+    assert all(s.utilization_pct == 0.0 for s in mig)  # as on real MIG: NVML has no utilization for them
+    assert all(s.energy_joules > 0 for s in mig)
+
+
+def test_simulated_mig_layout_errors_say_what_to_change() -> None:
+    with pytest.raises(ValueError, match="NVIDIA L40S .* has no MIG"):
+        SimulatedNvml(1, seed=2, node="mig-node", mig={0: ["1g.10gb"]})
+    with pytest.raises(ValueError, match="has GPUs 0..0"):
+        SimulatedNvml(1, seed=1, node="mig-node", mig={3: ["1g.10gb"]})
