@@ -64,7 +64,7 @@ class CollectorSettings(BaseSettings):
         Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
         description="The kubelet's pod-resources gRPC socket (which pod holds which GPU); empty turns it off. Not used with source=simulated.",
     )
-    pod_resources_timeout_seconds: float = Field(1.0, gt=0, le=10, description="Deadline of one List call.")
+    pod_resources_timeout_seconds: float = Field(1.0, gt=0, le=5, description="Deadline of one List call (the next interval's polls wait for it).")
     pod_resources_max_age_seconds: float = Field(30.0, ge=0, description="How long the last good answer stands in while the kubelet does not answer.")
 
     @field_validator("pod_label_keys", mode="before")

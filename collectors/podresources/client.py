@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import grpc
 
     from collectors.podresources.api_pb2 import ListPodResourcesResponse
+    from collectors.podresources.api_pb2_grpc import PodResourcesListerStub
 
 log = structlog.get_logger()
 
@@ -87,11 +88,11 @@ class PodResourcesClient:
         self.clock = clock
         self.stats = PodResourcesStats()
         self._channel: grpc.Channel | None = None
-        self._stub: object | None = None
+        self._stub: PodResourcesListerStub | None = None
         self._last: dict[str, list[DeviceAssignment]] = {}
         self._failing: str | None = None  # reason of the outage in progress, if any
 
-    def _connect(self) -> object:
+    def _connect(self) -> PodResourcesListerStub:
         import grpc  # only agents that read pod-resources pay for it
 
         from collectors.podresources.api_pb2_grpc import PodResourcesListerStub
@@ -114,7 +115,7 @@ class PodResourcesClient:
         if not self.socket_path.exists():
             return self._failed("socket_missing", f"{self.socket_path} does not exist (kubelet down, or the hostPath not mounted)")
         try:
-            response = self._connect().List(ListPodResourcesRequest(), timeout=self.timeout_seconds)  # type: ignore[attr-defined]
+            response = self._connect().List(ListPodResourcesRequest(), timeout=self.timeout_seconds)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             return self._failed(code.name.lower() if code is not None else "rpc_error", exc.details() if hasattr(exc, "details") else str(exc))
