@@ -10,8 +10,8 @@ from structlog.testing import capture_logs
 
 from collectors.energy import EnergyMeter
 from collectors.sampler import NvmlSampler, NvmlUnavailable, init_nvml, mig_memory_gb
-from collectors.simnvml import DeviceState, SimulatedNvml, split_mig
-from tests.collectors.fake_nvml import T0, Clock, FakeNvml, Handle, make_fake
+from collectors.simnvml import DeviceState, SimulatedNvml
+from tests.collectors.fake_nvml import T0, Clock, FakeNvml, Handle, make_fake, split_mig
 
 
 def run_interval(sampler: NvmlSampler, clock: Clock, fake: FakeNvml, steps: list[dict[int, dict[str, int]]], step_s: float = 1.0):
