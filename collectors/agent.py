@@ -14,6 +14,7 @@ import structlog
 from collectors.attribution import Attributor
 from collectors.kubelet import PodDirectory
 from collectors.metrics import build_app, serve
+from collectors.podresources.client import PodResourcesClient
 from collectors.publisher import Publisher
 from collectors.sampler import NvmlSampler
 from collectors.settings import CollectorSettings
@@ -52,11 +53,14 @@ class Agent:
         pods = None
         if cfg.pod_list_url:
             sa = cfg.service_account_dir
-            pods = PodDirectory(cfg.pod_list_url.replace("{node}", cfg.node),
-                                label_names={"team": cfg.team_label, "project": cfg.project_label},
+            pods = PodDirectory(cfg.pod_list_url.replace("{node}", cfg.node), label_names=cfg.label_map(),
                                 refresh_seconds=cfg.pod_list_refresh_seconds, token_file=sa / "token", ca_file=sa / "ca.crt")
-        proc_root = cfg.proc_root if cfg.source == "nvml" or nvml is not None else None
-        self.attributor = Attributor(proc_root, pods, cfg.pod_resources_json)
+        real_devices = cfg.source == "nvml" or nvml is not None  # simulated GPUs have no host pids nor kubelet assignments
+        pod_resources = None
+        if real_devices and cfg.pod_resources_socket is not None:
+            pod_resources = PodResourcesClient(cfg.pod_resources_socket, timeout_seconds=cfg.pod_resources_timeout_seconds,
+                                               max_age_seconds=cfg.pod_resources_max_age_seconds, clock=clock)
+        self.attributor = Attributor(cfg.proc_root if real_devices else None, pods, pod_resources)
         self.spool = Spool(cfg.spool_dir, max_bytes=cfg.spool_max_bytes, segment_bytes=cfg.spool_segment_bytes)
         self.publisher = Publisher(settings.kafka, settings.topics.gpu_samples, self.spool)
         self.stop = asyncio.Event()
@@ -65,7 +69,7 @@ class Agent:
 
     async def _emit(self, end: float) -> None:
         samples = self.sampler.finish(end)
-        if self.attributor.pods is not None:  # may wait on the API server: keep the loop free
+        if self.attributor.may_block:  # may wait on the API server or the kubelet: keep the loop free
             samples = await asyncio.to_thread(self.attributor.attribute, samples)
         else:  # only local /proc reads: a worker thread would cost more than it saves
             samples = self.attributor.attribute(samples)
@@ -100,7 +104,7 @@ class Agent:
                 pass
         server = server_task = None
         if self.cfg.metrics_port:
-            app = build_app(self.sampler, self.publisher, nvml_stale_after=3 * max(self.cfg.interval_seconds, self.cfg.poll_seconds),
+            app = build_app(self.sampler, self.publisher, self.attributor, nvml_stale_after=3 * max(self.cfg.interval_seconds, self.cfg.poll_seconds),
                             kafka_fresh_seconds=self.cfg.kafka_fresh_seconds)
             server, server_task = await serve(app, self.cfg.metrics_host, self.cfg.metrics_port)
         try:
@@ -111,6 +115,7 @@ class Agent:
                 await self._emit(self.clock())  # the partial interval SIGTERM cut short
             await self.publisher.close(timeout=10.0 if once else 5.0)
             self.sampler.close()
+            self.attributor.close()
             if server is not None and server_task is not None:
                 server.should_exit = True
                 try:

@@ -1,8 +1,9 @@
 """Fills each sample's processes with container, pod, namespace and chargeback labels.
 
 Order of evidence: the process's cgroup -> container id -> pod list; outside Kubernetes,
-user and command from /proc. A GPU the kubelet assigned to a pod but with no process on
-it gets a placeholder process (pid 0) naming that pod, so idle-but-reserved GPUs are charged.
+user and command from /proc. A GPU (or MIG instance) the kubelet assigned to a pod with no
+process of that pod on it gets a placeholder process (pid 0) naming that pod, with the pod's
+labels when the pod list is configured, so idle-but-reserved GPUs are charged to their holder.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from collectors.cgroups import ProcInfo, read_proc
-from collectors.kubelet import PodDirectory, read_gpu_assignments
+from collectors.kubelet import PodDirectory, PodRef
+from collectors.podresources.client import DeviceAssignment, PodResourcesClient
 from schemas import GpuProcess, GpuSample
 
 ASSIGNED_IDLE_PID = 0
@@ -20,11 +22,16 @@ ASSIGNED_IDLE_PID = 0
 class Attributor:
     """Enriches ``GpuSample.processes``; caches /proc lookups by pid (reset when a pid disappears)."""
 
-    def __init__(self, proc_root: Path | None, pods: PodDirectory | None = None, pod_resources_json: Path | None = None) -> None:
+    def __init__(self, proc_root: Path | None, pods: PodDirectory | None = None, pod_resources: PodResourcesClient | None = None) -> None:
         self.proc_root = proc_root
         self.pods = pods
-        self.pod_resources_json = pod_resources_json
+        self.pod_resources = pod_resources
         self._procs: dict[int, ProcInfo] = {}
+
+    @property
+    def may_block(self) -> bool:
+        """True when attributing calls the network (API server, kubelet): run it off the event loop."""
+        return self.pods is not None or self.pod_resources is not None
 
     def _proc(self, pid: int) -> ProcInfo:
         info = self._procs.get(pid)
@@ -35,8 +42,8 @@ class Attributor:
 
     def attribute(self, samples: list[GpuSample]) -> list[GpuSample]:
         """Return the samples with every process identified as far as the evidence allows."""
-        assignments = read_gpu_assignments(self.pod_resources_json)
-        pods_by_name = {}
+        assignments = self.pod_resources.assignments() if self.pod_resources is not None else {}
+        pods_by_name: dict[tuple[str, str], PodRef] = {}
         if self.pods is not None and assignments:
             self.pods.refresh()
             pods_by_name = {(r.namespace, r.pod): r for r in self.pods.by_uid.values()}
@@ -47,11 +54,7 @@ class Attributor:
             for proc in sample.processes:
                 live.add(proc.pid)
                 processes.append(self._one(proc))
-            owner = assignments.get(sample.gpu_uuid)
-            if owner and not any(p.pod == owner[1] and p.namespace == owner[0] for p in processes):
-                ref = pods_by_name.get(owner)
-                processes.append(GpuProcess(pid=ASSIGNED_IDLE_PID, namespace=owner[0], pod=owner[1],
-                                            labels=dict(ref.labels) if ref else {}))
+            processes += placeholders(processes, assignments.get(sample.gpu_uuid, []), pods_by_name)
             out.append(replace(sample, processes=processes))
         for pid in set(self._procs) - live:
             del self._procs[pid]
@@ -67,3 +70,22 @@ class Attributor:
             pod=ref.pod if ref else None, namespace=ref.namespace if ref else None,
             labels=dict(ref.labels) if ref else {},
         )
+
+    def close(self) -> None:
+        if self.pod_resources is not None:
+            self.pod_resources.close()
+
+
+def placeholders(processes: list[GpuProcess], holders: list[DeviceAssignment],
+                 pods_by_name: dict[tuple[str, str], PodRef]) -> list[GpuProcess]:
+    """One pid-0 process per pod holding the device that has no process of its own on it."""
+    present = {(p.namespace, p.pod) for p in processes}
+    out = []
+    for holder in holders:
+        key = (holder.namespace, holder.pod)
+        if key in present:
+            continue
+        present.add(key)
+        ref = pods_by_name.get(key)
+        out.append(GpuProcess(pid=ASSIGNED_IDLE_PID, namespace=holder.namespace, pod=holder.pod, labels=dict(ref.labels) if ref else {}))
+    return out

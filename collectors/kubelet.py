@@ -1,15 +1,13 @@
-"""Who owns a container or a GPU in Kubernetes: the node's pod list and the kubelet's device assignments.
+"""Who owns a container in Kubernetes: the node's pod list.
 
 The pod list (a v1 PodList, from the API server with ``fieldSelector=spec.nodeName=<node>``
-or the kubelet's ``/pods``) maps container ids and pod UIDs to pod, namespace and labels.
-The pod-resources assignment maps GPU device ids to pods, so a GPU that is assigned but
-idle is still charged to its pod. The gRPC ``List`` call is not implemented: the
-assignment is read from a ``ListPodResourcesResponse`` rendered as JSON.
+or the kubelet's ``/pods``) maps container ids and pod UIDs to pod, namespace and the
+chargeback labels we copy. Which pod holds which GPU comes from the kubelet's
+pod-resources API (``collectors.podresources``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,25 +115,3 @@ class PodDirectory:
             self.refresh(force=True)
         return None
 
-
-def read_gpu_assignments(path: Path | None, resource_prefix: str = "nvidia.com/") -> dict[str, tuple[str, str]]:
-    """GPU (or MIG) uuid -> (namespace, pod) from a ListPodResourcesResponse as JSON.
-
-    Shape: ``{"pod_resources": [{"name", "namespace", "containers": [{"name", "devices":
-    [{"resource_name": "nvidia.com/gpu", "device_ids": ["GPU-..."]}]}]}]}`` (camelCase accepted too).
-    """
-    if path is None or not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("pod-resources file unreadable", path=str(path), error=str(exc))
-        return {}
-    out: dict[str, tuple[str, str]] = {}
-    for pod in data.get("pod_resources") or data.get("podResources") or []:
-        for container in pod.get("containers") or []:
-            for device in container.get("devices") or []:
-                if (device.get("resource_name") or device.get("resourceName") or "").startswith(resource_prefix):
-                    for device_id in device.get("device_ids") or device.get("deviceIds") or []:
-                        out[device_id] = (pod.get("namespace", ""), pod.get("name", ""))
-    return out

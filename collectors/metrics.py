@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from collectors.attribution import Attributor
 from collectors.publisher import Publisher
 from collectors.sampler import NvmlSampler
 
@@ -24,8 +25,8 @@ from collectors.sampler import NvmlSampler
 class AgentCollector(Collector):
     """Reads the sampler's and publisher's counters at scrape time (no double bookkeeping)."""
 
-    def __init__(self, sampler: NvmlSampler, publisher: Publisher) -> None:
-        self.sampler, self.publisher = sampler, publisher
+    def __init__(self, sampler: NvmlSampler, publisher: Publisher, attributor: Attributor | None = None) -> None:
+        self.sampler, self.publisher, self.attributor = sampler, publisher, attributor
 
     def collect(self) -> Iterator[Any]:
         s, p = self.sampler.stats, self.publisher.stats
@@ -45,6 +46,24 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("gpuledger_collector_last_publish_timestamp_seconds", "Wall time of the last Kafka acknowledgement.", value=p.last_publish)
         yield GaugeMetricFamily("gpuledger_collector_spool_bytes", "Bytes held in the spool.", value=self.publisher.spool.size_bytes())
         yield GaugeMetricFamily("gpuledger_collector_devices", "GPUs and MIG instances being sampled.", value=len(self.sampler.entities))
+        yield from self._kubernetes()
+
+    def _kubernetes(self) -> Iterator[Any]:
+        """Pod list and pod-resources health (absent when the agent does not use them)."""
+        pods = self.attributor.pods if self.attributor is not None else None
+        if pods is not None:
+            yield CounterMetricFamily("gpuledger_collector_pod_list_errors", "Pod list fetches that failed (previous view kept).", value=pods.errors)
+        client = self.attributor.pod_resources if self.attributor is not None else None
+        if client is not None:
+            st = client.stats
+            yield CounterMetricFamily("gpuledger_collector_pod_resources_calls", "Kubelet pod-resources List calls attempted.", value=st.calls)
+            errors = CounterMetricFamily("gpuledger_collector_pod_resources_errors",
+                                         "Kubelet pod-resources List calls that failed, by reason (socket_missing or the gRPC status).", labels=["reason"])
+            for reason, count in sorted(st.errors.items()):
+                errors.add_metric([reason], count)
+            yield errors
+            yield GaugeMetricFamily("gpuledger_collector_pod_resources_last_success_timestamp_seconds",
+                                    "Wall time of the last pod-resources answer (0: never).", value=st.last_success)
 
 
 def health(sampler: NvmlSampler, publisher: Publisher, *, nvml_stale_after: float, kafka_fresh_seconds: float,
@@ -61,9 +80,10 @@ def health(sampler: NvmlSampler, publisher: Publisher, *, nvml_stale_after: floa
     }
 
 
-def build_app(sampler: NvmlSampler, publisher: Publisher, *, nvml_stale_after: float, kafka_fresh_seconds: float) -> Starlette:
+def build_app(sampler: NvmlSampler, publisher: Publisher, attributor: Attributor | None = None, *,
+              nvml_stale_after: float, kafka_fresh_seconds: float) -> Starlette:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(sampler, publisher))
+    registry.register(AgentCollector(sampler, publisher, attributor))
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")

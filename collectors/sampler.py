@@ -79,6 +79,10 @@ class Entity:
     model: str
     parent: Any = None  # parent handle for MIG instances
     mig_instance: str | None = None
+    mig_parent_uuid: str | None = None
+    mig_profile: str | None = None  # "3g.40gb" (or "1c.3g.40gb" for a compute instance smaller than its GPU instance)
+    mig_slices: int = 0  # compute slices of this instance (0: unknown)
+    mig_parent_slices: int = 0  # compute slices of the whole parent GPU (7 on A100/H100; 0: unknown)
     share: float = 1.0  # fraction of the parent's power/energy (MIG: memory slice / parent memory)
     meter: EnergyMeter = field(default_factory=EnergyMeter)
     acc: Accumulator = field(default_factory=Accumulator)
@@ -172,6 +176,10 @@ class NvmlSampler:
         if not mig_on:
             return [Entity(handle, uuid, index, model)]
         parent_total = nvml.nvmlDeviceGetMemoryInfo(handle).total or 1
+        parent_slices = gpu_slice_count(nvml, handle)
+        if not parent_slices:
+            log.warning("MIG parent's slice count unreadable (nvmlDeviceGetGpuInstanceProfileInfo); its instances carry mig_parent_slices=0",
+                        gpu_uuid=uuid)
         migs = []
         for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
             try:
@@ -179,9 +187,13 @@ class NvmlSampler:
             except pynvml.NVMLError_NotFound:
                 continue
             gi, ci = nvml.nvmlDeviceGetGpuInstanceId(mig), nvml.nvmlDeviceGetComputeInstanceId(mig)
+            mig_uuid = _text(nvml.nvmlDeviceGetUUID(mig))
             share = nvml.nvmlDeviceGetMemoryInfo(mig).total / parent_total
-            migs.append(Entity(mig, _text(nvml.nvmlDeviceGetUUID(mig)), index, model, parent=handle,
-                               mig_instance=f"{uuid}/gi{gi}/ci{ci}", share=share))
+            profile, slices = mig_profile(nvml, mig, parent_total)
+            if profile is None:
+                log.warning("MIG instance attributes unreadable (nvmlDeviceGetAttributes); no profile or slice count", gpu_uuid=mig_uuid)
+            migs.append(Entity(mig, mig_uuid, index, model, parent=handle, mig_instance=f"{uuid}/gi{gi}/ci{ci}", share=share,
+                               mig_parent_uuid=uuid, mig_profile=profile, mig_slices=slices, mig_parent_slices=parent_slices))
         return migs
 
     def _register_xid(self, entity: Entity) -> None:
@@ -302,7 +314,8 @@ class NvmlSampler:
         ]
         return GpuSample(
             sample_id=sample_id(self.node, e.uuid, start_dt), node=self.node, gpu_uuid=e.uuid, gpu_index=e.index,
-            gpu_model=e.model, mig_instance=e.mig_instance, interval_start=start_dt, interval_end=end_dt,
+            gpu_model=e.model, mig_instance=e.mig_instance, mig_parent_uuid=e.mig_parent_uuid, mig_profile=e.mig_profile,
+            mig_slices=e.mig_slices, mig_parent_slices=e.mig_parent_slices, interval_start=start_dt, interval_end=end_dt,
             utilization_pct=round(util, 3), memory_utilization_pct=round(_mean(acc.mem_util), 3),
             memory_used_bytes=acc.memory_used, memory_total_bytes=acc.memory_total,
             power_watts=round(_mean(acc.power_w), 3),
@@ -378,6 +391,49 @@ class NvmlSampler:
             self.nvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+
+def gpu_slice_count(nvml: Nvml, parent: Any) -> int:
+    """Compute slices of a whole MIG-capable GPU: the largest GPU-instance profile it supports (7 on A100/H100, 4 on A30); 0 if unreadable.
+
+    Profile info is static and readable without privileges; profiles the GPU lacks answer NotSupported.
+    """
+    best, version = 0, 2
+    for profile in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
+        try:
+            info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(parent, profile, version)
+        except pynvml.NVMLError_FunctionNotFound:  # driver without the versioned call: fall back to v1
+            if version == 1:
+                return best
+            version = 1
+            try:
+                info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(parent, profile, version)
+            except pynvml.NVMLError:
+                continue
+        except pynvml.NVMLError:
+            continue
+        best = max(best, int(info.sliceCount))
+    return best
+
+
+def mig_profile(nvml: Nvml, mig: Any, parent_memory_bytes: int) -> tuple[str | None, int]:
+    """(profile name, compute slices) of a MIG device from ``nvmlDeviceGetAttributes``; (None, 0) when unreadable."""
+    try:
+        attrs = nvml.nvmlDeviceGetAttributes(mig)
+    except pynvml.NVMLError:
+        return None, 0
+    gi_slices, ci_slices = int(attrs.gpuInstanceSliceCount), int(attrs.computeInstanceSliceCount)
+    name = f"{gi_slices}g.{mig_memory_gb(int(attrs.memorySizeMB), parent_memory_bytes)}gb"
+    return (name if ci_slices == gi_slices else f"{ci_slices}c.{name}"), ci_slices
+
+
+def mig_memory_gb(memory_mb: int, parent_memory_bytes: int) -> int:
+    """The "40" of "3g.40gb", as NVIDIA names profiles (and the device plugin its ``nvidia.com/mig-…`` resources):
+    the instance's share of the parent's memory rounded up to eighths, times the parent's size in whole GB
+    rounded up, rounded half up. Integer arithmetic: 40192 MiB of an 80 GiB A100 -> 4/8 x 80 -> 40."""
+    eighths = -(-memory_mb * 2**20 * 8 // parent_memory_bytes)
+    parent_gb = -(-parent_memory_bytes // 2**30)
+    return (2 * eighths * parent_gb + 8) // 16
 
 
 def _mean(values: list[float]) -> float:

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 import socket
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Pod labels copied onto every GpuProcess. The worker maps these to org / team / project /
+# cost centre (keep the two lists identical): the gpuledger.dev/ keys first, then common conventions.
+DEFAULT_POD_LABEL_KEYS = (
+    "gpuledger.dev/org", "org", "gpuledger.dev/team", "team", "gpuledger.dev/project", "project",
+    "gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter",
+)
 
 
 def default_node_name() -> str:
@@ -38,8 +46,12 @@ class CollectorSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9402, ge=0, le=65535, description="0 disables the HTTP server.")
     kafka_fresh_seconds: float = Field(60.0, gt=0, description="/healthz fails when Kafka was last reached longer ago than this.")
-    team_label: str = "team"
-    project_label: str = "project"
+    pod_label_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_POD_LABEL_KEYS),
+        description="Pod labels copied (key and value as they are) onto each process; env: comma-separated or a JSON list.",
+    )
+    team_label: str | None = Field(None, description="Deprecated alias: this pod label is copied under the key 'team' (instead of a 'team' label).")
+    project_label: str | None = Field(None, description="Deprecated alias: this pod label is copied under the key 'project' (instead of a 'project' label).")
     proc_root: Path = Path("/proc")
     pod_list_url: str | None = Field(
         None,
@@ -48,5 +60,32 @@ class CollectorSettings(BaseSettings):
     )
     pod_list_refresh_seconds: float = Field(30.0, gt=0)
     service_account_dir: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-    pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-    pod_resources_json: Path | None = Field(None, description="A ListPodResourcesResponse as JSON (stand-in for the gRPC call).")
+    pod_resources_socket: Path | None = Field(
+        Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+        description="The kubelet's pod-resources gRPC socket (which pod holds which GPU); empty turns it off. Not used with source=simulated.",
+    )
+    pod_resources_timeout_seconds: float = Field(1.0, gt=0, le=5, description="Deadline of one List call (the next interval's polls wait for it).")
+    pod_resources_max_age_seconds: float = Field(30.0, ge=0, description="How long the last good answer stands in while the kubelet does not answer.")
+
+    @field_validator("pod_label_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        """``a,b,c`` or ``["a","b","c"]`` from the environment; a list as is."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [k.strip() for k in text.split(",") if k.strip()]
+        return value
+
+    @field_validator("pod_resources_socket", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def label_map(self) -> dict[str, str]:
+        """Key on the process -> pod label it is read from: every ``pod_label_keys`` key as is,
+        with the deprecated ``team_label``/``project_label`` read into ``team``/``project``."""
+        mapping = {key: key for key in self.pod_label_keys}
+        for ours, theirs in (("team", self.team_label), ("project", self.project_label)):
+            if theirs:
+                mapping[ours] = theirs
+        return mapping

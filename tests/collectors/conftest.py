@@ -1,13 +1,18 @@
-"""Shared by the collector tests: container and pod ids, and a real HTTP server playing the kubelet."""
+"""Shared by the collector tests: container and pod ids, and real servers playing the kubelet (HTTP pod list, gRPC pod-resources)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+
+from tests.collectors.kubelet_grpc import PodResourcesServer
 
 CID = "3f4e" + "a" * 60
 CID2 = "9b1c" + "b" * 60
@@ -53,3 +58,16 @@ def kubelet() -> Iterator[tuple[str, list[str]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def pod_resources_server() -> Iterator[PodResourcesServer]:
+    """A real gRPC kubelet pod-resources server on a unix socket in a fresh short temp dir (paths must stay < 108 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="podres-"))
+    server = PodResourcesServer(folder / "kubelet.sock")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

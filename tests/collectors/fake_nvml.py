@@ -1,16 +1,17 @@
 """A scriptable pynvml for tests: ``collectors.simnvml.NvmlDouble`` plus a manual clock.
 
 The double reproduces pynvml's function names, ctypes result structs (``c_nvmlMemory_t``,
-``c_nvmlUtilization_t``, ``c_nvmlSample_t`` ...) and raises pynvml's real exception
-classes (``NVMLError_NotSupported``, ``NVMLError_GpuIsLost`` ...), so the sampler runs
-the same code paths it runs against a real driver.
+``c_nvmlUtilization_t``, ``c_nvmlSample_t``, MIG's ``c_nvmlDeviceAttributes`` and
+``c_nvmlGpuInstanceProfileInfo_v2_t`` ...) and raises pynvml's real exception classes
+(``NVMLError_NotSupported``, ``NVMLError_GpuIsLost`` ...), so the sampler runs the same code
+paths it runs against a real driver. ``split_mig`` turns a GPU into MIG instances by profile name.
 """
 
 from __future__ import annotations
 
-from collectors.simnvml import DeviceState, Handle, NvmlDouble
+from collectors.simnvml import DeviceState, Handle, NvmlDouble, split_mig
 
-__all__ = ["Clock", "DeviceState", "FakeNvml", "Handle", "make_fake"]
+__all__ = ["Clock", "DeviceState", "FakeNvml", "Handle", "make_fake", "split_mig"]
 
 T0 = 1_800_000_000.0  # an aligned wall-clock second (2027-01-15)
 

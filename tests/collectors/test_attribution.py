@@ -1,8 +1,7 @@
-"""pid -> container -> pod attribution against fixture /proc trees and a real HTTP server playing the kubelet."""
+"""pid -> container -> pod attribution against fixture /proc trees and real servers playing the kubelet (HTTP pod list, gRPC pod-resources)."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,9 +9,12 @@ import pytest
 
 from collectors.attribution import ASSIGNED_IDLE_PID, Attributor
 from collectors.cgroups import parse_cgroup, read_proc
-from collectors.kubelet import PodDirectory, read_gpu_assignments
+from collectors.kubelet import PodDirectory, index_pod_list
+from collectors.podresources.client import PodResourcesClient
+from collectors.settings import DEFAULT_POD_LABEL_KEYS, CollectorSettings
 from schemas import GpuProcess, GpuSample
 from tests.collectors.conftest import CID, CID2, POD_UID, POD_UID_US
+from tests.collectors.kubelet_grpc import PodResourcesServer, container, pod
 
 CGROUP_CASES = {
     "containerd v2 systemd": (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID_US}.slice/cri-containerd-{CID}.scope\n", CID, POD_UID),
@@ -64,22 +66,20 @@ def sample(uuid: str, pids: list[int]) -> GpuSample:
                      processes=[GpuProcess(pid=p, gpu_memory_bytes=p * 10) for p in pids])
 
 
-def test_processes_attributed_to_pods_through_the_kubelet(tmp_path: Path, kubelet: tuple[str, list[str]]) -> None:
+def test_processes_attributed_to_pods_through_the_kubelet(tmp_path: Path, kubelet: tuple[str, list[str]],
+                                                         pod_resources_server: PodResourcesServer) -> None:
     base, seen = kubelet
     proc = tmp_path / "proc"
     make_proc(proc, 10, CGROUP_CASES["containerd v2 systemd"][0], "python", 0)
     make_proc(proc, 11, f"0::/kubepods.slice/kubepods-pod0000aaaa_0000_0000_0000_000000000001.slice/crio-{CID2}.scope\n", "vllm", 1000)
     make_proc(proc, 12, "0::/user.slice/session-2.scope\n", "bench", 0)
-    assignments = tmp_path / "pod-resources.json"
-    assignments.write_text(json.dumps({"pod_resources": [
-        {"name": "idle-reserver", "namespace": "research", "containers": [
-            {"name": "c", "devices": [{"resource_name": "nvidia.com/gpu", "device_ids": ["GPU-idle"]}]}]},
-        {"name": "trainer-0", "namespace": "ml", "containers": [
-            {"name": "main", "devices": [{"resource_name": "nvidia.com/gpu", "device_ids": ["GPU-busy"]}]}]},
-    ]}))
+    pod_resources_server.lister.pods = [
+        pod("research", "idle-reserver", container("c", ("nvidia.com/gpu", ["GPU-idle"]))),
+        pod("ml", "trainer-0", container("main", ("nvidia.com/gpu", ["GPU-busy"]))),
+    ]
     pods = PodDirectory(base + "/pods?fieldSelector=spec.nodeName={node}".replace("{node}", "gpu-7"),
                         label_names={"team": "team", "project": "project"})
-    attributor = Attributor(proc, pods, assignments)
+    attributor = Attributor(proc, pods, PodResourcesClient(pod_resources_server.socket_path))
     busy, idle, host = attributor.attribute([sample("GPU-busy", [10, 11]), sample("GPU-idle", []), sample("GPU-host", [12])])
 
     trainer, vllm = busy.processes
@@ -111,9 +111,23 @@ def test_kubelet_down_keeps_previous_view(tmp_path: Path) -> None:
     assert pods.lookup(CID, None) is None and pods.errors == 1
 
 
-def test_pod_resources_json_camel_case_and_other_resources_ignored(tmp_path: Path) -> None:
-    path = tmp_path / "pr.json"
-    path.write_text(json.dumps({"podResources": [{"name": "p", "namespace": "ns", "containers": [{"name": "c", "devices": [
-        {"resourceName": "nvidia.com/mig-1g.10gb", "deviceIds": ["MIG-1"]}, {"resourceName": "example.com/fpga", "deviceIds": ["F-1"]}]}]}]}))
-    assert read_gpu_assignments(path) == {"MIG-1": ("ns", "p")}
-    assert read_gpu_assignments(tmp_path / "missing.json") == {}
+def test_default_label_keys_are_copied_as_they_are_and_aliases_still_work() -> None:
+    labels = {"gpuledger.dev/org": "acme", "gpuledger.dev/team": "vision", "team": "old-team", "cost-center": "CC-17",
+              "gpuledger.dev/cost-centre": "CC-18", "costcenter": "CC-19", "squad": "llm", "app": "x", "project": "p1"}
+    pods = {"items": [{"metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": labels}, "status": {}}]}
+    _, by_uid = index_pod_list(pods, CollectorSettings().label_map())
+    assert by_uid["u"].labels == {k: v for k, v in labels.items() if k not in ("squad", "app")}
+    assert CollectorSettings().pod_label_keys == list(DEFAULT_POD_LABEL_KEYS) == [
+        "gpuledger.dev/org", "org", "gpuledger.dev/team", "team", "gpuledger.dev/project", "project",
+        "gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter"]
+    # the deprecated settings still read a custom label into 'team' / 'project', as before
+    legacy = CollectorSettings(pod_label_keys=["team", "project"], team_label="squad", project_label="app")
+    _, by_uid = index_pod_list(pods, legacy.label_map())
+    assert by_uid["u"].labels == {"team": "llm", "project": "x"}
+
+
+def test_label_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPULEDGER_COLLECTOR_POD_LABEL_KEYS", "team, example.com/owner")
+    assert CollectorSettings().pod_label_keys == ["team", "example.com/owner"]
+    monkeypatch.setenv("GPULEDGER_COLLECTOR_POD_LABEL_KEYS", '["org", "cost-center"]')
+    assert CollectorSettings().pod_label_keys == ["org", "cost-center"]

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from collectors.settings import CollectorSettings
+from collectors.settings import DEFAULT_POD_LABEL_KEYS, CollectorSettings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
@@ -55,6 +55,10 @@ def test_daemonset_is_locked_down_and_wired_for_gpus() -> None:
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["allowPrivilegeEscalation"] is False
+    # uid 0 for the root-owned 0755 kubelet socket, but with every capability dropped and none added
+    assert c["securityContext"]["runAsUser"] == 0 and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    [spool_owner] = pod["initContainers"]
+    assert "chown 0:0 /var/lib/gpuledger/spool" in spool_owner["command"][-1]  # the spool belongs to the collector's uid
     assert c["resources"]["requests"] and c["resources"]["limits"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -70,6 +74,8 @@ def test_daemonset_is_locked_down_and_wired_for_gpus() -> None:
     assert config["GPULEDGER_COLLECTOR_SPOOL_DIR"] == mounts["spool"]["mountPath"]
     assert int(config["GPULEDGER_COLLECTOR_METRICS_PORT"]) == port["containerPort"]
     assert "spec.nodeName={node}" in config["GPULEDGER_COLLECTOR_POD_LIST_URL"]
+    assert Path(config["GPULEDGER_COLLECTOR_POD_RESOURCES_SOCKET"]).parent == Path(mounts["pod-resources"]["mountPath"])
+    assert config["GPULEDGER_COLLECTOR_POD_LABEL_KEYS"].split(",") == list(DEFAULT_POD_LABEL_KEYS)
     fields = {f"GPULEDGER_COLLECTOR_{name.upper()}" for name in CollectorSettings.model_fields}
     assert {k for k in config if k.startswith("GPULEDGER_COLLECTOR_")} <= fields
 

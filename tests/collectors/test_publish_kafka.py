@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from collectors.agent import Agent, to_records
+from collectors.attribution import ASSIGNED_IDLE_PID
 from collectors.metrics import health
 from collectors.publisher import Publisher
 from collectors.settings import CollectorSettings
@@ -23,6 +24,7 @@ from gpuledger.settings import Settings, StackSettings
 from gpuledger.stack import kafka
 from schemas import GpuSample, codec_for
 from tests.collectors.conftest import CID
+from tests.collectors.kubelet_grpc import PodResourcesServer, container, pod
 from tests.collectors.test_attribution import CGROUP_CASES, make_proc
 from tests.conftest import BASE
 
@@ -169,25 +171,35 @@ async def test_spool_left_by_a_previous_run_is_replayed_before_new_samples(own_k
 
 
 async def test_agent_attributes_processes_to_pods_end_to_end(
-    own_kafka: tuple[StackSettings, Settings], kubelet: tuple[str, list[str]], tmp_path: Path
+    own_kafka: tuple[StackSettings, Settings], kubelet: tuple[str, list[str]], pod_resources_server: PodResourcesServer, tmp_path: Path
 ) -> None:
-    """NVML (fake) pid -> /proc cgroup (fixture tree) -> kubelet pod list (real HTTP) -> Kafka message."""
+    """NVML (fake) pid -> /proc cgroup (fixture tree) -> kubelet pod list (real HTTP) -> Kafka message; an idle GPU
+    held by a pod (kubelet pod-resources over real gRPC on a unix socket) -> placeholder process with the pod's labels."""
     base = own_kafka[1]
     settings = base.model_copy(update={"topics": base.topics.model_copy(update={"gpu_samples": "collector-attr.samples"})})
     await ensure_topics(settings)
     make_proc(tmp_path / "proc", 31337, CGROUP_CASES["kubepods v1 cgroupfs burstable"][0], "torchrun", 0)
-    nvml = NvmlDouble([DeviceState(uuid="GPU-attr-0", util_gpu=90, power_mw=500_000, processes={31337: 30 * 2**30})])
+    pod_resources_server.lister.pods = [
+        pod("ml", "trainer-0", container("main", ("nvidia.com/gpu", ["GPU-attr-0"]))),
+        pod("research", "idle-reserver", container("c", ("nvidia.com/gpu", ["GPU-attr-idle"]))),
+    ]
+    nvml = NvmlDouble([DeviceState(uuid="GPU-attr-0", util_gpu=90, power_mw=500_000, processes={31337: 30 * 2**30}),
+                       DeviceState(uuid="GPU-attr-idle", index=1)])
     cfg = CollectorSettings(interval_seconds=0.5, poll_seconds=0.1, node="attr-node", spool_dir=tmp_path / "spool", metrics_port=0,
                             proc_root=tmp_path / "proc", pod_list_url=kubelet[0] + "/pods?fieldSelector=spec.nodeName={node}",
-                            service_account_dir=tmp_path / "no-sa")
+                            service_account_dir=tmp_path / "no-sa", pod_resources_socket=pod_resources_server.socket_path)
     agent = Agent(cfg, settings, nvml=nvml)
     assert await agent.run(once=True) == 1
-    [sample] = await consume_all(settings, settings.topics.gpu_samples, 1, timeout=20)
+    sample, idle = sorted(await consume_all(settings, settings.topics.gpu_samples, 2, timeout=20), key=lambda s: s.gpu_index)
     assert sample.utilization_pct == 90.0 and sample.power_watts == 500.0
-    [proc] = sample.processes
+    [proc] = sample.processes  # the holder already has a process there: no placeholder
     assert (proc.pid, proc.pod, proc.namespace, proc.container_id, proc.command, proc.user) == (31337, "trainer-0", "ml", CID, "torchrun", "root")
     assert proc.labels == {"team": "vision", "project": "detector"} and proc.gpu_memory_bytes == 30 * 2**30
+    [held] = idle.processes
+    assert (held.pid, held.pod, held.namespace, held.labels) == (ASSIGNED_IDLE_PID, "idle-reserver", "research", {"team": "research", "project": "p9"})
     assert kubelet[1] == ["/pods?fieldSelector=spec.nodeName=attr-node"]
+    assert pod_resources_server.lister.calls == 1 and agent.attributor.pod_resources is not None
+    assert agent.attributor.pod_resources.stats.errors == {}
 
 
 async def test_a_stalled_agent_skips_unobserved_intervals_and_does_not_invent_energy(

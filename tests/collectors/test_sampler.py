@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 
 import pynvml
 import pytest
+from structlog.testing import capture_logs
 
 from collectors.energy import EnergyMeter
-from collectors.sampler import NvmlSampler, NvmlUnavailable, init_nvml
+from collectors.sampler import NvmlSampler, NvmlUnavailable, init_nvml, mig_memory_gb
 from collectors.simnvml import DeviceState, SimulatedNvml
-from tests.collectors.fake_nvml import T0, Clock, FakeNvml, make_fake
+from tests.collectors.fake_nvml import T0, Clock, FakeNvml, Handle, make_fake, split_mig
 
 
 def run_interval(sampler: NvmlSampler, clock: Clock, fake: FakeNvml, steps: list[dict[int, dict[str, int]]], step_s: float = 1.0):
@@ -167,6 +168,94 @@ def test_mig_instances_are_entities_with_their_share_of_power() -> None:
     assert sampler.stats.gpus_lost == 2
 
 
+def mig_a100(profiles: list[str], **parent_fields: object) -> tuple[NvmlSampler, FakeNvml, Clock, DeviceState]:
+    clock = Clock()
+    parent = DeviceState(uuid="GPU-a100", name="NVIDIA A100-SXM4-80GB", memory_total=80 * 2**30, **parent_fields)  # type: ignore[arg-type]
+    split_mig(parent, profiles)
+    fake = FakeNvml([parent], clock=clock)
+    sampler = NvmlSampler(fake, "node-m", clock=clock)
+    sampler.start()
+    return sampler, fake, clock, parent
+
+
+def test_mig_profile_and_slices_of_an_a100_split_3_2_1() -> None:
+    """3g.40gb + 2g.20gb + 1g.10gb on a 7-slice A100 80GB: 6 slices used, one free."""
+    sampler, fake, clock, parent = mig_a100(["3g.40gb", "2g.20gb", "1g.10gb"])
+    samples = run_interval(sampler, clock, fake, [{}])
+    got = [(s.gpu_uuid, s.gpu_model, s.mig_parent_uuid, s.mig_profile, s.mig_slices, s.mig_parent_slices) for s in samples]
+    assert got == [
+        ("MIG-a100-0", "NVIDIA A100-SXM4-80GB", "GPU-a100", "3g.40gb", 3, 7),
+        ("MIG-a100-1", "NVIDIA A100-SXM4-80GB", "GPU-a100", "2g.20gb", 2, 7),
+        ("MIG-a100-2", "NVIDIA A100-SXM4-80GB", "GPU-a100", "1g.10gb", 1, 7),
+    ]
+    assert sum(s.mig_slices for s in samples) == 6  # the seventh slice has no instance: the worker books it idle
+    assert [s.mig_instance for s in samples] == ["GPU-a100/gi1/ci0", "GPU-a100/gi2/ci0", "GPU-a100/gi3/ci0"]
+    assert all(s.utilization_pct == 0.0 for s in samples)  # NVML has no utilization for MIG devices: NotSupported, not an error
+    assert sum(sampler.stats.nvml_errors.values()) == 0
+
+
+def test_whole_gpus_carry_no_mig_fields() -> None:
+    sampler, fake, clock = started(1)
+    [s] = run_interval(sampler, clock, fake, [{}])
+    assert (s.mig_instance, s.mig_parent_uuid, s.mig_profile, s.mig_slices, s.mig_parent_slices) == (None, None, None, 0, 0)
+
+
+def test_mig_compute_instance_smaller_than_its_gpu_instance_and_a_4_slice_gpu() -> None:
+    a30 = {pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1, pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2, pynvml.NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4}
+    clock = Clock()
+    parent = DeviceState(uuid="GPU-a30", name="NVIDIA A30", memory_total=24 * 2**30, gi_profiles=a30)
+    split_mig(parent, ["2g.12gb", "1c.2g.12gb"])
+    sampler = NvmlSampler(FakeNvml([parent], clock=clock), "n", clock=clock)
+    sampler.start()
+    assert [(e.mig_profile, e.mig_slices, e.mig_parent_slices) for e in sampler.entities] == [("2g.12gb", 2, 4), ("1c.2g.12gb", 1, 4)]
+
+
+def test_mig_fields_degrade_to_unknown_when_the_driver_cannot_tell() -> None:
+    """Old drivers: no attributes (profile None, slices 0), no versioned profile call (falls back to v1)."""
+    sampler, fake, clock, parent = mig_a100(["4g.40gb"])
+    assert [(e.mig_profile, e.mig_slices, e.mig_parent_slices) for e in sampler.entities] == [("4g.40gb", 4, 7)]
+
+    class OldDriver(FakeNvml):
+        def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Handle, profile: int, version: int = 2) -> object:
+            if version == 2:
+                raise pynvml.NVMLError_FunctionNotFound()
+            info = super().nvmlDeviceGetGpuInstanceProfileInfo(handle, profile, version)
+            assert isinstance(info, pynvml.c_nvmlGpuInstanceProfileInfo_t)
+            return info
+
+    for m in parent.mig:
+        m.unsupported.add("nvmlDeviceGetAttributes")
+    old = NvmlSampler(OldDriver([parent], clock=clock), "n", clock=clock)
+    with capture_logs() as logs:
+        old.start()
+    assert [(e.mig_profile, e.mig_slices, e.mig_parent_slices) for e in old.entities] == [(None, 0, 7)]
+    assert any("nvmlDeviceGetAttributes" in e["event"] for e in logs)
+    parent.gi_profiles = {}
+    with capture_logs() as logs:
+        assert [e.mig_parent_slices for e in NvmlSampler(FakeNvml([parent], clock=clock), "n", clock=clock).start()] == [0]
+    assert any("slice count unreadable" in e["event"] for e in logs)
+
+
+@pytest.mark.parametrize(("memory_mb", "parent_mib", "gb"), [
+    (40192, 81920, 40), (19968, 81920, 20), (9856, 81920, 10), (80896, 81920, 80),  # A100 / H100 80GB
+    (4864, 40960, 5), (9984, 40960, 10), (19968, 40960, 20), (40192, 40960, 40),  # A100 40GB
+    (5836, 24576, 6), (11968, 24576, 12), (24064, 24576, 24),  # A30
+    (16384, 143771, 18), (70448, 143771, 71),  # H200 141GB: 1g.18gb, 3g.71gb
+])
+def test_profile_memory_is_named_as_nvidia_names_it(memory_mb: int, parent_mib: int, gb: int) -> None:
+    assert mig_memory_gb(memory_mb, parent_mib * 2**20) == gb
+
+
+def test_bad_mig_layouts_are_refused_with_the_reason() -> None:
+    parent = DeviceState(uuid="GPU-x", name="NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ValueError, match="needs 8 slices; NVIDIA A100-SXM4-80GB has 7"):
+        split_mig(parent, ["4g.40gb", "4g.40gb"])
+    with pytest.raises(ValueError, match="'5g.50gb' does not exist"):
+        split_mig(parent, ["5g.50gb"])
+    with pytest.raises(ValueError, match="expected '<slices>g.<GB>gb'"):
+        split_mig(parent, ["3g"])
+
+
 def test_no_driver_error_names_the_library_and_the_simulated_source() -> None:
     with pytest.raises(NvmlUnavailable) as err:
         init_nvml(pynvml)  # the real pynvml: this machine has no libnvidia-ml.so.1
@@ -229,3 +318,28 @@ def test_simulated_samples_for_the_fleet_simulator() -> None:
     assert samples[-1].interval_end == datetime.fromtimestamp(T0 + 60, UTC)
     assert len({s.sample_id for s in samples}) == 24 and all(s.node == "gpu-node-z" for s in samples)
     assert all(s.energy_joules == pytest.approx(s.power_watts * 5.0, rel=0.25) for s in samples)
+
+
+def test_simulated_mig_node_reports_profiles_and_instance_workloads() -> None:
+    from collectors.simnvml import simulated_samples
+
+    layout = {0: ["3g.40gb", "2g.20gb", "1g.10gb"]}
+    samples = simulated_samples("mig-node", 2, T0, 60, interval_seconds=5.0, seed=1, mig=layout)
+    assert samples == simulated_samples("mig-node", 2, T0, 60, interval_seconds=5.0, seed=1, mig=layout)
+    first = samples[:4]
+    assert [(s.mig_profile, s.mig_slices, s.mig_parent_slices) for s in first] == [
+        ("3g.40gb", 3, 7), ("2g.20gb", 2, 7), ("1g.10gb", 1, 7), (None, 0, 0)]
+    parent = first[3].gpu_uuid
+    assert first[0].gpu_model == "NVIDIA A100-SXM4-80GB" and {s.mig_parent_uuid for s in first[:3]} == {first[0].mig_instance.split("/")[0]}
+    assert parent != first[0].mig_parent_uuid  # GPU 1 is whole; GPU 0 is only seen through its instances
+    mig = [s for s in samples if s.mig_profile]
+    assert any(s.processes for s in mig) and any(not s.processes for s in mig)  # instances run and idle on their own
+    assert all(s.utilization_pct == 0.0 for s in mig)  # as on real MIG: NVML has no utilization for them
+    assert all(s.energy_joules > 0 for s in mig)
+
+
+def test_simulated_mig_layout_errors_say_what_to_change() -> None:
+    with pytest.raises(ValueError, match="NVIDIA L40S .* has no MIG"):
+        SimulatedNvml(1, seed=2, node="mig-node", mig={0: ["1g.10gb"]})
+    with pytest.raises(ValueError, match="has GPUs 0..0"):
+        SimulatedNvml(1, seed=1, node="mig-node", mig={3: ["1g.10gb"]})
