@@ -84,6 +84,19 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
     # Every team's spend, including training and notebooks that never metered a token, matches the oracle.
     teams = dict(client.query("SELECT concat(org, '/', team), sum(cost) FROM ledger FINAL GROUP BY org, team").result_rows)
     assert {team: Decimal(v) for team, v in truth["teams"].items()} == teams
+    # Each holder is charged on the basis the README names: training and notebooks by SM utilization, a MIG
+    # notebook without SM readings by memory, a pod assigned a slice with nothing running by allocation.
+    holders = set(client.query(
+        "SELECT DISTINCT kind, basis, org, team, cost_centre, workload, mig_profile FROM ledger FINAL WHERE workload != '' OR basis = 'mig-free'"
+    ).result_rows)
+    assert {
+        ("gpu", "sm", "research", "training", "CC-3009", "research-train/llama-ft-0", ""),
+        ("gpu", "sm", "research", "agents", "", "notebooks/alice-nb", ""),
+        ("gpu", "sm", "platform", "ml-infra", "CC-9000", "notebooks/bob-nb", ""),
+        ("gpu", "memory", "search", "ranking", "CC-1001", "search-prod/ranker-eval-nb", "3g.40gb"),
+        ("gpu", "allocation", "finance", "ops", "CC-4001", "finance-jobs/ocr-batch-0", "2g.20gb"),
+        ("idle", "mig-free", "platform", "ml-infra", "CC-9000", "", ""),
+    } <= holders
     # A team paying from two cost centres keeps both shares (their line ids differ by cost centre).
     centres = client.query("SELECT DISTINCT cost_centre FROM ledger FINAL WHERE kind = 'gpu' AND org = 'support' ORDER BY cost_centre").result_rows
     assert centres == [("CC-2001",), ("CC-2002",)]

@@ -13,7 +13,8 @@ DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
 
 def test_the_demo_files_parse() -> None:
-    assert len(parse_rows(DEMO / "orgs.yaml", "orgs", OrgRow)) == 7
+    orgs = parse_rows(DEMO / "orgs.yaml", "orgs", OrgRow)
+    assert len(orgs) == len({(o.kind, o.key) for o in orgs}) == 11
     prices = parse_rows(DEMO / "prices.yaml", "prices", PriceRow)
     assert prices[0].input_per_mtok == Decimal("0.15") and prices[2].per_hour == Decimal("2.49")
 
