@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,9 +30,11 @@ app = typer.Typer(help="gpuledger: real-time chargeback for GPU and token spend.
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft) and ClickHouse on this machine.", no_args_is_help=True)
 orgs_app = typer.Typer(help="The org directory (API keys, namespaces, nodes -> org/team/project).", no_args_is_help=True)
 prices_app = typer.Typer(help="The effective-dated price list.", no_args_is_help=True)
+equivalents_app = typer.Typer(help="The API SKU each self-hosted model would replace (self-host vs API comparisons).", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(prices_app, name="prices")
+app.add_typer(equivalents_app, name="equivalents")
 app.add_typer(collector_app, name="collector")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(notifier_app, name="notifier")
@@ -134,7 +137,8 @@ def _import(kind: str, path: Path) -> None:
     from gpuledger import reference_import as ri
 
     try:
-        records = asyncio.run(ri.import_orgs(_settings(), path) if kind == "orgs" else ri.import_prices(_settings(), path))
+        importer = {"orgs": ri.import_orgs, "prices": ri.import_prices, "equivalents": ri.import_equivalents}[kind]
+        records = asyncio.run(importer(_settings(), path))
     except ri.ReferenceFileError as exc:
         raise fail(str(exc)) from exc
     console.print(f"published {len(records)} {kind} record(s) from {path}")
@@ -150,6 +154,12 @@ def orgs_import(file: Path) -> None:
 def prices_import(file: Path) -> None:
     """Publish a price list file (YAML or CSV: sku,kind,currency,effective_from,input_per_mtok,...)."""
     _import("prices", file)
+
+
+@equivalents_app.command("import")
+def equivalents_import(file: Path) -> None:
+    """Publish API equivalents (YAML `equivalents:` or CSV: model,api_sku,effective_from); each api_sku needs a token price."""
+    _import("equivalents", file)
 
 
 @app.command()
@@ -209,6 +219,51 @@ def _mismatch(actual: dict[str, Decimal], expected: dict[str, dict[str, str]]) -
     ]
 
 
+def _range(since: datetime | None, until: datetime | None) -> tuple[date, date]:
+    """[since, until) as dates: by default this month so far (UTC); refuses an empty range."""
+    today = datetime.now(UTC).date()
+    start = since.date() if since else today.replace(day=1)
+    end = until.date() if until else today + timedelta(days=1)
+    if start >= end:
+        raise fail(f"--since {start} is not before --until {end}; give a range of at least one day")
+    return start, end
+
+
+def _show(output: object) -> None:
+    if isinstance(output, str):
+        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    else:
+        console.print(output)
+
+
+Since = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First day (UTC), default: the 1st of this month.")]
+Until = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Day after the last (UTC), default: tomorrow.")]
+GroupBy = Enum("GroupBy", {name: name for name in ("org", "team", "project", "model")}, type=str)  # type: ignore[misc]
+OutputFormat = Enum("OutputFormat", {name: name for name in ("table", "csv", "json")}, type=str)  # type: ignore[misc]
+ByOption = Annotated[GroupBy, typer.Option(help="Group by org, team, project (each with the model) or by model only.")]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table, or csv / json with exact decimals.")]
+
+
+@app.command("unit-costs")
+def unit_costs_command(since: Since = None, until: Until = None, by: ByOption = GroupBy.team, fmt: FormatOption = OutputFormat.table) -> None:
+    """What a million tokens costs per model: usage basis (busy share) and allocation basis (with the GPUs' idle)."""
+    from gpuledger import unit_costs as uc
+
+    start, end = _range(since, until)
+    rows = uc.unit_costs(_settings(), start, end, by.value)
+    _show(uc.render(rows, ("per_mtok_usage", "per_mtok_allocation"), fmt.value, f"unit costs {start} to {end} (exclusive), per {by.value} and model"))
+
+
+@app.command("compare")
+def compare_command(since: Since = None, until: Until = None, by: ByOption = GroupBy.model, fmt: FormatOption = OutputFormat.table) -> None:
+    """Self-hosted vs API per model: allocation and usage cost, API-equivalent cost, ratio, break-even tokens/hour, headroom."""
+    from gpuledger import unit_costs as uc
+
+    start, end = _range(since, until)
+    rows = uc.comparisons(_settings(), start, end, by.value)
+    _show(uc.render(rows, ("ratio", "break_even_tokens_per_hour", "headroom"), fmt.value, f"self-hosted vs API {start} to {end} (exclusive), per {by.value} and model"))
+
+
 @app.command()
 def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")] = 30) -> None:
     """The main job end to end on a fresh local stack: stack up, migrate, import, worker, simulate, report."""
@@ -224,6 +279,7 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
     topics()
     _import("orgs", DEMO / "orgs.yaml")
     _import("prices", DEMO / "prices.yaml")
+    _import("equivalents", DEMO / "equivalents.yaml")
     from gpuledger.budgets_cli import import_budgets, list_budgets
 
     import_budgets(DEMO / "budgets.yaml")

@@ -91,6 +91,7 @@ def declared_topics(settings: Settings) -> list[NewTopic]:
         NewTopic(t.dead_letter, 1, t.replication_factor, topic_configs={"retention.ms": str(30 * 24 * 3600 * 1000)}),
         NewTopic(table_topic(settings, "orgs"), 1, t.replication_factor, topic_configs=compact),
         NewTopic(table_topic(settings, "prices"), 1, t.replication_factor, topic_configs=compact),
+        NewTopic(table_topic(settings, "equivalents"), 1, t.replication_factor, topic_configs=compact),
         NewTopic(table_topic(settings, "budgets"), 1, t.replication_factor, topic_configs=compact),
         NewTopic(t.budget_alerts, 1, t.replication_factor),
         NewTopic(t.budget_status, 1, t.replication_factor, topic_configs=compact),

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gpuledger.kafka import ensure_topics, new_producer, table_topic
+from gpuledger.kafka import ensure_topics, new_producer, read_compacted, table_topic
 from gpuledger.settings import Settings
-from schemas import OrgDirectory, Price, codec_for
-from schemas.keys import org_key, price_key
+from schemas import ModelEquivalent, OrgDirectory, Price, codec_for
+from schemas.keys import equivalent_key, org_key, price_key
 
 
 class ReferenceFileError(ValueError):
@@ -70,6 +70,16 @@ class PriceRow(BaseModel):
         return Price(**self.model_dump())
 
 
+class EquivalentRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model: str = Field(min_length=1)
+    api_sku: str = Field(min_length=1)
+    effective_from: Annotated[datetime, AfterValidator(_aware)]
+
+    def record(self) -> ModelEquivalent:
+        return ModelEquivalent(**self.model_dump())
+
+
 def _read_rows(path: Path, section: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ReferenceFileError(f"{path}: no such file")
@@ -83,7 +93,7 @@ def _read_rows(path: Path, section: str) -> list[dict[str, Any]]:
     return rows
 
 
-def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow]) -> list[Any]:
+def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | type[EquivalentRow]) -> list[Any]:
     """Every row as a typed record, or ReferenceFileError listing all bad rows."""
     problems, records = [], []
     for number, row in enumerate(_read_rows(path, section), start=1):
@@ -125,3 +135,23 @@ async def import_prices(settings: Settings, path: Path) -> list[Price]:
     encode = codec_for(Price).encode
     await publish(settings, "prices", [(price_key(p), encode(p)) for p in prices])
     return prices
+
+
+async def import_equivalents(settings: Settings, path: Path) -> list[ModelEquivalent]:
+    """Validate and publish API equivalents: all or nothing, each API SKU must have a token price."""
+    equivalents = parse_rows(path, "equivalents", EquivalentRow)
+    problems = []
+    seen: dict[tuple[str, datetime], int] = {}
+    for number, e in enumerate(equivalents, start=1):
+        if (e.model, e.effective_from) in seen:
+            problems.append(f"{path} row {number}: model {e.model!r} from {e.effective_from.isoformat()} repeats row {seen[(e.model, e.effective_from)]}")
+        seen.setdefault((e.model, e.effective_from), number)
+    priced = {p.sku for p in map(codec_for(Price).decode, (await read_compacted(settings.kafka, table_topic(settings, "prices"))).values()) if p.kind == "token"}
+    for number, e in enumerate(equivalents, start=1):
+        if e.api_sku not in priced:
+            problems.append(f"{path} row {number}: api_sku {e.api_sku!r} has no token price; priced SKUs: {', '.join(sorted(priced)) or 'none (import prices first)'}")
+    if problems:
+        raise ReferenceFileError("nothing imported; fix these rows:\n  " + "\n  ".join(problems))
+    encode = codec_for(ModelEquivalent).encode
+    await publish(settings, "equivalents", [(equivalent_key(e), encode(e)) for e in equivalents])
+    return equivalents

@@ -39,6 +39,7 @@ REGISTRY: dict[int, str] = {
     11: "inference_usage.v3",
     12: "gpu_sample.v2",
     13: "ledger_line.v2",
+    14: "model_equivalent.v1",
 }
 
 # The version each typed record is read as and written with.
@@ -51,6 +52,7 @@ CURRENT: dict[type, int] = {
     records.BudgetAlert: 9,
     records.Budget: 8,
     records.BudgetStatus: 10,
+    records.ModelEquivalent: 14,
 }
 
 R = TypeVar("R")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from schemas.records import Price
+from schemas.records import ModelEquivalent, Price
 
 
 def org_key(kind: str, key: str) -> bytes:
@@ -18,6 +18,11 @@ def org_key(kind: str, key: str) -> bytes:
 def price_key(price: Price) -> bytes:
     """One key per price version, so compaction keeps every version and history is never rewritten."""
     return f"{price.kind}:{price.price_id}".encode()
+
+
+def equivalent_key(equivalent: ModelEquivalent) -> bytes:
+    """One key per model and effective time, like prices: every version is kept."""
+    return f"{equivalent.model}@{equivalent.effective_from.isoformat()}".encode()
 
 
 def budget_key(budget_id: str) -> bytes:

@@ -102,6 +102,15 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModelEquivalent:
+    """The API SKU a self-hosted model would replace, from ``effective_from`` on."""
+
+    model: str
+    api_sku: str
+    effective_from: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LedgerLine:
     line_id: str
     kind: str
@@ -126,6 +135,7 @@ class LedgerLine:
     window_tokens: int = 0
     share_tokens: int = 0
     utilization_pct: float = 0.0
+    gpu_model: str = ""
     workload: str = ""
     basis: str = ""
     idle_policy: str = ""

@@ -54,7 +54,7 @@ LATE_ADJUSTMENTS = Counter("gpuledger_late_adjustment_lines", "Adjustment lines 
 # Columns that make a stored GPU line different from a freshly derived one (compared by name).
 COMPARED = (
     "org", "team", "project", "cost_centre", "model", "key_id", "price_id", "cost", "gpu_seconds", "window_tokens", "share_tokens",
-    "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "utilization_pct", "workload", "basis", "idle_policy",
+    "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "utilization_pct", "gpu_model", "workload", "basis", "idle_policy",
 )
 
 

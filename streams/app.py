@@ -30,7 +30,7 @@ from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
 from streams.budgets.evaluator import BudgetEvaluator, Topics
 from streams.enrich import price_usage, resolve_payer
-from streams.pricing import PriceBook
+from streams.pricing import EquivalentBook, PriceBook
 from streams.sink import (
     LEDGER_COLUMNS,
     SAMPLE_COLUMNS,
@@ -79,7 +79,8 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(settings.stack.data_dir / "worker" / w.app_id),
     )
     orgs, prices, budgets = reference.org_table(settings), reference.price_table(settings), reference.budget_table(settings)
-    tables = (orgs, prices, budgets)
+    equivalents = reference.equivalent_table(settings)
+    tables = (orgs, prices, budgets, equivalents)
     usage_topic = app.topic(settings.topics.inference_usage, value_serializer="raw", key_serializer="raw")
     samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(settings.topics.dead_letter, value_serializer="raw", key_serializer="raw")
@@ -127,10 +128,10 @@ def create_app(settings: Settings) -> faust.App:
 
     async def store_usage(events: list[EventT]) -> None:
         await reference_loaded()
-        book = price_book()
+        book, compared_with = price_book(), EquivalentBook(equivalents.values())
         rows, lines = [], []
         for event, record in await decoded(events, usage_codec):
-            priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book)
+            priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book, compared_with)
             rows.append(usage_row(priced, event.message.partition, event.message.offset))
             if priced.line is not None:
                 lines.append(priced.line)

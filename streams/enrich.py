@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from schemas import InferenceUsage, LedgerLine, OrgDirectory
-from streams.pricing import ZERO, PriceBook, api_cost
+from schemas.keys import api_line_id
+from streams.pricing import ZERO, EquivalentBook, PriceBook, api_cost
 
 OrgLookup = Callable[[str, str], OrgDirectory | None]
 
@@ -22,6 +23,8 @@ class PricedUsage:
     price_id: str
     cost: Decimal
     line: LedgerLine | None
+    api_equivalent_cost: Decimal | None = None  # what the same tokens cost on the API the model would replace
+    api_equivalent_price_id: str = ""
 
 
 def resolve_payer(usage: InferenceUsage, lookup: OrgLookup, unassigned: str) -> OrgDirectory:
@@ -29,20 +32,27 @@ def resolve_payer(usage: InferenceUsage, lookup: OrgLookup, unassigned: str) -> 
     return lookup("api_key", usage.key_id) or OrgDirectory(kind="api_key", key=usage.key_id, org=unassigned)
 
 
-def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook) -> PricedUsage:
-    """Per-token price when the model has one; GPU-window allocation when it ran on known GPUs."""
+def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook, equivalents: EquivalentBook | None = None) -> PricedUsage:
+    """Per-token price when the model has one; GPU-window allocation when it ran on known GPUs.
+
+    Either way the event also carries its API-equivalent cost: an API model is its own equivalent;
+    a self-hosted model is priced at the token price of its reference API SKU in force at request time.
+    """
     price = prices.at("token", usage.model, usage.request_end)
     if price is not None:
         cost = api_cost(usage, price)
         line = LedgerLine(
-            line_id=f"api:{usage.event_id}", kind="api", event_time=usage.request_end,
+            line_id=api_line_id(usage.event_id), kind="api", event_time=usage.request_end,
             org=payer.org, team=payer.team, project=payer.project, cost_centre=payer.cost_centre,
             model=usage.model, key_id=usage.key_id, event_id=usage.event_id, node=usage.node or "",
             gpu_uuid=",".join(usage.gpu_uuids), price_id=price.price_id,
             prompt_tokens=usage.prompt_tokens, cached_prompt_tokens=usage.cached_prompt_tokens,
             completion_tokens=usage.completion_tokens, gpu_seconds=ZERO, cost=cost, currency=price.currency,
         )
-        return PricedUsage(usage, payer, "api", price.price_id, cost, line)
+        return PricedUsage(usage, payer, "api", price.price_id, cost, line, cost, price.price_id)
+    equivalent = equivalents.at(usage.model, usage.request_end) if equivalents is not None else None
+    reference = prices.at("token", equivalent.api_sku, usage.request_end) if equivalent is not None else None
+    compared = (api_cost(usage, reference), reference.price_id) if reference is not None else (None, "")
     if usage.gpu_uuids:
-        return PricedUsage(usage, payer, "gpu", "", ZERO, None)
-    return PricedUsage(usage, payer, "unpriced", "", ZERO, None)
+        return PricedUsage(usage, payer, "gpu", "", ZERO, None, *compared)
+    return PricedUsage(usage, payer, "unpriced", "", ZERO, None, *compared)

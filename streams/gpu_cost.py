@@ -147,7 +147,7 @@ def derive_lines(
     common = dict(
         event_time=facts.window, window_seconds=facts.window_seconds, node=facts.node, gpu_uuid=facts.gpu,
         price_id=rate.price_id, window_tokens=window_tokens, gpu_seconds=facts.gpu_seconds,
-        utilization_pct=float(facts.utilization), currency=rate.currency, idle_policy=policy,
+        utilization_pct=float(facts.utilization), currency=rate.currency, idle_policy=policy, gpu_model=facts.gpu_model,
         mig_profile=facts.mig.profile if facts.mig else "", parent_gpu_uuid=facts.mig.parent_uuid if facts.mig else "",
     )
 
@@ -195,7 +195,7 @@ def mig_free_line(
     return LedgerLine(
         line_id=mig_free_line_id(parent, int(window.timestamp())), kind="idle", event_time=window, window_seconds=window_seconds,
         org=node_owner.org, team=node_owner.team, project=node_owner.project, cost_centre=node_owner.cost_centre,
-        model=gpu_model, node=node, gpu_uuid=parent, parent_gpu_uuid=parent, price_id=parent_price.price_id,
+        model=gpu_model, gpu_model=gpu_model, node=node, gpu_uuid=parent, parent_gpu_uuid=parent, price_id=parent_price.price_id,
         gpu_seconds=parent_seconds, cost=max(parent_cost - instance_costs, ZERO), currency=parent_price.currency, basis="mig-free",
     )
 

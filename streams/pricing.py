@@ -11,11 +11,14 @@ Rules (the README's worked examples follow them step by step):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from datetime import datetime
+from typing import Any, Generic, TypeVar
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
-from schemas import InferenceUsage, Price
+from schemas import InferenceUsage, ModelEquivalent, Price
+
+T = TypeVar("T")
 
 NANO = Decimal("0.000000001")
 MILLION = Decimal(1_000_000)
@@ -28,23 +31,47 @@ def money(value: Decimal, rounding: str = ROUND_HALF_EVEN) -> Decimal:
     return value.quantize(NANO, rounding=rounding)
 
 
-class PriceBook:
-    """Effective-dated price versions by SKU, for lookups by event time."""
+class EffectiveBook(Generic[T]):
+    """Effective-dated versions of reference records by key, for lookups by event time."""
 
-    def __init__(self, prices: Iterable[Price]) -> None:
-        by_sku: dict[tuple[str, str], list[Price]] = {}
-        for price in prices:
-            by_sku.setdefault((price.kind, price.sku), []).append(price)
-        self._versions = {key: sorted(v, key=lambda p: p.effective_from) for key, v in by_sku.items()}
-        self._starts = {key: [p.effective_from for p in v] for key, v in self._versions.items()}
+    def __init__(self, items: Iterable[T], key: Callable[[T], Hashable]) -> None:
+        by_key: dict[Hashable, list[T]] = {}
+        for item in items:
+            by_key.setdefault(key(item), []).append(item)
+        self._versions = {k: sorted(v, key=_effective) for k, v in by_key.items()}
+        self._starts = {k: [_effective(i) for i in v] for k, v in self._versions.items()}
 
-    def at(self, kind: str, sku: str, when: datetime) -> Price | None:
-        """The version of ``sku`` in force at ``when``, or None before its first version."""
-        starts = self._starts.get((kind, sku))
+    def find(self, key: Hashable, when: datetime) -> T | None:
+        """The version of ``key`` in force at ``when``, or None before its first version."""
+        starts = self._starts.get(key)
         if not starts:
             return None
         index = bisect.bisect_right(starts, when) - 1
-        return self._versions[(kind, sku)][index] if index >= 0 else None
+        return self._versions[key][index] if index >= 0 else None
+
+
+def _effective(item: Any) -> datetime:
+    return item.effective_from  # type: ignore[no-any-return]
+
+
+class PriceBook(EffectiveBook[Price]):
+    """The price list: a SKU's version in force at an event's time."""
+
+    def __init__(self, prices: Iterable[Price]) -> None:
+        super().__init__(prices, key=lambda p: (p.kind, p.sku))
+
+    def at(self, kind: str, sku: str, when: datetime) -> Price | None:
+        return self.find((kind, sku), when)
+
+
+class EquivalentBook(EffectiveBook[ModelEquivalent]):
+    """Which API SKU a self-hosted model would replace, at an event's time."""
+
+    def __init__(self, equivalents: Iterable[ModelEquivalent]) -> None:
+        super().__init__(equivalents, key=lambda e: e.model)
+
+    def at(self, model: str, when: datetime) -> ModelEquivalent | None:
+        return self.find(model, when)
 
 
 def api_cost(usage: InferenceUsage, price: Price) -> Decimal:

@@ -1,7 +1,7 @@
-"""Reference data the worker joins against: the org directory, the price list and the budgets.
+"""Reference data the worker joins against: the org directory, the price list, API equivalents and the budgets.
 
 Each lives in a compacted topic (``<app_id>-orgs-changelog``, ``-prices-changelog``,
-``-budgets-changelog``; the names Faust tables used to have). ``gpuledger orgs import``,
+``-equivalents-changelog``, ``-budgets-changelog``; the names Faust tables used to have). ``gpuledger orgs import``,
 ``prices import`` and ``budgets set`` publish straight into them; every worker follows
 them live (``gpuledger.kafka.CompactedView``), so it holds the full, current set and a
 restarted worker reads it back from Kafka before it handles any event.
@@ -14,10 +14,10 @@ from typing import Any
 
 from gpuledger.kafka import CompactedView, table_topic
 from gpuledger.settings import Settings
-from schemas import Budget, OrgDirectory, Price, codec_for
+from schemas import Budget, ModelEquivalent, OrgDirectory, Price, codec_for
 from schemas.keys import org_key, price_key
 
-__all__ = ["budget_table", "org_key", "org_table", "price_key", "price_table"]
+__all__ = ["budget_table", "equivalent_table", "org_key", "org_table", "price_key", "price_table"]
 
 
 class ReferenceTable:
@@ -41,6 +41,10 @@ def org_table(settings: Settings) -> ReferenceTable:
 
 def price_table(settings: Settings) -> ReferenceTable:
     return ReferenceTable(settings, "prices", Price)
+
+
+def equivalent_table(settings: Settings) -> ReferenceTable:
+    return ReferenceTable(settings, "equivalents", ModelEquivalent)
 
 
 def budget_table(settings: Settings) -> ReferenceTable:

@@ -26,7 +26,8 @@ log = structlog.get_logger()
 USAGE_COLUMNS = (
     "event_id", "request_start", "event_time", "key_id", "model", "backend", "deployment", "endpoint", "node",
     "gpu_uuids", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "usage_estimated", "ttft_ms", "latency_ms", "status",
-    "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "source_partition", "source_offset",
+    "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "api_equivalent_cost", "api_equivalent_price_id",
+    "source_partition", "source_offset",
 )
 SAMPLE_COLUMNS = (
     "sample_id", "node", "gpu_uuid", "gpu_index", "gpu_model", "mig_instance", "mig_parent_uuid", "mig_profile", "mig_slices",
@@ -38,7 +39,7 @@ SAMPLE_COLUMNS = (
 LEDGER_COLUMNS = (
     "line_id", "kind", "event_time", "window_seconds", "org", "team", "project", "cost_centre", "model", "key_id",
     "event_id", "node", "gpu_uuid", "price_id", "prompt_tokens", "cached_prompt_tokens", "completion_tokens",
-    "window_tokens", "share_tokens", "gpu_seconds", "utilization_pct", "cost", "currency", "workload", "basis", "idle_policy",
+    "window_tokens", "share_tokens", "gpu_seconds", "utilization_pct", "cost", "currency", "gpu_model", "workload", "basis", "idle_policy",
     "mig_profile", "parent_gpu_uuid", "adjusts_line_id", "adjusts_window", "version", "is_deleted",
 )
 
@@ -48,7 +49,8 @@ def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:
     return [
         u.event_id, u.request_start, u.request_end, u.key_id, u.model, u.backend, u.deployment, u.endpoint, u.node or "",
         u.gpu_uuids, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens, u.usage_estimated, u.ttft_ms, u.latency_ms, u.status,
-        p.payer.org, p.payer.team, p.payer.project, p.payer.cost_centre, p.priced_as, p.price_id, p.cost, partition, offset,
+        p.payer.org, p.payer.team, p.payer.project, p.payer.cost_centre, p.priced_as, p.price_id, p.cost,
+        p.api_equivalent_cost, p.api_equivalent_price_id, partition, offset,
     ]
 
 
@@ -68,7 +70,7 @@ def ledger_row(line: LedgerLine, version: int, deleted: bool = False) -> list[An
         line.line_id, line.kind, line.event_time, line.window_seconds, line.org, line.team, line.project, line.cost_centre,
         line.model, line.key_id, line.event_id, line.node, line.gpu_uuid, line.price_id, line.prompt_tokens,
         line.cached_prompt_tokens, line.completion_tokens, line.window_tokens, line.share_tokens, line.gpu_seconds,
-        line.utilization_pct, line.cost, line.currency, line.workload, line.basis, line.idle_policy, line.mig_profile,
+        line.utilization_pct, line.cost, line.currency, line.gpu_model, line.workload, line.basis, line.idle_policy, line.mig_profile,
         line.parent_gpu_uuid, line.adjusts_line_id, line.adjusts_window, version, int(deleted),
     ]
 

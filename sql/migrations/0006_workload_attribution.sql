@@ -19,6 +19,7 @@ ALTER TABLE {db}.usage_events MATERIALIZE INDEX ingested_at_minmax;
 
 ALTER TABLE {db}.ledger
     ADD COLUMN IF NOT EXISTS share_tokens UInt64 DEFAULT 0 COMMENT 'the group''s tokens on this GPU in the window: the share''s numerator (window_tokens is the denominator, neither sums across GPUs)' AFTER window_tokens,
+    ADD COLUMN IF NOT EXISTS gpu_model LowCardinality(String) DEFAULT '' COMMENT 'GPU-derived lines: the GPU model the window was priced as (model holds the LLM on token shares)',
     ADD COLUMN IF NOT EXISTS workload String DEFAULT '' COMMENT 'pod (namespace/pod) or host process behind a workload or idle line',
     ADD COLUMN IF NOT EXISTS basis LowCardinality(String) DEFAULT '' COMMENT 'tokens | sm | memory | equal | allocation | remainder | mig-free',
     ADD COLUMN IF NOT EXISTS idle_policy LowCardinality(String) DEFAULT '' COMMENT 'workload | node | callers',
