@@ -264,6 +264,29 @@ def compare_command(since: Since = None, until: Until = None, by: ByOption = Gro
     _show(uc.render(rows, ("ratio", "break_even_tokens_per_hour", "headroom"), fmt.value, f"self-hosted vs API {start} to {end} (exclusive), per {by.value} and model"))
 
 
+PeriodOption = Enum("PeriodOption", {name: name for name in ("month", "week")}, type=str)  # type: ignore[misc]
+
+
+@app.command("trends")
+def trends_command(
+    since: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First day (UTC), default: the 1st of the month five months ago.")] = None,
+    until: Until = None, by: ByOption = GroupBy.org, fmt: FormatOption = OutputFormat.table,
+    period: Annotated[PeriodOption, typer.Option(help="Bridge month to month or week to week.")] = PeriodOption.month,
+) -> None:
+    """Why spend moved: each period's change split into volume, price, mix and non-token spend; flags unit cost down, spend up."""
+    from gpuledger import trends as tr
+    from gpuledger import unit_costs as uc
+
+    if since is None:
+        first = datetime.now(UTC).replace(day=1)
+        for _ in range(5):
+            first = (first - timedelta(days=1)).replace(day=1)
+        since = first
+    start, end = _range(since, until)
+    rows = tr.trends(_settings(), start, end, by.value, period.value)
+    _show(uc.render(rows, ("change", "jevons"), fmt.value, f"spend bridge per {period.value}, {start} to {end} (exclusive), per {by.value}"))
+
+
 @app.command()
 def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")] = 30) -> None:
     """The main job end to end on a fresh local stack: stack up, migrate, import, worker, simulate, report."""
@@ -300,6 +323,8 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
                     raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
                 time.sleep(2)
         report(truth=truth)
+        console.rule("CFO summary: self-hosted vs API per model (this month so far)")
+        compare_command(since=None, until=None, by=GroupBy.model, fmt=OutputFormat.table)
         from streams.budgets.evaluator import STATUS_REFRESH
 
         with console.status("waiting for the worker's next budget evaluations..."):

@@ -85,7 +85,7 @@ def _quotient(top: Decimal | None, bottom: Decimal | None) -> Decimal | None:
     return (top / bottom).quantize(Decimal("0.0001"), ROUND_HALF_EVEN) if top is not None and bottom else None
 
 
-def _grouping(by: By) -> tuple[str, str]:
+def grouping(by: By) -> tuple[str, str]:
     """The SQL for a group's label (``org/team``) and the GROUP BY keys."""
     dims = DIMENSIONS[by]
     label = "concat(" + ", '/', ".join(dims) + ")" if len(dims) > 1 else (dims[0] if dims else "''")
@@ -94,7 +94,7 @@ def _grouping(by: By) -> tuple[str, str]:
 
 def unit_costs(settings: Settings, since: date, until: date, by: By) -> list[UnitCost]:
     """Unit costs per ``by`` group and LLM over [since, until)."""
-    label, keys = _grouping(by)
+    label, keys = grouping(by)
     rows = connect(settings.clickhouse).query(
         f"SELECT {label}, llm_model, any(hosting), sum(tokens), sum(usage_cost), sum(allocation_cost) "
         f"FROM {settings.clickhouse.database}.unit_costs_daily WHERE day >= {{since:Date}} AND day < {{until:Date}} "
@@ -106,7 +106,7 @@ def unit_costs(settings: Settings, since: date, until: date, by: By) -> list[Uni
 
 def comparisons(settings: Settings, since: date, until: date, by: By) -> list[Comparison]:
     """Self-hosted vs API per ``by`` group and LLM over [since, until), with break-even volume and headroom."""
-    label, keys = _grouping(by)
+    label, keys = grouping(by)
     db = settings.clickhouse.database
     params = {"since": since, "until": until}
     client = connect(settings.clickhouse)
