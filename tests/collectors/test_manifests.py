@@ -1,4 +1,8 @@
-"""Every manifest in deploy/k8s validates offline against the Kubernetes schemas; the CRD is checked by hand."""
+"""Every manifest in deploy/k8s validates offline against the Kubernetes schemas; the CRD is checked by hand.
+
+deploy/k8s/collector.yaml is rendered from the Helm chart (tests/deploy checks it is current); these tests read
+the file itself, so they need no Helm.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,13 @@ K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
 
 def documents() -> list[dict[str, Any]]:
-    docs = [d for f in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    docs = [d for f in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "apiVersion" in d]  # not collector-values.yaml
     assert docs, "no manifests found"
     return docs
 
 
-def by_kind(kind: str) -> dict[str, Any]:
-    [doc] = [d for d in documents() if d["kind"] == kind]
+def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
+    [doc] = [d for d in documents() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     return doc
 
 
@@ -32,7 +36,7 @@ def test_builtin_kinds_validate_strictly(doc: dict[str, Any]) -> None:
 
 def test_only_the_service_monitor_is_a_crd() -> None:
     kinds = sorted(d["kind"] for d in documents())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Namespace", "Service", "ServiceAccount", "ServiceMonitor"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "DaemonSet", "NetworkPolicy", "Service", "ServiceAccount", "ServiceMonitor"]
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         kubernetes_validate.validate(by_kind("ServiceMonitor"), kubernetes_validate.latest_version(), strict=True)
 
@@ -65,7 +69,8 @@ def test_daemonset_is_locked_down_and_wired_for_gpus() -> None:
     port = c["ports"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["port"] == port["name"]
     # the ConfigMap configures exactly what the agent reads: every key is a real setting
-    config = by_kind("ConfigMap")["data"]
+    config = by_kind("ConfigMap", "gpuledger-collector")["data"]
+    assert [f["configMapRef"]["name"] for f in c["envFrom"]] == ["gpuledger-settings", "gpuledger-collector"]
     assert config["GPULEDGER_COLLECTOR_PROC_ROOT"] == mounts["host-proc"]["mountPath"]
     assert config["GPULEDGER_COLLECTOR_SPOOL_DIR"] == mounts["spool"]["mountPath"]
     assert int(config["GPULEDGER_COLLECTOR_METRICS_PORT"]) == port["containerPort"]
