@@ -186,6 +186,21 @@ def test_service_monitors_select_a_metrics_port(all_on: list[dict[str, Any]]) ->
         assert matched and all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in matched), sm["metadata"]["name"]
 
 
+# Fields of monitoring.coreos.com/v1 ServiceMonitor this chart may use (the CRD's schema is not available
+# offline; the rules' own fields are checked by promtool, which rejects unknown keys).
+SERVICE_MONITOR_FIELDS = {
+    "spec": {"selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels", "podTargetLabels"},
+    "endpoint": {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings", "metricRelabelings"},
+}
+
+
+def test_service_monitors_use_only_known_fields(all_on: list[dict[str, Any]]) -> None:
+    for sm in [d for d in all_on if d["kind"] == "ServiceMonitor"]:
+        assert set(sm) == {"apiVersion", "kind", "metadata", "spec"} and set(sm["spec"]) <= SERVICE_MONITOR_FIELDS["spec"]
+        assert all(set(e) <= SERVICE_MONITOR_FIELDS["endpoint"] for e in sm["spec"]["endpoints"])
+        assert set(sm["spec"]["namespaceSelector"]) == {"matchNames"} and set(sm["spec"]["selector"]) == {"matchLabels"}
+
+
 def test_worker_and_notifier_monitors_stay_off_by_default() -> None:
     """They have no /metrics yet: a ServiceMonitor for them would only page about a missing target."""
     docs = render(sets=("monitoring.serviceMonitors=true", "gateway.enabled=true"))
@@ -211,6 +226,40 @@ def test_prometheus_rules_pass_promtool_and_use_served_metrics(all_on: list[dict
     used = set(re.findall(r"\bgpuledger_\w+", exprs))
     assert used and used <= exported_metrics(), f"rules use metrics nothing serves: {sorted(used - exported_metrics())}"
     assert {"kafka_consumergroup_lag", "kafka_topic_partition_current_offset"} <= set(re.findall(r"\bkafka_\w+", exprs))
+
+
+def test_alert_rules_fire_on_the_series_they_watch(all_on: list[dict[str, Any]], tmp_path: Path) -> None:
+    """``promtool test rules``: the rules (annotations left out) fire for a silent collector, a 10 % error gateway,
+    dropped usage events and worker lag, and stay quiet for a healthy collector."""
+    [rule] = [d for d in all_on if d["kind"] == "PrometheusRule"]
+    groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in rule["spec"]["groups"]]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    collector, gateway = {"job": "gl-gpuledger-collector", "namespace": "gpuledger"}, {"job": "gl-gpuledger-gateway", "namespace": "gpuledger"}
+
+    def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+        return {"series": name + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}", "values": values}
+
+    test = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            series("gpuledger_collector_last_publish_timestamp_seconds", {**collector, "pod": "stuck"}, "0x30"),
+            series("gpuledger_collector_last_publish_timestamp_seconds", {**collector, "pod": "fine"}, "0+60x30"),  # tracks time()
+            series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "error"}, "0+10x30"),
+            series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "ok"}, "0+90x30"),
+            series("gpuledger_usage_events_dropped_total", {**gateway, "component": "gateway", "reason": "queue_full"}, "0x10 5x20"),
+            series("kafka_consumergroup_lag", {"consumergroup": "gpuledger", "topic": "gpuledger.inference-usage.v1", "partition": "0"}, "60000x30"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "GpuledgerCollectorSilent", "exp_alerts": [{"exp_labels": {**collector, "pod": "stuck", "severity": "warning"}}]},
+            {"eval_time": "25m", "alertname": "GpuledgerGatewayErrorRate", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+            {"eval_time": "12m", "alertname": "GpuledgerUsageEventsDropped", "exp_alerts": [{"exp_labels": {"reason": "queue_full", "severity": "critical"}}]},
+            {"eval_time": "5m", "alertname": "GpuledgerUsageEventsDropped", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "GpuledgerWorkerConsumerLag", "exp_alerts": [{"exp_labels": {"topic": "gpuledger.inference-usage.v1", "severity": "warning"}}]},
+        ],
+    }]}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
+    done = subprocess.run([tool("promtool"), "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_collector_manifest_is_the_charts_rendering() -> None:
