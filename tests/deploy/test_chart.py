@@ -207,6 +207,21 @@ def test_worker_and_notifier_monitors_stay_off_by_default() -> None:
     assert sorted(component(d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceMonitor") == ["collector", "gateway"]
 
 
+def test_network_policies_open_only_each_components_own_port(rendered: list[dict[str, Any]]) -> None:
+    """Each policy selects exactly its component's pods and admits traffic only to a port that pod declares."""
+    pods = [(name, d["spec"]["template"]) for d in rendered if d["kind"] in {"Deployment", "DaemonSet", "Job"} for name in [d["metadata"]["name"]]]
+    policies = [d for d in rendered if d["kind"] == "NetworkPolicy"]
+    assert {component(p["metadata"]["name"]) for p in policies} == {component(name) for name, _ in pods}
+    for policy in policies:
+        selected = [t for _, t in pods if policy["spec"]["podSelector"]["matchLabels"].items() <= t["metadata"]["labels"].items()]
+        assert len(selected) == 1, policy["metadata"]["name"]
+        declared = {port["name"] for c in selected[0]["spec"]["containers"] for port in c.get("ports", [])}
+        opened = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+        assert opened <= declared and len(opened) <= 1, f"{policy['metadata']['name']} opens {opened}, pod declares {declared}"
+        if component(policy["metadata"]["name"]) in {"worker", "notifier", "migrate"} and not declared:
+            assert policy["spec"]["ingress"] == []  # serves nothing: no ingress at all
+
+
 def exported_metrics() -> set[str]:
     """Metric names the code serves: prometheus_client counters gain ``_total`` in the exposition."""
     names = set()
