@@ -25,7 +25,7 @@ ALL_ON = CHART / "ci" / "all-on.yaml"
 KUBE_VERSION = "1.33.0"  # a Go-built helm reports v1.20 by default, below the chart's kubeVersion
 GPULEDGER_IMAGE = re.compile(r"/gpuledger:")
 INSTALL_HINT = {
-    "helm": "build it as .ci/run does: GOBIN=~/.cache/gpuledger/helm/bin go install helm.sh/helm/v3/cmd/helm@v3.22.0, then put that folder on PATH",
+    "helm": "run deploy/helm/install-tools.sh (as make test and .ci/run do; it builds helm once) and put the folder it prints on PATH",
     "promtool": "apt-get install -y prometheus (Debian's package ships promtool)",
 }
 
