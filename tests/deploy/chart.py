@@ -47,9 +47,12 @@ def helm(*args: str) -> str:
     return done.stdout
 
 
-def render(*values_files: Path, release: str = "gl", namespace: str = "gpuledger", sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def render(*values_files: Path, release: str = "gl", namespace: str = "gpuledger", sets: tuple[str, ...] = (),
+           skip_schema: bool = False) -> list[dict[str, Any]]:
     """``helm template`` of the chart: every object it renders."""
     args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    if skip_schema:
+        args.append("--skip-schema-validation")
     for f in values_files:
         args += ["-f", str(f)]
     for s in sets:
@@ -100,27 +103,3 @@ def _section(annotation: Any) -> type[BaseModel] | None:
     if get_origin(annotation) in (Union, UnionType):
         return next((m for arg in get_args(annotation) if (m := _section(arg))), None)
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-
-
-def unknown_keys(model: type[BaseModel], data: Any, where: str) -> list[str]:
-    """Keys of ``data`` (a values subtree) that are not fields of ``model``, recursively through nested models and lists of them."""
-    if not isinstance(data, dict):
-        return []
-    found = []
-    for key, value in data.items():
-        field = model.model_fields.get(key)
-        if field is None:
-            found.append(f"{where}.{key}")
-            continue
-        for sub in _models_in(field.annotation):
-            items = value if isinstance(value, list) else [value]
-            for i, item in enumerate(items):
-                found += unknown_keys(sub, item, f"{where}.{key}" + (f"[{i}]" if isinstance(value, list) else ""))
-    return found
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models inside an annotation such as ``Target | None`` or ``list[Route]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]

@@ -101,7 +101,9 @@ def test_every_rendered_env_var_is_a_setting_and_parses(rendered: list[dict[str,
 
 
 def test_a_misnamed_setting_fails_the_env_check() -> None:
-    docs = render(ALL_ON, sets=("settings.kafka.bootstrap_server=x", "collector.settings.intervall_seconds=5", "notifier.settings.max_attempt=3"))
+    """values.schema.json would refuse these first (test_the_chart_refuses_misuse); without it the env check still does."""
+    docs = render(ALL_ON, sets=("settings.kafka.bootstrap_server=x", "collector.settings.intervall_seconds=5", "notifier.settings.max_attempt=3"),
+                  skip_schema=True)
     wrong = misnamed_env(docs)
     assert "gl-gpuledger-collector: GPULEDGER_COLLECTOR_INTERVALL_SECONDS" in wrong
     assert "gl-gpuledger-notifier: GPULEDGER_NOTIFIER__MAX_ATTEMPT" in wrong
@@ -133,6 +135,7 @@ def test_an_api_key_env_without_a_secret_is_refused() -> None:
     ("settings.clickhouse.password=x", "passwords do not go in values"),
     ("settings.kafka.sasl_password=x", "passwords do not go in values"),
     ("ui.enabled=true", "dashboard does not exist yet"),
+    ("settings.kafka.bootstrap_server=x", "at '/settings/kafka': additional properties 'bootstrap_server' not allowed"),  # values.schema.json
     ("notifier.routes=null", None),
 ])
 def test_the_chart_refuses_misuse(setting: str, message: str | None) -> None:
