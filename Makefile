@@ -17,8 +17,9 @@ demo: install
 	$(BIN)/gpuledger demo
 	@echo "The stack keeps running for your queries; stop it with: $(BIN)/gpuledger stack down"
 
+# tests/deploy need helm and promtool: install-tools.sh builds/installs them once and prints helm's folder.
 test: install
-	$(BIN)/pytest -q -p no:cacheprovider
+	PATH="$$(deploy/helm/install-tools.sh):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
 
 bench: install
 	$(BIN)/python tests/bench/pipeline_bench.py

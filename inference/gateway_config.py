@@ -98,6 +98,7 @@ class GatewayConfig(BaseModel):
     )
     enforce_budgets: bool = Field(True, description="Refuse requests (429) of scopes whose hard budget is exhausted, as published by the stream worker.")
     kafka_settings_file: Path | None = Field(None, description="gpuledger settings YAML; default: GPULEDGER_* env and ./gpuledger.yaml.")
+    keys_file: Path | None = Field(None, description="A YAML file with more virtual keys (a `keys:` list), e.g. a mounted Kubernetes Secret; added to `keys`.")
 
     @model_validator(mode="after")
     def _forwarding_is_safe(self) -> GatewayConfig:
@@ -131,5 +132,20 @@ class GatewayConfig(BaseModel):
 
 
 def load_config(path: Path) -> GatewayConfig:
-    """Parse and validate a gateway YAML file."""
-    return GatewayConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    """Parse and validate a gateway YAML file, with the virtual keys of its ``keys_file``."""
+    config = GatewayConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    if config.keys_file is not None:
+        config.keys = [*config.keys, *load_keys(config.keys_file)]
+        for attribute in ("id", "sha256"):
+            seen = [getattr(k, attribute) for k in config.keys]
+            if twice := sorted({v for v in seen if seen.count(v) > 1}):
+                raise ValueError(f"virtual key {attribute} {twice} appears more than once in {path} and its keys_file {config.keys_file}")
+    return config
+
+
+def load_keys(path: Path) -> list[VirtualKey]:
+    """The ``keys:`` list of a virtual-key file; kept apart from the config so a Secret can hold it."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError(f"{path}: expected a YAML mapping with a `keys:` list (as in the gateway config)")
+    return [VirtualKey.model_validate(k) for k in data["keys"]]

@@ -1,6 +1,12 @@
-"""Every manifest in deploy/k8s validates offline against the Kubernetes schemas; the CRD is checked by hand."""
+"""Every manifest in deploy/k8s validates offline against the Kubernetes schemas; the CRD is checked by hand.
+
+deploy/k8s/collector.yaml is rendered from the Helm chart (tests/deploy checks it is current); these tests read
+the file itself, so they need no Helm.
+"""
 
 from __future__ import annotations
+
+import json
 
 from pathlib import Path
 from typing import Any
@@ -15,13 +21,13 @@ K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
 
 def documents() -> list[dict[str, Any]]:
-    docs = [d for f in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    docs = [d for f in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "apiVersion" in d]  # not collector-values.yaml
     assert docs, "no manifests found"
     return docs
 
 
-def by_kind(kind: str) -> dict[str, Any]:
-    [doc] = [d for d in documents() if d["kind"] == kind]
+def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
+    [doc] = [d for d in documents() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     return doc
 
 
@@ -32,7 +38,7 @@ def test_builtin_kinds_validate_strictly(doc: dict[str, Any]) -> None:
 
 def test_only_the_service_monitor_is_a_crd() -> None:
     kinds = sorted(d["kind"] for d in documents())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Namespace", "Service", "ServiceAccount", "ServiceMonitor"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "DaemonSet", "NetworkPolicy", "Service", "ServiceAccount", "ServiceMonitor"]
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         kubernetes_validate.validate(by_kind("ServiceMonitor"), kubernetes_validate.latest_version(), strict=True)
 
@@ -69,13 +75,15 @@ def test_daemonset_is_locked_down_and_wired_for_gpus() -> None:
     port = c["ports"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["port"] == port["name"]
     # the ConfigMap configures exactly what the agent reads: every key is a real setting
-    config = by_kind("ConfigMap")["data"]
+    config = by_kind("ConfigMap", "gpuledger-collector")["data"]
+    assert [f["configMapRef"]["name"] for f in c["envFrom"]] == ["gpuledger-settings", "gpuledger-collector"]
     assert config["GPULEDGER_COLLECTOR_PROC_ROOT"] == mounts["host-proc"]["mountPath"]
     assert config["GPULEDGER_COLLECTOR_SPOOL_DIR"] == mounts["spool"]["mountPath"]
     assert int(config["GPULEDGER_COLLECTOR_METRICS_PORT"]) == port["containerPort"]
     assert "spec.nodeName={node}" in config["GPULEDGER_COLLECTOR_POD_LIST_URL"]
     assert Path(config["GPULEDGER_COLLECTOR_POD_RESOURCES_SOCKET"]).parent == Path(mounts["pod-resources"]["mountPath"])
-    assert config["GPULEDGER_COLLECTOR_POD_LABEL_KEYS"].split(",") == list(DEFAULT_POD_LABEL_KEYS)
+    keys = config["GPULEDGER_COLLECTOR_POD_LABEL_KEYS"]  # the chart renders lists as JSON; the agent also takes a, b, c
+    assert (json.loads(keys) if keys.startswith("[") else keys.split(",")) == list(DEFAULT_POD_LABEL_KEYS)
     fields = {f"GPULEDGER_COLLECTOR_{name.upper()}" for name in CollectorSettings.model_fields}
     assert {k for k in config if k.startswith("GPULEDGER_COLLECTOR_")} <= fields
 

@@ -27,3 +27,20 @@ def test_broken_references_are_explained(change: dict[str, object], message: str
     base = {"backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}], "models": [{"name": "m", "targets": [{"backend": "b"}]}]}
     with pytest.raises(ValidationError, match=message):
         GatewayConfig.model_validate({**base, **change})
+
+
+def test_keys_file_adds_virtual_keys_and_refuses_duplicates(tmp_path: Path) -> None:
+    """The Helm chart mounts virtual keys from a Secret as a separate file named by ``keys_file``."""
+    digest = "a" * 64
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - {{id: key-finance, sha256: {digest}, org: finance}}\n")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(EXAMPLE.read_text() + f"keys_file: {keys}\n")
+    loaded = load_config(config)
+    assert [k.id for k in loaded.keys] == ["key-search-ranker", "key-finance"] and loaded.keys[1].sha256 == digest
+    keys.write_text(f"keys:\n  - {{id: key-search-ranker, sha256: {digest}, org: finance}}\n")
+    with pytest.raises(ValueError, match=r"virtual key id \['key-search-ranker'\] appears more than once"):
+        load_config(config)
+    keys.write_text("- {id: k, sha256: x}\n")
+    with pytest.raises(ValueError, match="expected a YAML mapping with a `keys:` list"):
+        load_config(config)

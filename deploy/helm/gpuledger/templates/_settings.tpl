@@ -1,0 +1,190 @@
+{{/*
+The ONE place where values become the settings the processes read. Everything else includes these.
+  settings.<field>           -> GPULEDGER_<FIELD>             (gpuledger/settings.py)
+  settings.<section>.<field> -> GPULEDGER_<SECTION>__<FIELD>
+  collector.settings.<field> -> GPULEDGER_COLLECTOR_<FIELD>   (collectors/settings.py)
+  notifier.settings.<field>  -> GPULEDGER_NOTIFIER__<FIELD>   (streams/notifier/settings.py)
+  secrets.*                  -> secretKeyRef env vars and read-only files, named here
+  gateway.config             -> gateway.yaml                  (inference/gateway_config.py; see gateway/configmap.yaml)
+Each "...Settings" template returns a YAML map NAME: "string"; use it with fromYaml.
+*/}}
+
+{{/* One value as the string an environment variable carries (whole numbers without an exponent, lists/maps as JSON). */}}
+{{- define "gpuledger.scalar" -}}
+{{- if kindIs "float64" . -}}
+{{- if eq . (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end -}}
+{{- else if or (kindIs "slice" .) (kindIs "map" .) -}}
+{{- toJson . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* (dict "values" MAP "prefix" "GPULEDGER_" "nested" "__"): a nested map one level deep when nested != "". Null values are left out. */}}
+{{- define "gpuledger.flatten" -}}
+{{- $out := dict -}}
+{{- $prefix := .prefix -}}
+{{- $nested := .nested -}}
+{{- range $key, $value := .values -}}
+{{- if and $nested (kindIs "map" $value) -}}
+{{- range $field, $inner := $value -}}
+{{- if not (kindIs "invalid" $inner) -}}
+{{- $_ := set $out (printf "%s%s%s%s" $prefix (upper $key) $nested (upper $field)) (include "gpuledger.scalar" $inner) -}}
+{{- end -}}
+{{- end -}}
+{{- else if not (kindIs "invalid" $value) -}}
+{{- $_ := set $out (printf "%s%s" $prefix (upper $key)) (include "gpuledger.scalar" $value) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{- define "gpuledger.kafkaTlsDir" -}}/etc/gpuledger/kafka-tls{{- end -}}
+{{- define "gpuledger.clickhouseCaDir" -}}/etc/gpuledger/clickhouse-ca{{- end -}}
+
+{{/* GPULEDGER_* for every component (the shared ConfigMap), with the paths of the mounted TLS files. */}}
+{{- define "gpuledger.sharedSettings" -}}
+{{- $s := .Values.settings -}}
+{{- $kafka := default dict $s.kafka -}}
+{{- $ch := default dict $s.clickhouse -}}
+{{- if hasKey $kafka "sasl_password" }}{{ fail "settings.kafka.sasl_password: passwords do not go in values; create a Secret and name it in secrets.kafka.sasl.existingSecret" }}{{ end -}}
+{{- if hasKey $ch "password" }}{{ fail "settings.clickhouse.password: passwords do not go in values; create a Secret and name it in secrets.clickhouse.existingSecret" }}{{ end -}}
+{{- if and .Values.secrets.kafka.sasl.usernameKey (hasKey $kafka "sasl_username") }}{{ fail "set either settings.kafka.sasl_username or secrets.kafka.sasl.usernameKey, not both" }}{{ end -}}
+{{- if and .Values.secrets.clickhouse.userKey (hasKey $ch "user") }}{{ fail "set either settings.clickhouse.user or secrets.clickhouse.userKey, not both" }}{{ end -}}
+{{- $out := include "gpuledger.flatten" (dict "values" $s "prefix" "GPULEDGER_" "nested" "__") | fromYaml -}}
+{{- with .Values.secrets.kafka.tls -}}
+{{- if .existingSecret -}}
+{{- if .caKey }}{{ $_ := set $out "GPULEDGER_KAFKA__SSL_CAFILE" (printf "%s/%s" (include "gpuledger.kafkaTlsDir" $) .caKey) }}{{ end -}}
+{{- if .certKey }}{{ $_ := set $out "GPULEDGER_KAFKA__SSL_CERTFILE" (printf "%s/%s" (include "gpuledger.kafkaTlsDir" $) .certKey) }}{{ end -}}
+{{- if .keyKey }}{{ $_ := set $out "GPULEDGER_KAFKA__SSL_KEYFILE" (printf "%s/%s" (include "gpuledger.kafkaTlsDir" $) .keyKey) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.secrets.clickhouse.ca -}}
+{{- if .existingSecret }}{{ $_ := set $out "GPULEDGER_CLICKHOUSE__CA_CERT" (printf "%s/%s" (include "gpuledger.clickhouseCaDir" $) .key) }}{{ end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* GPULEDGER_COLLECTOR_* (flat: the collector's settings have no sections). */}}
+{{- define "gpuledger.collectorSettings" -}}
+{{- include "gpuledger.flatten" (dict "values" .Values.collector.settings "prefix" "GPULEDGER_COLLECTOR_" "nested" "") -}}
+{{- end -}}
+
+{{/* GPULEDGER_NOTIFIER__*: its settings, the alerts topic the worker writes, and the default target's name and format (its URL is a secret). */}}
+{{- define "gpuledger.notifierSettings" -}}
+{{- $n := .Values.notifier -}}
+{{- if or (hasKey $n.settings "routes") (hasKey $n.settings "default") }}{{ fail "notifier.settings: routes and the default target carry webhook URLs; set them in notifier.routes and notifier.default (urlSecret)" }}{{ end -}}
+{{- $out := include "gpuledger.flatten" (dict "values" $n.settings "prefix" "GPULEDGER_NOTIFIER__" "nested" "__") | fromYaml -}}
+{{- $alerts := dig "topics" "budget_alerts" "" .Values.settings -}}
+{{- if and $alerts (hasKey $n.settings "topic") (ne $alerts $n.settings.topic) }}{{ fail (printf "notifier.settings.topic (%s) must be the topic the worker writes alerts to, settings.topics.budget_alerts (%s)" $n.settings.topic $alerts) }}{{ end -}}
+{{- if and $alerts (not (hasKey $n.settings "topic")) }}{{ $_ := set $out "GPULEDGER_NOTIFIER__TOPIC" $alerts }}{{ end -}}
+{{- with $n.default -}}
+{{- if .name }}{{ $_ := set $out "GPULEDGER_NOTIFIER__DEFAULT__NAME" .name }}{{ end -}}
+{{- if .format }}{{ $_ := set $out "GPULEDGER_NOTIFIER__DEFAULT__FORMAT" .format }}{{ end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* A settings map as an env list (for the migration hook, which runs before any ConfigMap exists). */}}
+{{- define "gpuledger.envList" -}}
+{{- range $name, $value := . }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret-backed env vars: (dict "root" $ "kafka" true "clickhouse" true) */}}
+{{- define "gpuledger.secretEnv" -}}
+{{- $sec := .root.Values.secrets -}}
+{{- if .kafka }}
+{{- with $sec.kafka.sasl }}
+{{- if .existingSecret }}
+- name: GPULEDGER_KAFKA__SASL_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ .existingSecret | quote }}, key: {{ .passwordKey | quote }}}}
+{{- if .usernameKey }}
+- name: GPULEDGER_KAFKA__SASL_USERNAME
+  valueFrom: {secretKeyRef: {name: {{ .existingSecret | quote }}, key: {{ .usernameKey | quote }}}}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .clickhouse }}
+{{- with $sec.clickhouse }}
+{{- if .existingSecret }}
+- name: GPULEDGER_CLICKHOUSE__PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ .existingSecret | quote }}, key: {{ .passwordKey | quote }}}}
+{{- if .userKey }}
+- name: GPULEDGER_CLICKHOUSE__USER
+  valueFrom: {secretKeyRef: {name: {{ .existingSecret | quote }}, key: {{ .userKey | quote }}}}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Webhook URLs of the notifier: the default target's URL, then the routes as JSON whose URLs Kubernetes fills in from the env vars before them ($(VAR) expansion). */}}
+{{- define "gpuledger.notifierWebhookEnv" -}}
+{{- $n := .Values.notifier -}}
+{{- with $n.default }}
+{{- if .urlSecret }}
+- name: GPULEDGER_NOTIFIER__DEFAULT__URL
+  valueFrom: {secretKeyRef: {name: {{ required "notifier.default.urlSecret.name" .urlSecret.name | quote }}, key: {{ required "notifier.default.urlSecret.key" .urlSecret.key | quote }}}}
+{{- end }}
+{{- end }}
+{{- if $n.routes }}
+{{- $routes := list }}
+{{- range $i, $r := $n.routes }}
+- name: WEBHOOK_URL_{{ $i }}
+  valueFrom: {secretKeyRef: {name: {{ required (printf "notifier.routes[%d].urlSecret.name" $i) (dig "urlSecret" "name" "" $r) | quote }}, key: {{ required (printf "notifier.routes[%d].urlSecret.key" $i) (dig "urlSecret" "key" "" $r) | quote }}}}
+{{- $route := dict "name" (required (printf "notifier.routes[%d].name" $i) $r.name) "match" (required (printf "notifier.routes[%d].match" $i) $r.match) "format" (default "slack" $r.format) "url" (printf "$(WEBHOOK_URL_%d)" $i) }}
+{{- $routes = append $routes $route }}
+{{- end }}
+- name: GPULEDGER_NOTIFIER__ROUTES
+  value: {{ toJson $routes | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes and mounts for the TLS files named in secrets.*: (dict "root" $ "kafka" true "clickhouse" true) */}}
+{{- define "gpuledger.secretVolumes" -}}
+{{- if and .kafka .root.Values.secrets.kafka.tls.existingSecret }}
+- name: kafka-tls
+  secret: {secretName: {{ .root.Values.secrets.kafka.tls.existingSecret | quote }}, defaultMode: 0440}
+{{- end }}
+{{- if and .clickhouse .root.Values.secrets.clickhouse.ca.existingSecret }}
+- name: clickhouse-ca
+  secret: {secretName: {{ .root.Values.secrets.clickhouse.ca.existingSecret | quote }}, defaultMode: 0440}
+{{- end }}
+{{- end -}}
+
+{{- define "gpuledger.secretMounts" -}}
+{{- if and .kafka .root.Values.secrets.kafka.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: {{ include "gpuledger.kafkaTlsDir" .root }}
+  readOnly: true
+{{- end }}
+{{- if and .clickhouse .root.Values.secrets.clickhouse.ca.existingSecret }}
+- name: clickhouse-ca
+  mountPath: {{ include "gpuledger.clickhouseCaDir" .root }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "gpuledger.gatewayKeysDir" -}}/etc/gpuledger/gateway-keys{{- end -}}
+
+{{/* The gateway YAML: gateway.config as is, plus keys_file when virtual keys come from a Secret. Every backend's api_key_env must be fed by gateway.apiKeys. */}}
+{{- define "gpuledger.gatewayConfig" -}}
+{{- $g := .Values.gateway -}}
+{{- $config := deepCopy $g.config -}}
+{{- $fed := list -}}
+{{- range $g.apiKeys }}{{ $fed = append $fed (required "gateway.apiKeys[].env" .env) }}{{ end -}}
+{{- range $config.backends -}}
+{{- if and .api_key_env (not (has .api_key_env $fed)) -}}
+{{- fail (printf "gateway.config backend %q reads its API key from $%s, but gateway.apiKeys has no entry with env: %s (name the Secret holding it)" .name .api_key_env .api_key_env) -}}
+{{- end -}}
+{{- end -}}
+{{- if $g.virtualKeys.existingSecret -}}
+{{- if hasKey $config "keys_file" }}{{ fail "gateway.config.keys_file is set by the chart when gateway.virtualKeys.existingSecret is set; remove one" }}{{ end -}}
+{{- $_ := set $config "keys_file" (printf "%s/%s" (include "gpuledger.gatewayKeysDir" .) $g.virtualKeys.key) -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
