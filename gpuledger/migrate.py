@@ -36,8 +36,8 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
-    def statements(self, database: str) -> list[str]:
-        text = self.sql.format(db=database, **PARAMETERS)
+    def statements(self, database: str, parameters: dict[str, object] | None = None) -> list[str]:
+        text = self.sql.format(db=database, **{**PARAMETERS, **(parameters or {})})
         body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
         return [s.strip() for s in body.split(";") if s.strip()]
 
@@ -76,7 +76,7 @@ def apply_migrations(settings: Settings) -> list[Migration]:
                     "restore it and put the change in a new migration"
                 )
             continue
-        for statement in migration.statements(db):
+        for statement in migration.statements(db, {"reporting_timezone": settings.reporting_timezone}):
             admin.command(statement)
         admin.insert(f"{db}.schema_migrations", [[migration.version, migration.name, migration.checksum]], column_names=["version", "name", "checksum"])
         log.info("migration applied", version=migration.version, name=migration.name)

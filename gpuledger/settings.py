@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -107,6 +108,14 @@ class StackSettings(BaseModel):
     start_timeout_seconds: float = 120.0
 
 
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as UTC or Europe/Berlin") from exc
+    return name
+
+
 class Settings(BaseSettings):
     """All of gpuledger's settings."""
 
@@ -115,6 +124,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     currency: str = "USD"
+    reporting_timezone: Annotated[str, AfterValidator(_known_zone)] = Field(
+        "UTC", description="IANA zone the daily rollups (spend_daily, spend_by_org_daily) count days in; fixed when migration 0008 is applied."
+    )
     kafka: KafkaSettings = KafkaSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     topics: TopicSettings = TopicSettings()

@@ -102,8 +102,8 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
     assert centres == [("CC-2001",), ("CC-2002",)]
 
     # The analyst's view agrees with the ledger once the rollups refresh.
-    client.command("SYSTEM REFRESH VIEW spend_daily")
-    client.command("SYSTEM WAIT VIEW spend_daily")
+    client.command("SYSTEM REFRESH VIEW spend_daily_refresh")
+    client.command("SYSTEM WAIT VIEW spend_daily_refresh")
     view_total, view_tokens = client.query("SELECT sum(total_cost), sum(tokens) FROM spend_by_org_daily").result_rows[0]
     assert view_total == sum(expected.values())
     # Tensor-parallel requests (two GPUs each) are counted once in the view's tokens.
