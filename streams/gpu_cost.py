@@ -19,7 +19,12 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Literal, TypeVar
 
 from schemas import LedgerLine, OrgDirectory, Price
-from schemas.keys import gpu_share_line_id, idle_line_id, mig_free_line_id, workload_line_id
+from schemas.keys import (
+    gpu_share_line_id,
+    idle_line_id,
+    mig_free_line_id,
+    workload_line_id,
+)
 from streams.pricing import SECONDS_PER_HOUR, ZERO, money
 from streams.workloads import Workload
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Hashable, Iterable
 from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Generic, TypeVar
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
 from schemas import InferenceUsage, ModelEquivalent, Price
 

@@ -21,7 +21,12 @@ import pytest
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import new_producer
-from gpuledger.reference_import import ReferenceFileError, import_equivalents, import_orgs, import_prices
+from gpuledger.reference_import import (
+    ReferenceFileError,
+    import_equivalents,
+    import_orgs,
+    import_prices,
+)
 from gpuledger.settings import Settings
 from gpuledger.unit_costs import comparisons, unit_costs
 from schemas import InferenceUsage, LedgerLine, codec_for
