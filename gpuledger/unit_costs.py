@@ -46,13 +46,7 @@ class UnitCost:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    group: str
-    llm_model: str
-    hosting: str
-    tokens: int
-    usage_cost: Decimal
-    allocation_cost: Decimal
+class Comparison(UnitCost):
     api_equivalent_cost: Decimal | None
     requests_without_equivalent: int
     serving_hours: int

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "deploy" / "local" / "demo"
 T = TypeVar("T")
 
 
@@ -142,3 +144,18 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 def caught_up(settings: Settings) -> bool:
     return asyncio.run(consumer_lag(settings, [settings.topics.inference_usage, settings.topics.gpu_samples])) == 0
+
+
+@contextmanager
+def demo_worker(base: Settings, name: str, data_dir: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """An isolated namespace with the demo's org directory and prices loaded, and a running worker process."""
+    from gpuledger.reference_import import import_orgs, import_prices
+
+    settings = isolated(base, name)
+    asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
+    asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
+    worker = WorkerProcess(settings, data_dir).start()
+    try:
+        yield settings, worker
+    finally:
+        worker.stop()

@@ -17,24 +17,18 @@ import pytest
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import new_producer
-from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
 from schemas import GpuSample, InferenceUsage, codec_for
-from tests.support import ROOT, WorkerProcess, caught_up, isolated, wait_until
+from tests.support import WorkerProcess, caught_up, demo_worker, wait_until
 
-DEMO = ROOT / "deploy" / "local" / "demo"
 GPU = "GPU-late-0000-0000-0000-000000000001"
 pytestmark = pytest.mark.engines
 
 
 @pytest.fixture
 def late(stack_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
-    settings = isolated(stack_settings, "late_windows")
-    asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
-    asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
-    worker = WorkerProcess(settings, tmp_path / "worker").start()
-    yield settings, worker
-    worker.stop()
+    with demo_worker(stack_settings, "late_windows", tmp_path / "worker") as running:
+        yield running
 
 
 def samples(window: datetime) -> list[GpuSample]:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-
 from rich.console import Console
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options, new_producer
-from gpuledger.reference_import import import_orgs, import_prices
-from gpuledger.report import render, spend_by_org_model
+from gpuledger.reference_import import import_prices
 from gpuledger.report import org_totals as report_totals
+from gpuledger.report import render, spend_by_org_model
 from gpuledger.settings import Settings
 from gpuledger.simulate import publish_fleet
 from schemas import InferenceUsage, codec_for
@@ -27,8 +26,8 @@ from tests.support import (
     ROOT,
     WorkerProcess,
     caught_up,
+    demo_worker,
     expected_totals,
-    isolated,
     org_totals,
     wait_until,
 )
@@ -40,12 +39,8 @@ pytestmark = pytest.mark.engines
 @pytest.fixture
 def pipeline(stack_settings: Settings, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
     """A namespace of its own (topics, group, database), reference data loaded, and a running worker."""
-    settings = isolated(stack_settings, request.node.name.removeprefix("test_")[:40])
-    asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
-    asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
-    worker = WorkerProcess(settings, tmp_path / "worker").start()
-    yield settings, worker
-    worker.stop()
+    with demo_worker(stack_settings, request.node.name.removeprefix("test_")[:40], tmp_path / "worker") as running:
+        yield running
 
 
 def fleet_start(minutes: int) -> datetime:

@@ -24,17 +24,23 @@ from gpuledger.kafka import new_producer
 from gpuledger.reference_import import (
     ReferenceFileError,
     import_equivalents,
-    import_orgs,
     import_prices,
 )
 from gpuledger.settings import Settings
 from gpuledger.unit_costs import comparisons, unit_costs
 from schemas import InferenceUsage, LedgerLine, codec_for
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
-from tests.support import ROOT, WorkerProcess, isolated, settings_env, wait_until
+from tests.support import (
+    DEMO,
+    ROOT,
+    WorkerProcess,
+    demo_worker,
+    isolated,
+    settings_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.engines
-DEMO = ROOT / "deploy" / "local" / "demo"
 W = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 DAY = (date(2026, 11, 2), date(2026, 11, 3))
 GPU = "GPU-unit-0001"
@@ -138,12 +144,8 @@ def test_cli_formats_and_bad_ranges(ledger: Settings, tmp_path: Path) -> None:
 
 @pytest.fixture
 def worker_env(stack_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
-    settings = isolated(stack_settings, "api_equivalents")
-    asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
-    asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
-    worker = WorkerProcess(settings, tmp_path / "worker").start()
-    yield settings, worker
-    worker.stop()
+    with demo_worker(stack_settings, "api_equivalents", tmp_path / "worker") as running:
+        yield running
 
 
 def test_worker_prices_each_request_at_its_equivalents_price_in_force(worker_env: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
