@@ -135,16 +135,21 @@ class GpuAllocator:
 
     def sample_windows(self, units: list[str], start: datetime, end: datetime) -> dict[tuple[str, datetime], SampleWindow]:
         """Samples of every GPU belonging to ``units`` (the GPUs themselves and their MIG instances) in [start, end)."""
+        instances = [gpu for (gpu,) in self._query(  # the bloom filter on mig_parent_uuid keeps this cheap
+            f"SELECT DISTINCT gpu_uuid FROM {self.db}.gpu_samples WHERE mig_parent_uuid IN {{units:Array(String)}} "
+            "AND interval_start >= {start:DateTime64(6)} AND interval_start < {end:DateTime64(6)}",
+            units=units, start=start, end=end,
+        )]
         windows: dict[tuple[str, datetime], SampleWindow] = {}
         for gpu, interval_start, micros, util, processes, node, model, parent, profile, slices, parent_slices in self._query(
             f"""
             SELECT gpu_uuid, interval_start, dateDiff('microsecond', interval_start, interval_end), utilization_pct, processes,
                    node, gpu_model, mig_parent_uuid, mig_profile, mig_slices, mig_parent_slices
             FROM {self.db}.gpu_samples FINAL
-            WHERE (gpu_uuid IN {{units:Array(String)}} OR mig_parent_uuid IN {{units:Array(String)}})
+            WHERE gpu_uuid IN {{gpus:Array(String)}}
               AND interval_start >= {{start:DateTime64(6)}} AND interval_start < {{end:DateTime64(6)}}
             ORDER BY gpu_uuid, interval_start""",
-            units=units, start=start, end=end,
+            gpus=sorted({*units, *instances}), start=start, end=end,
         ):
             key = (gpu, self._window_of(_utc(interval_start)))
             mig = MigSlice(parent, profile, int(slices), int(parent_slices)) if parent else None

@@ -12,6 +12,11 @@ ALTER TABLE {db}.gpu_samples
 
 ALTER TABLE {db}.gpu_samples MATERIALIZE INDEX ingested_at_minmax;
 
+-- The allocator finds a parent GPU's MIG instances by mig_parent_uuid (not in the primary key).
+ALTER TABLE {db}.gpu_samples ADD INDEX IF NOT EXISTS mig_parent_bloom mig_parent_uuid TYPE bloom_filter GRANULARITY 4;
+
+ALTER TABLE {db}.gpu_samples MATERIALIZE INDEX mig_parent_bloom;
+
 ALTER TABLE {db}.usage_events
     ADD INDEX IF NOT EXISTS ingested_at_minmax ingested_at TYPE minmax GRANULARITY 1;
 
