@@ -40,9 +40,13 @@ console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI lo
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
 
-def fail(message: str) -> typer.Exit:
+# Exit codes of every gpuledger command (README "Exit codes").
+EXIT_REFUSED, EXIT_CONFIG, EXIT_MISSING, EXIT_SPOOLED, EXIT_RESOURCE = 1, 2, 3, 4, 5
+
+
+def fail(message: str, code: int = EXIT_REFUSED) -> typer.Exit:
     console.print(f"[bold red]error:[/bold red] {message}")
-    return typer.Exit(1)
+    return typer.Exit(code)
 
 
 @app.callback()
@@ -52,7 +56,7 @@ def main(config: Annotated[Path | None, typer.Option(help="YAML settings file (d
     try:
         settings = get_settings()
     except Exception as exc:
-        raise fail(f"invalid configuration: {exc}") from exc
+        raise fail(f"invalid configuration: {exc}", EXIT_CONFIG) from exc
     configure_logging(settings.log_level, settings.log_format)
 
 
@@ -91,7 +95,7 @@ def stack_status() -> None:
     engines = local.status(_settings().stack)
     _print_status(engines)
     if any(e.pid is None for e in engines):
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_MISSING)
 
 
 def _print_status(engines: list[Any]) -> None:
@@ -124,9 +128,16 @@ def topics() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run the stream worker (Faust) until SIGTERM."""
+    """Run the stream worker (Faust) until SIGTERM (stops within worker.shutdown_grace_seconds)."""
+    from streams import metrics
     from streams.app import run_worker
 
+    w = _settings().worker
+    try:
+        metrics.serve(w.metrics_port, w.metrics_host)
+    except OSError as exc:
+        raise fail(f"cannot serve the worker's metrics on {w.metrics_host}:{w.metrics_port}: {exc.strerror or exc}; "
+                   "free the port or set GPULEDGER_WORKER__METRICS_PORT (0 turns metrics off)", EXIT_RESOURCE) from None
     run_worker(_settings())
 
 

@@ -14,8 +14,9 @@ import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, localcontext
 
+from gpuledger.limits import MONEY_CONTEXT
 from schemas import InferenceUsage, Price
 
 NANO = Decimal("0.000000001")
@@ -25,8 +26,8 @@ ZERO = Decimal(0)
 
 
 def money(value: Decimal, rounding: str = ROUND_HALF_EVEN) -> Decimal:
-    """Round to the ledger's 9 decimal places."""
-    return value.quantize(NANO, rounding=rounding)
+    """Round to the ledger's 9 decimal places (in the wide money context: never a silent 28-digit rounding)."""
+    return value.quantize(NANO, rounding=rounding, context=MONEY_CONTEXT)
 
 
 class PriceBook:
@@ -54,8 +55,9 @@ def api_cost(usage: InferenceUsage, price: Price) -> Decimal:
     cached_price = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else input_price
     output_price = price.output_per_mtok or ZERO
     cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)
-    total = (usage.prompt_tokens - cached) * input_price + cached * cached_price + usage.completion_tokens * output_price
-    return money(total / MILLION)
+    with localcontext(MONEY_CONTEXT):
+        total = (usage.prompt_tokens - cached) * input_price + cached * cached_price + usage.completion_tokens * output_price
+        return money(total / MILLION)
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,15 @@ def allocate_window(
     ``window_cost * utilization`` (capped to 0..100 %); each payer gets
     ``busy * its_tokens / all_tokens`` rounded down; idle is what remains.
     """
-    window_cost = money(per_hour * gpu_seconds / SECONDS_PER_HOUR)
-    total_tokens = sum(tokens.values())
-    if total_tokens <= 0:
-        return Allocation(window_cost, ZERO, {}, window_cost)
-    utilization = min(max(utilization_pct, ZERO), Decimal(100)) / Decimal(100)
-    busy = money(window_cost * utilization, ROUND_DOWN)
-    shares = {group: money(busy * count / total_tokens, ROUND_DOWN) for group, count in tokens.items() if count > 0}
-    return Allocation(window_cost, busy, shares, window_cost - sum(shares.values(), ZERO))
+    with localcontext(MONEY_CONTEXT):
+        window_cost = money(per_hour * gpu_seconds / SECONDS_PER_HOUR)
+        total_tokens = sum(tokens.values())
+        if total_tokens <= 0:
+            return Allocation(window_cost, ZERO, {}, window_cost)
+        utilization = min(max(utilization_pct, ZERO), Decimal(100)) / Decimal(100)
+        busy = money(window_cost * utilization, ROUND_DOWN)
+        shares = {group: money(busy * count / total_tokens, ROUND_DOWN) for group, count in tokens.items() if count > 0}
+        return Allocation(window_cost, busy, shares, window_cost - sum(shares.values(), ZERO))
 
 
 def utilization_decimal(value: float) -> Decimal:
