@@ -133,6 +133,20 @@ async def read_compacted(kafka: KafkaSettings, topic: str) -> dict[bytes, bytes]
         await consumer.stop()
 
 
+async def read_all(kafka: KafkaSettings, topic: str) -> list[Any]:
+    """Every message of ``topic`` from its start to its current end, in partition then offset order (aiokafka ConsumerRecords)."""
+    consumer = _reader(kafka)
+    await consumer.start()
+    try:
+        ends = await assign_from_beginning(consumer, topic)
+        found: list[Any] = []
+        while not all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+            found += [m for messages in (await consumer.getmany(timeout_ms=500)).values() for m in messages]
+        return sorted(found, key=lambda m: (m.partition, m.offset))
+    finally:
+        await consumer.stop()
+
+
 class CompactedView:
     """The latest value of every key of a compacted topic, kept current for as long as ``run`` runs.
 
