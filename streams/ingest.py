@@ -110,7 +110,7 @@ class DeadLetters:
         if value is not None and len(value) > MAX_DEAD_LETTER_VALUE:
             headers.append(("x-value-omitted", f"{len(value)} bytes; read it at its origin offset".encode()))
             value = None
-        self._queued.append((self.topic, key, value, headers))
+        self._queued.append((self.topic, key if key is not None or value is not None else b"", value, headers))
         self._counts.append((topic, stage))
 
     async def settle(self) -> None:
