@@ -86,3 +86,15 @@ def test_allocated_plus_idle_always_equals_window_cost(seed: int) -> None:
 def test_utilization_is_capped_between_zero_and_hundred() -> None:
     over = allocate_window(per_hour=Decimal(1), gpu_seconds=Decimal(3600), utilization_pct=Decimal(130), tokens={("a",): 1})
     assert over.shares[("a",)] == Decimal(1) and over.idle == 0
+
+
+def test_the_largest_accepted_request_is_priced_exactly() -> None:
+    """Max tokens × max price (gpuledger.limits) stays exact: Python's default 28-digit context would round or raise here."""
+    from gpuledger.limits import MAX_PRICE, MAX_TOKENS
+
+    top = Price(sku="m", kind="token", currency="USD", effective_from=T0, input_per_mtok=MAX_PRICE - Decimal("0.000000001"),
+                cached_input_per_mtok=Decimal("0.000000001"), output_per_mtok=MAX_PRICE)
+    cost = api_cost(usage(MAX_TOKENS, MAX_TOKENS, cached=1), top)
+    # ((10^12 - 1) × (10^9 - 10^-9) + 1 × 10^-9 + 10^12 × 10^9) / 10^6 = 1,999,999,999,998,999.999000000000002
+    assert cost == Decimal("1999999999998999.999000000")
+    assert cost.adjusted() < 29  # fits Decimal(38, 9)
