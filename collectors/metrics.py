@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -83,10 +84,22 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+class PortUnavailable(RuntimeError):
+    """The metrics address cannot be bound (in use, or not an address of this host)."""
+
+
 async def serve(app: Starlette, host: str, port: int) -> tuple[_QuietServer, asyncio.Task[None]]:
-    """Start the HTTP server in this loop; returns it (``should_exit = True`` stops it) and its task."""
+    """Start the HTTP server in this loop; returns it (``should_exit = True`` stops it) and its task.
+
+    The socket is bound here, so a port in use is a ``PortUnavailable`` with one clear line
+    (uvicorn itself would log and ``sys.exit(1)``)."""
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        raise PortUnavailable(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; "
+                              "choose another --metrics-port (0 turns it off)") from None
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve(), name="collector-http")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="collector-http")
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if task.done():
