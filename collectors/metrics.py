@@ -43,6 +43,8 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("gpuledger_collector_unattributed_energy_joules", "Energy measured across missed intervals and not attributed.", value=s.unattributed_joules)
         yield CounterMetricFamily("gpuledger_collector_intervals_missed", "Intervals skipped because the agent fell behind.", value=s.intervals_missed)
         yield CounterMetricFamily("gpuledger_collector_kafka_send_failures", "Kafka send attempts that failed.", value=p.send_failures)
+        yield CounterMetricFamily("gpuledger_collector_unencodable", "Samples that could not be Avro-encoded (logged with their id, skipped).", value=p.unencodable)
+        yield CounterMetricFamily("gpuledger_collector_spool_failures", "Records lost because the spool could not be written.", value=p.spool_failures)
         yield GaugeMetricFamily("gpuledger_collector_last_publish_timestamp_seconds", "Wall time of the last Kafka acknowledgement.", value=p.last_publish)
         yield GaugeMetricFamily("gpuledger_collector_spool_bytes", "Bytes held in the spool.", value=self.publisher.spool.size_bytes())
         yield GaugeMetricFamily("gpuledger_collector_devices", "GPUs and MIG instances being sampled.", value=len(self.sampler.entities))
