@@ -15,11 +15,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpuledger.kafka import ensure_topics, read_compacted, table_topic
-from gpuledger.reference_import import publish
+from gpuledger.reference_import import ReferenceFileError, load_yaml, publish
 from gpuledger.settings import Settings
 from schemas import Budget, BudgetStatus, DecodeError, OrgDirectory, Price, codec_for
 from schemas.keys import budget_key
@@ -97,9 +96,11 @@ def parse_specs(entries: list[dict[str, Any]], source: str) -> list[BudgetSpec]:
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise BudgetError(f"{path}: no such file")
-    data = yaml.safe_load(path.read_text())
+    """The entries of a budgets YAML file; BudgetError for a missing, binary or invalid file or a key given twice."""
+    try:
+        data, _ = load_yaml(path)
+    except ReferenceFileError as exc:
+        raise BudgetError(str(exc)) from None
     entries = data.get("budgets") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise BudgetError(f"{path}: expected a non-empty list under 'budgets:'")

@@ -107,12 +107,9 @@ def _text(path: Path) -> str:
         raise ReferenceFileError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); expected YAML or CSV") from None
 
 
-def _read_rows(path: Path, section: str) -> list[tuple[int, Any]]:
-    """(line number, row) for each row of the file."""
+def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """A YAML file's data and node tree (for line numbers); ReferenceFileError for binary files, invalid YAML, duplicate keys."""
     text = _text(path)
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines(keepends=True))
-        return [(reader.line_num, {k: v for k, v in row.items() if v not in ("", None)}) for row in reader]
     try:
         loader = _UniqueKeyLoader(text)
         loader.name = str(path)
@@ -123,13 +120,22 @@ def _read_rows(path: Path, section: str) -> list[tuple[int, Any]]:
             loader.dispose()
     except yaml.YAMLError as exc:
         raise ReferenceFileError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    return data, node
+
+
+def _read_rows(path: Path, section: str) -> list[tuple[int, Any]]:
+    """(line number, row) for each row of the file."""
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(_text(path).splitlines(keepends=True))
+        return [(reader.line_num, {k: v for k, v in row.items() if v not in ("", None)}) for row in reader]
+    data, node = load_yaml(path)
     rows = data.get(section) if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise ReferenceFileError(f"{path}: expected a list under '{section}:' (or a CSV file with a header row)")
     return list(zip(_item_lines(node, section), rows, strict=True))
 
 
-def _item_lines(node: yaml.Node, section: str) -> list[int]:
+def _item_lines(node: yaml.Node | None, section: str) -> list[int]:
     """The line each item of the rows list starts on."""
     if isinstance(node, yaml.MappingNode):
         node = next((v for k, v in node.value if k.value == section), node)
