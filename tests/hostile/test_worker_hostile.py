@@ -30,7 +30,7 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import new_producer, table_topic
 from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
-from schemas import GpuSample, InferenceUsage, Price, codec_for
+from schemas import GpuProcess, GpuSample, InferenceUsage, Price, codec_for
 from schemas.keys import price_key
 from tests.support import ROOT, WorkerProcess, consumer_lag, isolated, settings_env, wait_until
 
@@ -87,6 +87,10 @@ BAD_SAMPLES = [
     ("Inf utilization", SAMPLES.encode(sample("inf-util", utilization_pct=float("inf"))), "utilization_pct = inf is not a finite number"),
     ("150 % utilization", SAMPLES.encode(sample("util150", utilization_pct=150.0)), "utilization_pct = 150.0 is outside 0..100"),
     ("NaN power", SAMPLES.encode(sample("nan-power", power_watts=float("nan"))), "power_watts = nan is not a finite number"),
+    ("-Inf memory utilization", SAMPLES.encode(sample("ninf-mem", memory_utilization_pct=float("-inf"))), "memory_utilization_pct = -inf is not a finite number"),
+    ("Inf energy", SAMPLES.encode(sample("inf-energy", energy_joules=float("inf"))), "energy_joules = inf is not a finite number"),
+    ("NaN process utilization", SAMPLES.encode(sample("nan-proc", processes=[GpuProcess(pid=1, sm_utilization_pct=float("nan"))])),
+     "processes[].sm_utilization_pct = nan is not a finite number"),
     ("negative gpu index", SAMPLES.encode(sample("neg-index", gpu_index=-1)), "gpu_index = -1 is outside 0..65,535"),
     ("negative memory", SAMPLES.encode(sample("neg-mem", memory_used_bytes=-1)), "memory_used_bytes = -1 is outside"),
     ("end before start", SAMPLES.encode(sample("backwards", interval_end=WINDOW - timedelta(seconds=1))), "is not after interval_start"),
@@ -226,6 +230,15 @@ def test_ten_megabyte_messages(hostile: tuple[Settings, WorkerProcess]) -> None:
     letter = wait_until(lambda: [d for d in _letters(settings) if d.origin_offset == offsets[0] and d.origin_topic == settings.topics.inference_usage],
                         30, "the 10 MB event dead-lettered")[0]
     assert "model is 10,000,000 characters long" in letter.reason and letter.value is None
+
+
+def test_a_metrics_port_in_use_stops_the_worker_at_start_with_exit_code_5(hostile: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
+    settings, _ = hostile
+    env = {**os.environ, **settings_env(settings, tmp_path), "GPULEDGER_WORKER__METRICS_PORT": str(METRICS_PORT)}  # the shared worker holds it
+    done = subprocess.run([sys.executable, "-m", "gpuledger.cli", "worker"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 5, done
+    assert f"cannot serve the worker's metrics on 127.0.0.1:{METRICS_PORT}: Address already in use" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_a_poison_row_refused_by_clickhouse_is_isolated_then_replayed_after_the_fix(hostile: tuple[Settings, WorkerProcess]) -> None:
