@@ -16,8 +16,6 @@ so replays never change totals.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,13 +28,14 @@ from gpuledger.kafka import AckedSender, client_options
 from gpuledger.migrate import PARAMETERS
 from gpuledger.settings import Settings
 from schemas import DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
-from streams import metrics, reference
+from streams import reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
 from streams.budgets.evaluator import BudgetEvaluator, Topics
 from streams.enrich import price_usage, resolve_payer
 from streams.ingest import DeadLetters, Ingest, Rows
 from streams.pricing import PriceBook
+from streams.shutdown import GracefulWorker
 from streams.sink import (
     LEDGER_COLUMNS,
     SAMPLE_COLUMNS,
@@ -196,38 +195,6 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-EXIT_FORCED = 6  # README: the worker did not stop within worker.shutdown_grace_seconds
-
-
-class _GracefulWorker(faust.Worker):
-    """A Faust worker that stops within ``grace`` seconds of SIGTERM/SIGINT, whatever it is doing.
-
-    Faust's own shutdown waits for running agents; one stuck retrying an insert would hold it
-    forever. Past the grace period the process exits at once: safe, because offsets are only
-    committed for events already stored or dead-lettered, so the rest is read again.
-    """
-
-    grace: float = 20.0
-
-    def _on_sigterm(self) -> None:
-        self._arm_deadline("SIGTERM")
-        super()._on_sigterm()
-
-    def _on_sigint(self) -> None:
-        self._arm_deadline("SIGINT")
-        super()._on_sigint()
-
-    def _arm_deadline(self, signal_name: str) -> None:
-        def force() -> None:
-            log.error("worker did not stop within its grace period; exiting now (uncommitted events are read again)",
-                      signal=signal_name, grace_seconds=self.grace)
-            os._exit(EXIT_FORCED)
-
-        timer = threading.Timer(self.grace, force)
-        timer.daemon = True
-        timer.start()
-
-
 def run_worker(settings: Settings) -> None:
     """Run the worker until SIGTERM/SIGINT (``gpuledger worker``; the CLI starts ``streams.metrics`` first)."""
     from gpuledger.kafka import ensure_topics
@@ -235,6 +202,6 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings))
     app = create_app(settings)
     app.conf.datadir.mkdir(parents=True, exist_ok=True)
-    worker = _GracefulWorker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker = GracefulWorker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.grace = settings.worker.shutdown_grace_seconds
     worker.execute_from_commandline()
