@@ -9,6 +9,7 @@ from decimal import Decimal
 from rich.table import Table
 
 from gpuledger.clickhouse import connect
+from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import Settings
 
 
@@ -63,7 +64,8 @@ def org_totals(rows: list[SpendRow]) -> dict[str, Decimal]:
 
 
 def _usd(value: Decimal) -> str:
-    return f"{value.quantize(Decimal('0.0001')):,}"
+    """Four decimals, in the wide money context: a figure near Decimal(38, 9)'s range is shown, not an InvalidOperation."""
+    return f"{value.quantize(Decimal('0.0001'), context=MONEY_CONTEXT):,}"
 
 
 def render(rows: list[SpendRow], currency: str) -> Table:
