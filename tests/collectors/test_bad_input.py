@@ -51,3 +51,34 @@ def test_a_metrics_port_in_use_exits_5_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 5, result
     assert f"error: cannot serve /metrics on 127.0.0.1:{PORT}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_spool_that_cannot_be_written_loses_records_counted_and_the_publisher_goes_on(tmp_path: Path) -> None:
+    """Kafka away (nothing listens on the port) and the spool's directory gone (a disk unmounted): each failed
+    spool write is logged and counted, and the sender keeps running for when either comes back."""
+    import asyncio
+    import shutil
+
+    from collectors.publisher import Publisher
+    from collectors.spool import Record, Spool
+    from gpuledger.settings import KafkaSettings
+
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, segment_bytes=1 << 16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    publisher = Publisher(KafkaSettings(bootstrap_servers=f"127.0.0.1:{dead}"), "t", spool, request_timeout_ms=500, retry_seconds=0.1)
+    shutil.rmtree(tmp_path / "spool")
+    (tmp_path / "spool").write_text("now a file")
+    publisher.start()
+    try:
+        publisher.publish([Record(b"k", b"v1"), Record(b"k", b"v2")])
+        for _ in range(100):
+            if publisher.stats.spool_failures >= 2:
+                break
+            await asyncio.sleep(0.05)
+        publisher.publish([Record(b"k", b"v3")])
+        assert publisher.stats.spool_failures == 3
+        assert publisher._task is not None and not publisher._task.done()  # noqa: SLF001 - the sender is alive
+    finally:
+        await publisher.close(timeout=0.5)
