@@ -127,7 +127,8 @@ def _read_rows(path: Path, section: str) -> list[tuple[int, Any]]:
     """(line number, row) for each row of the file."""
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(_text(path).splitlines(keepends=True))
-        return [(reader.line_num, {k: v for k, v in row.items() if v not in ("", None)}) for row in reader]
+        return [(reader.line_num, {k if k is not None else "fields beyond the header": v for k, v in row.items() if v not in ("", None)})
+                for row in reader]
     data, node = load_yaml(path)
     rows = data.get(section) if isinstance(data, dict) else data
     if not isinstance(rows, list):

@@ -90,6 +90,9 @@ def test_duplicate_yaml_keys_binary_files_and_a_bom(tmp_path: Path) -> None:
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("prices:\n  - sku: caf\xe9\n".encode("latin-1"))
     assert "not a UTF-8 text file" in _refusal(latin)
+    extra = tmp_path / "extra.csv"
+    extra.write_text("kind,key,org\napi_key,k1,search,oops\n")
+    assert "row 1 (line 2): fields beyond the header: Extra inputs are not permitted" in _refusal(extra, "orgs")
     bom = tmp_path / "bom.csv"
     bom.write_bytes(b"\xef\xbb\xbfsku,kind,effective_from,per_hour\nH100,gpu_hour,2026-01-01T00:00:00Z,2.49\n")
     assert parse_rows(bom, "prices", PriceRow)[0].per_hour == Decimal("2.49")
