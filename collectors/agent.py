@@ -15,12 +15,12 @@ from collectors.attribution import Attributor
 from collectors.kubelet import PodDirectory
 from collectors.metrics import build_app, serve
 from collectors.podresources.client import PodResourcesClient
-from collectors.publisher import Publisher
+from collectors.publisher import Publisher, PublisherStats, encode_samples
 from collectors.sampler import NvmlSampler
 from collectors.settings import CollectorSettings
 from collectors.spool import Record, Spool
 from gpuledger.settings import Settings
-from schemas import GpuSample, codec_for
+from schemas import GpuSample
 
 log = structlog.get_logger()
 
@@ -36,10 +36,9 @@ def make_nvml(cfg: CollectorSettings, clock: Callable[[], float] = time.time) ->
     return pynvml
 
 
-def to_records(samples: list[GpuSample]) -> list[Record]:
-    """Avro-encode, keyed by GPU uuid so one GPU's samples stay in one partition, in order."""
-    codec = codec_for(GpuSample)
-    return [Record(s.gpu_uuid.encode(), codec.encode(s)) for s in samples]
+def to_records(samples: list[GpuSample], stats: PublisherStats | None = None) -> list[Record]:
+    """Avro-encode, keyed by GPU uuid; unencodable samples are logged, counted and skipped (``encode_samples``)."""
+    return encode_samples(samples, stats if stats is not None else PublisherStats())
 
 
 class Agent:
@@ -73,7 +72,7 @@ class Agent:
             samples = await asyncio.to_thread(self.attributor.attribute, samples)
         else:  # only local /proc reads: a worker thread would cost more than it saves
             samples = self.attributor.attribute(samples)
-        self.publisher.publish(to_records(samples))
+        self.publisher.publish(to_records(samples, self.publisher.stats))
         self.intervals += 1
         log.debug("interval published", devices=len(samples), end=end)
 

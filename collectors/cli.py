@@ -25,7 +25,9 @@ def run(
 ) -> None:
     """Sample every GPU (or MIG instance) each interval and publish to Kafka; SIGTERM flushes and exits."""
     from collectors.agent import Agent
+    from collectors.metrics import PortUnavailable
     from collectors.sampler import NvmlUnavailable
+    from collectors.spool import SpoolUnavailable
     from collectors.settings import CollectorSettings
     from gpuledger.logs import configure_logging
     from gpuledger.settings import get_settings
@@ -52,6 +54,9 @@ def run(
     except NvmlUnavailable as exc:
         say(f"error: {exc}")
         raise typer.Exit(3) from exc
+    except (SpoolUnavailable, PortUnavailable) as exc:  # README "Exit codes": 5, a local resource cannot be used
+        say(f"error: {exc}")
+        raise typer.Exit(5) from None
     if once:
         left = len(agent.spool)
         say(f"{intervals} interval(s), {agent.sampler.stats.samples} sample(s) taken; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +44,8 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("gpuledger_collector_unattributed_energy_joules", "Energy measured across missed intervals and not attributed.", value=s.unattributed_joules)
         yield CounterMetricFamily("gpuledger_collector_intervals_missed", "Intervals skipped because the agent fell behind.", value=s.intervals_missed)
         yield CounterMetricFamily("gpuledger_collector_kafka_send_failures", "Kafka send attempts that failed.", value=p.send_failures)
+        yield CounterMetricFamily("gpuledger_collector_unencodable", "Samples that could not be Avro-encoded (logged with their id, skipped).", value=p.unencodable)
+        yield CounterMetricFamily("gpuledger_collector_spool_failures", "Records lost because the spool could not be written.", value=p.spool_failures)
         yield GaugeMetricFamily("gpuledger_collector_last_publish_timestamp_seconds", "Wall time of the last Kafka acknowledgement.", value=p.last_publish)
         yield GaugeMetricFamily("gpuledger_collector_spool_bytes", "Bytes held in the spool.", value=self.publisher.spool.size_bytes())
         yield GaugeMetricFamily("gpuledger_collector_devices", "GPUs and MIG instances being sampled.", value=len(self.sampler.entities))
@@ -103,10 +106,22 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+class PortUnavailable(RuntimeError):
+    """The metrics address cannot be bound (in use, or not an address of this host)."""
+
+
 async def serve(app: Starlette, host: str, port: int) -> tuple[_QuietServer, asyncio.Task[None]]:
-    """Start the HTTP server in this loop; returns it (``should_exit = True`` stops it) and its task."""
+    """Start the HTTP server in this loop; returns it (``should_exit = True`` stops it) and its task.
+
+    The socket is bound here, so a port in use is a ``PortUnavailable`` with one clear line
+    (uvicorn itself would log and ``sys.exit(1)``)."""
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        raise PortUnavailable(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; "
+                              "choose another --metrics-port (0 turns it off)") from None
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve(), name="collector-http")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="collector-http")
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if task.done():

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from collectors.spool import Record, Spool
 from gpuledger.kafka import new_producer
 from gpuledger.settings import KafkaSettings
+from schemas import GpuSample, codec_for
 
 log = structlog.get_logger()
 
@@ -29,8 +30,27 @@ class PublisherStats:
     published: int = 0
     spooled: int = 0
     send_failures: int = 0
+    unencodable: int = 0  # samples that could not be Avro-encoded (logged with their id, skipped)
+    spool_failures: int = 0  # records lost because the spool could not be written (disk full, read-only)
     last_contact: float = 0.0  # wall time of the last acknowledgement from Kafka
     last_publish: float = 0.0
+
+
+def encode_samples(samples: list[GpuSample], stats: PublisherStats) -> list[Record]:
+    """Avro-encode, keyed by GPU uuid (one GPU's samples stay in one partition, in order).
+
+    A sample that cannot be encoded (a value outside its Avro type, e.g. an index beyond
+    int32) is logged with its id, counted in ``stats.unencodable`` and skipped: the others go on.
+    """
+    codec = codec_for(GpuSample)
+    records = []
+    for s in samples:
+        try:
+            records.append(Record(s.gpu_uuid.encode(), codec.encode(s)))
+        except Exception as exc:  # fastavro raises ValueError, OverflowError, TypeError, struct.error...
+            stats.unencodable += 1
+            log.error("sample cannot be encoded; skipped", sample_id=s.sample_id, error=f"{type(exc).__name__}: {exc}"[:300])
+    return records
 
 
 class Publisher:
@@ -103,7 +123,12 @@ class Publisher:
 
     # -- internals ----------------------------------------------------------------------------
     def _to_spool(self, records: list[Record]) -> None:
-        self.spool.append(records)
+        try:
+            self.spool.append(records)
+        except OSError as exc:  # disk full, directory gone or read-only: count the loss, never stop publishing
+            self.stats.spool_failures += len(records)
+            log.error("spool write failed; records lost", records=len(records), spool=str(self.spool.directory), error=str(exc))
+            return
         self.stats.spooled += len(records)
 
     async def _run(self) -> None:

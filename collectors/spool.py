@@ -46,6 +46,10 @@ def read_segment(path: Path) -> list[Record]:
     return out
 
 
+class SpoolUnavailable(RuntimeError):
+    """The spool directory cannot be created or written; the message says which and why."""
+
+
 class Spool:
     """Ordered, bounded, crash-safe queue of Kafka records on local disk."""
 
@@ -54,9 +58,16 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = min(segment_bytes, max_bytes)
         self.dropped = 0
-        directory.mkdir(parents=True, exist_ok=True)
-        for leftover in directory.glob("*.tmp"):
-            leftover.unlink()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / ".write-probe.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+            for leftover in directory.glob("*.tmp"):
+                leftover.unlink()
+        except OSError as exc:
+            raise SpoolUnavailable(f"spool directory {directory} is not writable ({exc.strerror or exc}); "
+                                   "point --spool-dir / GPULEDGER_COLLECTOR_SPOOL_DIR at a writable directory") from None
         existing = self.segments()
         self._next = (int(existing[-1].stem) + 1) if existing else 0
         self._active: Path | None = None

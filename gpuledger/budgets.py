@@ -11,17 +11,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpuledger.kafka import ensure_topics, read_compacted, table_topic
-from gpuledger.reference_import import publish
+from gpuledger.reference_import import ReferenceFileError, load_yaml, publish
 from gpuledger.settings import Settings
-from schemas import Budget, BudgetStatus, OrgDirectory, Price, codec_for
+from schemas import Budget, BudgetStatus, DecodeError, OrgDirectory, Price, codec_for
 from schemas.keys import budget_key
+
+log = structlog.get_logger()
+R = TypeVar("R")
 
 
 class BudgetError(ValueError):
@@ -40,7 +43,7 @@ class BudgetSpec(BaseModel):
     model: str | None = None
     period: Literal["day", "week", "month"] = "month"
     timezone: str = "UTC"
-    amount: Annotated[Decimal, Field(gt=0, max_digits=38, decimal_places=9)]
+    amount: Annotated[Decimal, Field(gt=0, max_digits=38, decimal_places=9, allow_inf_nan=False)]
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD.")
     thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100], min_length=1)
     mode: Literal["soft", "hard"] = "soft"
@@ -93,20 +96,32 @@ def parse_specs(entries: list[dict[str, Any]], source: str) -> list[BudgetSpec]:
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise BudgetError(f"{path}: no such file")
-    data = yaml.safe_load(path.read_text())
+    """The entries of a budgets YAML file; BudgetError for a missing, binary or invalid file or a key given twice."""
+    try:
+        data, _ = load_yaml(path)
+    except ReferenceFileError as exc:
+        raise BudgetError(str(exc)) from None
     entries = data.get("budgets") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise BudgetError(f"{path}: expected a non-empty list under 'budgets:'")
     return entries
 
 
+async def _records(settings: Settings, topic: str, record_type: type[R]) -> list[R]:
+    """Every live record of a compacted topic; one that cannot be decoded is skipped with a warning (the worker dead-letters it)."""
+    codec, found = codec_for(record_type), []
+    for key, value in (await read_compacted(settings.kafka, topic)).items():
+        try:
+            found.append(codec.decode(value))
+        except DecodeError as exc:
+            log.warning("undecodable record skipped", topic=topic, key=key.decode(errors="replace")[:200], reason=exc.reason)
+    return found
+
+
 async def _known(settings: Settings) -> tuple[list[OrgDirectory], set[str]]:
     """The org directory and the currencies of the price list, read from their topics."""
-    kafka = settings.kafka
-    orgs = [codec_for(OrgDirectory).decode(v) for v in (await read_compacted(kafka, table_topic(settings, "orgs"))).values()]
-    currencies = {codec_for(Price).decode(v).currency for v in (await read_compacted(kafka, table_topic(settings, "prices"))).values()}
+    orgs = await _records(settings, table_topic(settings, "orgs"), OrgDirectory)
+    currencies = {p.currency for p in await _records(settings, table_topic(settings, "prices"), Price)}
     return orgs, currencies
 
 
@@ -146,8 +161,8 @@ async def save(settings: Settings, specs: list[BudgetSpec]) -> list[Budget]:
 async def current(settings: Settings) -> tuple[list[Budget], dict[str, BudgetStatus]]:
     """Every live budget, by id, and the latest standing the worker published for each."""
     await ensure_topics(settings)
-    budgets = [codec_for(Budget).decode(v) for v in (await read_compacted(settings.kafka, table_topic(settings, "budgets"))).values()]
-    statuses = [codec_for(BudgetStatus).decode(v) for v in (await read_compacted(settings.kafka, settings.topics.budget_status)).values()]
+    budgets = await _records(settings, table_topic(settings, "budgets"), Budget)
+    statuses = await _records(settings, settings.topics.budget_status, BudgetStatus)
     return sorted(budgets, key=lambda b: b.budget_id), {s.budget_id: s for s in statuses}
 
 

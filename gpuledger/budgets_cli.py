@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Iterator
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpuledger.budgets import BudgetError, BudgetSpec, current, delete, parse_specs, read_file, save
+from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import get_settings
 
 app = typer.Typer(help="Budgets per org, team or project: alerts at thresholds, forecasts and spikes; hard budgets stop the gateway.", no_args_is_help=True)
@@ -82,12 +83,22 @@ def list_budgets() -> None:
         spent = pct = state = as_of = "-"
         if s is not None and s.amount == b.amount:
             as_of = f"{s.evaluated_at:%H:%M:%S}"
-            spent = f"{s.spend.quantize(CENT, ROUND_HALF_UP):,}"
-            pct = f"{(s.spend * 100 / b.amount).quantize(Decimal('0.1'), ROUND_HALF_UP)}"
+            spent = _shown(s.spend, CENT)
+            pct = _shown(s.spend * 100 / b.amount if b.amount else Decimal("NaN"), Decimal("0.1"), grouped=False)
             state = "[red]exhausted[/red]" if s.exhausted else "ok"
-        table.add_row(b.budget_id, b.scope, f"{b.period} ({b.timezone})", f"{b.amount.quantize(CENT):,} {b.currency}",
+        table.add_row(b.budget_id, b.scope, f"{b.period} ({b.timezone})", f"{_shown(b.amount, CENT)} {b.currency}",
                       ",".join(map(str, b.thresholds)), b.mode, spent, pct, state, as_of)
     console.print(table if budgets else "no budgets; create one with `gpuledger budgets set`")
+
+
+def _shown(value: Decimal, step: Decimal, *, grouped: bool = True) -> str:
+    """``value`` rounded for display; never raises (a huge or non-finite figure is shown as it is)."""
+    with localcontext(MONEY_CONTEXT):
+        try:
+            rounded = value.quantize(step, ROUND_HALF_UP)
+        except ArithmeticError:
+            return str(value)
+    return f"{rounded:,}" if grouped else f"{rounded}"
 
 
 @app.command("delete")

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from collectors.cli import app as collector_app
 from gpuledger.budgets_cli import app as budgets_app
+from gpuledger.dead_letters_cli import app as dead_letters_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
 from inference.cli import app as gateway_app
@@ -39,13 +40,18 @@ app.add_typer(collector_app, name="collector")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(notifier_app, name="notifier")
 app.add_typer(budgets_app, name="budgets")
+app.add_typer(dead_letters_app, name="dead-letters")
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
 
-def fail(message: str) -> typer.Exit:
+# Exit codes of every gpuledger command (README "Exit codes").
+EXIT_REFUSED, EXIT_CONFIG, EXIT_MISSING, EXIT_SPOOLED, EXIT_RESOURCE = 1, 2, 3, 4, 5
+
+
+def fail(message: str, code: int = EXIT_REFUSED) -> typer.Exit:
     console.print(f"[bold red]error:[/bold red] {message}")
-    return typer.Exit(1)
+    return typer.Exit(code)
 
 
 @app.callback()
@@ -55,7 +61,7 @@ def main(config: Annotated[Path | None, typer.Option(help="YAML settings file (d
     try:
         settings = get_settings()
     except Exception as exc:
-        raise fail(f"invalid configuration: {exc}") from exc
+        raise fail(f"invalid configuration: {exc}", EXIT_CONFIG) from exc
     configure_logging(settings.log_level, settings.log_format)
 
 
@@ -94,7 +100,7 @@ def stack_status() -> None:
     engines = local.status(_settings().stack)
     _print_status(engines)
     if any(e.pid is None for e in engines):
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_MISSING)
 
 
 def _print_status(engines: list[Any]) -> None:
@@ -127,9 +133,16 @@ def topics() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run the stream worker (Faust) until SIGTERM."""
+    """Run the stream worker (Faust) until SIGTERM (stops within worker.shutdown_grace_seconds)."""
+    from streams import metrics
     from streams.app import run_worker
 
+    w = _settings().worker
+    try:
+        metrics.serve(w.metrics_port, w.metrics_host)
+    except OSError as exc:
+        raise fail(f"cannot serve the worker's metrics on {w.metrics_host}:{w.metrics_port}: {exc.strerror or exc}; "
+                   "free the port or set GPULEDGER_WORKER__METRICS_PORT (0 turns metrics off)", EXIT_RESOURCE) from None
     run_worker(_settings())
 
 

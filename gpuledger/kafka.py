@@ -58,16 +58,22 @@ class AckedSender:
     def __init__(self, kafka: KafkaSettings) -> None:
         self._kafka = kafka
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
 
     async def send_all(self, topic: str, items: list[tuple[bytes, bytes | None]]) -> None:
         """Send (key, value) pairs in order; ``value=None`` writes a tombstone (deletes ``key`` from a compacted topic)."""
+        await self.send_with_headers([(topic, key, value, []) for key, value in items])
+
+    async def send_with_headers(self, items: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+        """Send (topic, key, value, headers) messages in order and wait for every ack."""
         if not items:
             return
-        if self._producer is None:
-            producer = new_producer(self._kafka, linger_ms=0)
-            await producer.start()
-            self._producer = producer
-        acks = [await self._producer.send(topic, value, key=key) for key, value in items]
+        async with self._starting:
+            if self._producer is None:
+                producer = new_producer(self._kafka, linger_ms=0)
+                await producer.start()
+                self._producer = producer
+        acks = [await self._producer.send(topic, value, key=key, headers=headers or None) for topic, key, value, headers in items]
         await asyncio.gather(*acks)
 
     async def stop(self) -> None:
@@ -128,6 +134,20 @@ async def read_compacted(kafka: KafkaSettings, topic: str) -> dict[bytes, bytes]
         await consumer.stop()
 
 
+async def read_all(kafka: KafkaSettings, topic: str) -> list[Any]:
+    """Every message of ``topic`` from its start to its current end, in partition then offset order (aiokafka ConsumerRecords)."""
+    consumer = _reader(kafka)
+    await consumer.start()
+    try:
+        ends = await assign_from_beginning(consumer, topic)
+        found: list[Any] = []
+        while not all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+            found += [m for messages in (await consumer.getmany(timeout_ms=500)).values() for m in messages]
+        return sorted(found, key=lambda m: (m.partition, m.offset))
+    finally:
+        await consumer.stop()
+
+
 class CompactedView:
     """The latest value of every key of a compacted topic, kept current for as long as ``run`` runs.
 
@@ -177,7 +197,10 @@ class CompactedView:
 
     def _changed(self, changes: dict[bytes, bytes | None]) -> None:
         if changes and self._on_change is not None:
-            self._on_change(changes)
+            try:
+                self._on_change(changes)
+            except Exception:  # a reader's bug must not stall the view (it would reconnect and fail forever)
+                log.exception("compacted view listener failed; keys skipped", topic=self.topic, keys=len(changes))
 
 
 async def _next_batch(consumer: AIOKafkaConsumer) -> list[tuple[bytes, bytes | None]]:

@@ -1,7 +1,10 @@
 """``gpuledger orgs import`` and ``gpuledger prices import``: validate a YAML or CSV file, publish it.
 
 Rows are validated in full before anything is published, so a file with one bad
-row changes nothing; errors name the file, the row and the field.
+row changes nothing; errors name the file, the row, its line and the field. Refused:
+binary or non-UTF-8 files (a UTF-8 byte-order mark is fine), YAML with a key given
+twice in one mapping, two rows for the same thing (an org entry's kind+key, a price's
+kind+SKU+effective time), and prices the ledger cannot hold (``gpuledger.limits``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpuledger.kafka import ensure_topics, new_producer, read_compacted, table_topic
+from gpuledger.limits import price_problem
 from gpuledger.settings import Settings
-from schemas import ModelEquivalent, OrgDirectory, Price, codec_for
+from schemas import DecodeError, ModelEquivalent, OrgDirectory, Price, codec_for
 from schemas.keys import equivalent_key, org_key, price_key
 
 
@@ -31,7 +35,14 @@ def _aware(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-Money = Annotated[Decimal, Field(ge=0, max_digits=38, decimal_places=9)]
+def _fits_ledger(value: Decimal) -> Decimal:
+    problem = price_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False), AfterValidator(_fits_ledger)]
 
 
 class OrgRow(BaseModel):
@@ -80,29 +91,92 @@ class EquivalentRow(BaseModel):
         return ModelEquivalent(**self.model_dump())
 
 
-def _read_rows(path: Path, section: str) -> list[dict[str, Any]]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ReferenceFileError(f"{self.name}: line {line}: key {key!r} appears twice in one mapping (first on line {seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _text(path: Path) -> str:
     if not path.is_file():
         raise ReferenceFileError(f"{path}: no such file")
+    data = path.read_bytes()
+    try:
+        if b"\x00" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\x00"), data.index(b"\x00") + 1, "NUL byte")
+        return data.decode("utf-8-sig")  # a byte-order mark (Excel's CSV export) is fine
+    except UnicodeDecodeError as exc:
+        raise ReferenceFileError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); expected YAML or CSV") from None
+
+
+def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """A YAML file's data and node tree (for line numbers); ReferenceFileError for binary files, invalid YAML, duplicate keys."""
+    text = _text(path)
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ReferenceFileError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    return data, node
+
+
+def _read_rows(path: Path, section: str) -> list[tuple[int, Any]]:
+    """(line number, row) for each row of the file."""
     if path.suffix.lower() == ".csv":
-        with path.open(newline="") as handle:
-            return [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
-    data = yaml.safe_load(path.read_text())
+        reader = csv.DictReader(_text(path).splitlines(keepends=True))
+        return [(reader.line_num, {k if k is not None else "fields beyond the header": v for k, v in row.items() if v not in ("", None)})
+                for row in reader]
+    data, node = load_yaml(path)
     rows = data.get(section) if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise ReferenceFileError(f"{path}: expected a list under '{section}:' (or a CSV file with a header row)")
-    return rows
+    return list(zip(_item_lines(node, section), rows, strict=True))
+
+
+def _item_lines(node: yaml.Node | None, section: str) -> list[int]:
+    """The line each item of the rows list starts on."""
+    if isinstance(node, yaml.MappingNode):
+        node = next((v for k, v in node.value if k.value == section), node)
+    return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
+
+
+def _identity(record: Any) -> str:
+    if isinstance(record, Price):
+        return f"{record.kind} price for {record.sku!r} effective {record.effective_from.isoformat()}"
+    if isinstance(record, ModelEquivalent):
+        return f"equivalent for {record.model!r} effective {record.effective_from.isoformat()}"
+    return f"{record.kind} {record.key!r}"
 
 
 def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | type[EquivalentRow]) -> list[Any]:
     """Every row as a typed record, or ReferenceFileError listing all bad rows."""
-    problems, records = [], []
-    for number, row in enumerate(_read_rows(path, section), start=1):
+    problems, records, first = [], [], {}
+    for number, (line, row) in enumerate(_read_rows(path, section), start=1):
         try:
-            records.append(model.model_validate(row).record())
+            record = model.model_validate(row).record()
         except ValidationError as exc:
             for error in exc.errors():
                 where = ".".join(str(p) for p in error["loc"]) or "row"
-                problems.append(f"{path} row {number}: {where}: {error['msg']}")
+                problems.append(f"{path} row {number} (line {line}): {where}: {error['msg']}")
+            continue
+        identity = _identity(record)
+        if identity in first:
+            problems.append(f"{path} row {number} (line {line}): duplicate {identity} (already on line {first[identity]}); keep one")
+        first.setdefault(identity, line)
+        records.append(record)
     if problems:
         raise ReferenceFileError("nothing imported; fix these rows:\n  " + "\n  ".join(problems))
     if not records:
@@ -138,18 +212,20 @@ async def import_prices(settings: Settings, path: Path) -> list[Price]:
 
 
 async def import_equivalents(settings: Settings, path: Path) -> list[ModelEquivalent]:
-    """Validate and publish API equivalents: all or nothing, each API SKU must have a token price."""
+    """Validate and publish API equivalents: all or nothing; each API SKU must have a token price."""
     equivalents = parse_rows(path, "equivalents", EquivalentRow)
-    problems = []
-    seen: dict[tuple[str, datetime], int] = {}
-    for number, e in enumerate(equivalents, start=1):
-        if (e.model, e.effective_from) in seen:
-            problems.append(f"{path} row {number}: model {e.model!r} from {e.effective_from.isoformat()} repeats row {seen[(e.model, e.effective_from)]}")
-        seen.setdefault((e.model, e.effective_from), number)
-    priced = {p.sku for p in map(codec_for(Price).decode, (await read_compacted(settings.kafka, table_topic(settings, "prices"))).values()) if p.kind == "token"}
-    for number, e in enumerate(equivalents, start=1):
-        if e.api_sku not in priced:
-            problems.append(f"{path} row {number}: api_sku {e.api_sku!r} has no token price; priced SKUs: {', '.join(sorted(priced)) or 'none (import prices first)'}")
+    priced = set()
+    for value in (await read_compacted(settings.kafka, table_topic(settings, "prices"))).values():
+        try:
+            price = codec_for(Price).decode(value)
+        except DecodeError:  # a poison record on the topic is the worker's to dead-letter, not a reason to refuse this file
+            continue
+        if price.kind == "token":
+            priced.add(price.sku)
+    problems = [
+        f"{path} row {number}: api_sku {e.api_sku!r} has no token price; priced SKUs: {', '.join(sorted(priced)) or 'none (import prices first)'}"
+        for number, e in enumerate(equivalents, start=1) if e.api_sku not in priced
+    ]
     if problems:
         raise ReferenceFileError("nothing imported; fix these rows:\n  " + "\n  ".join(problems))
     encode = codec_for(ModelEquivalent).encode

@@ -10,6 +10,7 @@ from decimal import Decimal
 from rich.table import Table
 
 from gpuledger.clickhouse import connect
+from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import Settings
 
 
@@ -92,7 +93,8 @@ def org_totals(rows: list[SpendRow]) -> dict[str, Decimal]:
 
 
 def _usd(value: Decimal) -> str:
-    return f"{value.quantize(Decimal('0.0001')):,}"
+    """Four decimals, in the wide money context: a figure near Decimal(38, 9)'s range is shown, not an InvalidOperation."""
+    return f"{value.quantize(Decimal('0.0001'), context=MONEY_CONTEXT):,}"
 
 
 def _money_columns(table: Table, rows: Sequence[object], columns: tuple[tuple[str, str], ...]) -> None:

@@ -7,14 +7,16 @@ Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
 - ``allocate`` timer (leader only): re-derive GPU window lines from stored rows;
 - ``budgets`` timer (leader only): measure every budget on the ledger, raise alerts,
   publish each budget's standing (see ``streams.budgets.evaluator``).
-Undecodable messages go to the dead-letter topic with the reason and their origin;
-offsets are acknowledged only after a batch is stored (at-least-once), and storage
-is idempotent, so replays never change totals.
+Every event ends stored or in the dead-letter topic with its reason and origin
+(``streams.ingest``: undecodable, out of range, unpriceable, refused by ClickHouse);
+offsets are acknowledged only after that (at-least-once), and storage is idempotent,
+so replays never change totals.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -23,14 +25,17 @@ from faust.types import EventT
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import AckedSender, client_options
+from gpuledger.migrate import PARAMETERS
 from gpuledger.settings import Settings
-from schemas import Codec, DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
+from schemas import DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
 from streams import reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
 from streams.budgets.evaluator import BudgetEvaluator, Topics
 from streams.enrich import price_usage, resolve_payer
+from streams.ingest import DeadLetters, Ingest, Rows
 from streams.pricing import EquivalentBook, PriceBook
+from streams.shutdown import GracefulWorker
 from streams.sink import (
     LEDGER_COLUMNS,
     SAMPLE_COLUMNS,
@@ -41,6 +46,7 @@ from streams.sink import (
     usage_row,
     version_now,
 )
+from streams.validation import TimeWindow, sample_problem, usage_problem
 from streams.workloads import LabelKeys
 
 log = structlog.get_logger()
@@ -77,22 +83,37 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(1.0, w.session_timeout_seconds / 4),
         producer_acks=-1,
         datadir=str(settings.stack.data_dir / "worker" / w.app_id),
+        stream_wait_empty=False,  # unacked events wait in our batches; waiting for them would stall shutdown
     )
-    orgs, prices, budgets = reference.org_table(settings), reference.price_table(settings), reference.budget_table(settings)
-    equivalents = reference.equivalent_table(settings)
+    # -- bad input: dead letters for events and for reference records (streams.ingest) --
+    sender = AckedSender(settings.kafka)
+    reference_rejects = DeadLetters(sender, settings.topics.dead_letter)
+
+    def reject_reference(topic: str, key: bytes, value: bytes, reason: str) -> None:
+        reference_rejects.add(topic, None, None, key, value, "reference", reason)
+
+    orgs, prices, budgets, equivalents = (
+        make(settings, reject_reference)
+        for make in (reference.org_table, reference.price_table, reference.budget_table, reference.equivalent_table)
+    )
     tables = (orgs, prices, budgets, equivalents)
     usage_topic = app.topic(settings.topics.inference_usage, value_serializer="raw", key_serializer="raw")
     samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
-    dead_letter = app.topic(settings.topics.dead_letter, value_serializer="raw", key_serializer="raw")
 
     client = connect(settings.clickhouse)
     sink = ClickHouseSink(client, settings.clickhouse.database)
-    usage_codec = codec_for(InferenceUsage)
-    sample_codec = codec_for(GpuSample)
+    times = TimeWindow(future_skew=timedelta(seconds=w.max_future_skew_seconds), max_age=timedelta(days=PARAMETERS["raw_retention_days"]))
 
     @app.task
     async def follow_reference() -> None:
         await asyncio.gather(*(table.view.run() for table in tables))
+
+    @app.timer(1.0, name="reference-dead-letters")
+    async def settle_reference_rejects() -> None:
+        try:
+            await reference_rejects.settle()
+        except Exception:  # Kafka away: kept queued for the next tick
+            log.exception("could not dead-letter skipped reference records; will retry")
 
     async def reference_loaded() -> None:
         """Nothing is joined or evaluated against a half-read directory, price list or budget set."""
@@ -105,60 +126,51 @@ def create_app(settings: Settings) -> faust.App:
     def price_book() -> PriceBook:
         return PriceBook(prices.values())
 
-    async def to_dead_letter(event: EventT, reason: str) -> None:
-        message = event.message
-        log.warning("message sent to dead-letter topic", topic=message.topic, partition=message.partition, offset=message.offset, reason=reason)
-        await dead_letter.send(
-            key=message.key, value=message.value,
-            headers={
-                "x-reason": reason.encode(), "x-origin-topic": message.topic.encode(),
-                "x-origin-partition": str(message.partition).encode(), "x-origin-offset": str(message.offset).encode(),
-            },
-        )
+    def books() -> tuple[PriceBook, EquivalentBook]:
+        """The price list and the API equivalents, as of this batch."""
+        return price_book(), EquivalentBook(equivalents.values())
 
-    async def decoded(events: list[EventT], codec: Codec[Any]) -> list[tuple[EventT, Any]]:
-        """The batch's records; undecodable messages go to the dead-letter topic instead."""
-        good = []
-        for event in events:
-            try:
-                good.append((event, codec.decode(event.message.value)))
-            except DecodeError as exc:
-                await to_dead_letter(event, exc.reason)
-        return good
+    def usage_rows(event: EventT, record: InferenceUsage, reference_books: tuple[PriceBook, EquivalentBook]) -> Rows:
+        priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), *reference_books)
+        rows: Rows = {"usage_events": [usage_row(priced, event.message.partition, event.message.offset)]}
+        if priced.line is not None:
+            rows["ledger"] = [ledger_row(priced.line, version_now())]
+        return rows
 
-    async def store_usage(events: list[EventT]) -> None:
-        await reference_loaded()
-        book, compared_with = price_book(), EquivalentBook(equivalents.values())
-        rows, lines = [], []
-        for event, record in await decoded(events, usage_codec):
-            priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), book, compared_with)
-            rows.append(usage_row(priced, event.message.partition, event.message.offset))
-            if priced.line is not None:
-                lines.append(priced.line)
-        version = version_now()
-        await sink.insert("usage_events", USAGE_COLUMNS, rows)
-        await sink.insert("ledger", LEDGER_COLUMNS, [ledger_row(line, version) for line in lines])
+    def sample_rows(event: EventT, record: GpuSample, _: None) -> Rows:
+        owner = lookup("node", record.node)
+        return {"gpu_samples": [sample_row(record, owner.org if owner else w.unassigned_org, event.message.partition, event.message.offset)]}
 
-    async def store_samples(events: list[EventT]) -> None:
-        await reference_loaded()
-        rows = []
-        for event, record in await decoded(events, sample_codec):
-            owner = lookup("node", record.node)
-            rows.append(sample_row(record, owner.org if owner else w.unassigned_org, event.message.partition, event.message.offset))
-        await sink.insert("gpu_samples", SAMPLE_COLUMNS, rows)
+    def batched(topic: faust.TopicT, name: str, ingest: Any) -> None:
+        """An agent that stores its topic's events in batches, acking each batch once every event is stored or dead-lettered."""
 
-    def batched(topic: faust.TopicT, name: str, store: Any) -> None:
-        """An agent that stores its topic's events in batches, acking each batch once stored."""
+        async def store(events: list[EventT]) -> None:
+            await reference_loaded()
+            await ingest(events)
 
         async def agent(stream: faust.StreamT) -> None:
-            async with EventBatcher(stream, store, size=w.batch_size, seconds=w.batch_seconds) as batcher:
+            async with EventBatcher(stream, store, size=w.batch_size, seconds=w.batch_seconds, name=name) as batcher:
                 async for event in stream.events():
                     await batcher.add(event)
 
         app.agent(topic, name=name)(agent)
 
-    batched(usage_topic, "usage", store_usage)
-    batched(samples_topic, "samples", store_samples)
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    usage_ingest = Ingest(
+        decode=codec_for(InferenceUsage).decode, check=lambda u: usage_problem(u, now(), times),
+        prepare=usage_rows, begin=books,
+        tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)), sink=sink,
+        refuse=DeadLetters(sender, settings.topics.dead_letter), decode_errors=(DecodeError,),
+    )
+    samples_ingest = Ingest(
+        decode=codec_for(GpuSample).decode, check=lambda s: sample_problem(s, now(), times), prepare=sample_rows,
+        tables=(("gpu_samples", SAMPLE_COLUMNS),), sink=sink,
+        refuse=DeadLetters(sender, settings.topics.dead_letter), decode_errors=(DecodeError,),
+    )
+    batched(usage_topic, "usage", usage_ingest)
+    batched(samples_topic, "samples", samples_ingest)
 
     allocator = GpuAllocator(
         client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,
@@ -193,11 +205,12 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run the worker until SIGTERM/SIGINT (``gpuledger worker``)."""
+    """Run the worker until SIGTERM/SIGINT (``gpuledger worker``; the CLI starts ``streams.metrics`` first)."""
     from gpuledger.kafka import ensure_topics
 
     asyncio.run(ensure_topics(settings))
     app = create_app(settings)
     app.conf.datadir.mkdir(parents=True, exist_ok=True)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker = GracefulWorker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker.grace = settings.worker.shutdown_grace_seconds
     worker.execute_from_commandline()

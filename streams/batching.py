@@ -3,6 +3,11 @@
 Replaces Faust's ``take_events``, which was seen to stall for good after its first
 batch under load. Events are collected by size or age, handed to ``store``, and only
 then acked, so a crash at any point replays them (storage is idempotent).
+
+``store`` settles every event it is given: stored, or sent to the dead-letter topic
+with its reason. If it raises anyway (Kafka away for the dead letters, a bug), the same
+batch is retried with backoff and nothing is acked meanwhile: Faust commits past offsets
+that were never acked, so dropping a batch would lose it for good.
 """
 
 from __future__ import annotations
@@ -13,24 +18,30 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+import structlog
 from faust.types import EventT, StreamT
 
+from streams import metrics
+
 Store = Callable[[list[EventT]], Awaitable[None]]
+log = structlog.get_logger()
 
 
 class EventBatcher:
     """Collects a stream's events and stores them in batches, then acks them."""
 
-    def __init__(self, stream: StreamT, store: Store, *, size: int, seconds: float) -> None:
+    def __init__(self, stream: StreamT, store: Store, *, size: int, seconds: float, name: str = "batch",
+                 max_backoff: float = 10.0) -> None:
         stream.enable_acks = False  # we ack after storing, not when the next event is read
         self.stream, self.store, self.size, self.seconds = stream, store, size, seconds
+        self.name, self.max_backoff = name, max_backoff
         self.pending: list[EventT] = []
         self.oldest = 0.0
         self.lock = asyncio.Lock()
         self.ticker: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> EventBatcher:
-        self.ticker = asyncio.create_task(self._tick())
+        self.ticker = asyncio.create_task(self._tick(), name=f"{self.name}-age-flush")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -47,16 +58,34 @@ class EventBatcher:
             await self.flush()
 
     async def _tick(self) -> None:
+        """Flush batches that waited ``seconds``; flush never raises, and this loop outlives any surprise."""
         while True:
             await asyncio.sleep(self.seconds / 2)
-            if self.pending and time.monotonic() - self.oldest >= self.seconds:
-                await self.flush()
+            try:
+                if self.pending and time.monotonic() - self.oldest >= self.seconds:
+                    await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # pragma: no cover - flush settles or retries; kept so the ticker can never die
+                log.exception("age-based flush failed; will try again", batcher=self.name)
 
     async def flush(self) -> None:
+        """Store the pending batch (retrying until ``store`` settles it), then ack it."""
         async with self.lock:
             batch, self.pending = self.pending, []
             if not batch:
                 return
-            await self.store(batch)
+            delay = 0.2
+            while True:
+                try:
+                    await self.store(batch)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    metrics.BATCH_RETRIES.labels(self.name).inc()
+                    log.exception("batch could not be settled; retrying it (nothing acked)", batcher=self.name, events=len(batch), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff)
             for event in batch:
                 await self.stream.ack(event)

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, Decimal, localcontext
 from typing import Literal, TypeVar
 
+from gpuledger.limits import MONEY_CONTEXT
 from schemas import LedgerLine, OrgDirectory, Price
 from schemas.keys import (
     gpu_share_line_id,
@@ -114,20 +115,24 @@ def mig_rate(gpu_model: str, mig: MigSlice, when: datetime, price_at: Callable[[
     parent = price_at("gpu_hour", gpu_model, when)
     if parent is None or parent.per_hour is None or mig.parent_slices <= 0 or mig.slices <= 0:
         return None
-    return Rate(parent.per_hour * mig.slices / mig.parent_slices, f"{parent.price_id}*{mig.slices}/{mig.parent_slices}", parent.currency, exact=False)
+    with localcontext(MONEY_CONTEXT):
+        per_hour = parent.per_hour * mig.slices / mig.parent_slices
+    return Rate(per_hour, f"{parent.price_id}*{mig.slices}/{mig.parent_slices}", parent.currency, exact=False)
 
 
 def window_cost(rate: Rate, gpu_seconds: Decimal) -> Decimal:
-    value = rate.per_hour * gpu_seconds / SECONDS_PER_HOUR
-    return money(value) if rate.exact else money(value, ROUND_DOWN)
+    with localcontext(MONEY_CONTEXT):
+        value = rate.per_hour * gpu_seconds / SECONDS_PER_HOUR
+        return money(value) if rate.exact else money(value, ROUND_DOWN)
 
 
 def split_down(total: Decimal, weights: Mapping[K, Decimal | int]) -> dict[K, Decimal]:
     """``total x weight / Σ weights`` for each positive weight, rounded down (the caller books the residue)."""
-    whole = sum((Decimal(w) for w in weights.values()), ZERO)
-    if whole <= 0:
-        return {}
-    return {key: money(total * Decimal(w) / whole, ROUND_DOWN) for key, w in weights.items() if w > 0}
+    with localcontext(MONEY_CONTEXT):  # weights reach 10^19 (memory bytes x microseconds): keep every digit
+        whole = sum((Decimal(w) for w in weights.values()), ZERO)
+        if whole <= 0:
+            return {}
+        return {key: money(total * Decimal(w) / whole, ROUND_DOWN) for key, w in weights.items() if w > 0}
 
 
 def workload_weights(workloads: Mapping[str, Workload]) -> tuple[str, dict[str, Decimal | int]]:
@@ -164,7 +169,8 @@ def derive_lines(
 
     lines: list[LedgerLine] = []
     if window_tokens > 0:
-        busy = money(cost * min(max(facts.utilization, ZERO), Decimal(100)) / Decimal(100), ROUND_DOWN)
+        with localcontext(MONEY_CONTEXT):
+            busy = money(cost * min(max(facts.utilization, ZERO), Decimal(100)) / Decimal(100), ROUND_DOWN)
         idle = cost - busy
         token_shares = {group: tokens.share for group, tokens in facts.groups.items()}
         for group, amount in sorted(split_down(busy, token_shares).items()):
@@ -196,7 +202,8 @@ def mig_free_line(
 ) -> LedgerLine:
     """The parent's window cost that no instance carries (free slices and rounding residue), as the node owner's idle."""
     assert parent_price.per_hour is not None
-    parent_cost = money(parent_price.per_hour * parent_seconds / SECONDS_PER_HOUR)
+    with localcontext(MONEY_CONTEXT):
+        parent_cost = money(parent_price.per_hour * parent_seconds / SECONDS_PER_HOUR)
     return LedgerLine(
         line_id=mig_free_line_id(parent, int(window.timestamp())), kind="idle", event_time=window, window_seconds=window_seconds,
         org=node_owner.org, team=node_owner.team, project=node_owner.project, cost_centre=node_owner.cost_centre,

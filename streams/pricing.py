@@ -13,9 +13,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Hashable, Iterable
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Generic, TypeVar
 
+from gpuledger.limits import MONEY_CONTEXT
 from schemas import InferenceUsage, ModelEquivalent, Price
 
 T = TypeVar("T")
@@ -27,8 +28,8 @@ ZERO = Decimal(0)
 
 
 def money(value: Decimal, rounding: str = ROUND_HALF_EVEN) -> Decimal:
-    """Round to the ledger's 9 decimal places."""
-    return value.quantize(NANO, rounding=rounding)
+    """Round to the ledger's 9 decimal places (in the wide money context: never a silent 28-digit rounding)."""
+    return value.quantize(NANO, rounding=rounding, context=MONEY_CONTEXT)
 
 
 class EffectiveBook(Generic[T]):
@@ -80,10 +81,6 @@ def api_cost(usage: InferenceUsage, price: Price) -> Decimal:
     cached_price = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else input_price
     output_price = price.output_per_mtok or ZERO
     cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)
-    total = (usage.prompt_tokens - cached) * input_price + cached * cached_price + usage.completion_tokens * output_price
-    return money(total / MILLION)
-
-
-def utilization_decimal(value: float) -> Decimal:
-    """Utilization as an exact Decimal percent with 4 decimals (floats never touch money)."""
-    return Decimal(repr(round(value, 4))).quantize(Decimal("0.0001"))
+    with localcontext(MONEY_CONTEXT):
+        total = (usage.prompt_tokens - cached) * input_price + cached * cached_price + usage.completion_tokens * output_price
+        return money(total / MILLION)

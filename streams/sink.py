@@ -2,14 +2,17 @@
 
 Rows are keyed by event or line id in ReplacingMergeTree tables, so writing a batch
 again (a retry, a replay after a crash) replaces rows instead of adding to totals.
-A failed insert is retried until it succeeds: the worker only acknowledges Kafka
-offsets after its batch is stored, so giving up would lose events.
+A transient failure (network, server down or overloaded) is retried until the insert
+succeeds: the worker only acknowledges Kafka offsets after its batch is stored, so giving
+up would lose events. Rows ClickHouse refuses for their content are isolated by
+bisection and handed back with the error, so one poison row never blocks a partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -17,8 +20,10 @@ from typing import Any
 
 import structlog
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
 from schemas import GpuSample, LedgerLine
+from streams import metrics
 from streams.enrich import PricedUsage
 
 log = structlog.get_logger()
@@ -80,8 +85,52 @@ def version_now() -> int:
     return time.time_ns() // 1000
 
 
+# ClickHouse error codes that mean "this data cannot be stored" (retrying cannot help); every other
+# server error (unknown table, auth, memory, too many parts, timeouts, ...) is retried.
+DATA_ERROR_CODES = frozenset({
+    6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 349, 407, 469,
+    # CANNOT_PARSE_TEXT, _QUOTED_STRING, _INPUT_ASSERTION_FAILED, _DATE, _DATETIME, TYPE_MISMATCH,
+    # ARGUMENT_OUT_OF_BOUND, CANNOT_CONVERT_TYPE, CANNOT_PARSE_NUMBER, INCORRECT_DATA, TOO_LARGE_STRING_SIZE,
+    # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN, DECIMAL_OVERFLOW, VIOLATED_CONSTRAINT
+})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when an insert failed for a reason that waiting can fix (network, server down or overloaded).
+
+    Permanent: the client could not serialize a value (clickhouse-connect's DataError, or the
+    OverflowError / ValueError / TypeError of a value out of the column's range), or the
+    server refused the data itself (``DATA_ERROR_CODES``). Everything else is retried,
+    because dead-lettering good rows over a broken deployment would be worse than waiting.
+    """
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DataError | OverflowError | ValueError | TypeError):
+        return False
+    if isinstance(exc, DatabaseError):
+        return _error_code(exc) not in DATA_ERROR_CODES
+    return True
+
+
+def _error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    found = re.search(r"Code: (\d+)", str(exc))
+    return int(found[1]) if found else None
+
+
+class PoisonRows(RuntimeError):
+    """Rows ClickHouse refused for their content; ``refused`` maps each row's index to the error."""
+
+    def __init__(self, table: str, refused: dict[int, str]) -> None:
+        super().__init__(f"{len(refused)} row(s) refused by {table}: {next(iter(refused.values()), '')}")
+        self.refused = refused
+
+
 class ClickHouseSink:
-    """Inserts batches into the ledger database, retrying with backoff until stored."""
+    """Inserts batches into the ledger database: transient failures are retried with backoff until
+    stored; rows refused for their content are isolated by bisection and reported, never retried."""
 
     def __init__(self, client: Client, database: str, max_backoff: float = 10.0) -> None:
         self.client = client
@@ -89,14 +138,40 @@ class ClickHouseSink:
         self.max_backoff = max_backoff
 
     async def insert(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> None:
-        if not rows:
-            return
+        """Store every row or raise ``PoisonRows`` (after storing all the others)."""
+        refused = await self.store(table, columns, rows)
+        if refused:
+            raise PoisonRows(table, refused)
+
+    async def store(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> dict[int, str]:
+        """Store ``rows``; returns the index and error text of each row refused for its content."""
+        refused: dict[int, str] = {}
+        pending = [(0, len(rows))] if rows else []
+        while pending:  # bisect: a refused range is split until each refused row stands alone
+            start, end = pending.pop()
+            error = await self._insert_retrying(table, columns, rows[start:end])
+            if error is None:
+                continue
+            if end - start == 1:
+                refused[start] = error
+                metrics.POISON_ROWS.labels(table).inc()
+                log.error("clickhouse refused a row; isolating it", table=table, row=start, error=error)
+            else:
+                middle = (start + end) // 2
+                pending += [(middle, end), (start, middle)]
+        return refused
+
+    async def _insert_retrying(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> str | None:
+        """Insert once it works; the error text when the rows themselves are refused."""
         delay = 0.2
         while True:
             try:
                 await asyncio.to_thread(self.client.insert, f"{self.database}.{table}", rows, column_names=list(columns))
-                return
-            except Exception as exc:  # network, server restart, overload: all retried
+                return None
+            except Exception as exc:
+                if not is_transient(exc):
+                    return f"{type(exc).__name__}: {str(exc)[:500]}"
+                metrics.STORE_RETRIES.labels(table).inc()
                 log.warning("clickhouse insert failed; retrying", table=table, rows=len(rows), error=str(exc)[:300], retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)

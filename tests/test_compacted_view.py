@@ -85,3 +85,39 @@ async def test_backoff_starts_over_after_a_connection_that_worked(monkeypatch: p
     with pytest.raises(asyncio.CancelledError):
         await view.run()
     assert waits == [1.0, 2.0, 4.0, 1.0, 2.0]
+
+
+async def test_a_failing_listener_does_not_stall_the_view(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader whose callback raises (a bug, a record it cannot handle) must not break the connection (a reconnect
+    would wait out a backoff, and re-reads the topic each time) nor stop later updates."""
+    connections: list[object] = []
+    real_reader = kafka_module._reader  # noqa: SLF001
+
+    def counting_reader(kafka: KafkaSettings) -> object:
+        connections.append(kafka)
+        return real_reader(kafka)
+
+    monkeypatch.setattr(kafka_module, "_reader", counting_reader)
+    topic = await _compacted_topic(stack_settings)
+    producer = AIOKafkaProducer(**client_options(stack_settings.kafka), acks="all")
+    await producer.start()
+    seen: list[dict[bytes, bytes | None]] = []
+
+    def listener(changes: dict[bytes, bytes | None]) -> None:
+        seen.append(changes)
+        if len(seen) == 1:
+            raise ValueError("listener bug")
+
+    view = CompactedView(stack_settings.kafka, topic, on_change=listener)
+    try:
+        await producer.send_and_wait(topic, b"1", key=b"a")
+        task = asyncio.create_task(view.run())
+        await asyncio.wait_for(view.caught_up.wait(), 30)
+        await producer.send_and_wait(topic, b"2", key=b"b")
+        await _until(lambda: len(seen) >= 2, "the update after the failing call")
+        assert seen == [{b"a": b"1"}, {b"b": b"2"}] and view.latest == {b"a": b"1", b"b": b"2"}
+        assert len(connections) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()

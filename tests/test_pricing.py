@@ -51,3 +51,15 @@ def test_price_book_picks_the_version_in_force_at_event_time() -> None:
     assert book.at("token", "gpt-4o-mini", change - timedelta(microseconds=1)) == MINI
     assert book.at("token", "gpt-4o-mini", change) == new
     assert book.at("gpu_hour", "gpt-4o-mini", change) is None
+
+
+def test_the_largest_accepted_request_is_priced_exactly() -> None:
+    """Max tokens × max price (gpuledger.limits) stays exact: Python's default 28-digit context would round or raise here."""
+    from gpuledger.limits import MAX_PRICE, MAX_TOKENS
+
+    top = Price(sku="m", kind="token", currency="USD", effective_from=T0, input_per_mtok=MAX_PRICE - Decimal("0.000000001"),
+                cached_input_per_mtok=Decimal("0.000000001"), output_per_mtok=MAX_PRICE)
+    cost = api_cost(usage(MAX_TOKENS, MAX_TOKENS, cached=1), top)
+    # ((10^12 - 1) × (10^9 - 10^-9) + 1 × 10^-9 + 10^12 × 10^9) / 10^6 = 1,999,999,999,998,999.999000000000002
+    assert cost == Decimal("1999999999998999.999000000")
+    assert cost.adjusted() < 29  # fits Decimal(38, 9)

@@ -70,3 +70,20 @@ def test_set_list_and_delete_through_the_cli(budget_env: Settings, tmp_path: Pat
 def test_spec_defaults() -> None:
     spec = BudgetSpec.model_validate({"id": "d", "org": "o", "amount": "1.5"})
     assert (spec.period, spec.timezone, spec.currency, spec.thresholds, spec.mode) == ("month", "UTC", "USD", [50, 80, 100], "soft")
+
+
+def test_list_shows_figures_of_any_size_and_skips_what_it_cannot_decode(budget_env: Settings, tmp_path: Path) -> None:
+    """A 29-digit amount (what Decimal(38, 9) holds) made `budgets list` die with decimal.InvalidOperation;
+    an undecodable record on the budgets topic made it die with a traceback."""
+    from gpuledger.reference_import import publish
+
+    env = {**os.environ, **settings_env(budget_env, tmp_path), "COLUMNS": "250"}
+    env.pop("GPULEDGER_CONFIG", None)
+    made = subprocess.run([sys.executable, "-m", "gpuledger.cli", "budgets", "set", "huge", "--org", "research", "--amount",
+                           "12345678901234567890123456789"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    asyncio.run(publish(budget_env, "budgets", [(b"garbage", b"\x00\x00\x00\x00\x08not avro")]))
+    listed = subprocess.run([sys.executable, "-m", "gpuledger.cli", "budgets", "list"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "12,345,678,901,234,567,890,123,456,789.00 USD" in listed.stdout
+    assert "Traceback" not in listed.stdout + listed.stderr
