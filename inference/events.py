@@ -18,6 +18,8 @@ ENDPOINTS: dict[str, str] = {
     "/v1/embeddings": "embeddings",
 }
 NO_USAGE = Usage()
+# Longest model name (and key id) an event carries: what a client sends is cut to this, so no one writes unbounded rows.
+MAX_MODEL_CHARS = 256
 
 
 def key_id_for_secret(secret: str) -> str:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from gpuledger.settings import Settings
+from inference.events import MAX_MODEL_CHARS
 
 # Credentials, and headers the gateway itself sets per upstream request or that describe the client's own connection.
 NEVER_FORWARDED = frozenset({
@@ -96,6 +97,12 @@ class GatewayConfig(BaseModel):
         default_factory=lambda: ["x-request-id", "traceparent", "tracestate"],
         description="Client request headers passed on to the backend (tracing and correlation only; never credentials).",
     )
+    header_timeout_s: float = Field(10.0, gt=0, description="Close a client connection whose request headers are not complete this long after it opened or its previous response ended (slowloris).")
+    body_timeout_s: float = Field(30.0, gt=0, description="Answer 408 when a request body takes longer than this to arrive.")
+    idle_timeout_s: float = Field(75.0, gt=0, description="Close a kept-alive client connection idle this long between requests.")
+    max_client_connections: int = Field(4096, ge=1, description="Client connections and requests in flight; beyond it new requests get 503.")
+    max_model_chars: int = Field(MAX_MODEL_CHARS, ge=1, le=MAX_MODEL_CHARS, description="Longest model name accepted (longer: 400); events never carry more.")
+    budget_retry_after_max_s: int = Field(3600, ge=1, description="Cap of Retry-After on budget 429s (otherwise the seconds until the budget period ends).")
     enforce_budgets: bool = Field(True, description="Refuse requests (429) of scopes whose hard budget is exhausted, as published by the stream worker.")
     kafka_settings_file: Path | None = Field(None, description="gpuledger settings YAML; default: GPULEDGER_* env and ./gpuledger.yaml.")
 

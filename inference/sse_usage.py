@@ -19,6 +19,7 @@ _LF_END = b"\n\n"
 _ANY_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}")
 # A chunk that carries generated text (vLLM sends one token per such chunk by default).
 _TOKEN_MARKERS = (b'"content":', b'"text":', b'"reasoning_content":', b'"arguments":')
+_DONE = b"[DONE]"
 # What replaces per-chunk usage hidden from a client: vLLM's /v1/completions writes null when not asked; chat omits the member.
 _BLANK = {"completions": b',"usage":null'}
 
@@ -101,7 +102,7 @@ class SseUsageScanner:
     ``endpoint`` (the event's name for it) decides what a hidden per-chunk usage leaves behind.
     """
 
-    __slots__ = ("_blank", "_hide", "_orphan_lf", "_tail", "relayed", "usage")
+    __slots__ = ("_blank", "_hide", "_orphan_lf", "_tail", "finished", "relayed", "usage")
 
     def __init__(self, hide: StreamUsage | None, endpoint: str = "chat.completions") -> None:
         self._hide = hide or StreamUsage(final=False, each=False)
@@ -110,6 +111,7 @@ class SseUsageScanner:
         self._orphan_lf = False  # a dropped event ended on a CR whose LF is still to come
         self.usage: Usage | None = None
         self.relayed = 0
+        self.finished = False  # the stream's final event has been released: [DONE], or a usage chunk the client asked for
 
     @property
     def rewrites(self) -> bool:
@@ -153,10 +155,13 @@ class SseUsageScanner:
             if _carries_token(event):
                 self.relayed += 1
             if USAGE_KEY not in event:
+                if event.endswith(_DONE) and event.rpartition(b"data:")[2].strip() == _DONE:
+                    self.finished = True
                 kept.append((event, end))
                 continue
             if _is_usage_only_chunk(event):
                 self.usage = find_usage(event) or self.usage
+                self.finished = not self._hide.final
                 if self._hide.final:
                     changed = True
                     if event.startswith(b"\n"):  # the LF of the previous (kept) event's CRLF, its read having ended on the CR

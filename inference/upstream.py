@@ -9,15 +9,20 @@ httpx/httpcore spent per request (measured: see the README's gateway benchmark).
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import structlog
 from yarl import URL
 
 from inference.gateway_config import GatewayConfig
+from inference.metrics import UPSTREAM_DURATION, UPSTREAM_RESPONSES
 from inference.routing import Upstream
+from inference.upstream_headers import passed_through
 
 log = structlog.get_logger()
 Headers = Sequence[tuple[str, str]]
@@ -36,11 +41,11 @@ class UpstreamFailure(Exception):
 
 @dataclass(slots=True)
 class Answer:
-    """The upstream that answered, its status, its request id, and its body (None while a stream is still open)."""
+    """The upstream that answered, its status, the headers passed on to the client, and its body (None while a stream is still open)."""
 
     upstream: Upstream
     status: int
-    request_id: str | None
+    headers: list[tuple[bytes, bytes]]
     content: bytes | None
     _response: aiohttp.ClientResponse
 
@@ -85,34 +90,51 @@ class UpstreamClient:
             sent = [("Content-Type", "application/json"), ("Accept-Encoding", "identity"), *headers]
             if upstream.auth:
                 sent.append(("Authorization", upstream.auth))
+            started = time.perf_counter()
             try:
                 response = await self._session.post(self._url(upstream, path), data=body, headers=sent, allow_redirects=False, timeout=self._timeouts[name])
             except TimeoutError:
+                _upstream_status(name, "timeout").inc()
                 failure = UpstreamFailure(504, f"backend {name!r} did not answer within its timeout", "upstream_timeout", upstream)
                 log.warning("upstream_timeout", backend=name, attempt=i + 1)
                 continue
-            except aiohttp.ClientError as exc:
-                failure = UpstreamFailure(502, f"backend {name!r} is unreachable ({type(exc).__name__})", "upstream_unavailable", upstream)
+            except (aiohttp.ClientError, ValueError) as exc:  # ValueError: headers or status line aiohttp could not parse
+                _upstream_status(name, "unreachable").inc()
+                failure = UpstreamFailure(502, f"backend {name!r} is unreachable or sent an invalid response ({type(exc).__name__})", "upstream_unavailable", upstream)
                 log.warning("upstream_unreachable", backend=name, attempt=i + 1, error=type(exc).__name__)
                 continue
-            status, request_id = response.status, response.headers.get("x-request-id")
+            _upstream_duration(name).observe(time.perf_counter() - started)
+            status = response.status
+            _upstream_status(name, str(status)).inc()
             if status in self._fallback and i < last:
                 response.close()
                 log.warning("upstream_failed_falling_back", backend=name, status=status)
                 continue
             if stream and status < 400:
-                return Answer(upstream, status, request_id, None, response)
+                return Answer(upstream, status, passed_through(response.raw_headers), None, response)
             try:
                 content = await response.read()
             except TimeoutError:
                 failure = UpstreamFailure(504, f"backend {name!r} stopped answering within its timeout", "upstream_timeout", upstream)
                 continue
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, ValueError) as exc:
+                _upstream_status(name, "broken").inc()
                 failure = UpstreamFailure(502, f"backend {name!r} broke the connection ({type(exc).__name__})", "upstream_unavailable", upstream)
                 continue
             finally:
                 response.release()
             if status >= 500:
                 raise UpstreamFailure(502, f"backend {name!r} failed with HTTP {status}", "upstream_error", upstream, content)
-            return Answer(upstream, status, request_id, content, response)
+            return Answer(upstream, status, passed_through(response.raw_headers), content, response)
         raise failure
+
+
+@functools.cache
+def _upstream_status(backend: str, status: str) -> Any:
+    """The labelled child, looked up once per (backend, status)."""
+    return UPSTREAM_RESPONSES.labels(backend, status)
+
+
+@functools.cache
+def _upstream_duration(backend: str) -> Any:
+    return UPSTREAM_DURATION.labels(backend)

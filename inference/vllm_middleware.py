@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
-from inference.events import ENDPOINTS, Placement, RequestMeter, key_id_for_secret
+from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret
 from inference.meter_config import MeterSettings
 from inference.openai_usage import StreamUsage, Usage, find_usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
@@ -76,7 +76,7 @@ class UsageMeteringMiddleware:
 class MeteredRequest:
     """One metered request: the replayed body, the watched response, the event at the end."""
 
-    __slots__ = ("body", "chunks", "complete", "disconnected", "endpoint", "hidden", "meter", "mw", "receive", "replayed", "request", "scanner", "scope", "send", "status")
+    __slots__ = ("body", "chunks", "complete", "endpoint", "hidden", "meter", "mw", "receive", "replayed", "request", "scanner", "scope", "send", "status")
 
     def __init__(self, mw: UsageMeteringMiddleware, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.mw, self.endpoint, self.scope, self.receive, self.send = mw, endpoint, scope, receive, send
@@ -85,7 +85,6 @@ class MeteredRequest:
         self.replayed = False
         self.status = 0
         self.complete = False
-        self.disconnected = False
         self.hidden: StreamUsage | None = None
         self.request: dict[str, Any] = {}
         self.scanner: SseUsageScanner | None = None
@@ -107,8 +106,7 @@ class MeteredRequest:
         failed = False
         try:
             await self.mw.app(scope, self._receive, self._send)
-        except (OSError, asyncio.CancelledError, ClientDisconnect):  # how servers and apps report a client gone mid-response
-            self.disconnected = True
+        except (OSError, asyncio.CancelledError, ClientDisconnect):  # a client gone mid-response: ok or not by what it was sent
             raise
         except BaseException:
             failed = True
@@ -120,10 +118,11 @@ class MeteredRequest:
         if not self.replayed:
             self.replayed = True
             return {"type": "http.request", "body": self.body, "more_body": False}
-        message = await self.receive()
-        if message["type"] == "http.disconnect" and not self.complete:
-            self.disconnected = True
-        return message
+        return await self.receive()
+
+    def _delivered(self) -> bool:
+        """The body has ended, or a stream's final event ([DONE], or the usage chunk the client asked for) went out."""
+        return self.complete or (self.scanner is not None and self.scanner.finished)
 
     async def _send(self, message: Message) -> None:
         kind = message["type"]
@@ -153,13 +152,14 @@ class MeteredRequest:
         streamed = self.scanner is not None
         if failed or self.status >= 400:
             status, usage = "error", None
-        elif self.disconnected or not self.complete:
+        elif not self._delivered():  # a disconnect after the final event is a client that read all it wanted
             status, usage = "client_disconnected", self._usage()
         else:
             status, usage = "ok", self._usage()
         model = self.request.get("model")
+        model = model[:MAX_MODEL_CHARS] if isinstance(model, str) else ""
         event = self.meter.event(
-            key_id=self.mw.key_id(self.scope), model=model if isinstance(model, str) else "", placement=self.mw.placement,
+            key_id=self.mw.key_id(self.scope)[:MAX_MODEL_CHARS], model=model, placement=self.mw.placement,
             usage=usage, status=status, streamed=streamed,
         )
         self.mw.publisher.submit(event)
