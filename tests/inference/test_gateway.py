@@ -26,6 +26,7 @@ from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
 from tests.inference.streaming_client import hang_up_after
 from tests.inference.usage_tap import UsageTap
+from tests.promtool import check_metrics
 
 RUN = uuid.uuid4().hex[:8]
 KEY_ID = f"key-search-{RUN}"
@@ -243,7 +244,11 @@ async def test_models_embeddings_and_metrics(client: httpx.AsyncClient, tap: Usa
     [event] = await tap.events(ours(since), 1)
     assert (event.endpoint, event.prompt_tokens, event.completion_tokens) == ("embeddings", 4, 0)
     metrics = (await client.get("/metrics")).text
+    check_metrics(metrics)
     assert "gpuledger_usage_events_published_total" in metrics and 'gpuledger_gateway_requests_total{endpoint="embeddings",status="ok"}' in metrics
+    assert 'gpuledger_gateway_request_duration_seconds_count{endpoint="embeddings"}' in metrics
+    assert 'gpuledger_gateway_upstream_duration_seconds_bucket{backend="vllm-8b",le="0.005"}' in metrics
+    assert 'gpuledger_gateway_upstream_responses_total{backend="vllm-8b",status="200"}' in metrics
 
 
 async def test_tracing_headers_go_upstream_credentials_do_not_and_the_request_id_comes_back(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:
