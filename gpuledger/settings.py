@@ -69,6 +69,8 @@ class WorkerSettings(BaseModel):
     restate_hours: float = Field(6.0, gt=0, description="Windows younger than this are re-allocated when late events arrive; older ones are final.")
     unassigned_org: str = Field("unassigned", description="Org booked for identities missing from the directory.")
     session_timeout_seconds: float = Field(10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on).")
+    metrics_host: str = Field("127.0.0.1", description="Address of the worker's /metrics and /healthz.")
+    metrics_port: int = Field(9403, ge=0, le=65535, description="Port of /metrics and /healthz; 0 turns them off.")
 
 
 class BudgetSettings(BaseModel):

@@ -25,7 +25,7 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import AckedSender, client_options
 from gpuledger.settings import Settings
 from schemas import Codec, DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
-from streams import reference
+from streams import metrics, reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
 from streams.budgets.evaluator import BudgetEvaluator, Topics
@@ -84,13 +84,19 @@ def create_app(settings: Settings) -> faust.App:
     dead_letter = app.topic(settings.topics.dead_letter, value_serializer="raw", key_serializer="raw")
 
     client = connect(settings.clickhouse)
-    sink = ClickHouseSink(client, settings.clickhouse.database)
+    sink = metrics.CountingSink(ClickHouseSink(client, settings.clickhouse.database))
     usage_codec = codec_for(InferenceUsage)
     sample_codec = codec_for(GpuSample)
 
     @app.task
     async def follow_reference() -> None:
         await asyncio.gather(*(table.view.run() for table in tables))
+
+    @app.task
+    async def serve_metrics() -> None:
+        health = metrics.WorkerHealth({table.view.topic: table.view for table in tables})
+        if w.metrics_port and metrics.serve_http(w.metrics_host, w.metrics_port, health):
+            await metrics.measure_lag(settings.kafka, w.app_id, [settings.topics.inference_usage, settings.topics.gpu_samples], health)
 
     async def reference_loaded() -> None:
         """Nothing is joined or evaluated against a half-read directory, price list or budget set."""
@@ -106,6 +112,7 @@ def create_app(settings: Settings) -> faust.App:
     async def to_dead_letter(event: EventT, reason: str) -> None:
         message = event.message
         log.warning("message sent to dead-letter topic", topic=message.topic, partition=message.partition, offset=message.offset, reason=reason)
+        metrics.DEAD_LETTERS.labels(message.topic).inc()
         await dead_letter.send(
             key=message.key, value=message.value,
             headers={
@@ -149,7 +156,7 @@ def create_app(settings: Settings) -> faust.App:
         """An agent that stores its topic's events in batches, acking each batch once stored."""
 
         async def agent(stream: faust.StreamT) -> None:
-            async with EventBatcher(stream, store, size=w.batch_size, seconds=w.batch_seconds) as batcher:
+            async with EventBatcher(stream, metrics.timed_batch(name, store), size=w.batch_size, seconds=w.batch_seconds) as batcher:
                 async for event in stream.events():
                     await batcher.add(event)
 
@@ -168,7 +175,8 @@ def create_app(settings: Settings) -> faust.App:
     async def allocate() -> None:
         try:
             await reference_loaded()
-            await allocator.run_once()
+            with metrics.timed(metrics.PASS_SECONDS, metrics.PASS_FAILURES, "allocate"):
+                await allocator.run_once()
         except Exception:  # a failed pass is retried on the next tick; its inputs are still in ClickHouse
             log.exception("gpu allocation pass failed")
 
@@ -182,7 +190,8 @@ def create_app(settings: Settings) -> faust.App:
     async def evaluate_budgets() -> None:
         try:
             await reference_loaded()
-            await evaluator.run_once()
+            with metrics.timed(metrics.PASS_SECONDS, metrics.PASS_FAILURES, "budgets"):
+                await evaluator.run_once()
         except Exception:  # retried on the next tick; ledger and raised alerts are in ClickHouse
             log.exception("budget evaluation failed")
 
