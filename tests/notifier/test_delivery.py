@@ -10,6 +10,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
@@ -20,6 +21,7 @@ from streams.notifier import Route, Target
 from streams.notifier.state import DeliveryState
 from tests.notifier.conftest import Running, alert, notifier_settings, publish, wait_until
 from tests.notifier.fake_slack import FakeSlack
+from tests.promtool import check_metrics
 
 pytestmark = pytest.mark.engines
 
@@ -203,11 +205,14 @@ async def test_routing_and_permanent_failures(stack_settings: Settings, slack: F
     assert "/services/" not in logged, "a webhook URL reached the logs"
 
 
-async def test_cli_process_delivers_and_stops_on_sigterm(stack_settings: Settings, slack: FakeSlack, tmp_path: Path) -> None:
+async def test_cli_process_delivers_serves_metrics_and_stops_on_sigterm(stack_settings: Settings, slack: FakeSlack, tmp_path: Path) -> None:
     hook = slack.new_hook("cli")
+    slack.then(hook, 429, "rate_limited", Retry_After="0")
     ns = notifier_settings(tmp_path, default=Target(name="ops", url=hook))
     config = tmp_path / "notifier.yaml"
-    config.write_text(f"topic: {ns.topic}\ngroup_id: {ns.group_id}\nstate_dir: {ns.state_dir}\ndefault: {{name: ops, url: '{hook}'}}\n")
+    port = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "20000")) + 320
+    config.write_text(f"topic: {ns.topic}\ngroup_id: {ns.group_id}\nstate_dir: {ns.state_dir}\ndefault: {{name: ops, url: '{hook}'}}\n"
+                      f"metrics_port: {port}\nbackoff_base_s: 0.05\n")
     await publish(stack_settings, ns, [alert(pct=80, spend="800")])
     env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
            "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url, "GPULEDGER_CONFIG": str(tmp_path / "none.yaml")}
@@ -217,6 +222,9 @@ async def test_cli_process_delivers_and_stops_on_sigterm(stack_settings: Setting
     try:
         await wait_until(lambda: len(slack.messages(hook)) >= 1 or proc.poll() is not None, timeout=20, what="the CLI's message")
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        await asyncio.sleep(0.3)  # the commit after the delivery
+        metrics = (await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+        health = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/healthz", timeout=5)
         proc.send_signal(signal.SIGTERM)
         output = (await asyncio.to_thread(proc.communicate, timeout=15))[0].decode()
     finally:
@@ -226,3 +234,8 @@ async def test_cli_process_delivers_and_stops_on_sigterm(stack_settings: Setting
     assert len(slack.messages(hook)) == 1
     assert "/services/" not in output
     assert await committed(stack_settings, ns.group_id, ns.topic) == 1
+    check_metrics(metrics)
+    for line in ('gpuledger_notifier_deliveries_total{outcome="delivered"} 1.0', 'gpuledger_notifier_attempts_total{status="429"} 1.0',
+                 'gpuledger_notifier_attempts_total{status="200"} 1.0', 'gpuledger_notifier_alerts_waiting{partition="0"} 0.0'):
+        assert line in metrics.splitlines(), line
+    assert health.status_code == 200 and health.json()["consuming"] is True
