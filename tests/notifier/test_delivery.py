@@ -222,8 +222,17 @@ async def test_cli_process_delivers_serves_metrics_and_stops_on_sigterm(stack_se
     try:
         await wait_until(lambda: len(slack.messages(hook)) >= 1 or proc.poll() is not None, timeout=20, what="the CLI's message")
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        await asyncio.sleep(0.3)  # the commit after the delivery
-        metrics = (await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+        scraped = [""]
+
+        async def settled() -> bool:  # the alert is settled and committed a moment after Slack saw it
+            scraped[0] = (await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+            return 'gpuledger_notifier_alerts_waiting{partition="0"} 0.0' in scraped[0]
+
+        for _ in range(100):
+            if await settled():
+                break
+            await asyncio.sleep(0.1)
+        metrics = scraped[0]
         health = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/healthz", timeout=5)
         proc.send_signal(signal.SIGTERM)
         output = (await asyncio.to_thread(proc.communicate, timeout=15))[0].decode()
