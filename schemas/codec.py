@@ -38,6 +38,7 @@ REGISTRY: dict[int, str] = {
     10: "budget_status.v1",
     11: "inference_usage.v3",
     12: "gpu_sample.v2",
+    13: "budget_alert.v3",
 }
 
 # The version each typed record is read as and written with.
@@ -47,7 +48,7 @@ CURRENT: dict[type, int] = {
     records.OrgDirectory: 4,
     records.Price: 5,
     records.LedgerLine: 6,
-    records.BudgetAlert: 9,
+    records.BudgetAlert: 13,
     records.Budget: 8,
     records.BudgetStatus: 10,
 }

@@ -66,7 +66,7 @@ async def test_three_thresholds_give_three_messages_and_replays_none(stack_setti
     assert f["Budget amount"] == "1,000.00 USD"
     assert f["Percent of budget"] == "81.2%"
     assert f["Kind"] == "threshold (80%)"
-    assert f["Period"] == "2027-03-01 to 2027-04-01"
+    assert f["Period"] == "1–31 Mar 2027 (UTC)"
     assert "Forecast breach" not in f
     assert got[0]["text"].startswith(":warning: Budget 50% threshold")
     assert await committed(stack_settings, ns.group_id, ns.topic) == 3
