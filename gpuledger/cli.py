@@ -22,6 +22,7 @@ from collectors.cli import app as collector_app
 from gpuledger.budgets_cli import app as budgets_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
+from gpuledger.topics_cli import app as topics_app
 from inference.cli import app as gateway_app
 from streams.notifier.cli import app as notifier_app
 
@@ -36,6 +37,7 @@ app.add_typer(collector_app, name="collector")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(notifier_app, name="notifier")
 app.add_typer(budgets_app, name="budgets")
+app.add_typer(topics_app, name="topics")
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
@@ -83,6 +85,20 @@ def stack_down() -> None:
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
+@stack_app.command("kafka-tool", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def stack_kafka_tool(ctx: typer.Context, tool: Annotated[str, typer.Argument(help="topics | consumer-groups | console-consumer")]) -> None:
+    """Run one of Kafka's CLI tools from the stack's jars, e.g. `gpuledger stack kafka-tool consumer-groups --describe --all-groups`."""
+    from gpuledger.stack.kafka import tool_command
+    from gpuledger.stack.processes import StackError
+
+    settings = _settings()
+    try:
+        command = tool_command(settings.stack, tool, list(ctx.args), settings.kafka.bootstrap_servers)
+    except StackError as exc:
+        raise fail(str(exc)) from exc
+    raise typer.Exit(subprocess.call(command))
+
+
 @stack_app.command("status")
 def stack_status() -> None:
     """Show which engines run, with pid, port and log."""
@@ -111,15 +127,6 @@ def migrate() -> None:
     except MigrationError as exc:
         raise fail(str(exc)) from exc
     console.print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in done))
-
-
-@app.command()
-def topics() -> None:
-    """Create gpuledger's Kafka topics if missing (the worker also does this at start)."""
-    from gpuledger.kafka import ensure_topics
-
-    created = asyncio.run(ensure_topics(_settings()))
-    console.print(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
 @app.command()
