@@ -32,11 +32,12 @@ from gpuledger.settings import Settings
 from inference.asgi_body import BodyTooLarge, ClientGone, Receive, Scope, Send, header, read_body
 from inference.auth import KeyRing
 from inference.budget_guard import BudgetGuard
-from inference.errors import error_body, send_error, send_json
+from inference.dialects import Dialect, dialect_for
+from inference.errors import error_body, send_json
 from inference.events import ENDPOINTS, Placement, RequestMeter
 from inference.gateway_config import GatewayConfig, VirtualKey
 from inference.metrics import REFUSALS, REQUEST_DURATION, REQUESTS
-from inference.openai_usage import StreamUsage, Usage, find_usage, rewrite_request, stream_usage
+from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
 from inference.repeats import RecentIds
 from inference.routing import Router, Upstream
@@ -162,11 +163,16 @@ async def internal_error(_: Request, exc: Exception) -> Response:
 
 
 class OpenAIRoute:
-    """One metered OpenAI endpoint (an ASGI app, so Starlette hands it the raw scope/receive/send)."""
+    """One metered endpoint (an ASGI app, so Starlette hands it the raw scope/receive/send), speaking its API's dialect."""
 
     def __init__(self, gateway: Gateway, path: str, endpoint: str) -> None:
         self.gw, self.suffix, self.endpoint = gateway, path.removeprefix("/v1"), endpoint
-        self.forward = frozenset(h.lower().encode() for h in gateway.config.forward_headers)
+        self.dialect: Dialect = dialect_for(endpoint)
+        self.forward = frozenset(h.lower().encode() for h in gateway.config.forward_headers) | frozenset(self.dialect.forwarded)
+
+    async def _error(self, send: Send, status: int, message: str, kind: str, code: str | None = None, param: str | None = None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send_json(send, status, self.dialect.error_body(message, kind, code, param, status), headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         meter = RequestMeter(self.endpoint)
@@ -182,14 +188,14 @@ class OpenAIRoute:
         except Rejected as exc:
             outcome.status = "rejected"
             _refusals_counter(exc.reason).inc()
-            await send_json(send, exc.status, error_body(exc.message, exc.kind, exc.code, exc.param), exc.headers)
+            await self._error(send, exc.status, exc.message, exc.kind, exc.code, exc.param, exc.headers)
         except ClientGone:
             outcome.status = "client_disconnected"
         except Exception as exc:  # noqa: BLE001 - whatever an upstream sent, the client gets an answer and the request is metered
             outcome.status = "error"
             log.error("gateway_request_failed", endpoint=self.endpoint, error=type(exc).__name__)
             if not outcome.started:
-                await send_error(send, 502, f"The gateway could not relay the backend's answer ({type(exc).__name__}).", "upstream_error", "upstream_invalid_response")
+                await self._error(send, 502, f"The gateway could not relay the backend's answer ({type(exc).__name__}).", "upstream_error", "upstream_invalid_response")
         finally:
             _requests_counter(self.endpoint, outcome.status).inc()
             _duration(self.endpoint).observe(time.perf_counter() - meter.started)
@@ -264,8 +270,9 @@ class OpenAIRoute:
             raise Rejected(429, _exhausted_message(hard), kind="insufficient_quota", code="budget_exceeded", reason="budget",
                            headers=_dont_retry_before(hard.period_end, self.gw.config.budget_retry_after_max_s))
         stream = request.get("stream") is True
-        bodies = [rewrite_request(body, request, usage=_usage_asked(request, u), model=u.model) for u in upstreams]
+        bodies = [rewrite_request(body, request, usage=self._usage_asked(request, u), model=u.model) for u in upstreams]
         forwarded = [(k.decode("latin-1"), clean.decode("latin-1")) for k, v in scope["headers"] if k in self.forward and (clean := clean_value(v)) is not None]
+        forwarded += [(name, value) for name, value in self.dialect.default_headers if all(k != name for k, _ in forwarded)]
         assert self.gw.upstream is not None
         try:
             answer = await self.gw.upstream.call(upstreams, self.suffix, bodies, stream=stream, headers=forwarded)
@@ -273,7 +280,7 @@ class OpenAIRoute:
             outcome.status = "error"
             if failure.upstream is not None:
                 outcome.placement = failure.upstream.placement
-            await send_error(send, failure.status, failure.message, "upstream_error", failure.code)
+            await self._error(send, failure.status, failure.message, "upstream_error", failure.code)
             return
         outcome.placement = answer.upstream.placement
         outcome.model = answer.upstream.model
@@ -282,15 +289,22 @@ class OpenAIRoute:
         else:
             await self._reply(send, answer, outcome)
 
+    def _usage_asked(self, request: dict[str, Any], upstream: Upstream) -> StreamUsage | None:
+        """What a stream asks this upstream for; per-chunk usage only of vLLM (OpenAI's API would refuse the option).
+
+        Responses and Messages streams always end with their usage: nothing to ask for.
+        """
+        return stream_usage(request, continuous=upstream.backend.kind == "vllm") if self.dialect.asks_stream_usage else None
+
     async def _reply(self, send: Send, answer: Answer, outcome: Outcome) -> None:
         """A whole JSON answer; upstream 4xx pass through (normalized to OpenAI's error shape)."""
         content = answer.content or b""
         status = answer.status
         if status >= 400:
             outcome.status = "error"
-            content = _openai_error(content, status)
+            content = self.dialect.normalized_error(content, status)
         else:
-            outcome.usage = find_usage(content)
+            outcome.usage = self.dialect.find_usage(content)
         outcome.complete = outcome.started = True
         await send_json(send, status, content, answer.headers)
 
@@ -300,7 +314,7 @@ class OpenAIRoute:
         Usage is taken however the stream ends, so a client that hangs up is charged for what it was sent.
         """
         outcome.streamed = True
-        scanner = SseUsageScanner(_usage_asked(request, answer.upstream), self.endpoint)
+        scanner = SseUsageScanner(self._usage_asked(request, answer.upstream), self.endpoint)
         try:
             outcome.started = True
             await send({"type": "http.response.start", "status": answer.status, "headers": SSE_HEADERS + answer.headers})
@@ -317,7 +331,7 @@ class OpenAIRoute:
             except Exception as exc:  # read errors/timeouts mid-stream: nothing can fall back now
                 outcome.status = "error"
                 log.warning("upstream_stream_broken", backend=answer.upstream.backend.name, error=type(exc).__name__)
-                tail = b"data: " + error_body(f"backend {answer.upstream.backend.name!r} broke off the stream ({type(exc).__name__})", "upstream_error", "upstream_stream_broken") + b"\n\n"
+                tail = self.dialect.stream_error(f"backend {answer.upstream.backend.name!r} broke off the stream ({type(exc).__name__})", "upstream_stream_broken")
             outcome.complete = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
@@ -338,9 +352,6 @@ def _plain(amount: Decimal) -> str:
     return format(amount.normalize(), "f")
 
 
-def _usage_asked(request: dict[str, Any], upstream: Upstream) -> StreamUsage | None:
-    """What a stream asks this upstream for; per-chunk usage only of vLLM (OpenAI's API would refuse the option)."""
-    return stream_usage(request, continuous=upstream.backend.kind == "vllm")
 
 
 def _dont_retry_before(period_end: datetime, cap_s: int) -> list[tuple[bytes, bytes]]:
@@ -363,18 +374,6 @@ def _refusals_counter(reason: str) -> Any:
 @functools.cache
 def _duration(endpoint: str) -> Any:
     return REQUEST_DURATION.labels(endpoint)
-
-
-def _openai_error(content: bytes, status: int) -> bytes:
-    """Keep OpenAI-shaped errors; wrap others (vLLM's ``{"object": "error", "message": ...}``, plain text)."""
-    try:
-        parsed = json.loads(content)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return content
-    message = parsed.get("message") if isinstance(parsed, dict) else None
-    return error_body(str(message or content[:500].decode("utf-8", "replace") or f"upstream HTTP {status}"), "invalid_request_error" if status < 500 else "upstream_error", str(status))
 
 
 async def metrics(_: Request) -> Response:

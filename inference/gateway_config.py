@@ -27,7 +27,8 @@ class Backend(BaseModel):
     """One upstream OpenAI-compatible server."""
 
     name: str
-    kind: Literal["vllm", "openai"] = Field(description="vllm: self-hosted (events carry node/GPUs); openai: any external OpenAI-compatible API.")
+    kind: Literal["vllm", "openai", "anthropic"] = Field(
+        description="vllm: self-hosted (events carry node/GPUs); openai: any external OpenAI-compatible API; anthropic: Anthropic's API (key sent as x-api-key).")
     base_url: str = Field(description="Up to and including /v1, e.g. http://vllm-8b:8000/v1.")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream API key.")
     timeout_s: float = Field(60.0, gt=0, description="Longest wait for the upstream's next byte.")

@@ -63,7 +63,13 @@ def usage_from_dict(usage: dict[str, Any]) -> Usage:
 
 
 def find_usage(body: bytes) -> Usage | None:
-    """The last non-null ``"usage": {...}`` member of a JSON document (or SSE event), if any."""
+    """The last non-null ``"usage": {...}`` member of a JSON document (or SSE event) as OpenAI chat usage, if any."""
+    found = find_usage_dict(body)
+    return usage_from_dict(found) if found is not None else None
+
+
+def find_usage_dict(body: bytes) -> dict[str, Any] | None:
+    """The last non-null ``"usage": {...}`` member of a JSON document (or SSE event), undecoded fields and all."""
     end = len(body)
     while (at := body.rfind(USAGE_KEY, 0, end)) != -1:
         end = at
@@ -79,7 +85,7 @@ def find_usage(body: bytes) -> Usage | None:
             obj, _ = DECODER.raw_decode(value.decode("utf-8", "replace"))
         except ValueError:
             return None
-        return usage_from_dict(obj) if isinstance(obj, dict) else None
+        return obj if isinstance(obj, dict) else None
     return None
 
 
@@ -132,19 +138,26 @@ def rewrite_request(body: bytes, request: dict[str, Any], *, usage: StreamUsage 
 
 
 def prompt_chars(request: dict[str, Any]) -> int:
-    """Characters of text in messages (string or content-part lists) or the prompt."""
+    """Characters of text in messages / Responses input items (string or content-part lists), the prompt, system and instructions."""
     total = 0
-    messages = request.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    prompt = request.get("prompt")
-    if isinstance(prompt, str):
-        total += len(prompt)
+    for field in ("messages", "input"):
+        items = request.get(field)
+        if isinstance(items, str):
+            total += len(items)
+        for item in items if isinstance(items, list) else ():
+            total += _text_chars(item.get("content") if isinstance(item, dict) else item)
+    for field in ("prompt", "system", "instructions"):
+        total += _text_chars(request.get(field))
     return total
+
+
+def _text_chars(content: Any) -> int:
+    """A string, or the ``text`` of each part of a content list (OpenAI and Anthropic shapes)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return 0
 
 
 def estimated_prompt_tokens(request: dict[str, Any]) -> int:

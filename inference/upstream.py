@@ -89,7 +89,7 @@ class UpstreamClient:
             name = upstream.backend.name
             sent = [("Content-Type", "application/json"), ("Accept-Encoding", "identity"), *headers]
             if upstream.auth:
-                sent.append(("Authorization", upstream.auth))
+                sent.append(upstream.auth)
             started = time.perf_counter()
             try:
                 response = await self._session.post(self._url(upstream, path), data=body, headers=sent, allow_redirects=False, timeout=self._timeouts[name])

@@ -23,7 +23,8 @@ from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
 from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret
 from inference.meter_config import MeterSettings
-from inference.openai_usage import StreamUsage, Usage, find_usage, rewrite_request, stream_usage
+from inference.dialects import dialect_for
+from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
 from inference.sse_usage import SseUsageScanner
 
@@ -32,7 +33,7 @@ ANONYMOUS = "anonymous"
 
 
 class UsageMeteringMiddleware:
-    """Meters POST /v1/completions, /v1/chat/completions and /v1/embeddings; passes everything else through."""
+    """Meters POST /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/responses and /v1/messages; passes everything else through."""
 
     def __init__(self, app: Any, *, settings: Settings | None = None, meter: MeterSettings | None = None) -> None:
         self.app = app
@@ -97,7 +98,7 @@ class MeteredRequest:
             return
         self.request = request = _parse(self.body)
         scope = self.scope
-        self.hidden = stream_usage(request, continuous=True)
+        self.hidden = stream_usage(request, continuous=True) if dialect_for(self.endpoint).asks_stream_usage else None
         body = rewrite_request(self.body, request, usage=self.hidden)
         if body is not self.body:
             self.body = body
@@ -167,7 +168,7 @@ class MeteredRequest:
     def _usage(self) -> Usage | None:
         if self.scanner is not None:
             return self.scanner.usage_or_estimate(self.request)
-        return find_usage(b"".join(self.chunks)) if self.chunks else None
+        return dialect_for(self.endpoint).find_usage(b"".join(self.chunks)) if self.chunks else None
 
 
 def _parse(body: bytes) -> dict[str, Any]:
