@@ -8,6 +8,7 @@ and Anthropic Messages streams are only read (``inference.dialects``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -142,6 +143,9 @@ class SseUsageScanner:
     def usage_or_estimate(self, request: dict[str, Any]) -> Usage:
         """The backend's last figures relayed; without any, token chunks relayed and an estimated prompt."""
         if self.usage is not None:
+            if self._dialect.merges_usage and not self.finished and self.relayed > self.usage.completion_tokens:
+                # Anthropic cut short: message_start's output count is a placeholder; the tokens relayed are the better figure
+                return dataclasses.replace(self.usage, completion_tokens=self.relayed, estimated=True)
             return self.usage
         return Usage(prompt_tokens=estimated_prompt_tokens(request), completion_tokens=self.relayed, estimated=True)
 
