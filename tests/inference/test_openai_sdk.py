@@ -8,13 +8,18 @@ statuses and headers reach it, whether it retries, and what the gateway meters.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import openai
@@ -85,12 +90,17 @@ async def test_streams_the_sdk_reads_to_done_are_ok_though_the_body_ends_later(s
     assert [(e.status, e.prompt_tokens, e.completion_tokens, e.usage_estimated) for e in events] == [("ok", 3, 4, False)] * 6
 
 
-async def test_budget_429_is_not_retried_and_a_repeated_request_id_is_metered_once(setup: Setup, tap: UsageTap) -> None:
+def block(setup: Setup) -> None:
+    """The worker's word that the blocked key's org is over its hard budget for 10 more minutes (as read from the status topic)."""
     end = datetime.now(UTC) + timedelta(minutes=10)
     status = BudgetStatus(budget_id=f"sdk-hard-{RUN}", org=f"sdk-blocked-{RUN}", mode="hard", period_start=end - timedelta(days=1), period_end=end,
                           spend=Decimal("10.5"), amount=Decimal("10"), currency="USD", exhausted=True, evaluated_at=datetime.now(UTC))
     assert setup.gateway.budgets is not None
     setup.gateway.budgets.apply(status.budget_id.encode(), codec_for(BudgetStatus).encode(status))
+
+
+async def test_budget_429_is_not_retried_and_a_repeated_request_id_is_metered_once(setup: Setup, tap: UsageTap) -> None:
+    block(setup)
     match, before = since_now(BLOCKED_KEY_ID), refusals(setup.url, "budget")
     client = sdk(setup, BLOCKED_SECRET, max_retries=2)  # the SDK default: would retry a 429 twice
     with pytest.raises(openai.RateLimitError) as refused:
@@ -143,3 +153,34 @@ async def test_models_retrieve_and_unknown_routes_answer_in_openai_shape(setup: 
         nowhere = await raw.get("/v2/anything")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST" and wrong_method.json()["error"]["code"] == "method_not_allowed"
     assert nowhere.status_code == 404 and nowhere.headers["content-type"] == "application/json" and set(nowhere.json()["error"]) == {"message", "type", "param", "code"}
+
+
+NODE_SDK = Path(__file__).parent / "node_sdk"
+
+
+def node_sdk_dir() -> Path:
+    """The pinned Node SDK installed from the npm registry once per package.json, outside the repository."""
+    npm, digest = shutil.which("npm"), hashlib.sha256((NODE_SDK / "package.json").read_bytes()).hexdigest()[:12]
+    assert npm is not None and shutil.which("node"), "node and npm are needed (Debian: apt-get install nodejs npm; .ci/run installs them)"
+    target = Path.home() / ".cache" / "gpuledger" / f"node-sdk-{digest}"
+    if not (target / "node_modules" / "openai" / "package.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(NODE_SDK / "package.json", target / "package.json")
+        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--silent"], cwd=target, check=True, timeout=300, capture_output=True)
+    shutil.copy(NODE_SDK / "stream_chat.mjs", target / "stream_chat.mjs")
+    return target
+
+
+async def test_the_node_sdk_streams_ok_and_does_not_retry_a_budget_429(setup: Setup, tap: UsageTap) -> None:
+    block(setup)
+    match, before = since_now(), refusals(setup.url, "budget")
+    target = await asyncio.to_thread(node_sdk_dir)
+    result = await asyncio.to_thread(subprocess.run, ["node", "stream_chat.mjs", setup.url + "/v1", SECRET, BLOCKED_SECRET, "llama"],
+                                     cwd=target, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["text"] == "tok0 tok1 tok2 tok3 "
+    assert out["refused"]["status"] == 429 and out["refused"]["code"] == "budget_exceeded" and int(out["refused"]["retryAfter"]) > 0
+    assert refusals(setup.url, "budget") == before + 1, "the Node SDK must not have retried"
+    [event] = await tap.events(match, 1)
+    assert (event.status, event.prompt_tokens, event.completion_tokens) == ("ok", 3, 4)
