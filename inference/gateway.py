@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import json
 import math
@@ -36,7 +35,7 @@ from inference.dialects import Dialect, dialect_for
 from inference.errors import error_body, send_json
 from inference.events import ENDPOINTS, Placement, RequestMeter
 from inference.gateway_config import GatewayConfig, VirtualKey
-from inference.metrics import REFUSALS, REQUEST_DURATION, REQUESTS
+from inference.metrics import REFUSALS, REQUEST_DURATION, REQUESTS, labelled
 from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
 from inference.repeats import RecentIds
@@ -187,7 +186,7 @@ class OpenAIRoute:
             await self._forward_watching_disconnect(scope, receive, send, key, request, body, outcome, meter)
         except Rejected as exc:
             outcome.status = "rejected"
-            _refusals_counter(exc.reason).inc()
+            labelled(REFUSALS, exc.reason).inc()
             await self._error(send, exc.status, exc.message, exc.kind, exc.code, exc.param, exc.headers)
         except ClientGone:
             outcome.status = "client_disconnected"
@@ -197,8 +196,8 @@ class OpenAIRoute:
             if not outcome.started:
                 await self._error(send, 502, f"The gateway could not relay the backend's answer ({type(exc).__name__}).", "upstream_error", "upstream_invalid_response")
         finally:
-            _requests_counter(self.endpoint, outcome.status).inc()
-            _duration(self.endpoint).observe(time.perf_counter() - meter.started)
+            labelled(REQUESTS, self.endpoint, outcome.status).inc()
+            labelled(REQUEST_DURATION, self.endpoint).observe(time.perf_counter() - meter.started)
             if outcome.metered:
                 self.gw.publisher.submit(meter.event(key_id=outcome.key_id, model=outcome.model, placement=outcome.placement, usage=outcome.usage, status=outcome.status, streamed=outcome.streamed))
 
@@ -358,22 +357,6 @@ def _dont_retry_before(period_end: datetime, cap_s: int) -> list[tuple[bytes, by
     """``Retry-After``: seconds until the budget period ends (at least 1, at most ``cap_s``); and SDKs must not retry on their own."""
     wait = min(cap_s, max(1, math.ceil((period_end - datetime.now(UTC)).total_seconds())))
     return [(b"retry-after", str(wait).encode()), (b"x-should-retry", b"false")]
-
-
-@functools.cache
-def _requests_counter(endpoint: str, status: str) -> Any:
-    """The labelled child, looked up once per (endpoint, status) instead of per request."""
-    return REQUESTS.labels(endpoint, status)
-
-
-@functools.cache
-def _refusals_counter(reason: str) -> Any:
-    return REFUSALS.labels(reason)
-
-
-@functools.cache
-def _duration(endpoint: str) -> Any:
-    return REQUEST_DURATION.labels(endpoint)
 
 
 async def metrics(_: Request) -> Response:

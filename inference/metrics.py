@@ -6,6 +6,9 @@ them on its ``/metrics``. Names and labels are listed in the README (Metrics).
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 EVENTS_PUBLISHED = Counter(
@@ -43,3 +46,9 @@ UPSTREAM_RESPONSES = Counter(
 CONNECTIONS_CLOSED = Counter(
     "gpuledger_gateway_connections_closed_total", "Client connections the gateway closed itself: header_timeout (slow or silent clients).", ["reason"],
 )
+
+
+@functools.cache
+def labelled(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set instead of per request (the lookup costs a lock and a dict)."""
+    return metric.labels(*labels)

@@ -9,18 +9,16 @@ httpx/httpcore spent per request (measured: see the README's gateway benchmark).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import structlog
 from yarl import URL
 
 from inference.gateway_config import GatewayConfig
-from inference.metrics import UPSTREAM_DURATION, UPSTREAM_RESPONSES
+from inference.metrics import UPSTREAM_DURATION, UPSTREAM_RESPONSES, labelled
 from inference.routing import Upstream
 from inference.upstream_headers import passed_through
 
@@ -94,18 +92,18 @@ class UpstreamClient:
             try:
                 response = await self._session.post(self._url(upstream, path), data=body, headers=sent, allow_redirects=False, timeout=self._timeouts[name])
             except TimeoutError:
-                _upstream_status(name, "timeout").inc()
+                labelled(UPSTREAM_RESPONSES, name, "timeout").inc()
                 failure = UpstreamFailure(504, f"backend {name!r} did not answer within its timeout", "upstream_timeout", upstream)
                 log.warning("upstream_timeout", backend=name, attempt=i + 1)
                 continue
             except (aiohttp.ClientError, ValueError) as exc:  # ValueError: headers or status line aiohttp could not parse
-                _upstream_status(name, "unreachable").inc()
+                labelled(UPSTREAM_RESPONSES, name, "unreachable").inc()
                 failure = UpstreamFailure(502, f"backend {name!r} is unreachable or sent an invalid response ({type(exc).__name__})", "upstream_unavailable", upstream)
                 log.warning("upstream_unreachable", backend=name, attempt=i + 1, error=type(exc).__name__)
                 continue
-            _upstream_duration(name).observe(time.perf_counter() - started)
+            labelled(UPSTREAM_DURATION, name).observe(time.perf_counter() - started)
             status = response.status
-            _upstream_status(name, str(status)).inc()
+            labelled(UPSTREAM_RESPONSES, name, str(status)).inc()
             if status in self._fallback and i < last:
                 response.close()
                 log.warning("upstream_failed_falling_back", backend=name, status=status)
@@ -118,7 +116,7 @@ class UpstreamClient:
                 failure = UpstreamFailure(504, f"backend {name!r} stopped answering within its timeout", "upstream_timeout", upstream)
                 continue
             except (aiohttp.ClientError, ValueError) as exc:
-                _upstream_status(name, "broken").inc()
+                labelled(UPSTREAM_RESPONSES, name, "broken").inc()
                 failure = UpstreamFailure(502, f"backend {name!r} broke the connection ({type(exc).__name__})", "upstream_unavailable", upstream)
                 continue
             finally:
@@ -127,14 +125,3 @@ class UpstreamClient:
                 raise UpstreamFailure(502, f"backend {name!r} failed with HTTP {status}", "upstream_error", upstream, content)
             return Answer(upstream, status, passed_through(response.raw_headers), content, response)
         raise failure
-
-
-@functools.cache
-def _upstream_status(backend: str, status: str) -> Any:
-    """The labelled child, looked up once per (backend, status)."""
-    return UPSTREAM_RESPONSES.labels(backend, status)
-
-
-@functools.cache
-def _upstream_duration(backend: str) -> Any:
-    return UPSTREAM_DURATION.labels(backend)
