@@ -296,7 +296,7 @@ class OpenAIRoute:
         return stream_usage(request, continuous=upstream.backend.kind == "vllm") if self.dialect.asks_stream_usage else None
 
     async def _reply(self, send: Send, answer: Answer, outcome: Outcome) -> None:
-        """A whole JSON answer; upstream 4xx pass through (normalized to OpenAI's error shape)."""
+        """A whole JSON answer; upstream 4xx pass through (normalized to the API's error shape)."""
         content = answer.content or b""
         status = answer.status
         if status >= 400:
@@ -328,9 +328,11 @@ class OpenAIRoute:
                         outcome.complete = outcome.complete or scanner.finished
                 tail = scanner.flush()
             except Exception as exc:  # read errors/timeouts mid-stream: nothing can fall back now
-                outcome.status = "error"
-                log.warning("upstream_stream_broken", backend=answer.upstream.backend.name, error=type(exc).__name__)
-                tail = self.dialect.stream_error(f"backend {answer.upstream.backend.name!r} broke off the stream ({type(exc).__name__})", "upstream_stream_broken")
+                log.warning("upstream_stream_broken", backend=answer.upstream.backend.name, error=type(exc).__name__, after_final_event=scanner.finished)
+                tail = b""
+                if not scanner.finished:  # after the final event the client has its whole answer: only the backend's tail was lost
+                    outcome.status = "error"
+                    tail = self.dialect.stream_error(f"backend {answer.upstream.backend.name!r} broke off the stream ({type(exc).__name__})", "upstream_stream_broken")
             outcome.complete = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:

@@ -195,3 +195,16 @@ async def test_connections_beyond_the_bound_get_503(setup: Setup) -> None:
     await asyncio.sleep(0.2)
     async with httpx.AsyncClient(base_url=setup.url, headers={"Authorization": f"Bearer {SECRET}"}) as c:
         assert (await c.post("/v1/chat/completions", json=chat("good-model"))).status_code == 200
+
+
+async def test_a_backend_breaking_off_after_done_leaves_the_stream_ok(setup: Setup, client: httpx.AsyncClient, tap: UsageTap) -> None:
+    """The client had its whole answer; only the backend's end of body was lost: not an error."""
+    match = ours()
+    chunk = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    usage = b'data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}\n\n'
+    body = chunk + usage + b"data: [DONE]\n\n"
+    setup.raw.reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: " + str(len(body) + 1000).encode() + b"\r\n\r\n" + body
+    response = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n") and '"error"' not in response.text
+    [event] = await tap.events(match, 1)
+    assert (event.status, event.prompt_tokens, event.completion_tokens) == ("ok", 2, 1)
