@@ -23,6 +23,7 @@ from gpuledger.budgets_cli import app as budgets_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
 from gpuledger.topics_cli import app as topics_app
+from gpuledger.topics_cli import create as create_topics
 from inference.cli import app as gateway_app
 from streams.notifier.cli import app as notifier_app
 
@@ -227,7 +228,7 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
         shutil.rmtree(settings.stack.data_dir / engine, ignore_errors=True)
     stack_up()
     migrate()
-    topics()
+    create_topics()
     _import("orgs", DEMO / "orgs.yaml")
     _import("prices", DEMO / "prices.yaml")
     from gpuledger.budgets_cli import import_budgets, list_budgets

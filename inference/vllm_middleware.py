@@ -21,9 +21,9 @@ from starlette.requests import ClientDisconnect
 
 from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
+from inference.dialects import dialect_for
 from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret
 from inference.meter_config import MeterSettings
-from inference.dialects import dialect_for
 from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
 from inference.sse_usage import SseUsageScanner

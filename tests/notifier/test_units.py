@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
-
 from slack_sdk.models.blocks import Block
+from typer.testing import CliRunner
 
 from schemas import SpendShare
 from streams.notifier import NotifierSettings, Route, Target
