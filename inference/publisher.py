@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import math
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -155,7 +156,7 @@ class UsagePublisher:
 def flagged(event: InferenceUsage) -> InferenceUsage:
     """The event with every number forced into range and ``usage_estimated`` set: what the ledger can still price."""
     def finite(ms: float | None) -> float | None:
-        return ms if isinstance(ms, float) and ms == ms and abs(ms) != float("inf") else None
+        return ms if isinstance(ms, float) and math.isfinite(ms) else None
 
     return dataclasses.replace(
         event, prompt_tokens=token_count(event.prompt_tokens)[0], completion_tokens=token_count(event.completion_tokens)[0],

@@ -23,6 +23,6 @@ class NotifierHealth:
 
     def __call__(self) -> tuple[bool, dict[str, Any]]:
         age = time.time() - self.last_poll if self.last_poll else None
-        delivering = IN_FLIGHT._value.get() > 0  # noqa: SLF001 - prometheus-client has no public getter
+        delivering = IN_FLIGHT.collect()[0].samples[0].value > 0
         ok = age is not None and (age <= self.stale_after_s or delivering)
         return ok, {"consuming": self.last_poll > 0, "poll_age_seconds": age, "delivering": delivering}

@@ -151,7 +151,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 
 async def test_slow_and_silent_clients_are_disconnected_after_the_header_timeout(setup: Setup) -> None:
-    before = float(next((line.rsplit(" ", 1)[1] for line in httpx.get(f"{setup.url}/metrics").text.splitlines()
+    before = float(next((line.rsplit(" ", 1)[1] for line in (await asyncio.to_thread(httpx.get, f"{setup.url}/metrics")).text.splitlines()
                          if line.startswith('gpuledger_gateway_connections_closed_total{reason="header_timeout"}')), 0))
     port = int(setup.url.rsplit(":", 1)[1])
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
@@ -167,7 +167,7 @@ async def test_slow_and_silent_clients_are_disconnected_after_the_header_timeout
     assert all(closed) and time.monotonic() - started < 6
     for sock in silent + slow:
         sock.close()
-    after = [line for line in httpx.get(f"{setup.url}/metrics").text.splitlines() if line.startswith('gpuledger_gateway_connections_closed_total{reason="header_timeout"}')]
+    after = [line for line in (await asyncio.to_thread(httpx.get, f"{setup.url}/metrics")).text.splitlines() if line.startswith('gpuledger_gateway_connections_closed_total{reason="header_timeout"}')]
     assert float(after[0].rsplit(" ", 1)[1]) >= before + 6
 
 
