@@ -13,7 +13,7 @@ import structlog
 
 from collectors.attribution import Attributor
 from collectors.kubelet import PodDirectory
-from collectors.metrics import build_app, serve
+from collectors.metrics import GpuGauges, build_app, serve
 from collectors.podresources.client import PodResourcesClient
 from collectors.publisher import Publisher, PublisherStats, encode_samples
 from collectors.sampler import NvmlSampler
@@ -64,6 +64,7 @@ class Agent:
         self.publisher = Publisher(settings.kafka, settings.topics.gpu_samples, self.spool)
         self.stop = asyncio.Event()
         self.intervals = 0
+        self.gpus = GpuGauges()  # per-GPU figures on /metrics
         self._aligned = False  # inside a wall-clock-aligned interval (the only kind ever published)
 
     async def _emit(self, end: float) -> None:
@@ -73,6 +74,7 @@ class Agent:
         else:  # only local /proc reads: a worker thread would cost more than it saves
             samples = self.attributor.attribute(samples)
         self.publisher.publish(to_records(samples, self.publisher.stats))
+        self.gpus.update(samples)
         self.intervals += 1
         log.debug("interval published", devices=len(samples), end=end)
 
@@ -104,7 +106,7 @@ class Agent:
         server = server_task = None
         if self.cfg.metrics_port:
             app = build_app(self.sampler, self.publisher, self.attributor, nvml_stale_after=3 * max(self.cfg.interval_seconds, self.cfg.poll_seconds),
-                            kafka_fresh_seconds=self.cfg.kafka_fresh_seconds)
+                            kafka_fresh_seconds=self.cfg.kafka_fresh_seconds, gpus=self.gpus)
             server, server_task = await serve(app, self.cfg.metrics_host, self.cfg.metrics_port)
         try:
             await self._loop(once, max_intervals)

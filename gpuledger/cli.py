@@ -24,6 +24,8 @@ from gpuledger.budgets_cli import app as budgets_app
 from gpuledger.dead_letters_cli import app as dead_letters_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
+from gpuledger.topics_cli import app as topics_app
+from gpuledger.topics_cli import create as create_topics
 from inference.cli import app as gateway_app
 from streams.notifier.cli import app as notifier_app
 
@@ -41,6 +43,7 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(notifier_app, name="notifier")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(topics_app, name="topics")
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
@@ -92,6 +95,20 @@ def stack_down() -> None:
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
+@stack_app.command("kafka-tool", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def stack_kafka_tool(ctx: typer.Context, tool: Annotated[str, typer.Argument(help="topics | consumer-groups | console-consumer")]) -> None:
+    """Run one of Kafka's CLI tools from the stack's jars, e.g. `gpuledger stack kafka-tool consumer-groups --describe --all-groups`."""
+    from gpuledger.stack.kafka import tool_command
+    from gpuledger.stack.processes import StackError
+
+    settings = _settings()
+    try:
+        command = tool_command(settings.stack, tool, list(ctx.args), settings.kafka.bootstrap_servers)
+    except StackError as exc:
+        raise fail(str(exc)) from exc
+    raise typer.Exit(subprocess.call(command))
+
+
 @stack_app.command("status")
 def stack_status() -> None:
     """Show which engines run, with pid, port and log."""
@@ -123,27 +140,20 @@ def migrate() -> None:
 
 
 @app.command()
-def topics() -> None:
-    """Create gpuledger's Kafka topics if missing (the worker also does this at start)."""
-    from gpuledger.kafka import ensure_topics
-
-    created = asyncio.run(ensure_topics(_settings()))
-    console.print(f"created: {', '.join(created) or 'none (all exist)'}")
-
-
-@app.command()
 def worker() -> None:
     """Run the stream worker (Faust) until SIGTERM (stops within worker.shutdown_grace_seconds)."""
     from streams import metrics
     from streams.app import run_worker
 
     w = _settings().worker
-    try:
-        metrics.serve(w.metrics_port, w.metrics_host)
-    except OSError as exc:
-        raise fail(f"cannot serve the worker's metrics on {w.metrics_host}:{w.metrics_port}: {exc.strerror or exc}; "
-                   "free the port or set GPULEDGER_WORKER__METRICS_PORT (0 turns metrics off)", EXIT_RESOURCE) from None
-    run_worker(_settings())
+    health = metrics.WorkerHealth() if w.metrics_port else None
+    if health is not None:
+        try:
+            metrics.serve_http(w.metrics_host, w.metrics_port, health, required=True)
+        except OSError as exc:
+            raise fail(f"cannot serve the worker's metrics on {w.metrics_host}:{w.metrics_port}: {exc.strerror or exc}; "
+                       "free the port or set GPULEDGER_WORKER__METRICS_PORT (0 turns metrics off)", EXIT_RESOURCE) from None
+    run_worker(_settings(), health)
 
 
 def _import(kind: str, path: Path) -> None:
@@ -312,7 +322,7 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
         shutil.rmtree(settings.stack.data_dir / engine, ignore_errors=True)
     stack_up()
     migrate()
-    topics()
+    create_topics()
     _import("orgs", DEMO / "orgs.yaml")
     _import("prices", DEMO / "prices.yaml")
     _import("equivalents", DEMO / "equivalents.yaml")

@@ -81,8 +81,10 @@ class WorkerSettings(BaseModel):
     session_timeout_seconds: float = Field(10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on).")
     max_future_skew_seconds: float = Field(300.0, ge=0, description="Events dated further than this in the future are dead-lettered (clock skew allowance).")
     shutdown_grace_seconds: float = Field(20.0, gt=0, description="After SIGTERM the worker exits within this long, whatever it is doing (exit code 6 if it had to force it).")
-    metrics_port: int = Field(9403, ge=0, le=65535, description="Prometheus /metrics of the worker (dead letters, poison rows, retries); 0 turns it off.")
-    metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics (0.0.0.0 to be scraped from other hosts).")
+    metrics_port: int = Field(
+        9403, ge=0, le=65535, description="Port of the worker's Prometheus /metrics and /healthz (lag, dead letters, poison rows, retries); 0 turns them off."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics and /healthz (0.0.0.0 to be scraped from other hosts).")
 
 
 class BudgetSettings(BaseModel):

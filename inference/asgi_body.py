@@ -52,8 +52,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def bearer_token(scope: Scope) -> str | None:
-    """The token of ``Authorization: Bearer <token>``, if present."""
+    """The token of ``Authorization: Bearer <token>``, else of ``x-api-key`` (how Anthropic clients send it), if present."""
     value = header(scope, b"authorization")
     if value is None or not value[:7].lower() == b"bearer ":
-        return None
+        api_key = header(scope, b"x-api-key")
+        if api_key is None:
+            return None
+        return api_key.strip().decode("latin-1") or None
     return value[7:].strip().decode("latin-1") or None

@@ -20,13 +20,14 @@ def run(
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models in front of the configured backends."""
     from inference.gateway import create_app
     from inference.gateway_config import load_config
+    from inference.server import uvicorn_config
 
     try:
         gateway_config = load_config(config)
     except Exception as exc:
         typer.echo(f"error: invalid gateway config {config}: {exc}", err=True)
         raise typer.Exit(1) from exc
-    uvicorn.run(create_app(gateway_config), host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=75)
+    uvicorn.Server(uvicorn_config(create_app(gateway_config), gateway_config, host=host, port=port)).run()
 
 
 if __name__ == "__main__":

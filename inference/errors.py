@@ -18,7 +18,3 @@ async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[by
     """A complete JSON response (``headers``: extra ones)."""
     await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or ())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def send_error(send: Send, status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> None:
-    await send_json(send, status, error_body(message, kind, code, param))

@@ -16,8 +16,12 @@ ENDPOINTS: dict[str, str] = {
     "/v1/chat/completions": "chat.completions",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",  # OpenAI Responses API
+    "/v1/messages": "messages",  # Anthropic Messages API
 }
 NO_USAGE = Usage()
+# Longest model name (and key id) an event carries: what a client sends is cut to this, so no one writes unbounded rows.
+MAX_MODEL_CHARS = 256
 
 
 def key_id_for_secret(secret: str) -> str:

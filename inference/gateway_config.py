@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from gpuledger.settings import Settings
+from inference.events import MAX_MODEL_CHARS
 
 # Credentials, and headers the gateway itself sets per upstream request or that describe the client's own connection.
 NEVER_FORWARDED = frozenset({
@@ -26,7 +27,8 @@ class Backend(BaseModel):
     """One upstream OpenAI-compatible server."""
 
     name: str
-    kind: Literal["vllm", "openai"] = Field(description="vllm: self-hosted (events carry node/GPUs); openai: any external OpenAI-compatible API.")
+    kind: Literal["vllm", "openai", "anthropic"] = Field(
+        description="vllm: self-hosted (events carry node/GPUs); openai: any external OpenAI-compatible API; anthropic: Anthropic's API (key sent as x-api-key).")
     base_url: str = Field(description="Up to and including /v1, e.g. http://vllm-8b:8000/v1.")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream API key.")
     timeout_s: float = Field(60.0, gt=0, description="Longest wait for the upstream's next byte.")
@@ -96,6 +98,12 @@ class GatewayConfig(BaseModel):
         default_factory=lambda: ["x-request-id", "traceparent", "tracestate"],
         description="Client request headers passed on to the backend (tracing and correlation only; never credentials).",
     )
+    header_timeout_s: float = Field(10.0, gt=0, description="Close a client connection whose request headers are not complete this long after it opened or its previous response ended (slowloris).")
+    body_timeout_s: float = Field(30.0, gt=0, description="Answer 408 when a request body takes longer than this to arrive.")
+    idle_timeout_s: float = Field(75.0, gt=0, description="Close a kept-alive client connection idle this long between requests.")
+    max_client_connections: int = Field(4096, ge=1, description="Client connections and requests in flight; beyond it new requests get 503.")
+    max_model_chars: int = Field(MAX_MODEL_CHARS, ge=1, le=MAX_MODEL_CHARS, description="Longest model name accepted (longer: 400); events never carry more.")
+    budget_retry_after_max_s: int = Field(3600, ge=1, description="Cap of Retry-After on budget 429s (otherwise the seconds until the budget period ends).")
     enforce_budgets: bool = Field(True, description="Refuse requests (429) of scopes whose hard budget is exhausted, as published by the stream worker.")
     kafka_settings_file: Path | None = Field(None, description="gpuledger settings YAML; default: GPULEDGER_* env and ./gpuledger.yaml.")
     keys_file: Path | None = Field(None, description="A YAML file with more virtual keys (a `keys:` list), e.g. a mounted Kubernetes Secret; added to `keys`.")

@@ -14,6 +14,10 @@ from typing import Any
 DECODER = json.JSONDecoder()
 USAGE_KEY = b'"usage"'
 _BACKSLASH = 0x5C
+# The most tokens one request may report per count; anything above is clamped to it (and flagged).
+# 10**9 is far beyond any context window, and 10**9 tokens times the largest price the importer
+# accepts still fits the ledger's Decimal(38, 9).
+MAX_TOKENS = 10**9
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,21 +27,49 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
-    estimated: bool = False  # the backend reported nothing: counted and estimated by gpuledger
+    estimated: bool = False  # not (only) as reported: counted, estimated or clamped by gpuledger
+
+
+def token_count(value: Any) -> tuple[int, bool]:
+    """A reported token count as an int in 0..MAX_TOKENS, and whether it had to be changed to fit.
+
+    Absent or null is 0 (embeddings have no completion tokens). Negative, non-integral, non-finite,
+    huge or non-numeric values (a buggy or hostile backend) are clamped into range or replaced by 0.
+    """
+    if value is None:
+        return 0, False
+    if type(value) is int:
+        if 0 <= value <= MAX_TOKENS:
+            return value, False
+        return (0 if value < 0 else MAX_TOKENS), True
+    if isinstance(value, float) and math.isfinite(value):
+        return min(MAX_TOKENS, max(0, round(value))), True
+    if isinstance(value, float) and value == math.inf:
+        return MAX_TOKENS, True
+    return 0, True
 
 
 def usage_from_dict(usage: dict[str, Any]) -> Usage:
-    """Map an OpenAI usage object (completion_tokens absent for embeddings) to ``Usage``."""
-    details = usage.get("prompt_tokens_details") or {}
-    return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_prompt_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
-    )
+    """Map an OpenAI usage object (completion_tokens absent for embeddings) to ``Usage``, validated.
+
+    A count outside 0..MAX_TOKENS or not an integer is clamped and the usage flagged ``estimated``.
+    """
+    details = usage.get("prompt_tokens_details")
+    prompt, bad_prompt = token_count(usage.get("prompt_tokens"))
+    completion, bad_completion = token_count(usage.get("completion_tokens"))
+    cached, bad_cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else (0, False)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_prompt_tokens=min(cached, prompt),
+                 estimated=bad_prompt or bad_completion or bad_cached or cached > prompt)
 
 
 def find_usage(body: bytes) -> Usage | None:
-    """The last non-null ``"usage": {...}`` member of a JSON document (or SSE event), if any."""
+    """The last non-null ``"usage": {...}`` member of a JSON document (or SSE event) as OpenAI chat usage, if any."""
+    found = find_usage_dict(body)
+    return usage_from_dict(found) if found is not None else None
+
+
+def find_usage_dict(body: bytes) -> dict[str, Any] | None:
+    """The last non-null ``"usage": {...}`` member of a JSON document (or SSE event), undecoded fields and all."""
     end = len(body)
     while (at := body.rfind(USAGE_KEY, 0, end)) != -1:
         end = at
@@ -53,7 +85,7 @@ def find_usage(body: bytes) -> Usage | None:
             obj, _ = DECODER.raw_decode(value.decode("utf-8", "replace"))
         except ValueError:
             return None
-        return usage_from_dict(obj) if isinstance(obj, dict) else None
+        return obj if isinstance(obj, dict) else None
     return None
 
 
@@ -106,18 +138,26 @@ def rewrite_request(body: bytes, request: dict[str, Any], *, usage: StreamUsage 
 
 
 def prompt_chars(request: dict[str, Any]) -> int:
-    """Characters of text in messages (string or content-part lists) or the prompt."""
+    """Characters of text in messages / Responses input items (string or content-part lists), the prompt, system and instructions."""
     total = 0
-    for message in request.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
-    prompt = request.get("prompt")
-    if isinstance(prompt, str):
-        total += len(prompt)
+    for field in ("messages", "input"):
+        items = request.get(field)
+        if isinstance(items, str):
+            total += len(items)
+        for item in items if isinstance(items, list) else ():
+            total += _text_chars(item.get("content") if isinstance(item, dict) else item)
+    for field in ("prompt", "system", "instructions"):
+        total += _text_chars(request.get(field))
     return total
+
+
+def _text_chars(content: Any) -> int:
+    """A string, or the ``text`` of each part of a content list (OpenAI and Anthropic shapes)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return 0
 
 
 def estimated_prompt_tokens(request: dict[str, Any]) -> int:

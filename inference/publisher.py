@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
+import math
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -17,7 +19,9 @@ from aiokafka.errors import KafkaError
 
 from gpuledger.kafka import new_producer
 from gpuledger.settings import KafkaSettings
-from inference.metrics import EVENTS_DROPPED, EVENTS_PUBLISHED
+from inference.events import MAX_MODEL_CHARS
+from inference.metrics import EVENTS_DROPPED, EVENTS_PUBLISHED, EVENTS_REPLACED
+from inference.openai_usage import token_count
 from schemas import InferenceUsage, codec_for
 
 log = structlog.get_logger()
@@ -38,6 +42,8 @@ class UsagePublisher:
         self._start_failed = False
         self._dropped_full = EVENTS_DROPPED.labels(component, "queue_full")
         self._dropped_kafka = EVENTS_DROPPED.labels(component, "kafka_error")
+        self._dropped_unencodable = EVENTS_DROPPED.labels(component, "unencodable")
+        self._replaced = EVENTS_REPLACED.labels(component)
         self._published = EVENTS_PUBLISHED.labels(component)
 
     def submit(self, event: InferenceUsage) -> None:
@@ -83,6 +89,9 @@ class UsagePublisher:
                 except KafkaError as exc:
                     self._dropped_kafka.inc(len(events))
                     log.warning("usage_events_not_sent", count=len(events), error=type(exc).__name__, topic=self._topic)
+                except Exception as exc:  # noqa: BLE001 - the publisher must outlive any one batch
+                    self._dropped_kafka.inc(len(events))
+                    log.error("usage_events_not_sent", count=len(events), error=type(exc).__name__, topic=self._topic)
                 finally:
                     for _ in events:
                         self._queue.task_done()
@@ -95,13 +104,30 @@ class UsagePublisher:
         batch = producer.create_batch()
         count = 0
         for event in events:
-            value = CODEC.encode(event)
+            value = self._encode(event)
+            if value is None:
+                continue
             if batch.append(key=event.event_id.encode(), value=value, timestamp=None) is None:
                 self._ship(await producer.send_batch(batch, self._topic, partition=partition), count)
                 batch, count = producer.create_batch(), 0
                 batch.append(key=event.event_id.encode(), value=value, timestamp=None)
             count += 1
         self._ship(await producer.send_batch(batch, self._topic, partition=partition), count)
+
+    def _encode(self, event: InferenceUsage) -> bytes | None:
+        """The event's Avro bytes; if it cannot be encoded, a flagged replacement's; None (dropped, counted) if neither can."""
+        try:
+            return CODEC.encode(event)
+        except Exception as exc:  # noqa: BLE001 - a value out of the schema's range must not stop the publisher
+            log.error("usage_event_unencodable", event_id=event.event_id, error=type(exc).__name__, detail=str(exc)[:200])
+        try:
+            value = CODEC.encode(flagged(event))
+        except Exception as exc:  # noqa: BLE001
+            self._dropped_unencodable.inc()
+            log.error("usage_event_dropped", event_id=event.event_id, error=type(exc).__name__)
+            return None
+        self._replaced.inc()
+        return value
 
     def _ship(self, future: asyncio.Future[object], count: int) -> None:
         future.add_done_callback(lambda f: self._delivered(f, count))
@@ -125,3 +151,15 @@ class UsagePublisher:
             self._dropped_kafka.inc(count)
         else:
             self._published.inc(count)
+
+
+def flagged(event: InferenceUsage) -> InferenceUsage:
+    """The event with every number forced into range and ``usage_estimated`` set: what the ledger can still price."""
+    def finite(ms: float | None) -> float | None:
+        return ms if isinstance(ms, float) and math.isfinite(ms) else None
+
+    return dataclasses.replace(
+        event, prompt_tokens=token_count(event.prompt_tokens)[0], completion_tokens=token_count(event.completion_tokens)[0],
+        cached_prompt_tokens=token_count(event.cached_prompt_tokens)[0], latency_ms=finite(event.latency_ms) or 0.0, ttft_ms=finite(event.ttft_ms),
+        key_id=str(event.key_id)[:MAX_MODEL_CHARS], model=str(event.model)[:MAX_MODEL_CHARS], usage_estimated=True,
+    )

@@ -18,7 +18,7 @@ class Upstream:
     backend: Backend
     model: str
     url_base: str
-    auth: str | None
+    auth: tuple[str, str] | None  # the header carrying the backend's own key
     placement: Placement
 
 
@@ -36,7 +36,8 @@ class Router:
     def _upstream(backend: Backend, model: str) -> Upstream:
         key = backend.api_key()
         placement = Placement(backend=backend.kind, deployment=backend.deployment or backend.name, node=backend.node, gpu_uuids=list(backend.gpu_uuids))
-        return Upstream(backend, model, backend.base_url.rstrip("/"), f"Bearer {key}" if key else None, placement)
+        auth = (("x-api-key", key) if backend.kind == "anthropic" else ("Authorization", f"Bearer {key}")) if key else None
+        return Upstream(backend, model, backend.base_url.rstrip("/"), auth, placement)
 
     def names(self) -> list[str]:
         """Every model name a client may ask for."""
@@ -54,7 +55,7 @@ class Router:
 def _matches(rule: Rule, request: dict[str, Any], scope: Scope) -> bool:
     """Any one condition of the rule suffices."""
     if rule.max_tokens_gt is not None:
-        asked = request.get("max_tokens") or request.get("max_completion_tokens")
+        asked = request.get("max_tokens") or request.get("max_completion_tokens") or request.get("max_output_tokens")
         if isinstance(asked, int) and asked > rule.max_tokens_gt:
             return True
     if rule.messages_chars_gt is not None and prompt_chars(request) > rule.messages_chars_gt:

@@ -1,24 +1,26 @@
-"""Following an OpenAI SSE stream as it is relayed: usage seen, tokens relayed, and hiding what metering asked for.
+"""Following an SSE stream as it is relayed: usage seen, tokens relayed, the final event, and hiding what metering asked for.
 
-Bytes are forwarded as received; only events that carry usage the client did not ask for are
-rewritten. Events end at a blank line, whichever of the SSE spec's line ends (LF, CRLF, CR) the
-server uses; vLLM and OpenAI use LF, which takes a fast path.
+Bytes are forwarded as received; only OpenAI chat/completions events that carry usage the client
+did not ask for are rewritten. Events end at a blank line, whichever of the SSE spec's line ends
+(LF, CRLF, CR) the server uses; vLLM and OpenAI use LF, which takes a fast path. The Responses
+and Anthropic Messages streams are only read (``inference.dialects``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
 
-from inference.openai_usage import DECODER, USAGE_KEY, StreamUsage, Usage, estimated_prompt_tokens, find_usage, usage_from_dict
+from inference.dialects import OPENAI, dialect_for
+from inference.openai_usage import DECODER, USAGE_KEY, StreamUsage, Usage, estimated_prompt_tokens, find_usage, find_usage_dict, usage_from_dict
 
 _USAGE_MEMBER = b',"usage":'
 _LF_END = b"\n\n"
 # A blank line: two line ends in a row, a line end being CRLF, a CR not followed by LF, or LF.
 _ANY_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}")
-# A chunk that carries generated text (vLLM sends one token per such chunk by default).
-_TOKEN_MARKERS = (b'"content":', b'"text":', b'"reasoning_content":', b'"arguments":')
+_DONE = b"[DONE]"
 # What replaces per-chunk usage hidden from a client: vLLM's /v1/completions writes null when not asked; chat omits the member.
 _BLANK = {"completions": b',"usage":null'}
 
@@ -43,9 +45,9 @@ def _split(complete: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def _carries_token(event: bytes) -> bool:
-    """Has a non-empty string value under one of the text keys (compact or spaced JSON)."""
-    for marker in _TOKEN_MARKERS:
+def _carries_token(event: bytes, markers: tuple[bytes, ...]) -> bool:
+    """Has a non-empty string value under one of the text keys (compact or spaced JSON): one token (vLLM and OpenAI send one per chunk)."""
+    for marker in markers:
         at = event.find(marker)
         value = event[at + len(marker) : at + len(marker) + 3].lstrip(b" ") if at != -1 else b""
         if value[:1] == b'"' and value[1:2] not in (b'"', b""):
@@ -101,15 +103,19 @@ class SseUsageScanner:
     ``endpoint`` (the event's name for it) decides what a hidden per-chunk usage leaves behind.
     """
 
-    __slots__ = ("_blank", "_hide", "_orphan_lf", "_tail", "relayed", "usage")
+    __slots__ = ("_blank", "_dialect", "_hide", "_markers", "_orphan_lf", "_raw", "_tail", "finished", "relayed", "usage")
 
     def __init__(self, hide: StreamUsage | None, endpoint: str = "chat.completions") -> None:
         self._hide = hide or StreamUsage(final=False, each=False)
         self._blank = _BLANK.get(endpoint, b"")
+        self._dialect = dialect_for(endpoint)
+        self._markers = self._dialect.token_markers
+        self._raw: dict[str, Any] = {}  # merged usage objects (Anthropic sends input and output usage in different events)
         self._tail = b""
         self._orphan_lf = False  # a dropped event ended on a CR whose LF is still to come
         self.usage: Usage | None = None
         self.relayed = 0
+        self.finished = False  # the stream's final event has been released: [DONE], or a usage chunk the client asked for
 
     @property
     def rewrites(self) -> bool:
@@ -137,6 +143,9 @@ class SseUsageScanner:
     def usage_or_estimate(self, request: dict[str, Any]) -> Usage:
         """The backend's last figures relayed; without any, token chunks relayed and an estimated prompt."""
         if self.usage is not None:
+            if self._dialect.merges_usage and not self.finished and self.relayed > self.usage.completion_tokens:
+                # Anthropic cut short: message_start's output count is a placeholder; the tokens relayed are the better figure
+                return dataclasses.replace(self.usage, completion_tokens=self.relayed, estimated=True)
             return self.usage
         return Usage(prompt_tokens=estimated_prompt_tokens(request), completion_tokens=self.relayed, estimated=True)
 
@@ -150,13 +159,20 @@ class SseUsageScanner:
         kept: list[tuple[bytes, bytes]] = []
         changed = False
         for event, end in pairs:
-            if _carries_token(event):
+            if _carries_token(event, self._markers):
                 self.relayed += 1
+            if self._dialect is not OPENAI:
+                self._follow(event)
+                kept.append((event, end))
+                continue
             if USAGE_KEY not in event:
+                if event.endswith(_DONE) and event.rpartition(b"data:")[2].strip() == _DONE:
+                    self.finished = True
                 kept.append((event, end))
                 continue
             if _is_usage_only_chunk(event):
                 self.usage = find_usage(event) or self.usage
+                self.finished = not self._hide.final
                 if self._hide.final:
                     changed = True
                     if event.startswith(b"\n"):  # the LF of the previous (kept) event's CRLF, its read having ended on the CR
@@ -171,3 +187,11 @@ class SseUsageScanner:
                 self.usage = usage
             kept.append((event, end))
         return kept if changed else pairs
+
+    def _follow(self, event: bytes) -> None:
+        """Responses / Messages: note usage (merged where the API splits it) and the final event; nothing is rewritten."""
+        if USAGE_KEY in event and (found := find_usage_dict(event)) is not None:
+            self._raw = {**self._raw, **found} if self._dialect.merges_usage else found
+            self.usage = self._dialect.usage(self._raw)
+        if self._dialect.ends_stream(event):
+            self.finished = True

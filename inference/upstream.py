@@ -9,6 +9,7 @@ httpx/httpcore spent per request (measured: see the README's gateway benchmark).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,9 @@ import structlog
 from yarl import URL
 
 from inference.gateway_config import GatewayConfig
+from inference.metrics import UPSTREAM_DURATION, UPSTREAM_RESPONSES, labelled
 from inference.routing import Upstream
+from inference.upstream_headers import passed_through
 
 log = structlog.get_logger()
 Headers = Sequence[tuple[str, str]]
@@ -36,11 +39,11 @@ class UpstreamFailure(Exception):
 
 @dataclass(slots=True)
 class Answer:
-    """The upstream that answered, its status, its request id, and its body (None while a stream is still open)."""
+    """The upstream that answered, its status, the headers passed on to the client, and its body (None while a stream is still open)."""
 
     upstream: Upstream
     status: int
-    request_id: str | None
+    headers: list[tuple[bytes, bytes]]
     content: bytes | None
     _response: aiohttp.ClientResponse
 
@@ -84,35 +87,41 @@ class UpstreamClient:
             name = upstream.backend.name
             sent = [("Content-Type", "application/json"), ("Accept-Encoding", "identity"), *headers]
             if upstream.auth:
-                sent.append(("Authorization", upstream.auth))
+                sent.append(upstream.auth)
+            started = time.perf_counter()
             try:
                 response = await self._session.post(self._url(upstream, path), data=body, headers=sent, allow_redirects=False, timeout=self._timeouts[name])
             except TimeoutError:
+                labelled(UPSTREAM_RESPONSES, name, "timeout").inc()
                 failure = UpstreamFailure(504, f"backend {name!r} did not answer within its timeout", "upstream_timeout", upstream)
                 log.warning("upstream_timeout", backend=name, attempt=i + 1)
                 continue
-            except aiohttp.ClientError as exc:
-                failure = UpstreamFailure(502, f"backend {name!r} is unreachable ({type(exc).__name__})", "upstream_unavailable", upstream)
+            except (aiohttp.ClientError, ValueError) as exc:  # ValueError: headers or status line aiohttp could not parse
+                labelled(UPSTREAM_RESPONSES, name, "unreachable").inc()
+                failure = UpstreamFailure(502, f"backend {name!r} is unreachable or sent an invalid response ({type(exc).__name__})", "upstream_unavailable", upstream)
                 log.warning("upstream_unreachable", backend=name, attempt=i + 1, error=type(exc).__name__)
                 continue
-            status, request_id = response.status, response.headers.get("x-request-id")
+            labelled(UPSTREAM_DURATION, name).observe(time.perf_counter() - started)
+            status = response.status
+            labelled(UPSTREAM_RESPONSES, name, str(status)).inc()
             if status in self._fallback and i < last:
                 response.close()
                 log.warning("upstream_failed_falling_back", backend=name, status=status)
                 continue
             if stream and status < 400:
-                return Answer(upstream, status, request_id, None, response)
+                return Answer(upstream, status, passed_through(response.raw_headers), None, response)
             try:
                 content = await response.read()
             except TimeoutError:
                 failure = UpstreamFailure(504, f"backend {name!r} stopped answering within its timeout", "upstream_timeout", upstream)
                 continue
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, ValueError) as exc:
+                labelled(UPSTREAM_RESPONSES, name, "broken").inc()
                 failure = UpstreamFailure(502, f"backend {name!r} broke the connection ({type(exc).__name__})", "upstream_unavailable", upstream)
                 continue
             finally:
                 response.release()
             if status >= 500:
                 raise UpstreamFailure(502, f"backend {name!r} failed with HTTP {status}", "upstream_error", upstream, content)
-            return Answer(upstream, status, request_id, content, response)
+            return Answer(upstream, status, passed_through(response.raw_headers), content, response)
         raise failure

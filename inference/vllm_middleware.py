@@ -21,9 +21,10 @@ from starlette.requests import ClientDisconnect
 
 from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
-from inference.events import ENDPOINTS, Placement, RequestMeter, key_id_for_secret
+from inference.dialects import dialect_for
+from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret
 from inference.meter_config import MeterSettings
-from inference.openai_usage import StreamUsage, Usage, find_usage, rewrite_request, stream_usage
+from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
 from inference.sse_usage import SseUsageScanner
 
@@ -32,7 +33,7 @@ ANONYMOUS = "anonymous"
 
 
 class UsageMeteringMiddleware:
-    """Meters POST /v1/completions, /v1/chat/completions and /v1/embeddings; passes everything else through."""
+    """Meters POST /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/responses and /v1/messages; passes everything else through."""
 
     def __init__(self, app: Any, *, settings: Settings | None = None, meter: MeterSettings | None = None) -> None:
         self.app = app
@@ -76,7 +77,7 @@ class UsageMeteringMiddleware:
 class MeteredRequest:
     """One metered request: the replayed body, the watched response, the event at the end."""
 
-    __slots__ = ("body", "chunks", "complete", "disconnected", "endpoint", "hidden", "meter", "mw", "receive", "replayed", "request", "scanner", "scope", "send", "status")
+    __slots__ = ("body", "chunks", "complete", "endpoint", "hidden", "meter", "mw", "receive", "replayed", "request", "scanner", "scope", "send", "status")
 
     def __init__(self, mw: UsageMeteringMiddleware, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.mw, self.endpoint, self.scope, self.receive, self.send = mw, endpoint, scope, receive, send
@@ -85,7 +86,6 @@ class MeteredRequest:
         self.replayed = False
         self.status = 0
         self.complete = False
-        self.disconnected = False
         self.hidden: StreamUsage | None = None
         self.request: dict[str, Any] = {}
         self.scanner: SseUsageScanner | None = None
@@ -98,7 +98,7 @@ class MeteredRequest:
             return
         self.request = request = _parse(self.body)
         scope = self.scope
-        self.hidden = stream_usage(request, continuous=True)
+        self.hidden = stream_usage(request, continuous=True) if dialect_for(self.endpoint).asks_stream_usage else None
         body = rewrite_request(self.body, request, usage=self.hidden)
         if body is not self.body:
             self.body = body
@@ -107,8 +107,7 @@ class MeteredRequest:
         failed = False
         try:
             await self.mw.app(scope, self._receive, self._send)
-        except (OSError, asyncio.CancelledError, ClientDisconnect):  # how servers and apps report a client gone mid-response
-            self.disconnected = True
+        except (OSError, asyncio.CancelledError, ClientDisconnect):  # a client gone mid-response: ok or not by what it was sent
             raise
         except BaseException:
             failed = True
@@ -120,10 +119,11 @@ class MeteredRequest:
         if not self.replayed:
             self.replayed = True
             return {"type": "http.request", "body": self.body, "more_body": False}
-        message = await self.receive()
-        if message["type"] == "http.disconnect" and not self.complete:
-            self.disconnected = True
-        return message
+        return await self.receive()
+
+    def _delivered(self) -> bool:
+        """The body has ended, or a stream's final event ([DONE], or the usage chunk the client asked for) went out."""
+        return self.complete or (self.scanner is not None and self.scanner.finished)
 
     async def _send(self, message: Message) -> None:
         kind = message["type"]
@@ -153,13 +153,14 @@ class MeteredRequest:
         streamed = self.scanner is not None
         if failed or self.status >= 400:
             status, usage = "error", None
-        elif self.disconnected or not self.complete:
+        elif not self._delivered():  # a disconnect after the final event is a client that read all it wanted
             status, usage = "client_disconnected", self._usage()
         else:
             status, usage = "ok", self._usage()
         model = self.request.get("model")
+        model = model[:MAX_MODEL_CHARS] if isinstance(model, str) else ""
         event = self.meter.event(
-            key_id=self.mw.key_id(self.scope), model=model if isinstance(model, str) else "", placement=self.mw.placement,
+            key_id=self.mw.key_id(self.scope)[:MAX_MODEL_CHARS], model=model, placement=self.mw.placement,
             usage=usage, status=status, streamed=streamed,
         )
         self.mw.publisher.submit(event)
@@ -167,7 +168,7 @@ class MeteredRequest:
     def _usage(self) -> Usage | None:
         if self.scanner is not None:
             return self.scanner.usage_or_estimate(self.request)
-        return find_usage(b"".join(self.chunks)) if self.chunks else None
+        return dialect_for(self.endpoint).find_usage(b"".join(self.chunks)) if self.chunks else None
 
 
 def _parse(body: bytes) -> dict[str, Any]:

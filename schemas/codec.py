@@ -40,6 +40,7 @@ REGISTRY: dict[int, str] = {
     12: "gpu_sample.v2",
     13: "ledger_line.v2",
     14: "model_equivalent.v1",
+    15: "budget_alert.v3",
 }
 
 # The version each typed record is read as and written with.
@@ -49,7 +50,7 @@ CURRENT: dict[type, int] = {
     records.OrgDirectory: 4,
     records.Price: 5,
     records.LedgerLine: 13,
-    records.BudgetAlert: 9,
+    records.BudgetAlert: 15,
     records.Budget: 8,
     records.BudgetStatus: 10,
     records.ModelEquivalent: 14,

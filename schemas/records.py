@@ -171,6 +171,7 @@ class BudgetAlert:
     top_models: list[SpendShare] = field(default_factory=list)
     top_keys: list[SpendShare] = field(default_factory=list)
     mode: str = "soft"
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

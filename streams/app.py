@@ -28,7 +28,7 @@ from gpuledger.kafka import AckedSender, client_options
 from gpuledger.migrate import PARAMETERS
 from gpuledger.settings import Settings
 from schemas import DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
-from streams import reference
+from streams import metrics, reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
 from streams.budgets.evaluator import BudgetEvaluator, Topics
@@ -64,8 +64,12 @@ def _broker_credentials(settings: Settings) -> Any:
     return None
 
 
-def create_app(settings: Settings) -> faust.App:
-    """Build the worker app; everything it needs comes from ``settings``."""
+def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -> faust.App:
+    """Build the worker app; everything it needs comes from ``settings``.
+
+    ``health``: the ``/healthz`` already served (``gpuledger worker``); the app fills in its
+    reference tables and keeps its Kafka contact and consumer lag current.
+    """
     w = settings.worker
     app = faust.App(
         w.app_id,
@@ -101,7 +105,7 @@ def create_app(settings: Settings) -> faust.App:
     samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
 
     client = connect(settings.clickhouse)
-    sink = ClickHouseSink(client, settings.clickhouse.database)
+    sink = ClickHouseSink(client, settings.clickhouse.database)  # times and counts every insert (streams.metrics)
     times = TimeWindow(future_skew=timedelta(seconds=w.max_future_skew_seconds), max_age=timedelta(days=PARAMETERS["raw_retention_days"]))
 
     @app.task
@@ -114,6 +118,14 @@ def create_app(settings: Settings) -> faust.App:
             await reference_rejects.settle()
         except Exception:  # Kafka away: kept queued for the next tick
             log.exception("could not dead-letter skipped reference records; will retry")
+
+    # -- metrics: /healthz reads the reference tables; consumer lag only while the CLI serves /metrics --
+    if health is not None:
+        health.views.update({table.view.topic: table.view for table in tables})
+
+        @app.task
+        async def consumer_lag() -> None:
+            await metrics.measure_lag(settings.kafka, w.app_id, [settings.topics.inference_usage, settings.topics.gpu_samples], health)
 
     async def reference_loaded() -> None:
         """Nothing is joined or evaluated against a half-read directory, price list or budget set."""
@@ -149,7 +161,7 @@ def create_app(settings: Settings) -> faust.App:
             await ingest(events)
 
         async def agent(stream: faust.StreamT) -> None:
-            async with EventBatcher(stream, store, size=w.batch_size, seconds=w.batch_seconds, name=name) as batcher:
+            async with EventBatcher(stream, metrics.timed_batch(name, store), size=w.batch_size, seconds=w.batch_seconds, name=name) as batcher:
                 async for event in stream.events():
                     await batcher.add(event)
 
@@ -183,7 +195,8 @@ def create_app(settings: Settings) -> faust.App:
     async def allocate() -> None:
         try:
             await reference_loaded()
-            await allocator.run_once()
+            with metrics.timed(metrics.PASS_SECONDS, metrics.PASS_FAILURES, "allocate"):
+                await allocator.run_once()
         except Exception:  # a failed pass is retried on the next tick; its inputs are still in ClickHouse
             log.exception("gpu allocation pass failed")
 
@@ -197,19 +210,20 @@ def create_app(settings: Settings) -> faust.App:
     async def evaluate_budgets() -> None:
         try:
             await reference_loaded()
-            await evaluator.run_once()
+            with metrics.timed(metrics.PASS_SECONDS, metrics.PASS_FAILURES, "budgets"):
+                await evaluator.run_once()
         except Exception:  # retried on the next tick; ledger and raised alerts are in ClickHouse
             log.exception("budget evaluation failed")
 
     return app
 
 
-def run_worker(settings: Settings) -> None:
-    """Run the worker until SIGTERM/SIGINT (``gpuledger worker``; the CLI starts ``streams.metrics`` first)."""
+def run_worker(settings: Settings, health: metrics.WorkerHealth | None = None) -> None:
+    """Run the worker until SIGTERM/SIGINT (``gpuledger worker``; the CLI serves ``/metrics`` and ``/healthz`` first)."""
     from gpuledger.kafka import ensure_topics
 
     asyncio.run(ensure_topics(settings))
-    app = create_app(settings)
+    app = create_app(settings, health)
     app.conf.datadir.mkdir(parents=True, exist_ok=True)
     worker = GracefulWorker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.grace = settings.worker.shutdown_grace_seconds

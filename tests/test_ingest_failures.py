@@ -125,7 +125,7 @@ async def _scenario(settings: Settings) -> None:
     ingest = Ingest(decode=codec.decode, check=lambda _: None, prepare=prepare, begin=lambda: BOOK,
                     tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)), sink=sink,
                     refuse=DeadLetters(sender, settings.topics.dead_letter), decode_errors=(DecodeError,))
-    retries = (_counter("gpuledger_worker_store_retries_total", table="usage_events"), _counter("gpuledger_worker_batch_retries_total", agent="t"),
+    retries = (_counter("gpuledger_worker_insert_retries_total", table="usage_events"), _counter("gpuledger_worker_batch_retries_total", agent="t"),
                _counter("gpuledger_worker_poison_rows_total", table="usage_events"))
     stream = AckRecorder(stored)
     try:
@@ -150,7 +150,7 @@ async def _scenario(settings: Settings) -> None:
     assert letters[100].reason.startswith("decode: unknown magic byte 110")
     assert letters[101].reason == "pricing: ArithmeticError: injected: pricing failed"
     assert letters[102].reason.startswith("store: ClickHouse refused the usage_events row: DataError: Unable to create native array for column `prompt_tokens`")
-    assert _counter("gpuledger_worker_store_retries_total", table="usage_events") >= retries[0] + 2
+    assert _counter("gpuledger_worker_insert_retries_total", table="usage_events") >= retries[0] + 2
     assert _counter("gpuledger_worker_batch_retries_total", agent="t") == retries[1] + 1
     # The batch ran twice (its dead letters failed to send the first time), so the poison row was refused twice.
     assert _counter("gpuledger_worker_poison_rows_total", table="usage_events") == retries[2] + 2

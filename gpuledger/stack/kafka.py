@@ -84,6 +84,24 @@ def ensure_jars(stack: StackSettings) -> Path:
     return jars
 
 
+# Kafka's own CLI tools (kafka-tools jar): what their shell scripts run.
+TOOLS = {
+    "topics": "org.apache.kafka.tools.TopicCommand",
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+}
+
+
+def tool_command(stack: StackSettings, tool: str, args: list[str], bootstrap_servers: str) -> list[str]:
+    """The java command line of one of Kafka's CLI tools (``kafka-topics.sh`` etc.), against ``bootstrap_servers`` unless given."""
+    if tool not in TOOLS:
+        raise StackError(f"unknown Kafka tool {tool!r}; choose one of: {', '.join(TOOLS)}")
+    java = _require("java", "Kafka's tools need Java 17 or newer")
+    jars = ensure_jars(stack)
+    target = [] if "--bootstrap-server" in args else ["--bootstrap-server", bootstrap_servers]
+    return [java, "-Xmx256m", "-cp", f"{jars}/*", TOOLS[tool], *target, *args]
+
+
 def _format_storage(java: str, jars: Path, workdir: Path) -> None:
     if (workdir / "data" / "meta.properties").exists():
         return

@@ -153,7 +153,7 @@ class BudgetEvaluator:
                 alert_id=alert_id, budget_id=p.budget.budget_id, scope=p.budget.scope, kind=kind, threshold_pct=pct,
                 period_start=f.period_start, period_end=f.period_end, spend=f.spend, budget_amount=p.budget.amount,
                 currency=p.budget.currency, raised_at=now, projected_breach=breach, message=self._message(p.budget, f, kind, breach),
-                top_models=models, top_keys=keys, mode=p.budget.mode,
+                top_models=models, top_keys=keys, mode=p.budget.mode, timezone=p.budget.timezone,
             )
             for (p, f, alert_id, kind, pct, breach), models, keys in zip(due, top_models, top_keys, strict=True)
         ]

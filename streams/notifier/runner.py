@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,8 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options
 from gpuledger.settings import Settings
 from schemas import BudgetAlert, DecodeError, codec_for
+from streams.metrics import serve_http
+from streams.notifier.metrics import ATTEMPTS, DELIVERIES, IN_FLIGHT, ROUNDS_EXHAUSTED, WAITING, NotifierHealth
 from streams.notifier.routing import route_for
 from streams.notifier.settings import NotifierSettings
 from streams.notifier.slack import Outcome, RetryPolicy, json_payload, post_with_retry, slack_message
@@ -113,6 +116,15 @@ class Notifier:
 
     async def deliver(self, alert: BudgetAlert) -> str:
         """Take ``alert`` to a final state; returns ``delivered``, ``failed`` or ``duplicate``. Raises ``Stopped``."""
+        IN_FLIGHT.set(1)
+        try:
+            outcome = await self._deliver(alert)
+        finally:
+            IN_FLIGHT.set(0)
+        DELIVERIES.labels(outcome).inc()
+        return outcome
+
+    async def _deliver(self, alert: BudgetAlert) -> str:
         bound = log.bind(alert_id=alert.alert_id, scope=alert.scope, kind=alert.kind)
         if self.state.is_final(alert.alert_id):
             bound.info("alert already handled, skipped")
@@ -132,7 +144,7 @@ class Notifier:
                 payload,
                 self.policy,
                 sleep=lambda s: wait_or_stop(self.stop_event, s),
-                on_attempt=lambda status, detail: self.state.attempt(alert.alert_id, status, detail),
+                on_attempt=lambda status, detail: self._attempted(alert.alert_id, status, detail),
             )
             if outcome.status in ("delivered", "failed"):
                 self.state.finish(alert.alert_id, outcome.status, target.name, outcome.detail)
@@ -142,11 +154,16 @@ class Notifier:
                 return outcome.status
             if outcome.status == "interrupted":
                 raise Stopped(alert.alert_id)
+            ROUNDS_EXHAUSTED.inc()
             bound.error("delivery attempts exhausted; retrying later", route=target.name, attempts=outcome.attempts,
                         http_status=outcome.http_status, pause_s=self.ns.redelivery_pause_s)
             if await wait_or_stop(self.stop_event, self.ns.redelivery_pause_s):
                 raise Stopped(alert.alert_id)
 
+
+    def _attempted(self, alert_id: str, status: int | None, detail: str) -> None:
+        ATTEMPTS.labels(str(status) if status is not None else "network").inc()
+        self.state.attempt(alert_id, status, detail)
 
     async def _record(self, alert_id: str) -> None:
         """Copy the settled delivery into ClickHouse's alert history."""
@@ -156,8 +173,10 @@ class Notifier:
 
 
 async def _commit(consumer: AIOKafkaConsumer, message: ConsumerRecord) -> None:
+    tp = TopicPartition(message.topic, message.partition)
+    WAITING.labels(str(message.partition)).set(max(0, (consumer.highwater(tp) or 0) - message.offset - 1))
     try:
-        await consumer.commit({TopicPartition(message.topic, message.partition): message.offset + 1})
+        await consumer.commit({tp: message.offset + 1})
     except CommitFailedError as exc:  # partition moved in a rebalance; the ledger skips it on redelivery
         log.warning("offset commit failed", topic=message.topic, partition=message.partition, offset=message.offset, error=str(exc))
 
@@ -189,11 +208,14 @@ async def run_notifier(
     history = History(settings) if ns.record_history else None
     notifier = Notifier(ns, state, http, stop_event, history)
     await consumer.start()
+    health = NotifierHealth()
+    server = serve_http(ns.metrics_host, ns.metrics_port, health) if ns.metrics_port else None
     log.info("notifier started", topic=ns.topic, group=ns.group_id, routes=[r.name for r in ns.routes],
              default_route=ns.default.name if ns.default else None)
     try:
         while not stop_event.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=100)
+            health.last_poll = time.time()
             for messages in batches.values():
                 for message in messages:
                     try:
@@ -208,6 +230,9 @@ async def run_notifier(
                             return
                     await _commit(consumer, message)
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         try:
             await consumer.stop()
         finally:

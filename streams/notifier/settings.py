@@ -53,6 +53,8 @@ class NotifierSettings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0)
     record_history: bool = Field(True, description="Write each settled delivery to ClickHouse (budget_alert_deliveries) for the alert history.")
     redelivery_pause_s: float = Field(60.0, ge=0, description="Pause before a new round once max_attempts transient failures are spent.")
+    metrics_host: str = Field("127.0.0.1", description="Address of the notifier's /metrics and /healthz.")
+    metrics_port: int = Field(9404, ge=0, le=65535, description="Port of /metrics and /healthz; 0 turns them off.")
 
     @property
     def state_file(self) -> Path:

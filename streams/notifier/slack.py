@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
@@ -36,11 +37,42 @@ def money(amount: Decimal, currency: str) -> str:
     return f"{amount.quantize(CENT, rounding=ROUND_HALF_UP):,} {currency}"
 
 
-def _day(value: datetime) -> str:
-    return value.strftime("%Y-%m-%d")
+def escape(text: str) -> str:
+    """Slack's mrkdwn escaping: ``&``, ``<`` and ``>`` (so a model named ``<!channel>`` mentions no one)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _day(value: date) -> str:
+    return f"{value.day} {value:%b %Y}"
+
+
+def period_text(start: datetime, end: datetime, timezone: str) -> str:
+    """The period in the budget's zone with an inclusive last day: ``1–30 Nov 2026 (Europe/Berlin)``.
+
+    ``end`` is exclusive (the next period's start), so the last day is the one before it, locally.
+    """
+    zone = _zone(timezone)
+    first, last = start.astimezone(zone).date(), (end.astimezone(zone) - timedelta(microseconds=1)).date()
+    if first >= last:
+        days = _day(first)
+    elif (first.year, first.month) == (last.year, last.month):
+        days = f"{first.day}–{last.day} {last:%b %Y}"
+    elif first.year == last.year:
+        days = f"{first.day} {first:%b} – {last.day} {last:%b %Y}"
+    else:
+        days = f"{_day(first)} – {_day(last)}"
+    return f"{days} ({zone.key})"
 
 
 def headline(alert: BudgetAlert) -> str:
+    """Unescaped: for plain_text blocks; mrkdwn callers escape it."""
     pct = percent_of_budget(alert)
     label = KIND_LABEL.get(alert.kind, alert.kind)
     figure = f"{pct}% of budget" if pct is not None else money(alert.spend, alert.currency)
@@ -50,32 +82,47 @@ def headline(alert: BudgetAlert) -> str:
 
 
 def slack_message(alert: BudgetAlert) -> dict[str, Any]:
-    """Block Kit payload with a plain ``text`` fallback (what notifications and screen readers show)."""
+    """Block Kit payload with a plain ``text`` fallback (what notifications and screen readers show).
+
+    Every string that comes from users (scope, budget id, model and key names, the message,
+    the currency) is mrkdwn-escaped; the header is plain_text, which Slack never parses.
+    """
     pct = percent_of_budget(alert)
     fields = [
-        f"*Scope*\n{alert.scope}",
-        f"*Budget*\n{alert.budget_id}",
-        f"*Spend*\n{money(alert.spend, alert.currency)}",
-        f"*Budget amount*\n{money(alert.budget_amount, alert.currency)}",
+        f"*Scope*\n{escape(alert.scope)}",
+        f"*Budget*\n{escape(alert.budget_id)}",
+        f"*Spend*\n{escape(money(alert.spend, alert.currency))}",
+        f"*Budget amount*\n{escape(money(alert.budget_amount, alert.currency))}",
         f"*Percent of budget*\n{pct}%" if pct is not None else "*Percent of budget*\nn/a (zero budget)",
-        f"*Kind*\n{alert.kind}" + (f" ({alert.threshold_pct}%)" if alert.threshold_pct else ""),
-        f"*Period*\n{_day(alert.period_start)} to {_day(alert.period_end)}",
+        f"*Kind*\n{escape(alert.kind)}" + (f" ({alert.threshold_pct}%)" if alert.threshold_pct else ""),
+        f"*Period*\n{escape(period_text(alert.period_start, alert.period_end, alert.timezone))}",
     ]
     if alert.projected_breach is not None:
-        fields.append(f"*Forecast breach*\n{_day(alert.projected_breach)}")
-    title = f"{KIND_EMOJI.get(alert.kind, ':bell:')} {headline(alert)}"
+        fields.append(f"*Forecast breach*\n{_day(alert.projected_breach.astimezone(_zone(alert.timezone)).date())}")
+    title = f"{KIND_EMOJI.get(alert.kind, ':bell:')} {escape(headline(alert))}"
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": headline(alert)[:150], "emoji": True}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields[:10]]},  # Slack allows 10 fields
+        {"type": "header", "text": {"type": "plain_text", "text": _cut(headline(alert), 150), "emoji": True}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": _cut(f, 2000)} for f in fields[:10]]},  # Slack allows 10 fields
     ]
     if alert.message:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": alert.message[:3000]}})
-    drivers = [f"*Top {label}*\n" + "\n".join(f"{s.name}: {money(s.spend, alert.currency)}" for s in shares)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(escape(alert.message), 3000)}})
+    drivers = [f"*Top {label}*\n" + "\n".join(f"{escape(s.name)}: {escape(money(s.spend, alert.currency))}" for s in shares)
                for label, shares in (("models", alert.top_models), ("keys", alert.top_keys)) if shares]
     if drivers:
-        blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": d[:2000]} for d in drivers]})
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"alert `{alert.alert_id}` raised {alert.raised_at.isoformat()}"}]})
-    return {"text": title, "blocks": blocks}
+        blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": _cut(d, 2000)} for d in drivers]})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(f"alert `{escape(alert.alert_id)}` raised {alert.raised_at.isoformat()}", 3000)}]})
+    return {"text": _cut(title, 3000), "blocks": blocks}
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most ``limit`` characters (Slack refuses longer texts), never ending inside an escape like ``&amp;``."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    amp = cut.rfind("&")
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
 
 
 def json_payload(alert: BudgetAlert) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class FakeVllm:
     cached_tokens: int = 0
     default_max_tokens: int = 5
     request_id_headers: bool = False  # vLLM's --enable-request-id-headers
+    done_delay_s: float = 0.0  # between ``data: [DONE]`` and the end of the body (what made SDK clients look disconnected)
+    extra_headers: dict[str, str] = field(default_factory=dict)  # on every response, e.g. a provider's x-ratelimit-*
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
 
@@ -142,6 +144,8 @@ class FakeVllm:
         if include:
             yield f"data: {dumps({**head, 'choices': [], 'usage': self._usage(n_prompt, len(tokens), final_chunk=True)})}\n\n"
         yield "data: [DONE]\n\n"
+        if self.done_delay_s:
+            await asyncio.sleep(self.done_delay_s)
 
     async def _completion_stream(self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool, each: bool) -> AsyncIterator[str]:
         """Chunks are dumped with exclude_unset=False: ``usage`` is always there, null unless continuous stats set it."""
@@ -155,6 +159,8 @@ class FakeVllm:
         if include:
             yield f"data: {dumps({**head, 'choices': [], 'usage': self._usage(n_prompt, len(tokens), final_chunk=True)})}\n\n"
         yield "data: [DONE]\n\n"
+        if self.done_delay_s:
+            await asyncio.sleep(self.done_delay_s)
 
     async def _pace(self) -> None:
         if self.token_delay_s:
@@ -183,20 +189,22 @@ def _running(n_prompt: int, n_out: int) -> dict[str, int]:
 
 
 class RequestIdHeaders:
-    """vLLM's ``--enable-request-id-headers``: X-Request-Id echoed from the request or a fresh uuid hex, when switched on."""
+    """vLLM's ``--enable-request-id-headers``: X-Request-Id echoed from the request or a fresh uuid hex, when switched on; plus ``extra_headers``."""
 
     def __init__(self, app: Any, fake: FakeVllm) -> None:
         self.app, self.fake = app, fake
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.fake.request_id_headers:
+        if scope["type"] != "http" or not (self.fake.request_id_headers or self.fake.extra_headers):
             await self.app(scope, receive, send)
             return
-        request_id = dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()
+        added = [(k.lower().encode(), v.encode()) for k, v in self.fake.extra_headers.items()]
+        if self.fake.request_id_headers:
+            added.append((b"x-request-id", dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()))
 
         async def with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+                message = {**message, "headers": [*message.get("headers", []), *added]}
             await send(message)
 
         await self.app(scope, receive, with_id)

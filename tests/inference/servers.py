@@ -15,11 +15,17 @@ import uvicorn
 @contextmanager
 def serve(app: Any, *, lifespan: str = "on") -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL."""
+    with serve_config(uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=2, access_log=False)) as url:
+        yield url
+
+
+@contextmanager
+def serve_config(config: uvicorn.Config) -> Iterator[str]:
+    """Serve under a given uvicorn configuration (its host and port are ignored); yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=2, access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

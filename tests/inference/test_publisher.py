@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 
 from gpuledger.settings import KafkaSettings, Settings
+from inference.openai_usage import MAX_TOKENS
 from inference.publisher import UsagePublisher
 from schemas import InferenceUsage
 from tests.inference.usage_tap import UsageTap
@@ -46,3 +48,22 @@ async def test_overload_drops_and_counts_without_blocking() -> None:
     await publisher.close(timeout=0.1)
     assert counter("gpuledger_usage_events_dropped_total", component=component, reason="queue_full") == 990
     assert elapsed < 0.05, f"submit must never wait for Kafka ({elapsed * 1000:.1f} ms for 1000 events)"
+
+
+async def test_an_unencodable_event_is_replaced_by_a_flagged_one_and_the_publisher_goes_on(stack_settings: Settings, tap: UsageTap) -> None:
+    """10**30 tokens (what a backend once reported) cannot be Avro-encoded: before, the publisher task died with it."""
+    component, key_id = f"test-{uuid.uuid4().hex[:6]}", f"pub-{uuid.uuid4().hex}"
+    publisher = UsagePublisher(stack_settings.kafka, stack_settings.topics.inference_usage, component=component)
+    huge = dataclasses.replace(event(key_id), prompt_tokens=10**30, latency_ms=float("nan"), model="m" * 5000)
+    unfixable = dataclasses.replace(event(key_id), event_id=None)  # type: ignore[arg-type]  # a bug upstream of the publisher
+    after = [event(key_id) for _ in range(3)]
+    for e in (huge, unfixable, *after):
+        publisher.submit(e)
+    await publisher.close()
+    received = {e.event_id: e for e in await tap.events(lambda e: e.key_id == key_id, 4)}
+    replaced = received.pop(huge.event_id)
+    assert (replaced.prompt_tokens, replaced.completion_tokens, replaced.usage_estimated, replaced.latency_ms, len(replaced.model)) == (MAX_TOKENS, 2, True, 0.0, 256)
+    assert set(received) == {e.event_id for e in after} and not any(e.usage_estimated for e in received.values())
+    assert counter("gpuledger_usage_events_replaced_total", component=component) == 1
+    assert counter("gpuledger_usage_events_dropped_total", component=component, reason="unencodable") == 1
+    assert counter("gpuledger_usage_events_published_total", component=component) == 4

@@ -139,3 +139,19 @@ async def test_key_header_names_the_caller(stack_settings: Settings, fake: FakeV
     assert response.status_code == 200
     [event] = await tap.events(lambda e: e.key_id == caller, 1)
     assert (event.deployment, event.prompt_tokens, event.completion_tokens) == ("llama-a", 2, 5)
+
+
+async def test_a_stream_the_openai_sdk_closes_after_done_is_ok(vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str) -> None:
+    """The SDK drains at most 100 ms after [DONE] and hangs up; vLLM ends its body later: still a complete stream."""
+    import openai
+
+    reset.done_delay_s = 0.25
+    try:
+        client = openai.AsyncOpenAI(base_url=vllm_url + "/v1", api_key=secret)
+        stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b c"}], max_tokens=3, stream=True)
+        assert [c async for c in stream]
+        await client.close()
+    finally:
+        reset.done_delay_s = 0.0
+    [event] = await tap.events(mine(secret), 1)
+    assert (event.status, event.prompt_tokens, event.completion_tokens, event.usage_estimated) == ("ok", 3, 3, False)

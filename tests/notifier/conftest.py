@@ -41,7 +41,8 @@ def alert(scope: str = "acme/ml", pct: int = 50, spend: str = "500", budget: str
 def notifier_settings(tmp_path: Path, **overrides: Any) -> NotifierSettings:
     name = uuid.uuid4().hex[:10]
     base: dict[str, Any] = {"topic": f"nt-{name}.alerts", "group_id": f"nt-{name}", "state_dir": tmp_path / "state",
-                            "backoff_base_s": 0.05, "backoff_max_s": 0.2, "redelivery_pause_s": 0.2, "request_timeout_s": 5.0}
+                            "backoff_base_s": 0.05, "backoff_max_s": 0.2, "redelivery_pause_s": 0.2, "request_timeout_s": 5.0,
+                            "metrics_port": 0}
     return NotifierSettings(**{**base, **overrides})
 
 

@@ -10,6 +10,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
@@ -20,6 +21,7 @@ from streams.notifier import Route, Target
 from streams.notifier.state import DeliveryState
 from tests.notifier.conftest import Running, alert, notifier_settings, publish, wait_until
 from tests.notifier.fake_slack import FakeSlack
+from tests.promtool import check_metrics
 
 pytestmark = pytest.mark.engines
 
@@ -64,7 +66,7 @@ async def test_three_thresholds_give_three_messages_and_replays_none(stack_setti
     assert f["Budget amount"] == "1,000.00 USD"
     assert f["Percent of budget"] == "81.2%"
     assert f["Kind"] == "threshold (80%)"
-    assert f["Period"] == "2027-03-01 to 2027-04-01"
+    assert f["Period"] == "1–31 Mar 2027 (UTC)"
     assert "Forecast breach" not in f
     assert got[0]["text"].startswith(":warning: Budget 50% threshold")
     assert await committed(stack_settings, ns.group_id, ns.topic) == 3
@@ -203,11 +205,14 @@ async def test_routing_and_permanent_failures(stack_settings: Settings, slack: F
     assert "/services/" not in logged, "a webhook URL reached the logs"
 
 
-async def test_cli_process_delivers_and_stops_on_sigterm(stack_settings: Settings, slack: FakeSlack, tmp_path: Path) -> None:
+async def test_cli_process_delivers_serves_metrics_and_stops_on_sigterm(stack_settings: Settings, slack: FakeSlack, tmp_path: Path) -> None:
     hook = slack.new_hook("cli")
+    slack.then(hook, 429, "rate_limited", Retry_After="0")
     ns = notifier_settings(tmp_path, default=Target(name="ops", url=hook))
     config = tmp_path / "notifier.yaml"
-    config.write_text(f"topic: {ns.topic}\ngroup_id: {ns.group_id}\nstate_dir: {ns.state_dir}\ndefault: {{name: ops, url: '{hook}'}}\n")
+    port = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "20000")) + 321
+    config.write_text(f"topic: {ns.topic}\ngroup_id: {ns.group_id}\nstate_dir: {ns.state_dir}\ndefault: {{name: ops, url: '{hook}'}}\n"
+                      f"metrics_port: {port}\nbackoff_base_s: 0.05\n")
     await publish(stack_settings, ns, [alert(pct=80, spend="800")])
     env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
            "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url, "GPULEDGER_CONFIG": str(tmp_path / "none.yaml")}
@@ -217,6 +222,18 @@ async def test_cli_process_delivers_and_stops_on_sigterm(stack_settings: Setting
     try:
         await wait_until(lambda: len(slack.messages(hook)) >= 1 or proc.poll() is not None, timeout=20, what="the CLI's message")
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        scraped = [""]
+
+        async def settled() -> bool:  # the alert is settled and committed a moment after Slack saw it
+            scraped[0] = (await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+            return 'gpuledger_notifier_alerts_waiting{partition="0"} 0.0' in scraped[0]
+
+        for _ in range(100):
+            if await settled():
+                break
+            await asyncio.sleep(0.1)
+        metrics = scraped[0]
+        health = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/healthz", timeout=5)
         proc.send_signal(signal.SIGTERM)
         output = (await asyncio.to_thread(proc.communicate, timeout=15))[0].decode()
     finally:
@@ -226,3 +243,8 @@ async def test_cli_process_delivers_and_stops_on_sigterm(stack_settings: Setting
     assert len(slack.messages(hook)) == 1
     assert "/services/" not in output
     assert await committed(stack_settings, ns.group_id, ns.topic) == 1
+    check_metrics(metrics)
+    for line in ('gpuledger_notifier_deliveries_total{outcome="delivered"} 1.0', 'gpuledger_notifier_attempts_total{status="429"} 1.0',
+                 'gpuledger_notifier_attempts_total{status="200"} 1.0', 'gpuledger_notifier_alerts_waiting{partition="0"} 0.0'):
+        assert line in metrics.splitlines(), line
+    assert health.status_code == 200 and health.json()["consuming"] is True

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from slack_sdk.models.blocks import Block
 from typer.testing import CliRunner
 
 from schemas import SpendShare
@@ -34,7 +35,7 @@ def test_message_figures_forecast_and_message_text() -> None:
     assert m["blocks"][0] == {"type": "header", "text": {"type": "plain_text", "text": "Budget forecast to exceed: acme/ml at 61.7% of budget", "emoji": True}}
     texts = [f["text"] for f in m["blocks"][1]["fields"]]
     assert "*Spend*\n1,234.50 USD" in texts and "*Budget amount*\n2,000.00 USD" in texts
-    assert "*Forecast breach*\n2027-03-24" in texts and "*Kind*\nforecast" in texts
+    assert "*Forecast breach*\n24 Mar 2027" in texts and "*Kind*\nforecast" in texts
     assert m["blocks"][2] == {"type": "section", "text": {"type": "mrkdwn", "text": "GPU spend up 3x"}}
     assert a.alert_id in m["blocks"][3]["elements"][0]["text"]
 
@@ -55,6 +56,41 @@ def test_percent_is_decimal_and_zero_budget_is_not_a_crash() -> None:
     assert "*Percent of budget*\nn/a (zero budget)" in [f["text"] for f in slack_message(zero)["blocks"][1]["fields"]]
     body = json_payload(alert(spend="0.1", budget="0.3"))
     assert body["spend"] == "0.1" and body["percent_of_budget"] == "33.3"
+
+
+def valid_block_kit(message: dict) -> None:
+    """Parse every block with slack_sdk's Block Kit models and run their validation (lengths, counts, types)."""
+    assert isinstance(message["text"], str) and len(message["text"]) <= 3000
+    for raw in message["blocks"]:
+        block = Block.parse(raw)
+        assert block is not None, f"not a Block Kit block: {raw}"
+        block.validate_json()
+        assert block.to_dict() == raw, "slack_sdk reads the block as written"
+
+
+def test_periods_are_shown_in_the_budgets_zone_with_an_inclusive_last_day() -> None:
+    berlin = replace(alert(), period_start=datetime(2026, 10, 31, 23, tzinfo=UTC), period_end=datetime(2026, 11, 30, 23, tzinfo=UTC), timezone="Europe/Berlin",
+                     kind="forecast", projected_breach=datetime(2026, 11, 24, 23, 30, tzinfo=UTC))
+    daily = replace(alert(), period_start=datetime(2026, 11, 29, tzinfo=UTC), period_end=datetime(2026, 11, 30, tzinfo=UTC))
+    weekly = replace(alert(), period_start=datetime(2026, 12, 28, tzinfo=UTC), period_end=datetime(2027, 1, 4, tzinfo=UTC))
+    periods = [dict(f["text"].lstrip("*").split("*\n", 1) for f in slack_message(a)["blocks"][1]["fields"]) for a in (berlin, daily, weekly)]
+    assert [p["Period"] for p in periods] == ["1–30 Nov 2026 (Europe/Berlin)", "29 Nov 2026 (UTC)", "28 Dec 2026 – 3 Jan 2027 (UTC)"]
+    assert periods[0]["Forecast breach"] == "25 Nov 2026", "the breach day in Berlin, not UTC's 24th"
+    for a in (berlin, daily, weekly):
+        valid_block_kit(slack_message(a))
+
+
+def test_user_supplied_strings_are_mrkdwn_escaped_and_messages_stay_valid() -> None:
+    hostile = replace(alert(scope="<!channel>&co", message="spend by <@U123> & <https://evil|click>" * 200),
+                      budget_id="b<1>", top_models=[SpendShare(name="<!here>", spend=Decimal("1"))], top_keys=[SpendShare(name="k&" * 1500, spend=Decimal("2"))])
+    message = slack_message(hostile)
+    valid_block_kit(message)
+    mrkdwn = [message["text"]] + [t for b in message["blocks"] for t in
+                                  ([f["text"] for f in b.get("fields", [])] + [e["text"] for e in b.get("elements", [])] + ([b["text"]["text"]] if b["type"] == "section" and "text" in b else []))]
+    assert all("<" not in t and ">" not in t for t in mrkdwn), "no raw < or > reaches Slack's mrkdwn"
+    assert "*Scope*\n&lt;!channel&gt;&amp;co" in mrkdwn and "*Budget*\nb&lt;1&gt;" in mrkdwn
+    assert any("&lt;!here&gt;: 1.00 USD" in t for t in mrkdwn)
+    assert message["blocks"][0]["text"]["text"].startswith("Budget 50% threshold reached: <!channel>&co"), "plain_text is shown as is, never parsed"
 
 
 def test_routes_match_whole_segments_longest_first() -> None:
