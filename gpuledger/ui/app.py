@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -107,7 +108,8 @@ def create_app(settings: Settings) -> Starlette:
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return HTMLResponse(env.get_template("login.html").render(error=""))
-        token = str((await request.form()).get("token", ""))
+        # the form is one urlencoded field: parse_qs rather than a multipart dependency
+        token = parse_qs((await request.body()).decode(errors="replace")).get("token", [""])[0]
         if not any(t.sha256 == token_digest(token) for t in settings.ui.tokens):
             return HTMLResponse(env.get_template("login.html").render(error="unknown access token"), 401)
         response = RedirectResponse("/", 303)

@@ -111,7 +111,7 @@ def _period_table(ctx: Ctx, name: str, title: str, dims: tuple[str, ...], previo
     elapsed = _elapsed_fraction(start, end)
     table = Table(name, title, [
         Column("group", "org" if len(dims) == 1 else "team"), Column("previous", "previous", "money", True),
-        Column("this", "this period", "money", True), Column("change", "change", "money", True), Column("change_pct", "change", "pct"),
+        Column("this", "this period", "money", True), Column("change", "change", "money", True), Column("change_pct", "change %", "pct"),
         Column("forecast", "run-rate forecast", "money", True), Column("currency", "currency"),
     ])
     for group, currency, before, now in rows:
@@ -164,10 +164,15 @@ def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
         total, currency = spend.get(month, (Decimal(0), ctx.settings.currency))
         table.rows.append({"month": month, "spend": total, "tokens": unit.tokens if unit else 0, "currency": currency,
                            "per_mtok_usage": unit.per_mtok_usage if unit else None, "per_mtok_allocation": unit.per_mtok_allocation if unit else None})
-    chart = {
-        "x": [int(datetime(r["month"].year, r["month"].month, 1, tzinfo=UTC).timestamp()) for r in table.rows],
-        "spend": [float(r["spend"]) for r in table.rows],  # chart pixels only; the table beside it carries exact figures
-        "per_mtok": [None if r["per_mtok_usage"] is None else float(r["per_mtok_usage"]) for r in table.rows],
+    months, month = [], first
+    while month < end:
+        months.append(month)
+        month = (month + timedelta(days=32)).replace(day=1)
+    by_month = {r["month"]: r for r in table.rows}
+    chart = {  # floats for chart pixels only; the table beside it carries the exact figures
+        "x": [int(datetime(m.year, m.month, 1, tzinfo=UTC).timestamp()) for m in months],
+        "spend": [float(by_month[m]["spend"]) if m in by_month else None for m in months],
+        "per_mtok": [float(by_month[m]["per_mtok_usage"]) if m in by_month and by_month[m]["per_mtok_usage"] is not None else None for m in months],
     }
     return table, chart
 
