@@ -17,10 +17,11 @@
     const width = Math.max(280, box.clientWidth);
     chart = new uPlot({
       width: width, height: 260,
-      scales: {x: {time: true}, spend: {}, unit: {}},
+      scales: {x: {time: true}, spend: {range: (u, lo, hi) => [0, (hi || 1) * 1.1]}, unit: {range: (u, lo, hi) => [0, (hi || 1) * 1.25]}},
       series: [
         {},
-        {label: "total spend", scale: "spend", stroke: "#2563eb", width: 2, points: {size: 8}, value: (u, v) => money(v)},
+        {label: "total spend", scale: "spend", stroke: "#2563eb", fill: "rgba(37, 99, 235, 0.35)", width: 1,
+         paths: uPlot.paths.bars({size: [0.6, 40]}), points: {show: false}, value: (u, v) => money(v)},
         {label: "per 1M tokens", scale: "unit", stroke: "#dc2626", width: 2, dash: [6, 4], points: {size: 8}, value: (u, v) => money(v)},
       ],
       axes: [{}, {scale: "spend", label: "spend"}, {scale: "unit", side: 1, label: "per 1M tokens", grid: {show: false}}],
