@@ -7,7 +7,7 @@ works on an air-gapped network and a page cannot be made to call elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -74,7 +80,7 @@ def create_app(settings: Settings) -> Starlette:
     def render_table(table: Table) -> str:
         return env.get_template("table.html").render(table=table)
 
-    def page_route(name: str):  # noqa: ANN202 - a Starlette endpoint
+    def page_route(name: str) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             ctx, page = await build(request, queries.PAGES[name])
             orgs = await run_in_threadpool(queries.visible_orgs, ctx)

@@ -299,12 +299,15 @@ def gpus(ctx: Ctx) -> Page:
     """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why."""
     f = ctx.filters
     where, params = scope(ctx, "event_time", ("org", "team", "project", "node", "gpu_uuid"))
+    # the heatmap reads only the last HEAT_HOURS of the range (a month of windows would be one query too many)
+    last = min(datetime(f.until.year, f.until.month, f.until.day, tzinfo=UTC), datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+    heat_params = {**params, "heat_from": last - timedelta(hours=HEAT_HOURS)}
     cells = ctx.client.query(
         f"SELECT node, gpu_uuid, toStartOfHour(event_time) AS hour, avg(u) FROM (SELECT node, gpu_uuid, event_time, max(utilization_pct) AS u"
-        f" FROM {ctx.db}.ledger FINAL WHERE {where} AND kind IN ('gpu', 'idle') AND gpu_uuid != '' GROUP BY node, gpu_uuid, event_time)"
-        " GROUP BY node, gpu_uuid, hour ORDER BY node, gpu_uuid, hour", parameters=params).result_rows
-    hours = sorted({c[2] for c in cells})[-HEAT_HOURS:]
-    heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), last {len(hours)} hour(s) with data",
+        f" FROM {ctx.db}.ledger FINAL WHERE {where} AND event_time >= {{heat_from:DateTime64(6, 'UTC')}} AND kind IN ('gpu', 'idle')"
+        " AND gpu_uuid != '' GROUP BY node, gpu_uuid, event_time) GROUP BY node, gpu_uuid, hour ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
+    hours = sorted({c[2] for c in cells})
+    heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
                  [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))])
     by_gpu: dict[tuple[str, str], dict[str, Any]] = {}
     for node, gpu, hour, util in cells:
@@ -314,7 +317,7 @@ def gpus(ctx: Ctx) -> Page:
     idle = _grouped(ctx, "idle", "Idle cost by node and owner", ("node", "org", "team"), "kind = 'idle'", where, params)
     for i, row in enumerate(idle.rows):
         idle.links[(i, "cost")] = f.url("/lines", kind="idle", node=row["node"], org=row["org"], team=row["team"])
-    booked = _grouped(ctx, "attribution", "What each GPU's cost was booked to, and on which basis",
+    booked = _grouped(ctx, "attribution", "What each GPU's cost was booked to, and on which basis (largest first)",
                       ("node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project"),
                       "kind IN ('gpu', 'idle', 'adjustment') AND gpu_uuid != ''", where, params)
     for i, row in enumerate(booked.rows):
@@ -325,7 +328,7 @@ def gpus(ctx: Ctx) -> Page:
 def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
     rows = ctx.client.query(
         f"SELECT {', '.join(keys)}, currency, count(), sum(gpu_seconds), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} AND {condition}"
-        f" GROUP BY {', '.join(keys)}, currency ORDER BY {', '.join(keys[:2])}, 5 DESC", parameters=params).result_rows
+        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)}", parameters=params).result_rows
     columns = [*(Column(k, k.replace("_", " ")) for k in keys), Column("lines", "lines", "int", True),
                Column("gpu_seconds", "GPU seconds", "int", True), Column("cost", "cost", "money", True), Column("currency", "currency")]
     return Table(name, title, columns, [dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True)) for r in rows])

@@ -36,7 +36,7 @@ class Table:
     columns: list[Column]
     rows: list[dict[str, Any]] = field(default_factory=list)
     links: dict[tuple[int, str], str] = field(default_factory=dict)
-    note: str = ""
+    shown: int = 500  # rows rendered on the page; the total and the CSV cover every row
 
     def totals(self) -> list[dict[str, Any]]:
         """One total row per currency (a ledger may hold several); empty when no column is summed."""

@@ -32,7 +32,15 @@ from gpuledger.settings import Settings
 from gpuledger.simulate import publish_fleet
 from gpuledger.ui.auth import token_digest
 from tests.conftest import BASE
-from tests.support import ROOT, WorkerProcess, expected_totals, isolated, org_totals, settings_env, wait_until
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    expected_totals,
+    isolated,
+    org_totals,
+    settings_env,
+    wait_until,
+)
 
 DEMO = ROOT / "deploy" / "local" / "demo"
 CHROMIUM = "/usr/bin/chromium"
