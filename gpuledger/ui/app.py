@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
 from gpuledger.ui import queries
-from gpuledger.ui.auth import COOKIE, Refused, authenticate, token_digest
+from gpuledger.ui.auth import COOKIE, Refused, authenticate, from_token
 from gpuledger.ui.filters import BadFilter, Filters
 from gpuledger.ui.tables import Table, format_value
 
@@ -116,8 +116,10 @@ def create_app(settings: Settings) -> Starlette:
             return HTMLResponse(env.get_template("login.html").render(error=""))
         # the form is one urlencoded field: parse_qs rather than a multipart dependency
         token = parse_qs((await request.body()).decode(errors="replace")).get("token", [""])[0]
-        if not any(t.sha256 == token_digest(token) for t in settings.ui.tokens):
-            return HTMLResponse(env.get_template("login.html").render(error="unknown access token"), 401)
+        try:
+            from_token(token, settings.ui)
+        except Refused as exc:
+            return HTMLResponse(env.get_template("login.html").render(error=str(exc)), exc.status)
         response = RedirectResponse("/", 303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response

@@ -53,7 +53,8 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _from_token(token: str, ui: UISettings) -> Viewer:
+def from_token(token: str, ui: UISettings) -> Viewer:
+    """The viewer a token belongs to (compared by digest, in constant time), or ``Refused`` (401)."""
     digest = token_digest(token)
     for entry in ui.tokens:
         if hmac.compare_digest(entry.sha256, digest):
@@ -92,7 +93,7 @@ def authenticate(request: Request, ui: UISettings) -> Viewer:
     scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     token = bearer.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE, "")
     if token:
-        return _from_token(token, ui)
+        return from_token(token, ui)
     if ui.anonymous == "admin":
         return Viewer("local admin", None)
     raise Refused(401, "sign in with an access token, or through the configured proxy")

@@ -7,6 +7,9 @@ test_dashboard.py run the app as a real server.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +19,7 @@ from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings, UISettings, UIToken
 from gpuledger.ui.app import create_app, ui_settings
 from gpuledger.ui.auth import token_digest
-from tests.support import isolated
+from tests.support import ROOT, isolated
 
 pytestmark = pytest.mark.engines
 
@@ -71,6 +74,13 @@ def test_every_response_forbids_other_origins(settings: Settings) -> None:
     with client(settings, "192.0.2.9") as c:
         csp = c.get("/login").headers["content-security-policy"]
         assert "default-src 'self'" in csp and "connect-src 'self'" in csp and "script-src 'self'" in csp
+
+
+def test_anonymous_admin_is_refused_on_a_non_loopback_address() -> None:
+    env = {**os.environ, "GPULEDGER_UI__ANONYMOUS": "admin"}
+    env.pop("GPULEDGER_CONFIG", None)
+    run = subprocess.run([sys.executable, "-m", "gpuledger.cli", "ui", "--host", "0.0.0.0"], check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "only allowed on a loopback address, not 0.0.0.0" in run.stderr
 
 
 def test_the_dashboards_clickhouse_connection_cannot_write(settings: Settings) -> None:
