@@ -245,10 +245,10 @@ def budgets(ctx: Ctx) -> Page:
     all_budgets, statuses = asyncio.run(current(ctx.settings))
     forecasts = _forecast_breaches(ctx)
     standings = Table("standings", "Budgets this period (standing as last published by the worker)", [
-        Column("budget_id", "budget"), Column("scope", "scope"), Column("period", "period"), Column("mode", "mode"),
-        Column("amount", "amount", "money"), Column("spend", "spent", "money"), Column("used_pct", "used", "pct"),
-        Column("progress", "progress", "heat"), Column("state", "state"), Column("forecast_breach", "forecast breach (UTC)", "time"),
-        Column("currency", "currency"), Column("evaluated_at", "as of (UTC)", "time"),
+        Column("budget_id", "budget"), Column("progress", "progress", "heat"), Column("used_pct", "used", "pct"),
+        Column("spend", "spent", "money"), Column("amount", "amount", "money"), Column("state", "state"),
+        Column("forecast_breach", "forecast breach (UTC)", "time"), Column("scope", "scope"), Column("period", "period"),
+        Column("mode", "mode"), Column("currency", "currency"), Column("evaluated_at", "as of (UTC)", "time"),
     ])
     for b in all_budgets:
         if not _may_see(ctx.viewer, b.org) or (ctx.filters.org is not None and b.org != ctx.filters.org):
