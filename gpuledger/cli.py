@@ -24,6 +24,7 @@ from gpuledger.budgets_cli import app as budgets_app
 from gpuledger.dead_letters_cli import app as dead_letters_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
+from gpuledger.ui.cli import serve as ui_serve
 from inference.cli import app as gateway_app
 from streams.notifier.cli import app as notifier_app
 
@@ -41,6 +42,7 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(notifier_app, name="notifier")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.command("ui")(ui_serve)
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
