@@ -13,9 +13,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The dashboard starts last, bound to 127.0.0.1 with anonymous admin access (local use only); `make down` stops it.
 demo: install
 	$(BIN)/gpuledger demo
-	@echo "The stack keeps running for your queries; stop it with: $(BIN)/gpuledger stack down"
+	-@[ -f .gpuledger/ui.pid ] && kill $$(cat .gpuledger/ui.pid) 2>/dev/null; true
+	@GPULEDGER_UI__ANONYMOUS=admin nohup $(BIN)/gpuledger ui >.gpuledger/ui.log 2>&1 & echo $$! >.gpuledger/ui.pid
+	@echo "Dashboard: http://127.0.0.1:8088/ (log: .gpuledger/ui.log)"
+	@echo "The stack and the dashboard keep running for your queries; stop them with: make down"
 
 # tests/deploy need helm and promtool: install-tools.sh builds/installs them once and prints helm's folder.
 test: install
@@ -25,4 +29,5 @@ bench: install
 	$(BIN)/python tests/bench/pipeline_bench.py
 
 down:
+	-@[ -f .gpuledger/ui.pid ] && kill $$(cat .gpuledger/ui.pid) 2>/dev/null; rm -f .gpuledger/ui.pid
 	$(BIN)/gpuledger stack down

@@ -26,6 +26,7 @@ from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
 from gpuledger.topics_cli import app as topics_app
 from gpuledger.topics_cli import create as create_topics
+from gpuledger.ui.cli import serve as ui_serve
 from inference.cli import app as gateway_app
 from streams.notifier.cli import app as notifier_app
 
@@ -44,6 +45,7 @@ app.add_typer(notifier_app, name="notifier")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(topics_app, name="topics")
+app.command("ui")(ui_serve)
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 

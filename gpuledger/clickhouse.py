@@ -25,4 +25,5 @@ def connect(ch: ClickHouseSettings, *, database: str | None = "") -> Client:
         ca_cert=str(ch.ca_cert) if ch.ca_cert else None,
         compress=False,
         autogenerate_session_id=False,  # the worker inserts from several threads at once
+        settings={"readonly": 1} if ch.readonly else None,
     )

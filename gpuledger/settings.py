@@ -45,6 +45,7 @@ class ClickHouseSettings(BaseModel):
     database: str = "gpuledger"
     verify_tls: bool = True
     ca_cert: Path | None = None
+    readonly: bool = Field(False, description="Send readonly=1 with every query (the dashboard sets it; also give it a read-only ClickHouse user).")
 
 
 class TopicSettings(BaseModel):
@@ -122,6 +123,32 @@ def _known_zone(name: str) -> str:
     return name
 
 
+class UIToken(BaseModel):
+    """An access token of the dashboard, stored only as its SHA-256 (hex)."""
+
+    name: str = Field(description="Who holds the token (shown on the pages, never the token).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the token, lowercase hex: `printf %s TOKEN | sha256sum`.")
+    orgs: list[str] = Field([], description="Orgs this token may see; empty with admin: true for every org.")
+    admin: bool = Field(False, description="Sees every org.")
+
+
+class UISettings(BaseModel):
+    """The web dashboard (``gpuledger ui``): where it listens and who may see which org."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=1, le=65535)
+    refresh_seconds: float = Field(5.0, ge=1, description="How often pages re-read their figures (JSON from the same origin).")
+    anonymous: Literal["refuse", "admin"] = Field("refuse", description="Requests without a token or proxy identity: refused, or admin (only allowed when bound to a loopback address).")
+    tokens: list[UIToken] = Field([], description="Hashed access tokens for small installs.")
+    trusted_proxies: list[str] = Field([], description="Addresses / networks of the authenticating reverse proxy; identity headers from anywhere else are refused.")
+    proxy_user_header: str = Field("X-Forwarded-User", description="Header carrying the signed-in user, set by the proxy.")
+    proxy_groups_header: str = Field("X-Forwarded-Groups", description="Header carrying the user's groups (comma-separated).")
+    group_orgs: dict[str, list[str]] = Field({}, description="Proxy group -> orgs its members may see.")
+    admin_groups: list[str] = Field([], description="Proxy groups whose members see every org.")
+    clickhouse_user: str | None = Field(None, description="Read-only ClickHouse user for the dashboard (default: clickhouse.user).")
+    clickhouse_password: SecretStr | None = Field(None, description="Its password (default: clickhouse.password).")
+
+
 class Settings(BaseSettings):
     """All of gpuledger's settings."""
 
@@ -139,6 +166,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     budgets: BudgetSettings = BudgetSettings()
     stack: StackSettings = StackSettings()
+    ui: UISettings = UISettings()
 
     @classmethod
     def settings_customise_sources(

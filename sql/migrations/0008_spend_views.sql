@@ -52,7 +52,9 @@ GROUP BY day, org, team, project, cost_centre, key_id, llm_model, gpu_model, kin
 -- The analyst's view: spend by day, org, team, project, cost centre and model, split by cost kind.
 CREATE VIEW IF NOT EXISTS {db}.spend_by_org_daily AS
 SELECT
-    day, org, team, project, cost_centre, llm_model, gpu_model, currency,
+    day, org, team, project, cost_centre, llm_model, gpu_model,
+    if(llm_model != '', llm_model, gpu_model) AS model,  -- one name per row for drill-downs: the LLM, else the GPU
+    currency,
     sumIf(cost, kind = 'api')        AS api_cost,
     sumIf(cost, kind = 'gpu')        AS gpu_cost,
     sumIf(cost, kind = 'idle')       AS idle_cost,

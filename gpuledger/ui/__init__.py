@@ -1,0 +1,1 @@
+"""The web dashboard (``gpuledger ui``): read-only pages over the ledger's views, scoped per viewer."""

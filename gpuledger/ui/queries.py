@@ -1,0 +1,363 @@
+"""The dashboard's reads: one function per page, each scoped to what the viewer may see.
+
+Every query goes through ``scope()``, which always restricts an org-scoped viewer to its orgs
+and refuses (``Refused``, 403) an org filter outside them, so an edited URL cannot reach
+another org's figures, whatever the page or endpoint. Aggregates read the rollup views
+(``spend_by_org_daily``, ``unit_costs_daily``, ``self_hosted_vs_api_daily``); the ledger itself
+is read only where lines or columns the rollups do not keep are needed. Ratios and the spend
+bridge come from ``gpuledger.unit_costs`` and ``gpuledger.trends``, not re-derived here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from gpuledger import trends as tr
+from gpuledger import unit_costs as uc
+from gpuledger.budgets import current
+from gpuledger.settings import Settings
+from gpuledger.ui.auth import Viewer
+from gpuledger.ui.filters import DIMENSIONS, LINE_FILTERS, Filters, period_bounds
+from gpuledger.ui.tables import Column, Table, share
+
+LINES_SHOWN = 500
+LINES_CSV = 100_000
+
+
+@dataclass
+class Ctx:
+    settings: Settings
+    client: Client
+    viewer: Viewer
+    filters: Filters
+
+    @property
+    def db(self) -> str:
+        return self.settings.clickhouse.database
+
+
+@dataclass
+class Page:
+    title: str
+    tables: list[Table]
+    charts: dict[str, Any] = field(default_factory=dict)
+    crumbs: list[tuple[str, str]] = field(default_factory=list)
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
+
+
+def scope(ctx: Ctx, time: str, dims: tuple[str, ...] = DIMENSIONS[:4], since: date | None = None, until: date | None = None) -> tuple[str, dict[str, Any]]:
+    """WHERE clause and parameters: the time range, the viewer's orgs, and the URL's filters on ``dims``."""
+    f = ctx.filters
+    params: dict[str, Any] = {"since": since or f.since, "until": until or f.until}
+    conditions = [f"{time} >= {{since:Date}}", f"{time} < {{until:Date}}"]
+    if ctx.viewer.orgs is not None:
+        conditions.append("org IN {scope_orgs:Array(String)}")
+        params["scope_orgs"] = sorted(ctx.viewer.orgs)
+    for dim in dims:
+        value = getattr(f, dim)
+        if value is None:
+            continue
+        if dim == "org":
+            ctx.viewer.check(value)
+        conditions.append(f"{dim} = {{f_{dim}:String}}")
+        params[f"f_{dim}"] = value
+    return " AND ".join(conditions), params
+
+
+def visible_orgs(ctx: Ctx) -> list[str]:
+    """Orgs with spend that the viewer may see (for the org picker)."""
+    if ctx.viewer.orgs is not None:
+        return sorted(ctx.viewer.orgs)
+    return [r[0] for r in ctx.client.query(f"SELECT DISTINCT org FROM {ctx.db}.spend_by_org_daily ORDER BY org").result_rows]
+
+
+def _may_see(viewer: Viewer, org: str) -> bool:
+    return viewer.orgs is None or org in viewer.orgs
+
+
+# ---------------------------------------------------------------- overview
+
+def overview(ctx: Ctx) -> Page:
+    """This period vs the last by org with a run-rate forecast, the Jevons view, top movers."""
+    f = ctx.filters
+    previous, start, end = period_bounds(f.period, f.at or datetime.now(UTC).date())
+    orgs = _period_table(ctx, "orgs", f"Spend by org: this {f.period} ({start} to {end}, exclusive) vs the previous", ("org",), previous, start, end)
+    for i, row in enumerate(orgs.rows):
+        orgs.links[(i, "group")] = f.url("/drill", org=row["group"])
+    movers = _period_table(ctx, "movers", f"Top movers by team this {f.period}", ("org", "team"), previous, start, end)
+    movers.rows = sorted(movers.rows, key=lambda r: -abs(r["change"]))[:10]
+    _add_bridge(ctx, movers, previous, end)
+    jevons, chart = _jevons(ctx, end)
+    return Page("Overview", [orgs, jevons, movers], charts={"jevons": chart})
+
+
+def _period_table(ctx: Ctx, name: str, title: str, dims: tuple[str, ...], previous: date, start: date, end: date) -> Table:
+    where, params = scope(ctx, "day", since=previous, until=end)
+    params["start"] = start
+    label = "concat(org, '/', team)" if len(dims) > 1 else "org"
+    rows = ctx.client.query(
+        f"SELECT {label} AS grp, currency, sumIf(total_cost, day < {{start:Date}}), sumIf(total_cost, day >= {{start:Date}})"
+        f" FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY {', '.join(dims)}, currency ORDER BY 4 DESC, grp",
+        parameters=params,
+    ).result_rows
+    elapsed = _elapsed_fraction(start, end)
+    table = Table(name, title, [
+        Column("group", "org" if len(dims) == 1 else "team"), Column("previous", "previous", "money", True),
+        Column("this", "this period", "money", True), Column("change", "change", "money", True), Column("change_pct", "change %", "pct"),
+        Column("forecast", "run-rate forecast", "money", True), Column("currency", "currency"),
+    ])
+    for group, currency, before, now in rows:
+        before, now = Decimal(before), Decimal(now)
+        table.rows.append({"group": group, "currency": currency, "previous": before, "this": now, "change": now - before,
+                           "change_pct": share(now - before, before), "forecast": now / elapsed if elapsed else now})
+    return table
+
+
+def _elapsed_fraction(start: date, end: date) -> Decimal:
+    """How much of [start, end) has passed (1 for a past period): the run-rate forecast is spend / this."""
+    now = datetime.now(UTC)
+    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    finish = datetime(end.year, end.month, end.day, tzinfo=UTC)
+    if now >= finish:
+        return Decimal(1)
+    return Decimal(max((now - begin).total_seconds(), 1)) / Decimal((finish - begin).total_seconds())
+
+
+def _add_bridge(ctx: Ctx, movers: Table, previous: date, end: date) -> None:
+    """Volume / price / mix / other for each mover, from ``gpuledger trends`` (teams with spend in both periods)."""
+    bridges = {b.group: b for b in tr.trends(ctx.settings, previous, end, "team", ctx.filters.period) if _may_see(ctx.viewer, b.group.split("/")[0])}
+    movers.columns[4:4] = [Column("volume", "volume", "money"), Column("price", "price", "money"), Column("mix", "mix", "money"),
+                           Column("other", "other (no tokens)", "money"), Column("jevons", "unit cost down, spend up")]
+    for row in movers.rows:
+        bridge = bridges.get(row["group"])
+        if bridge is not None:
+            row.update(volume=bridge.volume, price=bridge.price, mix=bridge.mix, other=bridge.other, jevons="yes" if bridge.jevons else "no")
+
+
+def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
+    """Monthly total spend against cost per million tokens (usage and allocation bases), last 12 months."""
+    first = end
+    for _ in range(12):
+        first = (first - timedelta(days=1)).replace(day=1)
+    where, params = scope(ctx, "day", since=first, until=end)
+    spend = {m: (Decimal(s), c) for m, c, s in ctx.client.query(
+        f"SELECT toStartOfMonth(day) AS m, currency, sum(total_cost) FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY m, currency",
+        parameters=params).result_rows}
+    units = {m: uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a)) for m, t, u, a in ctx.client.query(
+        f"SELECT toStartOfMonth(day) AS m, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.unit_costs_daily WHERE {where} GROUP BY m",
+        parameters=params).result_rows}
+    table = Table("jevons", "Unit cost vs total spend by month (why spend rises while unit prices fall)", [
+        Column("month", "month", "date"), Column("spend", "total spend", "money", True), Column("tokens", "tokens", "int", True),
+        Column("per_mtok_usage", "per 1M tokens (usage)", "money"), Column("per_mtok_allocation", "per 1M tokens (with idle)", "money"),
+        Column("currency", "currency"),
+    ])
+    for month in sorted(set(spend) | set(units)):
+        unit = units.get(month)
+        total, currency = spend.get(month, (Decimal(0), ctx.settings.currency))
+        table.rows.append({"month": month, "spend": total, "tokens": unit.tokens if unit else 0, "currency": currency,
+                           "per_mtok_usage": unit.per_mtok_usage if unit else None, "per_mtok_allocation": unit.per_mtok_allocation if unit else None})
+    months, month = [], first
+    while month < end:
+        months.append(month)
+        month = (month + timedelta(days=32)).replace(day=1)
+    by_month = {r["month"]: r for r in table.rows}
+    chart = {  # floats for chart pixels only; the table beside it carries the exact figures
+        "x": [int(datetime(m.year, m.month, 1, tzinfo=UTC).timestamp()) for m in months],
+        "spend": [float(by_month[m]["spend"]) if m in by_month else None for m in months],
+        "per_mtok": [float(by_month[m]["per_mtok_usage"]) if m in by_month and by_month[m]["per_mtok_usage"] is not None else None for m in months],
+    }
+    return table, chart
+
+
+# ---------------------------------------------------------------- drill-down and lines
+
+SPEND_COLUMNS = [Column("api", "API", "money", True), Column("gpu", "GPU", "money", True), Column("idle", "idle", "money", True),
+                 Column("adjustment", "late adjustments", "money", True), Column("total", "total", "money", True),
+                 Column("api_share", "API share", "pct"), Column("gpu_share", "GPU share", "pct"), Column("idle_share", "idle share", "pct"),
+                 Column("tokens", "tokens", "int", True), Column("currency", "currency"), Column("lines", "ledger lines")]
+
+
+def drill(ctx: Ctx) -> Page:
+    """Spend one level below the filters (org → team → project → model → key), split API / GPU / idle."""
+    f = ctx.filters
+    level = next((d for d in DIMENSIONS if getattr(f, d) is None), "key_id")
+    if level == "key_id":  # the rollups do not keep keys: read the ledger
+        where, params = scope(ctx, "event_time", DIMENSIONS)
+        sql = (f"SELECT key_id, currency, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),"
+               f" sumIf(cost, kind = 'adjustment'), sum(cost), sum(prompt_tokens + completion_tokens)"
+               f" FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
+    else:
+        where, params = scope(ctx, "day")
+        sql = (f"SELECT {level}, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(adjustment_cost), sum(total_cost), sum(tokens)"
+               f" FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY {level}, currency ORDER BY 7 DESC, {level}")
+    table = Table("spend", f"Spend by {level.replace('_id', '')}, {f.since} to {f.until} (exclusive)", [Column("name", level.replace("_id", "")), *SPEND_COLUMNS])
+    for i, (name, currency, api, gpu, idle, adjustment, total, tokens) in enumerate(ctx.client.query(sql, parameters=params).result_rows):
+        total = Decimal(total)
+        table.rows.append({"name": name, "currency": currency, "api": Decimal(api), "gpu": Decimal(gpu), "idle": Decimal(idle),
+                           "adjustment": Decimal(adjustment), "total": total, "tokens": int(tokens), "lines": "lines",
+                           "api_share": share(Decimal(api), total), "gpu_share": share(Decimal(gpu), total), "idle_share": share(Decimal(idle), total)})
+        if level != "key_id":
+            table.links[(i, "name")] = f.url("/drill", **{level: name})
+        table.links[(i, "lines")] = f.url("/lines", **{level: name})
+    crumbs = [("all orgs", Filters(f.since, f.until).url("/drill"))]
+    for depth, dim in enumerate(DIMENSIONS):
+        if getattr(f, dim) is None:
+            break
+        kept = {d: getattr(f, d) for d in DIMENSIONS[: depth + 1]}
+        crumbs.append((f"{dim.replace('_id', '')}: {getattr(f, dim) or '(none)'}", Filters(f.since, f.until, **kept).url("/drill")))
+    return Page("Drill-down", [table], crumbs=crumbs)
+
+
+LINE_COLUMNS = [Column("line_id", "line id"), Column("kind", "kind"), Column("event_time", "time (window start)", "time"),
+                Column("window_seconds", "window s", "int"), Column("org", "org"), Column("team", "team"), Column("project", "project"),
+                Column("model", "model"), Column("key_id", "key"), Column("event_id", "event id"), Column("price_id", "price id"),
+                Column("node", "node"), Column("gpu_uuid", "GPU"), Column("basis", "basis"), Column("workload", "workload"),
+                Column("idle_policy", "idle policy"), Column("tokens", "tokens", "int", True), Column("cost", "cost", "money", True),
+                Column("currency", "currency")]
+
+
+def lines(ctx: Ctx, limit: int = LINES_SHOWN) -> Page:
+    """The ledger lines behind a figure: ids, events, prices, windows; the total covers every matching line."""
+    where, params = scope(ctx, "event_time", DIMENSIONS + LINE_FILTERS)
+    count, total = ctx.client.query(f"SELECT count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where}", parameters=params).result_rows[0]
+    keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
+    rows = ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {where} ORDER BY event_time DESC, line_id LIMIT {int(limit)}",
+                            parameters=params).result_rows
+    summary = Table("summary", "Matching ledger lines", [Column("lines", "lines", "int"), Column("cost", "total cost", "money"), Column("currency", "currency")],
+                    [{"lines": int(count), "cost": Decimal(total), "currency": ctx.settings.currency}])
+    table = Table("lines", f"Ledger lines, newest first ({min(int(count), limit):,} of {int(count):,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS))
+    table.rows = [{c.key: (Decimal(v) if c.key == "cost" else v) for c, v in zip(LINE_COLUMNS, row, strict=True)} for row in rows]
+    return Page("Ledger lines", [summary, table])
+
+
+# ---------------------------------------------------------------- budgets
+
+def budgets(ctx: Ctx) -> Page:
+    """Each budget's standing this period (as the worker last published it) and the alert history with delivery."""
+    all_budgets, statuses = asyncio.run(current(ctx.settings))
+    forecasts = _forecast_breaches(ctx)
+    standings = Table("standings", "Budgets this period (standing as last published by the worker)", [
+        Column("budget_id", "budget"), Column("progress", "progress", "heat"), Column("used_pct", "used", "pct"),
+        Column("spend", "spent", "money"), Column("amount", "amount", "money"), Column("state", "state"),
+        Column("forecast_breach", "forecast breach (UTC)", "time"), Column("scope", "scope"), Column("period", "period"),
+        Column("mode", "mode"), Column("currency", "currency"), Column("evaluated_at", "as of (UTC)", "time"),
+    ])
+    for b in all_budgets:
+        if not _may_see(ctx.viewer, b.org) or (ctx.filters.org is not None and b.org != ctx.filters.org):
+            continue
+        s = statuses.get(b.budget_id)
+        fresh = s is not None and s.amount == b.amount
+        used = s.spend * 100 / b.amount if fresh and s else None
+        standings.rows.append({
+            "budget_id": b.budget_id, "scope": b.scope, "period": f"{b.period} ({b.timezone})", "mode": b.mode, "amount": b.amount,
+            "spend": s.spend if fresh and s else None, "used_pct": used, "progress": used, "currency": b.currency,
+            "state": ("exhausted" if s.exhausted else "ok") if fresh and s else "not evaluated yet",
+            "forecast_breach": forecasts.get(b.budget_id), "evaluated_at": s.evaluated_at if fresh and s else None,
+        })
+    if ctx.filters.org is not None:
+        ctx.viewer.check(ctx.filters.org)
+    return Page("Budgets and alerts", [standings, _alert_history(ctx)])
+
+
+ALERTS_FROM = ("(SELECT *, splitByChar('/', splitByChar(' ', scope)[1])[1] AS org FROM {db}.budget_alert_history)")
+
+
+def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
+    where, params = scope(ctx, "raised_at", ("org",), since=datetime.now(UTC).date() - timedelta(days=31), until=datetime.now(UTC).date() + timedelta(days=1))
+    return dict(ctx.client.query(
+        f"SELECT budget_id, argMax(projected_breach, raised_at) FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} AND kind = 'forecast'"
+        " AND period_end > now64() GROUP BY budget_id", parameters=params).result_rows)
+
+
+def _alert_history(ctx: Ctx) -> Table:
+    where, params = scope(ctx, "raised_at", ("org",))
+    columns = [Column("raised_at", "raised (UTC)", "time"), Column("budget_id", "budget"), Column("scope", "scope"), Column("kind", "kind"),
+               Column("threshold_pct", "threshold %", "int"), Column("spend", "spend", "money"), Column("budget_amount", "budget", "money"),
+               Column("projected_breach", "projected breach", "time"), Column("delivery_status", "delivery"), Column("route", "route"),
+               Column("attempts", "attempts", "int"), Column("last_http_status", "last HTTP status"), Column("settled_at", "settled (UTC)", "time"),
+               Column("currency", "currency"), Column("alert_id", "alert id")]
+    rows = ctx.client.query(f"SELECT {', '.join(c.key for c in columns)} FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} ORDER BY raised_at DESC LIMIT 1000",
+                            parameters=params).result_rows
+    return Table("alerts", "Alert history (newest first) with delivery status", columns,
+                 [{c.key: (Decimal(v) if c.kind == "money" and v is not None else v) for c, v in zip(columns, row, strict=True)} for row in rows])
+
+
+# ---------------------------------------------------------------- GPUs
+
+HEAT_HOURS = 24
+
+
+def gpus(ctx: Ctx) -> Page:
+    """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why."""
+    f = ctx.filters
+    where, params = scope(ctx, "event_time", ("org", "team", "project", "node", "gpu_uuid"))
+    # the heatmap reads only the last HEAT_HOURS of the range (a month of windows would be one query too many)
+    last = min(datetime(f.until.year, f.until.month, f.until.day, tzinfo=UTC), datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+    heat_params = {**params, "heat_from": last - timedelta(hours=HEAT_HOURS)}
+    cells = ctx.client.query(
+        f"SELECT node, gpu_uuid, toStartOfHour(event_time) AS hour, avg(u) FROM (SELECT node, gpu_uuid, event_time, max(utilization_pct) AS u"
+        f" FROM {ctx.db}.ledger FINAL WHERE {where} AND event_time >= {{heat_from:DateTime64(6, 'UTC')}} AND kind IN ('gpu', 'idle')"
+        " AND gpu_uuid != '' GROUP BY node, gpu_uuid, event_time) GROUP BY node, gpu_uuid, hour ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
+    hours = sorted({c[2] for c in cells})
+    heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
+                 [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))])
+    by_gpu: dict[tuple[str, str], dict[str, Any]] = {}
+    for node, gpu, hour, util in cells:
+        if hour in hours:
+            by_gpu.setdefault((node, gpu), {"node": node, "gpu_uuid": gpu})[f"h{hours.index(hour)}"] = Decimal(str(round(util, 1)))
+    heat.rows = list(by_gpu.values())
+    idle = _grouped(ctx, "idle", "Idle cost by node and owner", ("node", "org", "team"), "kind = 'idle'", where, params)
+    for i, row in enumerate(idle.rows):
+        idle.links[(i, "cost")] = f.url("/lines", kind="idle", node=row["node"], org=row["org"], team=row["team"])
+    booked = _grouped(ctx, "attribution", "What each GPU's cost was booked to, and on which basis (largest first)",
+                      ("node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project"),
+                      "kind IN ('gpu', 'idle', 'adjustment') AND gpu_uuid != ''", where, params)
+    for i, row in enumerate(booked.rows):
+        booked.links[(i, "cost")] = f.url("/lines", gpu_uuid=row["gpu_uuid"], kind=row["kind"], basis=row["basis"], org=row["org"], team=row["team"], project=row["project"])
+    return Page("GPUs", [heat, idle, booked])
+
+
+def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
+    rows = ctx.client.query(
+        f"SELECT {', '.join(keys)}, currency, count(), sum(gpu_seconds), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} AND {condition}"
+        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)}", parameters=params).result_rows
+    columns = [*(Column(k, k.replace("_", " ")) for k in keys), Column("lines", "lines", "int", True),
+               Column("gpu_seconds", "GPU seconds", "int", True), Column("cost", "cost", "money", True), Column("currency", "currency")]
+    return Table(name, title, columns, [dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True)) for r in rows])
+
+
+# ---------------------------------------------------------------- models
+
+def models(ctx: Ctx) -> Page:
+    """Self-hosted vs the API equivalent per model, with break-even volume (``gpuledger compare``'s figures)."""
+    f = ctx.filters
+    if f.org is not None:
+        ctx.viewer.check(f.org)
+    company = ctx.viewer.admin and f.org is None
+    rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org")
+    if not company:
+        rows = [r for r in rows if _may_see(ctx.viewer, r.group) and (f.org is None or r.group == f.org)]
+    table = Table("compare", f"Self-hosted vs API per model, {f.since} to {f.until} (exclusive)", [
+        Column("group", "org"), Column("llm_model", "model"), Column("hosting", "hosting"), Column("tokens", "tokens", "int", True),
+        Column("usage_cost", "usage cost", "money", True), Column("allocation_cost", "allocation cost (with idle)", "money", True),
+        Column("api_equivalent_cost", "API equivalent", "money", True), Column("ratio", "allocation / API", "ratio"),
+        Column("break_even_tokens_per_hour", "break-even tokens/h", "int"), Column("headroom", "headroom", "ratio"),
+        Column("per_mtok_allocation", "per 1M tokens (with idle)", "money"), Column("serving_hours", "serving hours", "int"),
+        Column("requests_without_equivalent", "requests without equivalent", "int"), Column("currency", "currency"),
+    ])
+    for r in rows:
+        unit = uc.UnitCost(r.group, r.llm_model, r.hosting, r.tokens, r.usage_cost, r.allocation_cost)
+        table.rows.append({**r.__dict__, "group": r.group or "all", "ratio": r.ratio, "break_even_tokens_per_hour": r.break_even_tokens_per_hour,
+                           "headroom": r.headroom, "per_mtok_allocation": unit.per_mtok_allocation, "currency": ctx.settings.currency})
+    return Page("Models", [table])
+
+
+PAGES = {"overview": overview, "drill": drill, "lines": lines, "budgets": budgets, "gpus": gpus, "models": models}
