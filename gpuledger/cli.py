@@ -21,6 +21,7 @@ from rich.table import Table
 
 from collectors.cli import app as collector_app
 from gpuledger.budgets_cli import app as budgets_app
+from gpuledger.export_cli import app as export_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
 from inference.cli import app as gateway_app
@@ -39,6 +40,7 @@ app.add_typer(collector_app, name="collector")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(notifier_app, name="notifier")
 app.add_typer(budgets_app, name="budgets")
+app.add_typer(export_app, name="export")
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
