@@ -16,7 +16,7 @@ from gpuledger.focus_files import FORMATS, ExportFileError
 from gpuledger.settings import get_settings
 
 app = typer.Typer(help="Export the ledger for FinOps tools (FOCUS 1.2).", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # CI logs and pipes: one line per message
 DAY_OR_TIME = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 

@@ -25,6 +25,7 @@ from gpuledger.settings import Settings
 SECONDS_PER_HOUR = Decimal(3600)
 QUANTITY, MONEY = Decimal(1).scaleb(-QUANTITY_SCALE), Decimal(1).scaleb(-MONEY_SCALE)
 UNIT_PRICE = Decimal(1).scaleb(-6)  # a GPU-hour rate recovered from 9-place window costs is exact to 6 places
+WORKLOAD_BASES = frozenset({"sm", "memory", "equal", "allocation"})  # how a window is split among workloads holding the GPU
 TAG_PREFIX = "gpuledger/"  # provider-defined tag keys carry it (FOCUS Tags-C-012); the org directory's keys do not
 
 # FOCUS 1.2 columns (focus_validator/rules/model-1.2.0.1.json), then gpuledger's own x_ columns.
@@ -34,9 +35,12 @@ COLUMNS: dict[str, ColumnType] = {
     "BillingPeriodStart": "string", "BillingPeriodEnd": "string",
     "ChargeCategory": "string", "ChargeClass": "string", "ChargeDescription": "string", "ChargeFrequency": "string",
     "ChargePeriodStart": "string", "ChargePeriodEnd": "string",
+    # No commitment discounts: always null, but present, because focus-validator 2.2.1's ConsumedQuantity rules
+    # refer to it and fail on a dataset without it.
+    "CommitmentDiscountStatus": "string",
     "ConsumedQuantity": "quantity", "ConsumedUnit": "string",
     "PricingQuantity": "quantity", "PricingUnit": "string", "ListUnitPrice": "money",
-    "InvoiceIssuerName": "string", "ProviderName": "string", "PublisherName": "string",
+    "InvoiceId": "string", "InvoiceIssuerName": "string", "ProviderName": "string", "PublisherName": "string",
     "ResourceId": "string", "ResourceName": "string", "ResourceType": "string",
     "ServiceCategory": "string", "ServiceSubcategory": "string", "ServiceName": "string",
     "SkuId": "string", "SkuPriceId": "string", "SubAccountId": "string", "SubAccountName": "string", "Tags": "string",
@@ -203,10 +207,16 @@ def describe(line: Mapping[str, Any]) -> str:
     return f"idle {gpu} ({basis}{', idle policy ' + line['idle_policy'] if line['idle_policy'] else ''})"
 
 
-def _subcategory(line: Mapping[str, Any]) -> str:
-    if line["kind"] == "api" or line["basis"] == "tokens" and line["kind"] == "gpu":
-        return "Generative AI"
-    return "Machine Learning" if line["kind"] == "gpu" else "AI Platforms"
+def service(line: Mapping[str, Any]) -> tuple[str, str]:
+    """ServiceName and its one ServiceSubcategory (FOCUS wants exactly one per name); an adjustment takes its basis's."""
+    kind, basis = line["kind"], line["basis"]
+    if kind == "api":
+        return "LLM API", "Generative AI"
+    if basis == "tokens" and kind in ("gpu", "adjustment"):
+        return "Self-hosted LLM inference", "Generative AI"
+    if basis in WORKLOAD_BASES and kind in ("gpu", "adjustment"):
+        return "GPU workloads", "Machine Learning"
+    return "GPU idle capacity", "AI Platforms"
 
 
 def _resource(line: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -230,6 +240,7 @@ def focus_row(line: Mapping[str, Any], issuer: Issuer) -> dict[str, Any]:
     price = pricing(line)
     adjustment = line["kind"] == "adjustment"
     resource_id, resource_name, resource_type = _resource(line)
+    service_name, subcategory = service(line)
     api = line["kind"] == "api"
     usage_estimated = line["usage_estimated"] if api else None
     return {
@@ -237,14 +248,14 @@ def focus_row(line: Mapping[str, Any], issuer: Issuer) -> dict[str, Any]:
         "BillingCurrency": line["currency"], "BillingAccountId": issuer.billing_account_id, "BillingAccountName": issuer.billing_account_name,
         "BillingPeriodStart": _stamp(month_start), "BillingPeriodEnd": _stamp(month_end),
         "ChargeCategory": "Adjustment" if adjustment else "Usage", "ChargeClass": "Correction" if adjustment else None,
+        "CommitmentDiscountStatus": None,
         "ChargeDescription": describe(line), "ChargeFrequency": "Usage-Based",
         "ChargePeriodStart": _stamp(first), "ChargePeriodEnd": _stamp(last),
         "ConsumedQuantity": price.quantity, "ConsumedUnit": price.unit,
         "PricingQuantity": price.quantity, "PricingUnit": price.unit, "ListUnitPrice": price.unit_price,
-        "InvoiceIssuerName": issuer.provider, "ProviderName": issuer.provider, "PublisherName": issuer.provider,
+        "InvoiceId": None, "InvoiceIssuerName": issuer.provider, "ProviderName": issuer.provider, "PublisherName": issuer.provider,
         "ResourceId": resource_id, "ResourceName": resource_name, "ResourceType": resource_type,
-        "ServiceCategory": "AI and Machine Learning", "ServiceSubcategory": _subcategory(line),
-        "ServiceName": "LLM API" if api else "Self-hosted GPU",
+        "ServiceCategory": "AI and Machine Learning", "ServiceSubcategory": subcategory, "ServiceName": service_name,
         "SkuId": _optional(line["price_id"].rsplit("@", 1)[0]), "SkuPriceId": _optional(line["price_id"]),
         "SubAccountId": line["org"], "SubAccountName": line["org"], "Tags": tags(line),
         "x_LineId": line["line_id"], "x_LineKind": line["kind"], "x_Basis": _optional(line["basis"]),

@@ -10,9 +10,10 @@ VERSION=2.2.1
 PYARROW='pyarrow>=18,<22'
 VENV=${GPULEDGER_FOCUS_VALIDATOR_HOME:-$HOME/.cache/gpuledger/focus-validator}
 EXE=$VENV/bin/focus-validator
+RUN=$VENV/bin/focus-validator-run  # what this script prints: the validator, runnable from any folder
 
 healthy() {
-    [ -x "$EXE" ] && "$VENV/bin/python" -c "
+    [ -x "$EXE" ] && [ -x "$RUN" ] && "$VENV/bin/python" -c "
 import sys, importlib.metadata as m, pyarrow, polars, focus_validator.main
 sys.exit(m.version('focus-validator') != '$VERSION')" 2>/dev/null
 }
@@ -28,6 +29,22 @@ if ! healthy; then
     echo "installing focus-validator $VERSION with $("$PY" --version) into $VENV (once)" >&2
     [ -x "$VENV/bin/pip" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "focus-validator==$VERSION" "$PYARROW" >&2
+    # focus-validator 2.2.1 opens focus_validator/rules/currency_codes.csv relative to the working directory, so the
+    # wrapper runs it from its site-packages, with the file arguments made absolute first.
+    site=$("$VENV/bin/python" -c 'import os, focus_validator; print(os.path.dirname(os.path.dirname(focus_validator.__file__)))')
+    cat >"$RUN" <<WRAPPER
+#!/usr/bin/env bash
+set -euo pipefail
+args=()
+while [ \$# -gt 0 ]; do
+    case "\$1" in
+        --data-file|--output-destination|--rule-set-path) args+=("\$1" "\$(realpath -m -- "\$2")"); shift 2 ;;
+        *) args+=("\$1"); shift ;;
+    esac
+done
+cd "$site" && exec "$EXE" "\${args[@]}"
+WRAPPER
+    chmod +x "$RUN"
     healthy || { echo "focus-validator $VERSION installed in $VENV but does not import; see the errors above" >&2; exit 1; }
 fi
-echo "$EXE"
+echo "$RUN"
