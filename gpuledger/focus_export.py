@@ -8,6 +8,7 @@ written batch by batch, so a month of lines needs no more memory than a day's.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gpuledger.focus_files import MONEY_SCALE, QUANTITY_SCALE, ColumnType, Writi
 from gpuledger.settings import Settings
 
 SECONDS_PER_HOUR = Decimal(3600)
+BATCH = 4096  # lines mapped and written at a time (one Parquet row group each)
 QUANTITY, MONEY = Decimal(1).scaleb(-QUANTITY_SCALE), Decimal(1).scaleb(-MONEY_SCALE)
 UNIT_PRICE = Decimal(1).scaleb(-6)  # a GPU-hour rate recovered from 9-place window costs is exact to 6 places
 WORKLOAD_BASES = frozenset({"sm", "memory", "equal", "allocation"})  # how a window is split among workloads holding the GPU
@@ -69,7 +71,7 @@ LEFT JOIN (
     WHERE event_time >= {start:DateTime64(6)} AND event_time < {end:DateTime64(6)}
 ) AS u ON u.event_id = l.usage_key
 ORDER BY l.event_time, l.line_id
-SETTINGS join_use_nulls = 1
+SETTINGS join_use_nulls = 1, max_block_size = 4096
 """
 COUNT_SQL = "SELECT count(), sum(cost) FROM {db}.ledger FINAL WHERE event_time >= {start:DateTime64(6)} AND event_time < {end:DateTime64(6)} AND is_deleted = 0"
 
@@ -119,7 +121,8 @@ def ledger_lines(client: Client, db: str, start: datetime, end: datetime) -> Ite
     with stream:
         names = stream.source.column_names
         for block in stream:
-            yield [dict(zip(names, row, strict=True)) for row in block]
+            for offset in range(0, len(block), BATCH):  # a block the server sent whole (sorted output) is cut small
+                yield [dict(zip(names, row, strict=True)) for row in block[offset:offset + BATCH]]
 
 
 def _utc(t: datetime) -> datetime:
@@ -127,8 +130,8 @@ def _utc(t: datetime) -> datetime:
 
 
 def _stamp(t: datetime) -> str:
-    """FOCUS DateTimeFormat: ISO 8601 in UTC, to the second."""
-    return f"{t:%Y-%m-%dT%H:%M:%SZ}"
+    """FOCUS DateTimeFormat: ISO 8601 in UTC, to the second (``t`` is UTC and whole seconds)."""
+    return t.replace(tzinfo=None).isoformat() + "Z"
 
 
 def _floor_second(t: datetime) -> datetime:
@@ -139,10 +142,16 @@ def _ceil_second(t: datetime) -> datetime:
     return t if t.microsecond == 0 else t.replace(microsecond=0) + timedelta(seconds=1)
 
 
-def billing_period(t: datetime) -> tuple[datetime, datetime]:
-    """The calendar month (UTC) the line is billed in."""
-    first = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return first, (first + timedelta(days=32)).replace(day=1)
+@functools.lru_cache(maxsize=64)
+def _month(year: int, month: int) -> tuple[datetime, datetime, str, str]:
+    first = datetime(year, month, 1, tzinfo=UTC)
+    after = (first + timedelta(days=32)).replace(day=1)
+    return first, after, _stamp(first), _stamp(after)
+
+
+def billing_period(t: datetime) -> tuple[datetime, datetime, str, str]:
+    """The calendar month (UTC) the line is billed in: its bounds, and as FOCUS date/times."""
+    return _month(t.year, t.month)
 
 
 def charge_period(line: Mapping[str, Any], month_start: datetime) -> tuple[datetime, datetime]:
@@ -235,7 +244,7 @@ def _optional(value: object) -> str | None:
 def focus_row(line: Mapping[str, Any], issuer: Issuer) -> dict[str, Any]:
     """One ledger line as a FOCUS 1.2 row (see README "FOCUS export" for the column mapping)."""
     cost = Decimal(line["cost"]).quantize(MONEY)
-    month_start, month_end = billing_period(_utc(line["event_time"]))
+    month_start, _, month_start_text, month_end_text = billing_period(_utc(line["event_time"]))
     first, last = charge_period(line, month_start)
     price = pricing(line)
     adjustment = line["kind"] == "adjustment"
@@ -246,7 +255,7 @@ def focus_row(line: Mapping[str, Any], issuer: Issuer) -> dict[str, Any]:
     return {
         "BilledCost": cost, "EffectiveCost": cost, "ListCost": cost, "ContractedCost": cost,
         "BillingCurrency": line["currency"], "BillingAccountId": issuer.billing_account_id, "BillingAccountName": issuer.billing_account_name,
-        "BillingPeriodStart": _stamp(month_start), "BillingPeriodEnd": _stamp(month_end),
+        "BillingPeriodStart": month_start_text, "BillingPeriodEnd": month_end_text,
         "ChargeCategory": "Adjustment" if adjustment else "Usage", "ChargeClass": "Correction" if adjustment else None,
         "CommitmentDiscountStatus": None,
         "ChargeDescription": describe(line), "ChargeFrequency": "Usage-Based",

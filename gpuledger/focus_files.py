@@ -73,7 +73,7 @@ class CsvRows:
         self.csv.writerow(self.columns)
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.csv.writerows([_text(row[c]) for c in self.columns] for row in rows)
+        self.csv.writerows([cell if type(cell) is str else _text(cell) for cell in map(row.__getitem__, self.columns)] for row in rows)
 
     def close(self) -> None:
         self.file.close()

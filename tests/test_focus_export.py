@@ -27,6 +27,7 @@ from gpuledger.report import spend_by_org_model
 from gpuledger.settings import Settings
 from schemas import LedgerLine
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
+from tests.focus_fill import BIG_RANGE, fill_ledger, peak_rss_mib
 from tests.support import ROOT, isolated, settings_env
 
 pytestmark = pytest.mark.engines
@@ -232,3 +233,19 @@ def test_unwritable_target_exits_1(ledger: Settings, tmp_path: Path) -> None:
         assert result.returncode == 1 and "is a directory" in result.stderr, result.stderr
     else:
         assert result.returncode == 1 and "not writable" in result.stderr, result.stderr
+
+
+BIG_LINES = 60_000  # the 200,000-line figures: tests/bench/focus_export_bench.py (README "FOCUS export")
+
+
+def test_large_export_streams_in_bounded_memory(ledger: Settings, stack_settings: Settings, tmp_path: Path) -> None:
+    """60,000 lines export within 60 MiB of the peak memory of 10 lines: only one batch of rows is held at a time
+    (holding them all would take about 180 MiB more; measured 676 MiB for 200,000 before the export streamed)."""
+    big = isolated(stack_settings, "focus_big")
+    fill_ledger(connect(big.clickhouse), BIG_LINES)
+    env = {**os.environ, **settings_env(ledger, tmp_path)}
+    small = peak_rss_mib(env, *RANGE, "--out", str(tmp_path / "small.csv"))
+    large = peak_rss_mib({**os.environ, **settings_env(big, tmp_path)}, *BIG_RANGE, "--out", str(tmp_path / "big.csv"))
+    with (tmp_path / "big.csv").open() as f:
+        assert sum(1 for _ in f) == BIG_LINES + 1
+    assert large < small + 60, f"exporting {BIG_LINES:,} lines peaked at {large} MiB vs {small} MiB for {len(EXPORTED)}"
