@@ -20,7 +20,13 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from gpuledger.clickhouse import connect
-from gpuledger.focus_files import MONEY_SCALE, QUANTITY_SCALE, ColumnType, Writing, open_writer
+from gpuledger.focus_files import (
+    MONEY_SCALE,
+    QUANTITY_SCALE,
+    ColumnType,
+    Writing,
+    open_writer,
+)
 from gpuledger.settings import Settings
 
 SECONDS_PER_HOUR = Decimal(3600)

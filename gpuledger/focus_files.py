@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal
 
 # A column's type in the file: money and quantities are exact decimals (Parquet decimal128), the rest strings.
 ColumnType = Literal["money", "quantity", "string"]
@@ -22,11 +22,6 @@ FORMATS = ("csv", "parquet")
 
 class ExportFileError(Exception):
     """The output cannot be written (bad format, unwritable path, missing pyarrow)."""
-
-
-class RowWriter(Protocol):
-    def write(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
-    def close(self) -> None: ...
 
 
 def check_target(path: Path, fmt: str) -> None:
@@ -47,7 +42,7 @@ def check_target(path: Path, fmt: str) -> None:
 def _pyarrow() -> Any:
     try:
         import pyarrow
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
     except ImportError as exc:
         raise ExportFileError("--format parquet needs pyarrow: pip install 'gpuledger[focus]' (or use --format csv)") from exc
     return pyarrow
@@ -62,11 +57,29 @@ def _text(value: object) -> str:
     return str(value)
 
 
-class CsvRows:
+class PartialFile:
+    """A file written as ``PATH.partial``: ``close`` publishes it under ``PATH``, ``abort`` removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.partial = path, path.with_name(path.name + ".partial")
+
+    def _close_file(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._close_file()
+        self.partial.replace(self.path)
+
+    def abort(self) -> None:
+        self._close_file()
+        self.partial.unlink(missing_ok=True)
+
+
+class CsvRows(PartialFile):
     """CSV with a header row; null is an empty cell (what focus-validator and most FinOps tools read as null)."""
 
     def __init__(self, path: Path, columns: Mapping[str, ColumnType]) -> None:
-        self.path, self.partial = path, path.with_name(path.name + ".partial")
+        super().__init__(path)
         self.columns = list(columns)
         self.file: IO[str] = self.partial.open("w", newline="", encoding="utf-8")
         self.csv = csv.writer(self.file)
@@ -75,22 +88,16 @@ class CsvRows:
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.csv.writerows([cell if type(cell) is str else _text(cell) for cell in map(row.__getitem__, self.columns)] for row in rows)
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
         self.file.close()
-        self.partial.replace(self.path)
-
-    def abort(self) -> None:
-        self.file.close()
-        self.partial.unlink(missing_ok=True)
 
 
-class ParquetRows:
+class ParquetRows(PartialFile):
     """Parquet, one row group per batch; money as decimal128(38, 9) and quantities as decimal128(38, 12), exact."""
 
     def __init__(self, path: Path, columns: Mapping[str, ColumnType]) -> None:
-        pa = _pyarrow()
-        self.pa = pa
-        self.path, self.partial = path, path.with_name(path.name + ".partial")
+        super().__init__(path)
+        self.pa = pa = _pyarrow()
         types = {"money": pa.decimal128(38, MONEY_SCALE), "quantity": pa.decimal128(38, QUANTITY_SCALE), "string": pa.string()}
         self.schema = pa.schema([(name, types[kind]) for name, kind in columns.items()])
         self.writer = pa.parquet.ParquetWriter(str(self.partial), self.schema, compression="zstd")
@@ -100,13 +107,8 @@ class ParquetRows:
             arrays = [self.pa.array([row[f.name] for row in rows], type=f.type) for f in self.schema]
             self.writer.write_table(self.pa.Table.from_arrays(arrays, schema=self.schema))
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
         self.writer.close()
-        self.partial.replace(self.path)
-
-    def abort(self) -> None:
-        self.writer.close()
-        self.partial.unlink(missing_ok=True)
 
 
 def open_writer(path: Path, fmt: str, columns: Mapping[str, ColumnType]) -> CsvRows | ParquetRows:
@@ -117,10 +119,10 @@ def open_writer(path: Path, fmt: str, columns: Mapping[str, ColumnType]) -> CsvR
 class Writing:
     """``with Writing(writer):`` closes (publishes) the file on success and removes the partial file on failure."""
 
-    def __init__(self, writer: CsvRows | ParquetRows) -> None:
+    def __init__(self, writer: PartialFile) -> None:
         self.writer = writer
 
-    def __enter__(self) -> CsvRows | ParquetRows:
+    def __enter__(self) -> PartialFile:
         return self.writer
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

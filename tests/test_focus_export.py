@@ -1,14 +1,16 @@
 """``gpuledger export focus`` against the real ClickHouse, validated by the FinOps Foundation's focus-validator.
 
-The ledger lines are written by hand (the README's H100 window at 2.49/h, a training workload on an L40S, a MIG
+Two ledgers: one written by hand (the README's H100 window at 2.49/h, a training workload on an L40S, a MIG
 instance and its parent's free slices, a late adjustment, API requests with their usage events), so every line
-kind and basis is present with figures a reader can check. The export itself runs as the real CLI in a subprocess.
+kind and basis is present with figures a reader can check; and one derived by the real worker from a 2-minute
+simulated fleet. The export itself always runs as the real CLI in a subprocess.
 focus-validator 2.2.1 needs Python >= 3.12, so deploy/focus/install-validator.sh puts it in its own venv; this
 test fails (never skips) when it cannot, unless GPULEDGER_FOCUS_VALIDATOR=absent says so explicitly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import re
@@ -23,24 +25,35 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpuledger.clickhouse import connect
+from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.report import spend_by_org_model
 from gpuledger.settings import Settings
+from gpuledger.simulate import publish_fleet
 from schemas import LedgerLine
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
 from tests.focus_fill import BIG_RANGE, fill_ledger, peak_rss_mib
-from tests.support import ROOT, isolated, settings_env
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    expected_totals,
+    isolated,
+    org_totals,
+    settings_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.engines
 W = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 H100, L40S, MIG, PARENT = "GPU-h100-0001", "GPU-l40s-0001", "MIG-a100-0001-3g", "GPU-a100-0001"
 RANGE = ("--from", "2026-11-01", "--to", "2026-12-01")
+DEMO = ROOT / "deploy" / "local" / "demo"
 # The FOCUS 1.2 applicability criteria gpuledger's data supports (so their conditional rules are checked too).
 SUPPORTED = ("SUB_ACCOUNT_SUPPORTED,TAGGING_SUPPORTED,USAGE_MEASUREMENT_SUPPORTED,BILLING_BASED_ON_PROVISIONED_RESOURCES_SUPPORTED,"
              "RESOURCE_TYPE_ASSIGNMENT_SUPPORTED")
 
 
 def line(line_id: str, kind: str, org: str, cost: str, **extra: object) -> LedgerLine:
-    base: dict[str, object] = dict(
+    base: dict[str, object] = dict(  # noqa: C408 (keyword form: the LedgerLine fields)
         line_id=line_id, kind=kind, event_time=W, org=org, team=f"{org}-team", project="p1", cost_centre="cc-42" if org == "search" else "",
         model="NVIDIA H100 80GB HBM3", price_id="NVIDIA H100 80GB HBM3@2026-01-01T00:00:00+00:00", gpu_seconds=Decimal(60),
         cost=Decimal(cost), currency="USD", window_seconds=60, node="node-a", gpu_uuid=H100, gpu_model="NVIDIA H100 80GB HBM3",
@@ -115,7 +128,7 @@ def ledger(stack_settings: Settings) -> Settings:
 def export(settings: Settings, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings, tmp_path)}
     return subprocess.run([sys.executable, "-m", "gpuledger.cli", "export", "focus", *args], env=env, capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+                          text=True, cwd=ROOT, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -139,23 +152,50 @@ def focus_validator() -> str | None:
     if os.environ.get("GPULEDGER_FOCUS_VALIDATOR") == "absent":
         return None
     script = ROOT / "deploy" / "focus" / "install-validator.sh"
-    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         pytest.fail(f"focus-validator could not be installed ({script} exited {done.returncode}):\n{done.stderr[-2000:]}\n"
                     "Set GPULEDGER_FOCUS_VALIDATOR=absent to run without it.")
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_export_passes_focus_validator(exported: tuple[Path, Path]) -> None:
+@pytest.fixture(scope="module")
+def fleet(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path, dict[str, Decimal]]:
+    """The real worker prices a 2-minute simulated fleet (API and self-hosted models, training, MIG, idle); then its
+    ledger is exported. Returns the settings, the CSV and the simulation's ground truth per org."""
+    folder = tmp_path_factory.mktemp("focus_fleet")
+    settings = isolated(stack_settings, "focus_fleet")
+    asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
+    asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
+    worker = WorkerProcess(settings, folder / "worker").start()
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
+    try:
+        truth = asyncio.run(publish_fleet(settings, seed=5, start=start, minutes=2, scale=0.3, orgs=DEMO / "orgs.yaml",
+                                          prices=DEMO / "prices.yaml", truth_path=folder / "truth.json", console=None))
+        expected = expected_totals(truth)
+        wait_until(lambda: org_totals(settings) == expected, 120, "the ledger to equal the simulation's ground truth", worker)
+    finally:
+        worker.stop()
+    out = folder / "fleet.csv"
+    window = ("--from", f"{start:%Y-%m-%dT%H:%M:%S}", "--to", f"{start + timedelta(minutes=5):%Y-%m-%dT%H:%M:%S}")
+    result = export(settings, folder, *window, "--out", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    return settings, out, expected
+
+
+def test_export_passes_focus_validator(exported: tuple[Path, Path], fleet: tuple[Settings, Path, dict[str, Decimal]], tmp_path: Path) -> None:
     """focus-validator 2.2.1, FOCUS 1.2 with its bundled rules (--block-download: no network), including the conditional
-    rules of what gpuledger supports (SUPPORTED): every rule that runs passes but one, which the validator reports by
-    mistake: InvoiceId-C-005-C ("not null when invoiced") is one branch of the OR InvoiceId-C-003-C, whose other branch
-    (null: no invoice, which is the case of an internal chargeback) holds, so InvoiceId-C-003-C itself passes."""
+    rules of what gpuledger supports (SUPPORTED), on both exports in one file: every rule that runs passes but one,
+    which the validator reports by mistake: InvoiceId-C-005-C ("not null when invoiced") is one branch of the OR
+    InvoiceId-C-003-C, whose other branch (null: no invoice, the case of an internal chargeback) holds, so
+    InvoiceId-C-003-C itself passes."""
     validator = focus_validator()
     if validator is None:
         pytest.skip("GPULEDGER_FOCUS_VALIDATOR=absent: the FOCUS validation was explicitly switched off")
-    result = subprocess.run([validator, "--data-file", str(exported[0]), "--validate-version", "1.2", "--block-download",
-                             "--applicability-criteria", SUPPORTED, "--show-violations"], capture_output=True, text=True, timeout=300)
+    both = tmp_path / "both.csv"
+    both.write_text(exported[0].read_text() + "".join(fleet[1].read_text().splitlines(keepends=True)[1:]))
+    result = subprocess.run([validator, "--data-file", str(both), "--validate-version", "1.2", "--block-download",
+                             "--applicability-criteria", SUPPORTED, "--show-violations"], capture_output=True, text=True, timeout=300, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     outcomes = dict(re.findall(r"^\S+ ([A-Za-z]+-[A-Z]-\d{3}-[A-Z]): (PASS|FAIL|SKIPPED)", output, re.MULTILINE))
@@ -163,6 +203,27 @@ def test_export_passes_focus_validator(exported: tuple[Path, Path]) -> None:
     assert failed == ["InvoiceId-C-005-C"], output[output.find("--- Failures ---"):][:6000]
     assert outcomes["InvoiceId-C-003-C"] == "PASS"
     assert sum(outcome == "PASS" for outcome in outcomes.values()) >= 150, output[-3000:]  # the rules really ran
+
+
+def test_fleet_export_adds_up_to_the_worker_ledger(fleet: tuple[Settings, Path, dict[str, Decimal]]) -> None:
+    """The worker's ledger: BilledCost adds up to it exactly, to `gpuledger report` and the ground truth to the cent;
+    each whole GPU's unit price is its list price (a MIG parent's free slices have none), and unit price x quantity
+    = cost (to FOCUS's 1e-9 tolerance)."""
+    settings, path, expected = fleet
+    rows = csv_rows(path)
+    billed = sum((Decimal(r["BilledCost"]) for r in rows), Decimal(0))
+    assert billed == sum(org_totals(settings).values(), Decimal(0))
+    cent = Decimal("0.01")
+    report_total = sum((r.total for r in spend_by_org_model(settings)), Decimal(0))
+    assert billed.quantize(cent) == report_total.quantize(cent) == sum(expected.values(), Decimal(0)).quantize(cent)
+    assert {"api", "gpu", "idle"} <= {r["x_LineKind"] for r in rows}
+    whole_gpus = {(r["x_GpuModel"], r["ListUnitPrice"]) for r in rows if r["ResourceType"] == "GPU" and r["x_Basis"] != "mig-free"}
+    assert whole_gpus == {("NVIDIA H100 80GB HBM3", "2.490000000"), ("NVIDIA L40S", "0.890000000"), ("NVIDIA A100-SXM4-80GB", "2.100000000")} & whole_gpus
+    assert len(whole_gpus) >= 2
+    for r in rows:
+        if r["ListUnitPrice"]:
+            cost = Decimal(r["ListCost"])
+            assert abs(Decimal(r["ListUnitPrice"]) * Decimal(r["PricingQuantity"]) - cost) <= Decimal("1e-9") * max(abs(cost), Decimal(1)), r
 
 
 def test_billed_cost_adds_up_to_the_ledger_and_the_report(exported: tuple[Path, Path], ledger: Settings) -> None:
