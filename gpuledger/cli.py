@@ -22,6 +22,7 @@ from rich.table import Table
 from collectors.cli import app as collector_app
 from gpuledger.budgets_cli import app as budgets_app
 from gpuledger.dead_letters_cli import app as dead_letters_app
+from gpuledger.export_cli import app as export_app
 from gpuledger.logs import configure_logging
 from gpuledger.settings import Settings, get_settings
 from gpuledger.topics_cli import app as topics_app
@@ -45,6 +46,7 @@ app.add_typer(notifier_app, name="notifier")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(topics_app, name="topics")
+app.add_typer(export_app, name="export")
 app.command("ui")(ui_serve)
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"

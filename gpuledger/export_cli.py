@@ -1,0 +1,52 @@
+"""``gpuledger export``: the ledger in formats other tools import (thin; the work is in ``gpuledger.focus_export``)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from gpuledger.focus_export import ExportError, Issuer, export_focus
+from gpuledger.focus_files import FORMATS, ExportFileError
+from gpuledger.settings import get_settings
+
+app = typer.Typer(help="Export the ledger for FinOps tools (FOCUS 1.2).", no_args_is_help=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # CI logs and pipes: one line per message
+DAY_OR_TIME = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+@app.command("focus")
+def focus(
+    start: Annotated[datetime, typer.Option("--from", formats=DAY_OR_TIME, help="First day or instant (UTC), inclusive.")],
+    end: Annotated[datetime, typer.Option("--to", formats=DAY_OR_TIME, help="Day or instant (UTC) after the last, exclusive.")],
+    out: Annotated[Path, typer.Option("--out", help="File to write (replaced only once the export is complete).")],
+    fmt: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = "csv",
+    provider: Annotated[str, typer.Option(help="ProviderName, PublisherName and InvoiceIssuerName.")] = "gpuledger",
+    billing_account: Annotated[str, typer.Option(help="BillingAccountId and BillingAccountName.")] = "gpuledger",
+) -> None:
+    """One FOCUS 1.2 row per ledger line in [--from, --to): API requests, GPU shares and workloads, idle, adjustments."""
+    issuer = Issuer(provider=provider, billing_account_id=billing_account, billing_account_name=billing_account)
+    columns = (TextColumn("exporting ledger lines"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("export", total=None)
+        try:
+            result = export_focus(get_settings(), start, end, fmt, out, issuer=issuer,
+                                  on_start=lambda total: progress.update(task, total=total),
+                                  on_rows=lambda n: progress.advance(task, n))
+        except (ExportError, ExportFileError) as exc:
+            progress.stop()
+            console.print(f"[bold red]error:[/bold red] {exc}")
+            raise typer.Exit(1) from None
+    console.print(f"wrote {result.rows:,} FOCUS rows to {result.path} (BilledCost total {result.billed_cost:f})")
