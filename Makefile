@@ -21,9 +21,10 @@ demo: install
 	@echo "Dashboard: http://127.0.0.1:8088/ (log: .gpuledger/ui.log)"
 	@echo "The stack and the dashboard keep running for your queries; stop them with: make down"
 
-# tests/deploy need helm and promtool: install-tools.sh builds/installs them once and prints helm's folder.
+# deploy/test-tools.sh installs, once, what the tests use besides Python packages (Java, Maven, promtool, node,
+# chromium, helm, focus-validator) and prints helm's folder.
 test: install
-	PATH="$$(deploy/helm/install-tools.sh):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
+	PATH="$$(deploy/test-tools.sh):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
 
 bench: install
 	$(BIN)/python tests/bench/pipeline_bench.py
