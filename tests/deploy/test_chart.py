@@ -119,7 +119,7 @@ def test_the_dashboard_reads_as_its_own_read_only_user_and_its_probe_needs_no_si
     """The UI container's env is real settings that parse into what the dashboard needs: its read-only ClickHouse user from
     its own Secret (never the shared, writing one), readonly=1, the rendered token digests; and the probe path answers
     without sign-in while a page does not (the real app, in-process; no ClickHouse call is made on these paths)."""
-    [(name, ui)] = [(n, c) for n, c in gpuledger_containers(all_on) if component(n) == "ui"]
+    [ui] = [c for n, c in gpuledger_containers(all_on) if component(n) == "ui"]
     env = container_env(all_on, ui)
     assert sorted(v for v in env if v.startswith("GPULEDGER_UI__") and v not in SHARED) == []
     secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in ui["env"] if "valueFrom" in e}
