@@ -142,6 +142,16 @@ def test_the_dashboard_reads_as_its_own_read_only_user_and_its_probe_needs_no_si
         assert app.get("/").headers["location"] == "/login" and app.get("/api/overview").status_code == 401
 
 
+def test_dashboard_tokens_can_come_from_a_secret() -> None:
+    """ui.tokensSecret replaces ui.settings.tokens: GPULEDGER_UI__TOKENS is read from the Secret, and not also from the ConfigMap."""
+    docs = render(ALL_ON, sets=("ui.settings.tokens=null", "ui.tokensSecret.name=ui-tokens"))
+    [ui] = [c for n, c in gpuledger_containers(docs) if component(n) == "ui"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in ui["env"] if "valueFrom" in e}
+    assert refs["GPULEDGER_UI__TOKENS"] == {"name": "ui-tokens", "key": "tokens.json"}
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-ui")]
+    assert "GPULEDGER_UI__TOKENS" not in cm["data"] and cm["data"]["GPULEDGER_CLICKHOUSE__READONLY"] == "true"
+
+
 def test_rendered_gateway_config_loads_and_its_api_keys_are_fed(all_on: list[dict[str, Any]], tmp_path: Path) -> None:
     [cm] = [d for d in all_on if d["kind"] == "ConfigMap" and component(d["metadata"]["name"]) == "gateway"]
     raw = yaml.safe_load(cm["data"]["gateway.yaml"])
