@@ -19,9 +19,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from starlette.testclient import TestClient
 
 from collectors.settings import CollectorSettings
 from gpuledger.settings import Settings
+from gpuledger.ui.app import create_app, ui_settings
+from gpuledger.ui.auth import from_token
 from inference.gateway_config import load_config
 from streams.notifier.settings import NotifierSettings, load_notifier_settings
 from tests.deploy.chart import (
@@ -75,8 +78,8 @@ def test_all_on_renders_every_component(all_on: list[dict[str, Any]]) -> None:
     kinds = {(d["kind"], component(d["metadata"]["name"])) for d in all_on}
     assert {("DaemonSet", "collector"), ("Deployment", "worker"), ("Deployment", "gateway"), ("Deployment", "notifier"),
             ("Job", "migrate"), ("PodDisruptionBudget", "worker"), ("HorizontalPodAutoscaler", "gateway"), ("Ingress", "gateway"),
-            ("Service", "gateway"), ("PrometheusRule", "gpuledger")} <= kinds
-    assert {component(d["metadata"]["name"]) for d in all_on if d["kind"] == "NetworkPolicy"} == {"collector", "worker", "gateway", "notifier", "migrate"}
+            ("Service", "gateway"), ("PrometheusRule", "gpuledger"), ("Deployment", "ui"), ("Service", "ui"), ("Ingress", "ui")} <= kinds
+    assert {component(d["metadata"]["name"]) for d in all_on if d["kind"] == "NetworkPolicy"} == {"collector", "worker", "gateway", "notifier", "migrate", "ui"}
     job = next(d for d in all_on if d["kind"] == "Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
 
@@ -102,12 +105,51 @@ def test_every_rendered_env_var_is_a_setting_and_parses(rendered: list[dict[str,
 
 def test_a_misnamed_setting_fails_the_env_check() -> None:
     """values.schema.json would refuse these first (test_the_chart_refuses_misuse); without it the env check still does."""
-    docs = render(ALL_ON, sets=("settings.kafka.bootstrap_server=x", "collector.settings.intervall_seconds=5", "notifier.settings.max_attempt=3"),
-                  skip_schema=True)
+    docs = render(ALL_ON, sets=("settings.kafka.bootstrap_server=x", "collector.settings.intervall_seconds=5", "notifier.settings.max_attempt=3",
+                                "ui.settings.trusted_proxie=x"), skip_schema=True)
     wrong = misnamed_env(docs)
     assert "gl-gpuledger-collector: GPULEDGER_COLLECTOR_INTERVALL_SECONDS" in wrong
     assert "gl-gpuledger-notifier: GPULEDGER_NOTIFIER__MAX_ATTEMPT" in wrong
     assert "gl-gpuledger-worker: GPULEDGER_KAFKA__BOOTSTRAP_SERVER" in wrong
+    assert "gl-gpuledger-ui: GPULEDGER_UI__TRUSTED_PROXIE" in wrong
+
+
+def test_the_dashboard_reads_as_its_own_read_only_user_and_its_probe_needs_no_sign_in(all_on: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+                                                                                  tmp_path: Path) -> None:
+    """The UI container's env is real settings that parse into what the dashboard needs: its read-only ClickHouse user from
+    its own Secret (never the shared, writing one), readonly=1, the rendered token digests; and the probe path answers
+    without sign-in while a page does not (the real app, in-process; no ClickHouse call is made on these paths)."""
+    [ui] = [c for n, c in gpuledger_containers(all_on) if component(n) == "ui"]
+    env = container_env(all_on, ui)
+    assert sorted(v for v in env if v.startswith("GPULEDGER_UI__") and v not in SHARED) == []
+    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in ui["env"] if "valueFrom" in e}
+    assert secret_refs["GPULEDGER_UI__CLICKHOUSE_USER"] == secret_refs["GPULEDGER_UI__CLICKHOUSE_PASSWORD"] == "gpuledger-ui-clickhouse"
+    assert "GPULEDGER_CLICKHOUSE__PASSWORD" not in env and "GPULEDGER_CLICKHOUSE__USER" not in env  # not the writer's credentials
+    monkeypatch.chdir(tmp_path)
+    for var in [v for v in os.environ if v.startswith("GPULEDGER_")]:
+        monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    settings = ui_settings(Settings())
+    assert settings.clickhouse.readonly is True and settings.clickhouse.user == env["GPULEDGER_UI__CLICKHOUSE_USER"]
+    assert from_token("test", settings.ui).admin and from_token("test2", settings.ui).orgs == {"search"}  # the digests in ci/all-on.yaml
+    assert settings.ui.trusted_proxies == ["10.244.0.0/16"] and settings.ui.group_orgs["research-leads"] == ["research"]
+    port = next(p for p in ui["ports"] if p["name"] == "http")
+    assert ui["args"][ui["args"].index("--port") + 1] == str(port["containerPort"])
+    probes = {ui["readinessProbe"]["httpGet"]["path"], ui["livenessProbe"]["httpGet"]["path"]}
+    with TestClient(create_app(Settings()), follow_redirects=False) as app:
+        assert all(app.get(path).status_code == 200 for path in probes)
+        assert app.get("/").headers["location"] == "/login" and app.get("/api/overview").status_code == 401
+
+
+def test_dashboard_tokens_can_come_from_a_secret() -> None:
+    """ui.tokensSecret replaces ui.settings.tokens: GPULEDGER_UI__TOKENS is read from the Secret, and not also from the ConfigMap."""
+    docs = render(ALL_ON, sets=("ui.settings.tokens=null", "ui.tokensSecret.name=ui-tokens"))
+    [ui] = [c for n, c in gpuledger_containers(docs) if component(n) == "ui"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in ui["env"] if "valueFrom" in e}
+    assert refs["GPULEDGER_UI__TOKENS"] == {"name": "ui-tokens", "key": "tokens.json"}
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-ui")]
+    assert "GPULEDGER_UI__TOKENS" not in cm["data"] and cm["data"]["GPULEDGER_CLICKHOUSE__READONLY"] == "true"
 
 
 def test_rendered_gateway_config_loads_and_its_api_keys_are_fed(all_on: list[dict[str, Any]], tmp_path: Path) -> None:
@@ -134,7 +176,12 @@ def test_an_api_key_env_without_a_secret_is_refused() -> None:
 @pytest.mark.parametrize(("setting", "message"), [
     ("settings.clickhouse.password=x", "passwords do not go in values"),
     ("settings.kafka.sasl_password=x", "passwords do not go in values"),
-    ("ui.enabled=true", "dashboard does not exist yet"),
+    ("ui.settings.anonymous=admin", "anonymous admin is only allowed on a loopback address"),
+    ("ui.clickhouse.existingSecret=", "ui.clickhouse.existingSecret: the dashboard reads ClickHouse as its own read-only user"),
+    ("ui.settings.tokens=null,ui.settings.trusted_proxies=null", "ui.enabled: nobody could sign in"),
+    ("ui.tokensSecret.name=ui-tokens", "set either ui.settings.tokens or ui.tokensSecret.name, not both"),
+    ("ui.settings.clickhouse_password=x", "at '/ui/settings': additional properties 'clickhouse_password' not allowed"),
+    ("settings.ui.anonymous=admin", "at '/settings': additional properties 'ui' not allowed"),
     ("settings.kafka.bootstrap_server=x", "at '/settings/kafka': additional properties 'bootstrap_server' not allowed"),  # values.schema.json
     ("notifier.routes=null", None),
 ])
@@ -154,7 +201,7 @@ def test_container_commands_exist(all_on: list[dict[str, Any]]) -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert entry and entry.group(1) in scripts and scripts[entry.group(1)] == "gpuledger.cli:app"
     commands = {tuple(c["args"]) for _, c in gpuledger_containers(all_on)}
-    assert {args[0] for args in commands} == {"collector", "worker", "migrate", "gateway", "notifier"}
+    assert {args[0] for args in commands} == {"collector", "worker", "migrate", "gateway", "notifier", "ui"}
     for args in sorted(commands):
         words = list(itertools.takewhile(lambda a: not a.startswith("-"), args))  # the subcommand, before its options
         done = subprocess.run([sys.executable, "-m", "gpuledger.cli", *words, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60,

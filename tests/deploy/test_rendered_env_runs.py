@@ -1,9 +1,10 @@
 """The chart's rendered settings drive the real commands against the real engines.
 
-The migration Job's env, the collector DaemonSet's env and the gateway's env + rendered gateway.yaml are
-taken from ``helm template`` (Kafka and ClickHouse pointed at the test stack) and the container's own
-args are run as processes. Only what exists inside a pod alone is swapped for local stand-ins: host paths
-(spool, /proc, the kubelet socket), the API server URL, and the listen address (tests bind 127.0.0.1).
+The migration Job's env, the collector DaemonSet's env, the gateway's env + rendered gateway.yaml and the
+dashboard's env are taken from ``helm template`` (Kafka and ClickHouse pointed at the test stack) and the
+container's own args are run as processes. Only what exists inside a pod alone is swapped for local stand-ins:
+host paths (spool, /proc, the kubelet socket), the API server URL, the listen address (tests bind 127.0.0.1)
+and the values of Secrets (the dashboard's ClickHouse user is the test stack's).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import pytest
 
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
+from gpuledger.ui.auth import token_digest
 from tests.conftest import BASE
 from tests.deploy.chart import ROOT, container_env, gpuledger_containers, render
 
 pytestmark = pytest.mark.engines
+UI_TOKEN = "chart-test-token"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,8 @@ def docs(stack_settings: Settings, database: str) -> list[dict[str, Any]]:
         f"settings.clickhouse.database={database}",
         "settings.topics.replication_factor=1",
         "gateway.enabled=true",
+        "ui.enabled=true", "ui.clickhouse.existingSecret=ui-clickhouse",
+        "ui.settings.tokens[0].name=ci", f"ui.settings.tokens[0].sha256={token_digest(UI_TOKEN)}", "ui.settings.tokens[0].admin=true",
     ))
 
 
@@ -77,6 +82,18 @@ def test_collector_env_publishes_to_kafka(docs: list[dict[str, Any]], tmp_path: 
     assert "published 2" in done.stderr
 
 
+def serve(args: list[str], env: dict[str, str], url: str) -> tuple[subprocess.Popen[str], httpx.Response | None]:
+    """Start the container's command as a process and wait (30 s at most) until ``url`` answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            return proc, httpx.get(url, timeout=1)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return proc, None
+
+
 def test_gateway_env_and_config_serve(docs: list[dict[str, Any]], tmp_path: Path) -> None:
     [config] = [d["data"]["gateway.yaml"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-gateway")]
     (tmp_path / "gateway.yaml").write_text(config)
@@ -84,18 +101,31 @@ def test_gateway_env_and_config_serve(docs: list[dict[str, Any]], tmp_path: Path
     port = BASE + 310
     assert args[args.index("--host") + 1] == "0.0.0.0"
     args[args.index("--config") + 1], args[args.index("--host") + 1], args[args.index("--port") + 1] = str(tmp_path / "gateway.yaml"), "127.0.0.1", str(port)
-    proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, health = serve(args, env, f"http://127.0.0.1:{port}/health")
     try:
-        deadline, health = time.monotonic() + 30, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         assert health is not None and health.status_code == 200 and health.text == "ok", f"gateway did not serve: {proc.poll()}"
         assert 'gpuledger_usage_events_published_total{component="gateway"}' in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=15)
     assert '"event": "gateway_started"' in out, out  # GPULEDGER_LOG_FORMAT=json from the chart
+
+
+def test_dashboard_env_serves_the_ledger_read_only(docs: list[dict[str, Any]], stack_settings: Settings) -> None:
+    """The UI's rendered env and args run the real dashboard: its probe path answers without sign-in, a page answers the
+    rendered token and refuses anyone else, reading the test ClickHouse as the user the UI's Secret would hold."""
+    port = BASE + 311
+    args, env = run_env(docs, "ui", GPULEDGER_UI__CLICKHOUSE_USER=stack_settings.clickhouse.user,
+                        GPULEDGER_UI__CLICKHOUSE_PASSWORD=stack_settings.clickhouse.password.get_secret_value(),
+                        GPULEDGER_CLICKHOUSE__DATABASE=stack_settings.clickhouse.database)  # the migrated one; the module's is dropped
+    assert env["GPULEDGER_CLICKHOUSE__READONLY"] == "true" and args[args.index("--host") + 1] == "0.0.0.0"
+    args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", str(port)
+    proc, health = serve(args, env, f"http://127.0.0.1:{port}/healthz")
+    try:
+        assert health is not None and health.status_code == 200 and health.text == "ok", f"dashboard did not serve: {proc.poll()}"
+        page = httpx.get(f"http://127.0.0.1:{port}/api/drill", headers={"Authorization": f"Bearer {UI_TOKEN}"}, timeout=30)
+        assert page.status_code == 200 and "tables" in page.json(), page.text
+        assert httpx.get(f"http://127.0.0.1:{port}/api/drill", timeout=5).status_code == 401
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)

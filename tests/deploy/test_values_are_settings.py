@@ -58,6 +58,7 @@ def test_the_charts_values_schema_is_current() -> None:
     (("collector", "settings"), "intervall_seconds"),
     (("notifier", "settings"), "max_attempt"),
     (("gateway", "config"), "enforce_budget"),
+    (("ui", "settings"), "trusted_proxie"),
 ])
 def test_a_misspelt_setting_is_caught(where: tuple[str, ...], bogus: str) -> None:
     v = copy.deepcopy(values(ALL_ON))

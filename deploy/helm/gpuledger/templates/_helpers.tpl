@@ -105,3 +105,63 @@ spec:
   ports:
     - {name: metrics, port: {{ .port }}, targetPort: metrics, protocol: TCP}
 {{- end -}}
+
+{{/* The Service in front of one component's `http` port; metricsPort adds a `metrics` port on the same container port
+     (for a component serving /metrics on its one port): (dict "root" $ "component" "gateway" "service" .Values.gateway.service "metricsPort" 8080) */}}
+{{- define "gpuledger.httpService" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "gpuledger.componentName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "gpuledger.labels" . | nindent 4 }}
+spec:
+  type: {{ .service.type }}
+  selector:
+    {{- include "gpuledger.selectorLabels" . | nindent 4 }}
+  ports:
+    - {name: http, port: {{ .service.port }}, targetPort: http, protocol: TCP}
+    {{- with .metricsPort }}
+    # served on the one port; the ServiceMonitor scrapes it by this name
+    - {name: metrics, port: {{ . }}, targetPort: http, protocol: TCP}
+    {{- end }}
+{{- end -}}
+
+{{/* An Ingress to one component's Service (its `http` port): (dict "root" $ "component" "gateway" "ingress" .Values.gateway.ingress) */}}
+{{- define "gpuledger.ingress" -}}
+{{- $svc := include "gpuledger.componentName" . -}}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ $svc }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "gpuledger.labels" . | nindent 4 }}
+  {{- with .ingress.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with .ingress.className }}
+  ingressClassName: {{ . }}
+  {{- end }}
+  {{- with .ingress.tls }}
+  tls:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  rules:
+    {{- range .ingress.hosts }}
+    - host: {{ .host | quote }}
+      http:
+        paths:
+          {{- range .paths }}
+          - path: {{ .path }}
+            pathType: {{ .pathType }}
+            backend:
+              service:
+                name: {{ $svc }}
+                port: {name: http}
+          {{- end }}
+    {{- end }}
+{{- end -}}

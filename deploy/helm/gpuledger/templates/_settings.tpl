@@ -4,6 +4,7 @@ The ONE place where values become the settings the processes read. Everything el
   settings.<section>.<field> -> GPULEDGER_<SECTION>__<FIELD>
   collector.settings.<field> -> GPULEDGER_COLLECTOR_<FIELD>   (collectors/settings.py)
   notifier.settings.<field>  -> GPULEDGER_NOTIFIER__<FIELD>   (streams/notifier/settings.py)
+  ui.settings.<field>        -> GPULEDGER_UI__<FIELD>         (gpuledger/settings.py UISettings; the dashboard's own ConfigMap)
   secrets.*                  -> secretKeyRef env vars and read-only files, named here
   gateway.config             -> gateway.yaml                  (inference/gateway_config.py; see gateway/configmap.yaml)
 Each "...Settings" template returns a YAML map NAME: "string"; use it with fromYaml.
@@ -48,6 +49,7 @@ Each "...Settings" template returns a YAML map NAME: "string"; use it with fromY
 {{- $kafka := default dict $s.kafka -}}
 {{- $ch := default dict $s.clickhouse -}}
 {{- if hasKey $kafka "sasl_password" }}{{ fail "settings.kafka.sasl_password: passwords do not go in values; create a Secret and name it in secrets.kafka.sasl.existingSecret" }}{{ end -}}
+{{- if hasKey $s "ui" }}{{ fail "settings.ui: the dashboard's settings go in ui.settings (its own ConfigMap), not in the settings every component reads" }}{{ end -}}
 {{- if hasKey $ch "password" }}{{ fail "settings.clickhouse.password: passwords do not go in values; create a Secret and name it in secrets.clickhouse.existingSecret" }}{{ end -}}
 {{- if and .Values.secrets.kafka.sasl.usernameKey (hasKey $kafka "sasl_username") }}{{ fail "set either settings.kafka.sasl_username or secrets.kafka.sasl.usernameKey, not both" }}{{ end -}}
 {{- if and .Values.secrets.clickhouse.userKey (hasKey $ch "user") }}{{ fail "set either settings.clickhouse.user or secrets.clickhouse.userKey, not both" }}{{ end -}}
@@ -83,6 +85,37 @@ Each "...Settings" template returns a YAML map NAME: "string"; use it with fromY
 {{- if .format }}{{ $_ := set $out "GPULEDGER_NOTIFIER__DEFAULT__FORMAT" .format }}{{ end -}}
 {{- end -}}
 {{- toYaml $out -}}
+{{- end -}}
+
+{{/* GPULEDGER_UI__* for the dashboard: ui.settings, readonly=1 on every ClickHouse query, nothing secret.
+     Its ClickHouse user and password come from ui.clickhouse.existingSecret (gpuledger.uiSecretEnv). */}}
+{{- define "gpuledger.uiSettings" -}}
+{{- $u := .Values.ui -}}
+{{- $s := $u.settings -}}
+{{- range list "host" "port" }}{{ if hasKey $s . }}{{ fail (printf "ui.settings.%s: set by the chart (the pod binds 0.0.0.0, port ui.port); remove it" .) }}{{ end }}{{ end -}}
+{{- range list "clickhouse_user" "clickhouse_password" }}{{ if hasKey $s . }}{{ fail (printf "ui.settings.%s: the dashboard's read-only ClickHouse user comes from a Secret; name it in ui.clickhouse.existingSecret" .) }}{{ end }}{{ end -}}
+{{- if eq (default "refuse" $s.anonymous) "admin" }}{{ fail "ui.settings.anonymous=admin: anonymous admin is only allowed on a loopback address and the pod binds 0.0.0.0; use ui.settings.tokens or an authenticating proxy (ui.settings.trusted_proxies)" }}{{ end -}}
+{{- if and $s.tokens $u.tokensSecret.name }}{{ fail "set either ui.settings.tokens or ui.tokensSecret.name, not both" }}{{ end -}}
+{{- if not (or $s.tokens $u.tokensSecret.name $s.trusted_proxies) }}{{ fail "ui.enabled: nobody could sign in; set ui.settings.tokens (SHA-256 digests), ui.tokensSecret, or ui.settings.trusted_proxies (an authenticating proxy)" }}{{ end -}}
+{{- $out := include "gpuledger.flatten" (dict "values" $s "prefix" "GPULEDGER_UI__" "nested" "") | fromYaml -}}
+{{- $_ := set $out "GPULEDGER_CLICKHOUSE__READONLY" "true" -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* The dashboard's Secret-backed env: its own read-only ClickHouse user, and its hashed tokens when they come from a Secret. */}}
+{{- define "gpuledger.uiSecretEnv" -}}
+{{- $u := .Values.ui -}}
+{{- $secret := required "ui.clickhouse.existingSecret: the dashboard reads ClickHouse as its own read-only user; create a Secret with its name and password (README, Deploying on Kubernetes) and name it here" $u.clickhouse.existingSecret }}
+- name: GPULEDGER_UI__CLICKHOUSE_USER
+  valueFrom: {secretKeyRef: {name: {{ $secret | quote }}, key: {{ required "ui.clickhouse.userKey" $u.clickhouse.userKey | quote }}}}
+- name: GPULEDGER_UI__CLICKHOUSE_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ $secret | quote }}, key: {{ required "ui.clickhouse.passwordKey" $u.clickhouse.passwordKey | quote }}}}
+{{- with $u.tokensSecret }}
+{{- if .name }}
+- name: GPULEDGER_UI__TOKENS
+  valueFrom: {secretKeyRef: {name: {{ .name | quote }}, key: {{ required "ui.tokensSecret.key" .key | quote }}}}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* A settings map as an env list (for the migration hook, which runs before any ConfigMap exists). */}}
