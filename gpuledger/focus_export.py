@@ -20,13 +20,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from gpuledger.clickhouse import connect
-from gpuledger.focus_files import (
-    MONEY_SCALE,
-    QUANTITY_SCALE,
-    ColumnType,
-    Writing,
-    open_writer,
-)
+from gpuledger.focus_files import MONEY_SCALE, QUANTITY_SCALE, ColumnType, Writing, check_target, open_writer
 from gpuledger.settings import Settings
 
 SECONDS_PER_HOUR = Decimal(3600)
@@ -290,6 +284,7 @@ def export_focus(settings: Settings, start: datetime, end: datetime, fmt: str, o
                  on_start: Callable[[int], None] = lambda total: None, on_rows: Callable[[int], None] = lambda n: None) -> ExportResult:
     """Write the FOCUS file for [start, end); ``on_start(total lines)`` and ``on_rows(n)`` drive a progress bar."""
     start, end = check_range(start, end)
+    check_target(out, fmt)  # bad arguments are refused before connecting
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
     writer = open_writer(out, fmt, COLUMNS)
