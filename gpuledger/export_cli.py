@@ -58,3 +58,6 @@ def focus(
             _fail(progress, f"ClickHouse could not serve the export ({type(exc).__name__}): {str(exc).splitlines()[0][:500]}; "
                             f"check clickhouse.url / clickhouse.database and `gpuledger migrate`")
     console.print(f"wrote {result.rows:,} FOCUS rows to {result.path} (BilledCost total {result.billed_cost:f})")
+    if not result.complete:
+        console.print(f"[yellow]warning:[/yellow] the ledger changed during the export (it held {result.ledger_lines:,} lines, "
+                      f"{result.ledger_cost:f}, when it began); export the range again for a consistent file")
