@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,6 +26,12 @@ from gpuledger.settings import get_settings
 app = typer.Typer(help="Export the ledger for FinOps tools (FOCUS 1.2).", no_args_is_help=True)
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # CI logs and pipes: one line per message
 DAY_OR_TIME = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+def _fail(progress: Progress, message: str) -> None:
+    progress.stop()
+    console.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(1)
 
 
 @app.command("focus")
@@ -46,7 +53,11 @@ def focus(
                                   on_start=lambda total: progress.update(task, total=total),
                                   on_rows=lambda n: progress.advance(task, n))
         except (ExportError, ExportFileError) as exc:
-            progress.stop()
-            console.print(f"[bold red]error:[/bold red] {exc}")
-            raise typer.Exit(1) from None
+            _fail(progress, str(exc))
+        except ClickHouseError as exc:  # nothing was published: the partial file is removed
+            _fail(progress, f"ClickHouse could not serve the export ({type(exc).__name__}): {str(exc).splitlines()[0][:500]}; "
+                            f"check clickhouse.url / clickhouse.database and `gpuledger migrate`")
     console.print(f"wrote {result.rows:,} FOCUS rows to {result.path} (BilledCost total {result.billed_cost:f})")
+    if not result.complete:
+        console.print(f"[yellow]warning:[/yellow] the ledger changed during the export (it held {result.ledger_lines:,} lines, "
+                      f"{result.ledger_cost:f}, when it began); export the range again for a consistent file")

@@ -20,13 +20,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from gpuledger.clickhouse import connect
-from gpuledger.focus_files import (
-    MONEY_SCALE,
-    QUANTITY_SCALE,
-    ColumnType,
-    Writing,
-    open_writer,
-)
+from gpuledger.focus_files import MONEY_SCALE, QUANTITY_SCALE, ColumnType, Writing, check_target, open_writer
 from gpuledger.settings import Settings
 
 SECONDS_PER_HOUR = Decimal(3600)
@@ -100,6 +94,13 @@ class ExportResult:
     rows: int
     billed_cost: Decimal
     path: Path
+    ledger_lines: int  # what the ledger held for the range when the export began
+    ledger_cost: Decimal
+
+    @property
+    def complete(self) -> bool:
+        """False when the ledger changed during the export (a late window restated): export the range again."""
+        return (self.rows, self.billed_cost) == (self.ledger_lines, self.ledger_cost)
 
 
 def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
@@ -290,12 +291,13 @@ def export_focus(settings: Settings, start: datetime, end: datetime, fmt: str, o
                  on_start: Callable[[int], None] = lambda total: None, on_rows: Callable[[int], None] = lambda n: None) -> ExportResult:
     """Write the FOCUS file for [start, end); ``on_start(total lines)`` and ``on_rows(n)`` drive a progress bar."""
     start, end = check_range(start, end)
+    check_target(out, fmt)  # bad arguments are refused before connecting
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
     writer = open_writer(out, fmt, COLUMNS)
     rows, billed = 0, Decimal(0)
     with Writing(writer):
-        total, _ = ledger_summary(client, db, start, end)
+        total, ledger_cost = ledger_summary(client, db, start, end)
         on_start(total)
         for block in ledger_lines(client, db, start, end):
             batch = [focus_row(line, issuer) for line in block]
@@ -303,4 +305,4 @@ def export_focus(settings: Settings, start: datetime, end: datetime, fmt: str, o
             rows += len(batch)
             billed += sum((r["BilledCost"] for r in batch), Decimal(0))
             on_rows(len(batch))
-    return ExportResult(rows, billed, out)
+    return ExportResult(rows, billed, out, total, ledger_cost)

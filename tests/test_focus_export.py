@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpuledger.clickhouse import connect
+from gpuledger.focus_export import COLUMNS
+from gpuledger.focus_files import Writing, open_writer
 from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.report import spend_by_org_model
 from gpuledger.settings import Settings
@@ -138,7 +140,7 @@ def exported(ledger: Settings, tmp_path_factory: pytest.TempPathFactory) -> tupl
     for path, fmt in zip(files, ("csv", "parquet"), strict=True):
         result = export(ledger, folder, *RANGE, "--format", fmt, "--out", str(path))
         assert result.returncode == 0, result.stderr + result.stdout
-        assert f"wrote {len(EXPORTED)} FOCUS rows" in result.stderr
+        assert f"wrote {len(EXPORTED)} FOCUS rows" in result.stderr and "warning" not in result.stderr
     return files
 
 
@@ -283,6 +285,25 @@ def test_bad_arguments_exit_1_with_a_message(ledger: Settings, tmp_path: Path, a
     result = export(ledger, tmp_path, *args)
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert not list(tmp_path.glob("*.csv*"))
+
+
+def test_clickhouse_failure_exits_1_and_leaves_no_file(ledger: Settings, tmp_path: Path) -> None:
+    missing = ledger.model_copy(update={"clickhouse": ledger.clickhouse.model_copy(update={"database": "t_focus_missing"})})
+    result = export(missing, tmp_path, *RANGE, "--out", str(tmp_path / "focus.csv"))
+    assert result.returncode == 1 and "ClickHouse could not serve the export" in result.stderr, result.stderr
+    assert list(tmp_path.glob("focus.csv*")) == []
+
+
+def test_an_interrupted_export_publishes_nothing(tmp_path: Path) -> None:
+    """A failure after rows were written (say ClickHouse drops the stream) removes PATH.partial and leaves PATH as it was."""
+    target = tmp_path / "focus.csv"
+    target.write_text("last month's complete export\n")
+    writer = open_writer(target, "csv", COLUMNS)
+    with pytest.raises(RuntimeError), Writing(writer):
+        writer.write([dict.fromkeys(COLUMNS, "x")])
+        raise RuntimeError("stream dropped")
+    assert target.read_text() == "last month's complete export\n"
+    assert list(tmp_path.iterdir()) == [target]
 
 
 def test_unwritable_target_exits_1(ledger: Settings, tmp_path: Path) -> None:
