@@ -94,9 +94,14 @@ async def test_out_of_range_usage_is_clamped_flagged_and_publishing_goes_on(setu
     setup.raw.reply = http_reply(b"data: " + answer('{"prompt_tokens":1e400,"completion_tokens":-1}').replace(b'"message"', b'"delta"') + b"\n\ndata: [DONE]\n\n", content_type=b"text/event-stream")
     streamed = await client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    setup.raw.reply = http_reply(answer('{"prompt_tokens":' + "9" * 5000 + ',"completion_tokens":2}'))  # past Python's int-parsing limit
+    unparsable = await client.post("/v1/chat/completions", json=chat())
+    assert unparsable.status_code == 200
     normal = await client.post("/v1/chat/completions", json=chat("good-model"))
     assert normal.status_code == 200
-    events = sorted(await tap.events(match, len(HOSTILE_USAGE) + 2), key=lambda e: e.request_start)
+    events = sorted(await tap.events(match, len(HOSTILE_USAGE) + 3), key=lambda e: e.request_start)
+    unreadable = events.pop(-2)
+    assert (unreadable.prompt_tokens, unreadable.completion_tokens, unreadable.usage_estimated) == (1, 0, True), "the prompt estimated, flagged"
     assert [(e.prompt_tokens, e.completion_tokens, e.usage_estimated, e.status) for e in events[:-2]] == [(p, 2, True, "ok") for _, p in HOSTILE_USAGE]
     assert (events[-2].prompt_tokens, events[-2].completion_tokens, events[-2].usage_estimated, events[-2].status) == (MAX_TOKENS, 0, True, "ok")
     assert (events[-1].prompt_tokens, events[-1].usage_estimated, events[-1].status) == (2, False, "ok"), "the publisher is still alive"
