@@ -83,8 +83,8 @@ def create_app(settings: Settings) -> faust.App:
     samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(settings.topics.dead_letter, value_serializer="raw", key_serializer="raw")
 
-    client = connect(settings.clickhouse)
-    sink = metrics.CountingSink(ClickHouseSink(client, settings.clickhouse.database))
+    client = metrics.CountingClient(connect(settings.clickhouse))
+    sink = ClickHouseSink(client, settings.clickhouse.database)
     usage_codec = codec_for(InferenceUsage)
     sample_codec = codec_for(GpuSample)
 

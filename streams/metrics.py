@@ -34,8 +34,8 @@ CONSUMER_LAG = Gauge("gpuledger_worker_consumer_lag_messages", "Messages not yet
 BATCH_SECONDS = Histogram("gpuledger_worker_batch_store_duration_seconds", "Decoding, pricing and storing one batch, by agent (usage, samples).", ["agent"], buckets=_BUCKETS)
 BATCH_FAILURES = Counter("gpuledger_worker_batch_failures_total", "Batches whose store step raised, by agent.", ["agent"])
 ROWS_INSERTED = Counter("gpuledger_worker_rows_inserted_total", "Rows stored in ClickHouse, by table.", ["table"])
-INSERT_SECONDS = Histogram("gpuledger_worker_insert_duration_seconds", "One ClickHouse insert, retries included, by table.", ["table"], buckets=_BUCKETS)
-INSERT_RETRIES = Counter("gpuledger_worker_insert_retries_total", "ClickHouse inserts that failed and were retried, by table.", ["table"])
+INSERT_SECONDS = Histogram("gpuledger_worker_insert_duration_seconds", "One successful ClickHouse insert, by table.", ["table"], buckets=_BUCKETS)
+INSERT_RETRIES = Counter("gpuledger_worker_insert_retries_total", "ClickHouse insert attempts that failed (the sink retries them), by table.", ["table"])
 DEAD_LETTERS = Counter("gpuledger_worker_dead_letters_total", "Messages sent to the dead-letter topic, by the topic they came from.", ["topic"])
 REFERENCE_CAUGHT_UP = Gauge("gpuledger_worker_reference_caught_up", "1 once a reference topic (orgs, prices, budgets) was read to its end.", ["topic"])
 PASS_SECONDS = Histogram("gpuledger_worker_pass_duration_seconds", "One pass of a periodic task (allocate, budgets).", ["task"], buckets=_BUCKETS)
@@ -94,20 +94,29 @@ def timed_batch(agent: str, store: Callable[[list[Any]], Awaitable[None]]) -> Ca
     return wrapped
 
 
-class CountingSink:
-    """A sink whose inserts are timed and whose stored rows are counted; everything else is the wrapped sink's."""
+class CountingClient:
+    """A ClickHouse client whose inserts are timed and counted: rows stored, and failed attempts (which the sink retries).
 
-    def __init__(self, sink: Any) -> None:
-        self._sink = sink
+    Wraps the client rather than the sink, so every attempt the sink makes is seen; everything else is the wrapped client's.
+    """
 
-    async def insert(self, table: str, columns: Any, rows: list[Any]) -> None:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def insert(self, table: str, *args: Any, **kwargs: Any) -> Any:
+        name = table.rsplit(".", 1)[-1]
         started = time.perf_counter()
-        await self._sink.insert(table, columns, rows)
-        INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-        ROWS_INSERTED.labels(table).inc(len(rows))
+        try:
+            result = self._client.insert(table, *args, **kwargs)
+        except Exception:
+            INSERT_RETRIES.labels(name).inc()
+            raise
+        INSERT_SECONDS.labels(name).observe(time.perf_counter() - started)
+        ROWS_INSERTED.labels(name).inc(len(kwargs.get("data", args[0] if args else ())))
+        return result
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._sink, name)
+        return getattr(self._client, name)
 
 
 class WorkerHealth:

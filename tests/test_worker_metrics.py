@@ -10,11 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpuledger.clickhouse import connect
 from gpuledger.kafka import new_producer
 from gpuledger.settings import Settings
 from schemas import InferenceUsage, codec_for
+from streams.metrics import CountingClient
 from tests.promtool import check_metrics
 from tests.support import WorkerProcess, isolated, wait_until
 
@@ -69,3 +72,19 @@ def test_worker_serves_metrics_and_health(stack_settings: Settings, tmp_path: Pa
     assert values[("gpuledger_worker_batch_store_duration_seconds_count", (("agent", "usage"),))] >= 1
     assert health.status_code == 200 and health.json()["kafka_ok"] is True and all(health.json()["reference_caught_up"].values())
     assert [v for (name, _), v in values.items() if name == "gpuledger_worker_reference_caught_up"] == [1, 1, 1], "orgs, prices, budgets"
+
+
+def test_insert_attempts_are_counted_stored_and_failed(stack_settings: Settings) -> None:
+    """The real ClickHouse: a stored insert counts its rows, a refused one counts as a failed attempt."""
+    client = CountingClient(connect(stack_settings.clickhouse))
+    table = f"wm_{uuid.uuid4().hex[:8]}"
+    client.command(f"CREATE TABLE {stack_settings.clickhouse.database}.{table} (x UInt32) ENGINE = Memory")
+    try:
+        before = REGISTRY.get_sample_value("gpuledger_worker_rows_inserted_total", {"table": table}) or 0.0
+        client.insert(f"{stack_settings.clickhouse.database}.{table}", [[1], [2], [3]], column_names=["x"])
+        with pytest.raises(Exception, match="(?i)unknown|exist"):
+            client.insert(f"{stack_settings.clickhouse.database}.{table}_missing", [[1]], column_names=["x"])
+    finally:
+        client.command(f"DROP TABLE {stack_settings.clickhouse.database}.{table}")
+    assert REGISTRY.get_sample_value("gpuledger_worker_rows_inserted_total", {"table": table}) == before + 3
+    assert REGISTRY.get_sample_value("gpuledger_worker_insert_retries_total", {"table": f"{table}_missing"}) == 1
