@@ -26,10 +26,10 @@ from inference.gateway_config import GatewayConfig
 from inference.openai_usage import MAX_TOKENS
 from inference.server import uvicorn_config
 from tests.inference.fake_vllm import FakeVllm
-from tests.inference.gateway_metrics import gateway_counter
 from tests.inference.raw_upstream import RawUpstream, http_reply, raw_upstream
 from tests.inference.servers import serve, serve_config
 from tests.inference.usage_tap import UsageTap
+from tests.support import scraped
 
 RUN = uuid.uuid4().hex[:8]
 KEY_ID, SECRET = f"key-hostile-{RUN}", f"sk-hostile-{RUN}"
@@ -157,7 +157,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 
 async def test_slow_and_silent_clients_are_disconnected_after_the_header_timeout(setup: Setup) -> None:
-    before = await asyncio.to_thread(gateway_counter, setup.url, "gpuledger_gateway_connections_closed_total", reason="header_timeout")
+    before = await asyncio.to_thread(scraped, setup.url, "gpuledger_gateway_connections_closed_total", reason="header_timeout")
     port = int(setup.url.rsplit(":", 1)[1])
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
     slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
@@ -172,7 +172,7 @@ async def test_slow_and_silent_clients_are_disconnected_after_the_header_timeout
     assert all(closed) and time.monotonic() - started < 6
     for sock in silent + slow:
         sock.close()
-    after = await asyncio.to_thread(gateway_counter, setup.url, "gpuledger_gateway_connections_closed_total", reason="header_timeout")
+    after = await asyncio.to_thread(scraped, setup.url, "gpuledger_gateway_connections_closed_total", reason="header_timeout")
     assert after >= before + 6
 
 
