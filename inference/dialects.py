@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inference.openai_usage import Usage, find_usage_dict, token_count, usage_from_dict
+from inference.openai_usage import Usage, estimated_prompt_tokens, find_usage_dict, token_count, usage_from_dict
 
 # Anthropic's error types by HTTP status (its SDK maps them back to exception classes by status).
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -64,6 +64,10 @@ class Dialect:
         """The usage of a whole JSON answer."""
         found = find_usage_dict(body)
         return self.usage(found) if found is not None else None
+
+    def answer_usage(self, body: bytes, request: dict[str, Any]) -> Usage:
+        """A successful answer's usage; when it has none or none that parses, the prompt estimated and flagged."""
+        return self.find_usage(body) or Usage(prompt_tokens=estimated_prompt_tokens(request), estimated=True)
 
     def error_body(self, message: str, kind: str, code: str | None = None, param: str | None = None, status: int = 400) -> bytes:
         """This API's error document (OpenAI's ``{"error": {...}}`` or Anthropic's ``{"type": "error", ...}``)."""

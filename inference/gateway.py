@@ -286,7 +286,7 @@ class OpenAIRoute:
         if answer.content is None:
             await self._stream(send, answer, request, outcome, meter)
         else:
-            await self._reply(send, answer, outcome)
+            await self._reply(send, answer, request, outcome)
 
     def _usage_asked(self, request: dict[str, Any], upstream: Upstream) -> StreamUsage | None:
         """What a stream asks this upstream for; per-chunk usage only of vLLM (OpenAI's API would refuse the option).
@@ -295,7 +295,7 @@ class OpenAIRoute:
         """
         return stream_usage(request, continuous=upstream.backend.kind == "vllm") if self.dialect.asks_stream_usage else None
 
-    async def _reply(self, send: Send, answer: Answer, outcome: Outcome) -> None:
+    async def _reply(self, send: Send, answer: Answer, request: dict[str, Any], outcome: Outcome) -> None:
         """A whole JSON answer; upstream 4xx pass through (normalized to the API's error shape)."""
         content = answer.content or b""
         status = answer.status
@@ -303,7 +303,7 @@ class OpenAIRoute:
             outcome.status = "error"
             content = self.dialect.normalized_error(content, status)
         else:
-            outcome.usage = self.dialect.find_usage(content)
+            outcome.usage = self.dialect.answer_usage(content, request)
         outcome.complete = outcome.started = True
         await send_json(send, status, content, answer.headers)
 

@@ -168,7 +168,7 @@ class MeteredRequest:
     def _usage(self) -> Usage | None:
         if self.scanner is not None:
             return self.scanner.usage_or_estimate(self.request)
-        return dialect_for(self.endpoint).find_usage(b"".join(self.chunks)) if self.chunks else None
+        return dialect_for(self.endpoint).answer_usage(b"".join(self.chunks), self.request) if self.chunks else None
 
 
 def _parse(body: bytes) -> dict[str, Any]:

@@ -105,7 +105,7 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     samples_topic = app.topic(settings.topics.gpu_samples, value_serializer="raw", key_serializer="raw")
 
     client = connect(settings.clickhouse)
-    sink = ClickHouseSink(client, settings.clickhouse.database)  # times and counts every insert (streams.metrics)
+    sink = ClickHouseSink(client, settings.clickhouse.database)  # times and counts every insert attempt (streams.metrics)
     times = TimeWindow(future_skew=timedelta(seconds=w.max_future_skew_seconds), max_age=timedelta(days=PARAMETERS["raw_retention_days"]))
 
     @app.task

@@ -37,8 +37,8 @@ CONSUMER_LAG = Gauge("gpuledger_worker_consumer_lag_messages", "Messages not yet
 BATCH_SECONDS = Histogram("gpuledger_worker_batch_store_duration_seconds", "Decoding, pricing and storing one batch, by agent (usage, samples).", ["agent"], buckets=_BUCKETS)
 BATCH_RETRIES = Counter("gpuledger_worker_batch_retries", "Batches whose handling failed as a whole and were retried (nothing acked), by agent.", ["agent"])
 ROWS_INSERTED = Counter("gpuledger_worker_rows_inserted", "Rows stored in ClickHouse, by table.", ["table"])
-INSERT_SECONDS = Histogram("gpuledger_worker_insert_duration_seconds", "Storing one batch of rows in ClickHouse, retries and bisection included, by table.", ["table"], buckets=_BUCKETS)
-INSERT_RETRIES = Counter("gpuledger_worker_insert_retries", "ClickHouse inserts that failed transiently and were retried, by table.", ["table"])
+INSERT_SECONDS = Histogram("gpuledger_worker_insert_duration_seconds", "One successful ClickHouse insert, by table.", ["table"], buckets=_BUCKETS)
+INSERT_RETRIES = Counter("gpuledger_worker_insert_retries", "ClickHouse insert attempts that failed transiently (the sink retries them), by table.", ["table"])
 POISON_ROWS = Counter("gpuledger_worker_poison_rows", "Rows ClickHouse refused for their content (isolated by bisection, dead-lettered).", ["table"])
 DEAD_LETTERS = Counter(
     "gpuledger_worker_dead_letters", "Messages sent to the dead-letter topic, by origin topic and stage (decode, invalid, pricing, store, reference).",

@@ -144,18 +144,7 @@ class ClickHouseSink:
             raise PoisonRows(table, refused)
 
     async def store(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> dict[int, str]:
-        """Store ``rows``; returns the index and error text of each row refused for its content.
-
-        Timed and counted here (``gpuledger_worker_insert_duration_seconds``, ``_rows_inserted_total``),
-        where every write of the worker passes, so refused rows are never counted as stored.
-        """
-        started = time.perf_counter()
-        refused = await self._bisected(table, columns, rows)
-        metrics.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-        metrics.ROWS_INSERTED.labels(table).inc(len(rows) - len(refused))
-        return refused
-
-    async def _bisected(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> dict[int, str]:
+        """Store ``rows``; returns the index and error text of each row refused for its content."""
         refused: dict[int, str] = {}
         pending = [(0, len(rows))] if rows else []
         while pending:  # bisect: a refused range is split until each refused row stands alone
@@ -176,9 +165,9 @@ class ClickHouseSink:
         """Insert once it works; the error text when the rows themselves are refused."""
         delay = 0.2
         while True:
+            started = time.perf_counter()
             try:
                 await asyncio.to_thread(self.client.insert, f"{self.database}.{table}", rows, column_names=list(columns))
-                return None
             except Exception as exc:
                 if not is_transient(exc):
                     return f"{type(exc).__name__}: {str(exc)[:500]}"
@@ -186,3 +175,7 @@ class ClickHouseSink:
                 log.warning("clickhouse insert failed; retrying", table=table, rows=len(rows), error=str(exc)[:300], retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
+            else:  # counted here, where every write of the worker passes: refused rows are never counted as stored
+                metrics.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+                metrics.ROWS_INSERTED.labels(table).inc(len(rows))
+                return None

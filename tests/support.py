@@ -14,8 +14,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options, ensure_topics
@@ -161,3 +163,13 @@ def demo_worker(base: Settings, name: str, data_dir: Path) -> Iterator[tuple[Set
         yield settings, worker
     finally:
         worker.stop()
+
+
+def scraped(url: str, name: str, **labels: str) -> float:
+    """The sample ``name{labels}`` of the real ``/metrics`` endpoint at ``url`` (0 when it has not been counted yet)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0

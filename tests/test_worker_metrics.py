@@ -10,11 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpuledger.clickhouse import connect
 from gpuledger.kafka import new_producer
 from gpuledger.settings import Settings
 from schemas import InferenceUsage, codec_for
+from streams.sink import ClickHouseSink
 from tests.promtool import check_metrics
 from tests.support import WorkerProcess, isolated, wait_until
 
@@ -69,3 +72,25 @@ def test_worker_serves_metrics_and_health(stack_settings: Settings, tmp_path: Pa
     assert values[("gpuledger_worker_batch_store_duration_seconds_count", (("agent", "usage"),))] >= 1
     assert health.status_code == 200 and health.json()["kafka_ok"] is True and all(health.json()["reference_caught_up"].values())
     assert [v for (name, _), v in values.items() if name == "gpuledger_worker_reference_caught_up"] == [1, 1, 1, 1], "orgs, prices, budgets, equivalents"
+
+
+def test_insert_attempts_are_counted_stored_and_refused(stack_settings: Settings) -> None:
+    """The real ClickHouse through the worker's sink: stored rows are counted, a row refused for its content is a
+    poison row (isolated, never counted as stored, never retried), so the retry counter does not move."""
+    database = stack_settings.clickhouse.database
+    sink = ClickHouseSink(connect(stack_settings.clickhouse), database)
+    table = f"wm_{uuid.uuid4().hex[:8]}"
+    sink.client.command(f"CREATE TABLE {database}.{table} (x UInt32, CONSTRAINT small CHECK x < 10) ENGINE = Memory")
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"table": table}) or 0.0
+
+    try:
+        refused = asyncio.run(sink.store(table, ["x"], [[1], [2], [99], [3]]))
+    finally:
+        sink.client.command(f"DROP TABLE {database}.{table}")
+    assert list(refused) == [2] and "VIOLATED_CONSTRAINT" in refused[2]
+    assert value("gpuledger_worker_rows_inserted_total") == 3
+    assert value("gpuledger_worker_poison_rows_total") == 1
+    assert value("gpuledger_worker_insert_retries_total") == 0
+    assert REGISTRY.get_sample_value("gpuledger_worker_insert_duration_seconds_count", {"table": table}) >= 2

@@ -20,9 +20,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from aiokafka.errors import MessageSizeTooLargeError
 
 from gpuledger import dead_letters
@@ -32,7 +30,7 @@ from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
 from schemas import GpuProcess, GpuSample, InferenceUsage, Price, codec_for
 from schemas.keys import price_key
-from tests.support import ROOT, WorkerProcess, consumer_lag, isolated, settings_env, wait_until
+from tests.support import ROOT, WorkerProcess, consumer_lag, isolated, scraped, settings_env, wait_until
 
 pytestmark = pytest.mark.engines
 DEMO = ROOT / "deploy" / "local" / "demo"
@@ -144,12 +142,7 @@ def _letters(settings: Settings) -> list[dead_letters.DeadLetter]:
 
 def _metric(name: str, **labels: str) -> float:
     """A sample of the worker's /metrics (the exposition parsed by prometheus-client's own parser)."""
-    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return float(found.value)
-    return 0.0
+    return scraped(f"http://127.0.0.1:{METRICS_PORT}", name, **labels)
 
 
 def test_bad_events_are_dead_lettered_and_the_good_ones_priced_exactly(hostile: tuple[Settings, WorkerProcess]) -> None:

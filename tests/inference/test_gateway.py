@@ -23,6 +23,7 @@ from inference.gateway import create_app
 from inference.gateway_config import GatewayConfig
 from schemas import InferenceUsage
 from tests.inference.fake_vllm import FakeVllm
+from tests.inference.gateway_metrics import refusals
 from tests.inference.servers import serve
 from tests.inference.streaming_client import hang_up_after
 from tests.inference.usage_tap import UsageTap
@@ -115,14 +116,6 @@ async def test_missing_or_invalid_key_is_401_counted_but_writes_no_event(fleet: 
     wrong_id = f"unknown-{hashlib.sha256(bad.encode()).hexdigest()[:12]}"
     assert await tap.events(lambda e: e.key_id in (wrong_id, "anonymous"), 0) == []
     assert refusals(fleet.url, "auth") == before + 4
-
-
-def refusals(url: str, reason: str) -> float:
-    """The gateway's refusal counter for ``reason``, read from its /metrics."""
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(f'gpuledger_gateway_refusals_total{{reason="{reason}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_alias_routes_small_by_default_and_large_by_rule(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:

@@ -29,6 +29,7 @@ from tests.inference.fake_vllm import FakeVllm
 from tests.inference.raw_upstream import RawUpstream, http_reply, raw_upstream
 from tests.inference.servers import serve, serve_config
 from tests.inference.usage_tap import UsageTap
+from tests.support import scraped
 
 RUN = uuid.uuid4().hex[:8]
 KEY_ID, SECRET = f"key-hostile-{RUN}", f"sk-hostile-{RUN}"
@@ -94,9 +95,14 @@ async def test_out_of_range_usage_is_clamped_flagged_and_publishing_goes_on(setu
     setup.raw.reply = http_reply(b"data: " + answer('{"prompt_tokens":1e400,"completion_tokens":-1}').replace(b'"message"', b'"delta"') + b"\n\ndata: [DONE]\n\n", content_type=b"text/event-stream")
     streamed = await client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    setup.raw.reply = http_reply(answer('{"prompt_tokens":' + "9" * 5000 + ',"completion_tokens":2}'))  # past Python's int-parsing limit
+    unparsable = await client.post("/v1/chat/completions", json=chat())
+    assert unparsable.status_code == 200
     normal = await client.post("/v1/chat/completions", json=chat("good-model"))
     assert normal.status_code == 200
-    events = sorted(await tap.events(match, len(HOSTILE_USAGE) + 2), key=lambda e: e.request_start)
+    events = sorted(await tap.events(match, len(HOSTILE_USAGE) + 3), key=lambda e: e.request_start)
+    unreadable = events.pop(-2)
+    assert (unreadable.prompt_tokens, unreadable.completion_tokens, unreadable.usage_estimated) == (1, 0, True), "the prompt estimated, flagged"
     assert [(e.prompt_tokens, e.completion_tokens, e.usage_estimated, e.status) for e in events[:-2]] == [(p, 2, True, "ok") for _, p in HOSTILE_USAGE]
     assert (events[-2].prompt_tokens, events[-2].completion_tokens, events[-2].usage_estimated, events[-2].status) == (MAX_TOKENS, 0, True, "ok")
     assert (events[-1].prompt_tokens, events[-1].usage_estimated, events[-1].status) == (2, False, "ok"), "the publisher is still alive"
@@ -151,8 +157,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 
 async def test_slow_and_silent_clients_are_disconnected_after_the_header_timeout(setup: Setup) -> None:
-    before = float(next((line.rsplit(" ", 1)[1] for line in (await asyncio.to_thread(httpx.get, f"{setup.url}/metrics")).text.splitlines()
-                         if line.startswith('gpuledger_gateway_connections_closed_total{reason="header_timeout"}')), 0))
+    before = await asyncio.to_thread(scraped, setup.url, "gpuledger_gateway_connections_closed_total", reason="header_timeout")
     port = int(setup.url.rsplit(":", 1)[1])
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
     slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
@@ -167,8 +172,8 @@ async def test_slow_and_silent_clients_are_disconnected_after_the_header_timeout
     assert all(closed) and time.monotonic() - started < 6
     for sock in silent + slow:
         sock.close()
-    after = [line for line in (await asyncio.to_thread(httpx.get, f"{setup.url}/metrics")).text.splitlines() if line.startswith('gpuledger_gateway_connections_closed_total{reason="header_timeout"}')]
-    assert float(after[0].rsplit(" ", 1)[1]) >= before + 6
+    after = await asyncio.to_thread(scraped, setup.url, "gpuledger_gateway_connections_closed_total", reason="header_timeout")
+    assert after >= before + 6
 
 
 async def test_a_body_that_does_not_arrive_is_408(setup: Setup) -> None:

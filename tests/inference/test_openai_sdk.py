@@ -30,8 +30,8 @@ from inference.gateway import Gateway
 from inference.gateway_config import GatewayConfig
 from schemas import BudgetStatus, codec_for
 from tests.inference.fake_vllm import FakeVllm
+from tests.inference.gateway_metrics import refusals
 from tests.inference.servers import serve
-from tests.inference.test_gateway import refusals
 from tests.inference.usage_tap import UsageTap
 
 RUN = uuid.uuid4().hex[:8]
