@@ -256,6 +256,10 @@ def _range(since: datetime | None, until: datetime | None) -> tuple[date, date]:
     return start, end
 
 
+def _per(by: str) -> str:
+    return "model" if by == "model" else f"{by} and model"
+
+
 def _show(output: object) -> None:
     if isinstance(output, str):
         sys.stdout.write(output if output.endswith("\n") else output + "\n")
@@ -278,7 +282,7 @@ def unit_costs_command(since: Since = None, until: Until = None, by: ByOption = 
 
     start, end = _range(since, until)
     rows = uc.unit_costs(_settings(), start, end, by.value)
-    _show(uc.render(rows, ("per_mtok_usage", "per_mtok_allocation"), fmt.value, f"unit costs {start} to {end} (exclusive), per {by.value} and model"))
+    _show(uc.render(rows, ("per_mtok_usage", "per_mtok_allocation"), fmt.value, f"unit costs {start} to {end} (exclusive), per {_per(by.value)}"))
 
 
 @app.command("compare")
@@ -288,7 +292,7 @@ def compare_command(since: Since = None, until: Until = None, by: ByOption = Gro
 
     start, end = _range(since, until)
     rows = uc.comparisons(_settings(), start, end, by.value)
-    _show(uc.render(rows, ("ratio", "break_even_tokens_per_hour", "headroom"), fmt.value, f"self-hosted vs API {start} to {end} (exclusive), per {by.value} and model"))
+    _show(uc.render(rows, ("ratio", "break_even_tokens_per_hour", "headroom"), fmt.value, f"self-hosted vs API {start} to {end} (exclusive), per {_per(by.value)}"))
 
 
 PeriodOption = Enum("PeriodOption", {name: name for name in ("month", "week")}, type=str)  # type: ignore[misc]

@@ -135,6 +135,8 @@ def _records(rows: list[Any], derived: tuple[str, ...]) -> list[dict[str, str]]:
 def render(rows: list[Any], derived: tuple[str, ...], fmt: Format, title: str) -> str | Table:
     """The rows as CSV, JSON (exact decimal strings) or a rich table (money to 4 places)."""
     records = _records(rows, derived)
+    if records and not any(r["group"] for r in records):  # --by model: no group to show
+        records = [{k: v for k, v in r.items() if k != "group"} for r in records]
     if fmt == "json":
         return json.dumps(records, indent=2)
     if fmt == "csv":
