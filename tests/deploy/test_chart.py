@@ -251,10 +251,20 @@ def test_service_monitors_use_only_known_fields(all_on: list[dict[str, Any]]) ->
         assert set(sm["spec"]["namespaceSelector"]) == {"matchNames"} and set(sm["spec"]["selector"]) == {"matchLabels"}
 
 
-def test_worker_and_notifier_monitors_stay_off_by_default() -> None:
-    """They have no /metrics yet: a ServiceMonitor for them would only page about a missing target."""
-    docs = render(sets=("monitoring.serviceMonitors=true", "gateway.enabled=true"))
-    assert sorted(component(d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceMonitor") == ["collector", "gateway"]
+def test_worker_and_notifier_serve_metrics_the_chart_scrapes(all_on: list[dict[str, Any]]) -> None:
+    """Both serve /metrics and /healthz: the pod listens on every address at the port its Service and probe name."""
+    docs = all_on
+    assert {"worker", "notifier"} <= {component(d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceMonitor"}
+    for name, prefix, port in (("worker", "GPULEDGER_WORKER__", 9403), ("notifier", "GPULEDGER_NOTIFIER__", 9404)):
+        pod = next(d for d in docs if d["kind"] == "Deployment" and component(d["metadata"]["name"]) == name)["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert (env[f"{prefix}METRICS_HOST"], env[f"{prefix}METRICS_PORT"]) == ("0.0.0.0", str(port))
+        assert pod["containers"][0]["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+        assert pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    off = render(sets=("worker.metrics.enabled=false",))
+    worker = next(d for d in off if d["kind"] == "Deployment" and component(d["metadata"]["name"]) == "worker")["spec"]["template"]["spec"]
+    assert {e["name"]: e.get("value") for e in worker["containers"][0]["env"]}["GPULEDGER_WORKER__METRICS_PORT"] == "0"
+    assert "ports" not in worker["containers"][0]
 
 
 def test_network_policies_open_only_each_components_own_port(rendered: list[dict[str, Any]]) -> None:

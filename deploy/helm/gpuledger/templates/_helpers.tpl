@@ -165,3 +165,20 @@ spec:
           {{- end }}
     {{- end }}
 {{- end -}}
+
+{{/* The worker's or notifier's /metrics endpoint as env: listen on every address when the chart exposes it, else off
+(port 0). (dict "prefix" "GPULEDGER_WORKER__" "metrics" .Values.worker.metrics) */}}
+{{- define "gpuledger.metricsEnv" -}}
+- {name: {{ .prefix }}METRICS_HOST, value: {{ ternary "0.0.0.0" "127.0.0.1" .metrics.enabled | quote }}}
+- {name: {{ .prefix }}METRICS_PORT, value: {{ ternary .metrics.port 0 .metrics.enabled | toString | quote }}}
+{{- end -}}
+
+{{/* The container port of a /metrics endpoint, and a readiness probe on its /healthz. */}}
+{{- define "gpuledger.metricsPort" -}}
+ports:
+  - {name: metrics, containerPort: {{ .port }}, protocol: TCP}
+readinessProbe:
+  httpGet: {path: /healthz, port: metrics}
+  periodSeconds: 15
+  failureThreshold: 4
+{{- end -}}
