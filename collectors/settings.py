@@ -6,21 +6,24 @@ from a ConfigMap; the node name defaults to ``NODE_NAME`` (downward API) or the 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# Pod labels copied onto every GpuProcess. The worker maps these to org / team / project /
-# cost centre (keep the two lists identical): the gpuledger.dev/ keys first, then common conventions.
-DEFAULT_POD_LABEL_KEYS = (
-    "gpuledger.dev/org", "org", "gpuledger.dev/team", "team", "gpuledger.dev/project", "project",
-    "gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter",
+from gpuledger.settings import (
+    COST_CENTRE_LABELS,
+    ORG_LABELS,
+    PROJECT_LABELS,
+    TEAM_LABELS,
 )
+
+# Pod labels copied onto every GpuProcess: every key the worker maps to org / team / project / cost centre.
+DEFAULT_POD_LABEL_KEYS = (*ORG_LABELS, *TEAM_LABELS, *PROJECT_LABELS, *COST_CENTRE_LABELS)
 
 
 def default_node_name() -> str:

@@ -8,6 +8,7 @@ what to do about it; nothing is published unless every budget in the request is 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -17,10 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gpuledger.kafka import ensure_topics, read_compacted, table_topic
+from gpuledger.kafka import ensure_topics, read_records, table_topic
 from gpuledger.reference_import import ReferenceFileError, load_yaml, publish
 from gpuledger.settings import Settings
-from schemas import Budget, BudgetStatus, DecodeError, OrgDirectory, Price, codec_for
+from schemas import Budget, BudgetStatus, OrgDirectory, Price, codec_for
 from schemas.keys import budget_key
 
 log = structlog.get_logger()
@@ -107,21 +108,10 @@ def read_file(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-async def _records(settings: Settings, topic: str, record_type: type[R]) -> list[R]:
-    """Every live record of a compacted topic; one that cannot be decoded is skipped with a warning (the worker dead-letters it)."""
-    codec, found = codec_for(record_type), []
-    for key, value in (await read_compacted(settings.kafka, topic)).items():
-        try:
-            found.append(codec.decode(value))
-        except DecodeError as exc:
-            log.warning("undecodable record skipped", topic=topic, key=key.decode(errors="replace")[:200], reason=exc.reason)
-    return found
-
-
 async def _known(settings: Settings) -> tuple[list[OrgDirectory], set[str]]:
     """The org directory and the currencies of the price list, read from their topics."""
-    orgs = await _records(settings, table_topic(settings, "orgs"), OrgDirectory)
-    currencies = {p.currency for p in await _records(settings, table_topic(settings, "prices"), Price)}
+    orgs = await read_records(settings.kafka, table_topic(settings, "orgs"), OrgDirectory)
+    currencies = {p.currency for p in await read_records(settings.kafka, table_topic(settings, "prices"), Price)}
     return orgs, currencies
 
 
@@ -158,11 +148,23 @@ async def save(settings: Settings, specs: list[BudgetSpec]) -> list[Budget]:
     return budgets
 
 
-async def current(settings: Settings) -> tuple[list[Budget], dict[str, BudgetStatus]]:
-    """Every live budget, by id, and the latest standing the worker published for each."""
-    await ensure_topics(settings)
-    budgets = await _records(settings, table_topic(settings, "budgets"), Budget)
-    statuses = await _records(settings, settings.topics.budget_status, BudgetStatus)
+async def current(settings: Settings, *, read_only: bool = False) -> tuple[list[Budget], dict[str, BudgetStatus]]:
+    """Every live budget, by id, and the latest standing the worker published for each.
+
+    ``read_only`` (the dashboard): create no topic; one that does not exist yet reads as empty.
+    """
+    if not read_only:
+        await ensure_topics(settings)
+
+    async def live(topic: str, record_type: type[R]) -> list[R]:
+        try:
+            return await read_records(settings.kafka, topic, record_type)
+        except LookupError:
+            if read_only:
+                return []
+            raise
+
+    budgets, statuses = await asyncio.gather(live(table_topic(settings, "budgets"), Budget), live(settings.topics.budget_status, BudgetStatus))
     return sorted(budgets, key=lambda b: b.budget_id), {s.budget_id: s for s in statuses}
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from gpuledger.kafka import new_producer, read_all, table_topic
 from gpuledger.settings import Settings
-from schemas import Budget, DecodeError, GpuSample, InferenceUsage, OrgDirectory, Price, codec_for
+from schemas import DecodeError, GpuSample, InferenceUsage, codec_for
+from schemas.keys import REFERENCE_TABLES
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def record_types(settings: Settings) -> dict[str, type]:
     """The record type of each topic the worker reads."""
     return {
         settings.topics.inference_usage: InferenceUsage, settings.topics.gpu_samples: GpuSample,
-        table_topic(settings, "orgs"): OrgDirectory, table_topic(settings, "prices"): Price, table_topic(settings, "budgets"): Budget,
+        **{table_topic(settings, name): record_type for name, record_type in REFERENCE_TABLES.items()},
     }
 
 

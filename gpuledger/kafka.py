@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,8 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from gpuledger.settings import KafkaSettings, Settings
+from schemas import DecodeError, codec_for
 
 log = structlog.get_logger()
+R = TypeVar("R")
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -119,6 +121,17 @@ async def ensure_topics(settings: Settings) -> list[str]:
         return [topic.name for topic in missing]
     finally:
         await admin.close()
+
+
+async def read_records(kafka: KafkaSettings, topic: str, record_type: type[R]) -> list[R]:
+    """Every live record of a compacted topic; one that cannot be decoded is skipped with a warning (the worker dead-letters it)."""
+    codec, found = codec_for(record_type), []
+    for key, value in (await read_compacted(kafka, topic)).items():
+        try:
+            found.append(codec.decode(value))
+        except DecodeError as exc:
+            log.warning("undecodable record skipped", topic=topic, key=key.decode(errors="replace")[:200], reason=exc.reason)
+    return found
 
 
 async def read_compacted(kafka: KafkaSettings, topic: str) -> dict[bytes, bytes]:

@@ -20,6 +20,7 @@ from decimal import Context, Decimal, InvalidOperation
 MAX_TOKENS = 10**12
 MAX_PRICE = Decimal(10**9)
 PRICE_SCALE = 9
+NANO = Decimal(1).scaleb(-PRICE_SCALE)  # the ledger's smallest amount, 0.000000001
 LEDGER_INTEGER_DIGITS = 29  # Decimal(38, 9)
 MONEY_CONTEXT = Context(prec=80, traps=[InvalidOperation])
 MAX_TEXT = 1024  # longest identifier (event id, model, key id, node, GPU uuid) the worker stores
@@ -31,7 +32,7 @@ def money_problem(value: Decimal) -> str | None:
         return f"{value} is not a number"
     if value.adjusted() >= LEDGER_INTEGER_DIGITS:
         return f"{value} has more than {LEDGER_INTEGER_DIGITS} digits before the decimal point (the ledger's Decimal(38, 9))"
-    if value != value.quantize(Decimal(1).scaleb(-PRICE_SCALE), context=MONEY_CONTEXT):
+    if value != value.quantize(NANO, context=MONEY_CONTEXT):
         return f"{value} has more than {PRICE_SCALE} decimal places (the ledger keeps nano-units)"
     return None
 

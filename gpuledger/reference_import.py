@@ -18,10 +18,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gpuledger.kafka import ensure_topics, new_producer, read_compacted, table_topic
+from gpuledger.kafka import ensure_topics, new_producer, read_records, table_topic
 from gpuledger.limits import price_problem
 from gpuledger.settings import Settings
-from schemas import DecodeError, ModelEquivalent, OrgDirectory, Price, codec_for
+from schemas import ModelEquivalent, OrgDirectory, Price, codec_for
 from schemas.keys import equivalent_key, org_key, price_key
 
 
@@ -214,14 +214,8 @@ async def import_prices(settings: Settings, path: Path) -> list[Price]:
 async def import_equivalents(settings: Settings, path: Path) -> list[ModelEquivalent]:
     """Validate and publish API equivalents: all or nothing; each API SKU must have a token price."""
     equivalents = parse_rows(path, "equivalents", EquivalentRow)
-    priced = set()
-    for value in (await read_compacted(settings.kafka, table_topic(settings, "prices"))).values():
-        try:
-            price = codec_for(Price).decode(value)
-        except DecodeError:  # a poison record on the topic is the worker's to dead-letter, not a reason to refuse this file
-            continue
-        if price.kind == "token":
-            priced.add(price.sku)
+    prices = await read_records(settings.kafka, table_topic(settings, "prices"), Price)
+    priced = {p.sku for p in prices if p.kind == "token"}
     problems = [
         f"{path} row {number}: api_sku {e.api_sku!r} has no token price; priced SKUs: {', '.join(sorted(priced)) or 'none (import prices first)'}"
         for number, e in enumerate(equivalents, start=1) if e.api_sku not in priced

@@ -60,6 +60,14 @@ class TopicSettings(BaseModel):
     replication_factor: int = Field(1, ge=1)
 
 
+# Pod label keys naming each payer field by default, first present wins: the gpuledger.dev/ keys, then common
+# conventions. The worker reads them (worker.*_labels); the collector copies all of them onto each GPU process.
+ORG_LABELS = ("gpuledger.dev/org", "org")
+TEAM_LABELS = ("gpuledger.dev/team", "team")
+PROJECT_LABELS = ("gpuledger.dev/project", "project")
+COST_CENTRE_LABELS = ("gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter")
+
+
 class WorkerSettings(BaseModel):
     """The stream worker: batching into ClickHouse and the GPU cost allocator."""
 
@@ -73,12 +81,10 @@ class WorkerSettings(BaseModel):
     idle_policy: Literal["workload", "node", "callers"] = Field(
         "workload", description="Where the idle part of a GPU serving metered inference goes: the serving workload's owner, the node owner, or the callers by token share (fully loaded)."
     )
-    org_labels: list[str] = Field(["gpuledger.dev/org", "org"], description="Pod label keys naming the paying org (first present wins).")
-    team_labels: list[str] = Field(["gpuledger.dev/team", "team"], description="Pod label keys naming the team.")
-    project_labels: list[str] = Field(["gpuledger.dev/project", "project"], description="Pod label keys naming the project.")
-    cost_centre_labels: list[str] = Field(
-        ["gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter"], description="Pod label keys naming the cost centre."
-    )
+    org_labels: list[str] = Field(list(ORG_LABELS), description="Pod label keys naming the paying org (first present wins).")
+    team_labels: list[str] = Field(list(TEAM_LABELS), description="Pod label keys naming the team.")
+    project_labels: list[str] = Field(list(PROJECT_LABELS), description="Pod label keys naming the project.")
+    cost_centre_labels: list[str] = Field(list(COST_CENTRE_LABELS), description="Pod label keys naming the cost centre.")
     session_timeout_seconds: float = Field(10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on).")
     max_future_skew_seconds: float = Field(300.0, ge=0, description="Events dated further than this in the future are dead-lettered (clock skew allowance).")
     shutdown_grace_seconds: float = Field(20.0, gt=0, description="After SIGTERM the worker exits within this long, whatever it is doing (exit code 6 if it had to force it).")

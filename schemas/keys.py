@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from schemas.records import ModelEquivalent, Price
+from schemas.records import Budget, ModelEquivalent, OrgDirectory, Price
+
+# The reference tables (compacted topics ``<app_id>-<name>-changelog``) and the record each holds.
+REFERENCE_TABLES: dict[str, type] = {"orgs": OrgDirectory, "prices": Price, "equivalents": ModelEquivalent, "budgets": Budget}
 
 
 def org_key(kind: str, key: str) -> bytes:

@@ -89,14 +89,14 @@ class GpuAllocator:
     def __init__(
         self, *, client: Client, sink: ClickHouseSink, database: str, window_seconds: int, restate_hours: float,
         owners: OrgLookup, prices: Callable[[], PriceBook], unassigned: str, idle_policy: IdlePolicy = "workload",
-        label_keys: LabelKeys | None = None, margin_seconds: float = 15.0,
+        label_keys: LabelKeys, margin_seconds: float = 15.0,
     ) -> None:
         self.client, self.sink, self.db = client, sink, database
         self.window = window_seconds
         self.restate = timedelta(hours=restate_hours)
         self.owners, self.prices, self.unassigned = owners, prices, unassigned
         self.policy: IdlePolicy = idle_policy
-        self.label_keys = label_keys or LabelKeys()
+        self.label_keys = label_keys
         self.margin = timedelta(seconds=margin_seconds)
         self.last_pass: datetime | None = None
 

@@ -27,7 +27,7 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import AckedSender, client_options
 from gpuledger.migrate import PARAMETERS
 from gpuledger.settings import Settings
-from schemas import DecodeError, GpuSample, InferenceUsage, OrgDirectory, codec_for
+from schemas import GpuSample, InferenceUsage, OrgDirectory, codec_for
 from streams import metrics, reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
@@ -136,11 +136,11 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         return orgs.get(reference.org_key(kind, key))
 
     def price_book() -> PriceBook:
-        return PriceBook(prices.values())
+        return prices.derived(PriceBook)
 
     def books() -> tuple[PriceBook, EquivalentBook]:
         """The price list and the API equivalents, as of this batch."""
-        return price_book(), EquivalentBook(equivalents.values())
+        return price_book(), equivalents.derived(EquivalentBook)
 
     def usage_rows(event: EventT, record: InferenceUsage, reference_books: tuple[PriceBook, EquivalentBook]) -> Rows:
         priced = price_usage(record, resolve_payer(record, lookup, w.unassigned_org), *reference_books)
@@ -174,12 +174,12 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         decode=codec_for(InferenceUsage).decode, check=lambda u: usage_problem(u, now(), times),
         prepare=usage_rows, begin=books,
         tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)), sink=sink,
-        refuse=DeadLetters(sender, settings.topics.dead_letter), decode_errors=(DecodeError,),
+        refuse=DeadLetters(sender, settings.topics.dead_letter),
     )
     samples_ingest = Ingest(
         decode=codec_for(GpuSample).decode, check=lambda s: sample_problem(s, now(), times), prepare=sample_rows,
         tables=(("gpu_samples", SAMPLE_COLUMNS),), sink=sink,
-        refuse=DeadLetters(sender, settings.topics.dead_letter), decode_errors=(DecodeError,),
+        refuse=DeadLetters(sender, settings.topics.dead_letter),
     )
     batched(usage_topic, "usage", usage_ingest)
     batched(samples_topic, "samples", samples_ingest)
@@ -188,7 +188,7 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,
         window_seconds=w.gpu_window_seconds, restate_hours=w.restate_hours, owners=lookup, prices=price_book,
         unassigned=w.unassigned_org, idle_policy=w.idle_policy,
-        label_keys=LabelKeys(tuple(w.org_labels), tuple(w.team_labels), tuple(w.project_labels), tuple(w.cost_centre_labels)),
+        label_keys=LabelKeys.of(w),
     )
 
     @app.timer(w.allocate_every_seconds, on_leader=True, name="allocate")

@@ -11,13 +11,14 @@ Kafka away) escape as exceptions, and the batcher retries the whole batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from faust.types import EventT
 
 from gpuledger.kafka import AckedSender
+from schemas import DecodeError
 from streams import metrics
 from streams.sink import ClickHouseSink
 
@@ -39,7 +40,6 @@ class Ingest:
     tables: Sequence[tuple[str, Sequence[str]]]
     sink: ClickHouseSink
     refuse: DeadLetters
-    decode_errors: tuple[type[Exception], ...] = field(default=(ValueError,))
     begin: Callable[[], Any] = lambda: None
 
     async def __call__(self, events: list[EventT]) -> None:
@@ -65,8 +65,8 @@ class Ingest:
         """The event's rows, or (stage, reason) when it is refused before storage."""
         try:
             record = self.decode(event.message.value)
-        except self.decode_errors as exc:
-            return "decode", getattr(exc, "reason", str(exc))
+        except DecodeError as exc:
+            return "decode", exc.reason
         problem = self.check(record)
         if problem:
             return "invalid", problem
@@ -117,7 +117,14 @@ class DeadLetters:
         """Send what is queued and wait for Kafka's acks; on failure the queue is kept for the next try."""
         if not self._queued:
             return
-        await self.sender.send_with_headers(self._queued)
-        for topic, stage in self._counts:
-            metrics.DEAD_LETTERS.labels(topic, stage).inc()
+        # Take the queue before awaiting: records added while Kafka acks (reference rejects come from another
+        # task) wait for the next settle instead of being cleared unsent.
+        queued, counts = self._queued, self._counts
         self._queued, self._counts = [], []
+        try:
+            await self.sender.send_with_headers(queued)
+        except BaseException:
+            self._queued, self._counts = queued + self._queued, counts + self._counts
+            raise
+        for topic, stage in counts:
+            metrics.DEAD_LETTERS.labels(topic, stage).inc()

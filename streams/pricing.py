@@ -16,12 +16,11 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Generic, TypeVar
 
-from gpuledger.limits import MONEY_CONTEXT
+from gpuledger.limits import MONEY_CONTEXT, NANO
 from schemas import InferenceUsage, ModelEquivalent, Price
 
 T = TypeVar("T")
 
-NANO = Decimal("0.000000001")
 MILLION = Decimal(1_000_000)
 SECONDS_PER_HOUR = Decimal(3600)
 ZERO = Decimal(0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from gpuledger.settings import WorkerSettings
 from schemas import OrgDirectory
 
 OrgLookup = Callable[[str, str], OrgDirectory | None]
@@ -27,10 +28,14 @@ ASSIGNED_IDLE_PID = 0
 class LabelKeys:
     """Pod label keys read for each payer field, first present wins (``worker.*_labels``)."""
 
-    org: tuple[str, ...] = ("gpuledger.dev/org", "org")
-    team: tuple[str, ...] = ("gpuledger.dev/team", "team")
-    project: tuple[str, ...] = ("gpuledger.dev/project", "project")
-    cost_centre: tuple[str, ...] = ("gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter")
+    org: tuple[str, ...]
+    team: tuple[str, ...]
+    project: tuple[str, ...]
+    cost_centre: tuple[str, ...]
+
+    @classmethod
+    def of(cls, worker: WorkerSettings) -> LabelKeys:
+        return cls(tuple(worker.org_labels), tuple(worker.team_labels), tuple(worker.project_labels), tuple(worker.cost_centre_labels))
 
 
 @dataclass

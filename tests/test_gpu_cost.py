@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 
+from gpuledger.settings import WorkerSettings
 from schemas import LedgerLine, OrgDirectory, Price
 from streams.gpu_cost import (
     CallerGroup,
@@ -50,7 +51,7 @@ def lookup(kind: str, key: str) -> OrgDirectory | None:
 
 
 def payer_of(workload: Workload) -> OrgDirectory:
-    return resolve_payer(workload, PLATFORM, lookup, LabelKeys())[0]
+    return resolve_payer(workload, PLATFORM, lookup, LabelKeys.of(WorkerSettings()))[0]
 
 
 def pod(namespace: str, name: str, *, sm: float | None = None, memory: int = 0, labels: dict[str, str] | None = None, pid: int = 42) -> dict:
@@ -206,7 +207,7 @@ def test_mig_slice_shares_never_exceed_the_parent_for_any_split() -> None:
     ],
 )
 def test_payer_resolution_order_labels_then_namespace_then_node(labels: dict[str, str], namespace: str, expected: tuple[str, ...]) -> None:
-    payer, source = resolve_payer(Workload("w", namespace, labels), PLATFORM, lookup, LabelKeys())
+    payer, source = resolve_payer(Workload("w", namespace, labels), PLATFORM, lookup, LabelKeys.of(WorkerSettings()))
     assert (payer.org, payer.team, payer.project, payer.cost_centre, source) == expected
 
 

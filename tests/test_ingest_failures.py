@@ -25,7 +25,7 @@ from gpuledger import dead_letters
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import AckedSender
 from gpuledger.settings import Settings
-from schemas import DecodeError, InferenceUsage, OrgDirectory, Price, codec_for
+from schemas import InferenceUsage, OrgDirectory, Price, codec_for
 from streams.batching import EventBatcher
 from streams.enrich import price_usage
 from streams.ingest import DeadLetters, Ingest, Rows
@@ -124,7 +124,7 @@ async def _scenario(settings: Settings) -> None:
     sender = FlakySender(settings.kafka)
     ingest = Ingest(decode=codec.decode, check=lambda _: None, prepare=prepare, begin=lambda: BOOK,
                     tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)), sink=sink,
-                    refuse=DeadLetters(sender, settings.topics.dead_letter), decode_errors=(DecodeError,))
+                    refuse=DeadLetters(sender, settings.topics.dead_letter))
     retries = (_counter("gpuledger_worker_insert_retries_total", table="usage_events"), _counter("gpuledger_worker_batch_retries_total", agent="t"),
                _counter("gpuledger_worker_poison_rows_total", table="usage_events"))
     stream = AckRecorder(stored)
