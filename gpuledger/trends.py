@@ -21,12 +21,13 @@ from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
 
+from clickhouse_connect.driver.client import Client
+
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
-from gpuledger.unit_costs import By, grouping
+from gpuledger.unit_costs import NANO, By, grouping, per_mtok
 
 Period = Literal["month", "week"]
-NANO = Decimal("0.000000001")
 ZERO = Decimal(0)
 PERIOD_START = {"month": "toStartOfMonth(event_time)", "week": "toMonday(event_time)"}
 TOKEN_LINES = "(kind = 'api' OR (kind = 'gpu' AND basis = 'tokens'))"
@@ -67,12 +68,14 @@ class Bridge:
         return before is not None and after is not None and after < before and self.change > 0
 
 
+def _totals(models: dict[str, ModelSpend]) -> tuple[int, Decimal]:
+    """(tokens, token spend) of one period."""
+    return sum(m.tokens for m in models.values()), sum((m.spend for m in models.values()), ZERO)
+
+
 def bridge(before: dict[str, ModelSpend], after: dict[str, ModelSpend], other_before: Decimal, other_after: Decimal) -> tuple[Decimal, Decimal, Decimal, Decimal]:
     """(volume, price, mix, other) between two periods; they add up to the change in total spend exactly."""
-    tokens_before = sum(m.tokens for m in before.values())
-    tokens_after = sum(m.tokens for m in after.values())
-    spend_before = sum((m.spend for m in before.values()), ZERO)
-    spend_after = sum((m.spend for m in after.values()), ZERO)
+    (tokens_before, spend_before), (tokens_after, spend_after) = _totals(before), _totals(after)
     if tokens_before:
         volume = ((tokens_after - tokens_before) * spend_before / tokens_before).quantize(NANO, ROUND_HALF_EVEN)
     else:
@@ -86,18 +89,12 @@ def bridge(before: dict[str, ModelSpend], after: dict[str, ModelSpend], other_be
     return volume, price, mix, other_after - other_before
 
 
-def _per_mtok(models: dict[str, ModelSpend]) -> Decimal | None:
-    tokens = sum(m.tokens for m in models.values())
-    spend = sum((m.spend for m in models.values()), ZERO)
-    return (spend * 1_000_000 / tokens).quantize(NANO, ROUND_HALF_EVEN) if tokens else None
-
-
-def trends(settings: Settings, since: date, until: date, by: By, period: Period) -> list[Bridge]:
-    """A bridge for each group and each period after the first in [since, until)."""
+def trends(settings: Settings, since: date, until: date, by: By, period: Period, client: Client | None = None) -> list[Bridge]:
+    """A bridge for each group and each period after the first in [since, until) (on ``client``, or a new connection)."""
     label, _ = grouping(by)
     dims = label if by != "model" else "''"
     start = PERIOD_START[period]
-    client = connect(settings.clickhouse)
+    client = client if client is not None else connect(settings.clickhouse)
     models: dict[tuple[str, date], dict[str, ModelSpend]] = defaultdict(dict)
     other: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
     for group, when, model, tokens, spend, rest in client.query(
@@ -118,7 +115,9 @@ def trends(settings: Settings, since: date, until: date, by: By, period: Period)
         for previous, current in zip(dates, dates[1:], strict=False):
             before, after = models.get((group, previous), {}), models.get((group, current), {})
             volume, price, mix, rest = bridge(before, after, other[(group, previous)], other[(group, current)])
-            total_before = sum((m.spend for m in before.values()), ZERO) + other[(group, previous)]
-            total_after = sum((m.spend for m in after.values()), ZERO) + other[(group, current)]
-            out.append(Bridge(group, current, previous, total_before, total_after, volume, price, mix, rest, _per_mtok(before), _per_mtok(after)))
+            (tokens_before, spend_before), (tokens_after, spend_after) = _totals(before), _totals(after)
+            out.append(Bridge(
+                group, current, previous, spend_before + other[(group, previous)], spend_after + other[(group, current)],
+                volume, price, mix, rest, per_mtok(spend_before, tokens_before), per_mtok(spend_after, tokens_after),
+            ))
     return out

@@ -15,6 +15,7 @@ from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
+from clickhouse_connect.driver.client import Client
 from rich.table import Table
 
 from gpuledger.clickhouse import connect
@@ -38,11 +39,11 @@ class UnitCost:
 
     @property
     def per_mtok_usage(self) -> Decimal | None:
-        return _per_mtok(self.usage_cost, self.tokens)
+        return per_mtok(self.usage_cost, self.tokens)
 
     @property
     def per_mtok_allocation(self) -> Decimal | None:
-        return _per_mtok(self.allocation_cost, self.tokens)
+        return per_mtok(self.allocation_cost, self.tokens)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class Comparison(UnitCost):
         return _quotient(self.api_equivalent_cost, self.allocation_cost)
 
 
-def _per_mtok(cost: Decimal, tokens: int) -> Decimal | None:
+def per_mtok(cost: Decimal, tokens: int) -> Decimal | None:
+    """Cost per million tokens, 9 places half-even; None without tokens (never a division by zero)."""
     return (cost * MILLION / tokens).quantize(NANO, ROUND_HALF_EVEN) if tokens else None
 
 
@@ -98,12 +100,12 @@ def unit_costs(settings: Settings, since: date, until: date, by: By) -> list[Uni
     return [UnitCost(g, m, h, int(t), Decimal(u), Decimal(a)) for g, m, h, t, u, a in rows]
 
 
-def comparisons(settings: Settings, since: date, until: date, by: By) -> list[Comparison]:
-    """Self-hosted vs API per ``by`` group and LLM over [since, until), with break-even volume and headroom."""
+def comparisons(settings: Settings, since: date, until: date, by: By, client: Client | None = None) -> list[Comparison]:
+    """Self-hosted vs API per ``by`` group and LLM over [since, until), with break-even volume and headroom (on ``client``, or a new connection)."""
     label, keys = grouping(by)
     db = settings.clickhouse.database
     params = {"since": since, "until": until}
-    client = connect(settings.clickhouse)
+    client = client if client is not None else connect(settings.clickhouse)
     hours = {
         (g, m): int(h)
         for g, m, h in client.query(

@@ -34,7 +34,7 @@ from gpuledger.settings import Settings
 from gpuledger.ui import queries
 from gpuledger.ui.auth import COOKIE, Refused, authenticate, from_token
 from gpuledger.ui.filters import BadFilter, Filters
-from gpuledger.ui.tables import Table, format_value
+from gpuledger.ui.tables import Table
 
 HERE = Path(__file__).parent
 NAV = [("overview", "/", "Overview"), ("drill", "/drill", "Drill-down"), ("budgets", "/budgets", "Budgets"), ("gpus", "/gpus", "GPUs"), ("models", "/models", "Models")]
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> Starlette:
     """The dashboard over ``settings``' ClickHouse (read-only) and Kafka (budget standings)."""
     settings = ui_settings(settings)
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    env.globals.update(fmt=format_value, heat_class=heat_class, nav=NAV, refresh_ms=int(settings.ui.refresh_seconds * 1000))
+    env.globals.update(heat_class=heat_class, nav=NAV, refresh_ms=int(settings.ui.refresh_seconds * 1000))
     state: dict[str, Any] = {}
 
     def client() -> Any:
@@ -74,7 +74,7 @@ def create_app(settings: Settings) -> Starlette:
         """Who asks, what the URL filters, then the page's figures (ClickHouse calls run off the event loop)."""
         viewer = authenticate(request, settings.ui)
         filters = Filters.parse(request.query_params, datetime.now(UTC).date())
-        ctx = queries.Ctx(settings, await run_in_threadpool(client), viewer, filters)
+        ctx = queries.Ctx(settings, await run_in_threadpool(client), viewer, filters, state)
         return ctx, await run_in_threadpool(page, ctx)
 
     def render_table(table: Table) -> str:

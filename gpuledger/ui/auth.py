@@ -43,9 +43,13 @@ class Viewer:
     def admin(self) -> bool:
         return self.orgs is None
 
+    def may_see(self, org: str) -> bool:
+        """Whether this viewer may see ``org``'s figures."""
+        return self.orgs is None or org in self.orgs
+
     def check(self, org: str) -> None:
         """Refuse an org this viewer may not see (an edited URL ends here)."""
-        if self.orgs is not None and org not in self.orgs:
+        if not self.may_see(org):
             raise Refused(403, f"{self.name} may not see org {org!r}")
 
 

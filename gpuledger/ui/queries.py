@@ -11,6 +11,8 @@ bridge come from ``gpuledger.unit_costs`` and ``gpuledger.trends``, not re-deriv
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +27,7 @@ from gpuledger.settings import Settings
 from gpuledger.ui.auth import Viewer
 from gpuledger.ui.filters import DIMENSIONS, LINE_FILTERS, Filters, period_bounds
 from gpuledger.ui.tables import Column, Table, share
+from schemas import Budget, BudgetStatus
 
 LINES_SHOWN = 500
 LINES_CSV = 100_000
@@ -36,6 +39,7 @@ class Ctx:
     client: Client
     viewer: Viewer
     filters: Filters
+    state: dict[str, Any] = field(default_factory=dict)  # the app's, shared by every request (the budget standings cache)
 
     @property
     def db(self) -> str:
@@ -77,10 +81,6 @@ def visible_orgs(ctx: Ctx) -> list[str]:
     if ctx.viewer.orgs is not None:
         return sorted(ctx.viewer.orgs)
     return [r[0] for r in ctx.client.query(f"SELECT DISTINCT org FROM {ctx.db}.spend_by_org_daily ORDER BY org").result_rows]
-
-
-def _may_see(viewer: Viewer, org: str) -> bool:
-    return viewer.orgs is None or org in viewer.orgs
 
 
 # ---------------------------------------------------------------- overview
@@ -133,7 +133,8 @@ def _elapsed_fraction(start: date, end: date) -> Decimal:
 
 def _add_bridge(ctx: Ctx, movers: Table, previous: date, end: date) -> None:
     """Volume / price / mix / other for each mover, from ``gpuledger trends`` (teams with spend in both periods)."""
-    bridges = {b.group: b for b in tr.trends(ctx.settings, previous, end, "team", ctx.filters.period) if _may_see(ctx.viewer, b.group.split("/")[0])}
+    bridges = {b.group: b for b in tr.trends(ctx.settings, previous, end, "team", ctx.filters.period, ctx.client)
+               if ctx.viewer.may_see(b.group.split("/")[0])}
     movers.columns[4:4] = [Column("volume", "volume", "money"), Column("price", "price", "money"), Column("mix", "mix", "money"),
                            Column("other", "other (no tokens)", "money"), Column("jevons", "unit cost down, spend up")]
     for row in movers.rows:
@@ -148,27 +149,30 @@ def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
     for _ in range(12):
         first = (first - timedelta(days=1)).replace(day=1)
     where, params = scope(ctx, "day", since=first, until=end)
-    spend = {m: (Decimal(s), c) for m, c, s in ctx.client.query(
+    spend = {(m, c): Decimal(s) for m, c, s in ctx.client.query(
         f"SELECT toStartOfMonth(day) AS m, currency, sum(total_cost) FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY m, currency",
         parameters=params).result_rows}
-    units = {m: uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a)) for m, t, u, a in ctx.client.query(
-        f"SELECT toStartOfMonth(day) AS m, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.unit_costs_daily WHERE {where} GROUP BY m",
-        parameters=params).result_rows}
+    units = {(m, c): uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a)) for m, c, t, u, a in ctx.client.query(
+        f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.unit_costs_daily"
+        f" WHERE {where} GROUP BY m, currency", parameters=params).result_rows}
     table = Table("jevons", "Unit cost vs total spend by month (why spend rises while unit prices fall)", [
         Column("month", "month", "date"), Column("spend", "total spend", "money", True), Column("tokens", "tokens", "int", True),
         Column("per_mtok_usage", "per 1M tokens (usage)", "money"), Column("per_mtok_allocation", "per 1M tokens (with idle)", "money"),
         Column("currency", "currency"),
     ])
-    for month in sorted(set(spend) | set(units)):
-        unit = units.get(month)
-        total, currency = spend.get(month, (Decimal(0), ctx.settings.currency))
+    for month, currency in sorted(set(spend) | set(units)):
+        unit = units.get((month, currency))
+        total = spend.get((month, currency), Decimal(0))
         table.rows.append({"month": month, "spend": total, "tokens": unit.tokens if unit else 0, "currency": currency,
                            "per_mtok_usage": unit.per_mtok_usage if unit else None, "per_mtok_allocation": unit.per_mtok_allocation if unit else None})
     months, month = [], first
     while month < end:
         months.append(month)
         month = (month + timedelta(days=32)).replace(day=1)
-    by_month = {r["month"]: r for r in table.rows}
+    # one currency per chart (amounts in different currencies do not add up): the configured one, else the table's first
+    currencies = {r["currency"] for r in table.rows}
+    plotted = ctx.settings.currency if ctx.settings.currency in currencies or not table.rows else table.rows[0]["currency"]
+    by_month = {r["month"]: r for r in table.rows if r["currency"] == plotted}
     chart = {  # floats for chart pixels only; the table beside it carries the exact figures
         "x": [int(datetime(m.year, m.month, 1, tzinfo=UTC).timestamp()) for m in months],
         "spend": [float(by_month[m]["spend"]) if m in by_month else None for m in months],
@@ -227,22 +231,47 @@ LINE_COLUMNS = [Column("line_id", "line id"), Column("kind", "kind"), Column("ev
 def lines(ctx: Ctx, limit: int = LINES_SHOWN) -> Page:
     """The ledger lines behind a figure: ids, events, prices, windows; the total covers every matching line."""
     where, params = scope(ctx, "event_time", DIMENSIONS + LINE_FILTERS)
-    count, total = ctx.client.query(f"SELECT count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where}", parameters=params).result_rows[0]
+    totals = ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
+                              parameters=params).result_rows or [(ctx.settings.currency, 0, 0)]
+    count = sum(int(n) for _, n, _ in totals)
     keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
     rows = ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {where} ORDER BY event_time DESC, line_id LIMIT {int(limit)}",
                             parameters=params).result_rows
     summary = Table("summary", "Matching ledger lines", [Column("lines", "lines", "int"), Column("cost", "total cost", "money"), Column("currency", "currency")],
-                    [{"lines": int(count), "cost": Decimal(total), "currency": ctx.settings.currency}])
-    table = Table("lines", f"Ledger lines, newest first ({min(int(count), limit):,} of {int(count):,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS))
+                    [{"lines": int(n), "cost": Decimal(total), "currency": currency} for currency, n, total in totals])
+    table = Table("lines", f"Ledger lines, newest first ({min(count, limit):,} of {count:,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS))
     table.rows = [{c.key: (Decimal(v) if c.key == "cost" else v) for c, v in zip(LINE_COLUMNS, row, strict=True)} for row in rows]
     return Page("Ledger lines", [summary, table])
 
 
 # ---------------------------------------------------------------- budgets
 
+_budget_lock = threading.Lock()
+
+
+def budget_standings(ctx: Ctx) -> tuple[list[Budget], dict[str, BudgetStatus]]:
+    """Every live budget (by id) and its latest published standing, read from their compacted topics.
+
+    Read-only (no topic is created: a missing topic reads as empty) and at most once per ``ui.refresh_seconds``
+    for the whole app, however many tabs refresh: the result is kept in ``ctx.state``.
+    """
+    with _budget_lock:
+        cached = ctx.state.get("budgets")
+        if cached is None or time.monotonic() - cached[0] >= ctx.settings.ui.refresh_seconds:
+            began = time.monotonic()
+            cached = ctx.state["budgets"] = (began, asyncio.run(_read_budgets(ctx.settings)))
+        return cached[1]
+
+
+async def _read_budgets(settings: Settings) -> tuple[list[Budget], dict[str, BudgetStatus]]:
+    return await current(settings, read_only=True)
+
+
 def budgets(ctx: Ctx) -> Page:
     """Each budget's standing this period (as the worker last published it) and the alert history with delivery."""
-    all_budgets, statuses = asyncio.run(current(ctx.settings))
+    if ctx.filters.org is not None:
+        ctx.viewer.check(ctx.filters.org)
+    all_budgets, statuses = budget_standings(ctx)
     forecasts = _forecast_breaches(ctx)
     standings = Table("standings", "Budgets this period (standing as last published by the worker)", [
         Column("budget_id", "budget"), Column("progress", "progress", "heat"), Column("used_pct", "used", "pct"),
@@ -251,7 +280,7 @@ def budgets(ctx: Ctx) -> Page:
         Column("mode", "mode"), Column("currency", "currency"), Column("evaluated_at", "as of (UTC)", "time"),
     ])
     for b in all_budgets:
-        if not _may_see(ctx.viewer, b.org) or (ctx.filters.org is not None and b.org != ctx.filters.org):
+        if not ctx.viewer.may_see(b.org) or (ctx.filters.org is not None and b.org != ctx.filters.org):
             continue
         s = statuses.get(b.budget_id)
         fresh = s is not None and s.amount == b.amount
@@ -262,8 +291,6 @@ def budgets(ctx: Ctx) -> Page:
             "state": ("exhausted" if s.exhausted else "ok") if fresh and s else "not evaluated yet",
             "forecast_breach": forecasts.get(b.budget_id), "evaluated_at": s.evaluated_at if fresh and s else None,
         })
-    if ctx.filters.org is not None:
-        ctx.viewer.check(ctx.filters.org)
     return Page("Budgets and alerts", [standings, _alert_history(ctx)])
 
 
@@ -309,10 +336,10 @@ def gpus(ctx: Ctx) -> Page:
     hours = sorted({c[2] for c in cells})
     heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
                  [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))])
+    column = {h: f"h{i}" for i, h in enumerate(hours)}
     by_gpu: dict[tuple[str, str], dict[str, Any]] = {}
     for node, gpu, hour, util in cells:
-        if hour in hours:
-            by_gpu.setdefault((node, gpu), {"node": node, "gpu_uuid": gpu})[f"h{hours.index(hour)}"] = Decimal(str(round(util, 1)))
+        by_gpu.setdefault((node, gpu), {"node": node, "gpu_uuid": gpu})[column[hour]] = Decimal(str(round(util, 1)))
     heat.rows = list(by_gpu.values())
     idle = _grouped(ctx, "idle", "Idle cost by node and owner", ("node", "org", "team"), "kind = 'idle'", where, params)
     for i, row in enumerate(idle.rows):
@@ -342,9 +369,9 @@ def models(ctx: Ctx) -> Page:
     if f.org is not None:
         ctx.viewer.check(f.org)
     company = ctx.viewer.admin and f.org is None
-    rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org")
+    rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org", ctx.client)
     if not company:
-        rows = [r for r in rows if _may_see(ctx.viewer, r.group) and (f.org is None or r.group == f.org)]
+        rows = [r for r in rows if ctx.viewer.may_see(r.group) and (f.org is None or r.group == f.org)]
     table = Table("compare", f"Self-hosted vs API per model, {f.since} to {f.until} (exclusive)", [
         Column("group", "org"), Column("llm_model", "model"), Column("hosting", "hosting"), Column("tokens", "tokens", "int", True),
         Column("usage_cost", "usage cost", "money", True), Column("allocation_cost", "allocation cost (with idle)", "money", True),

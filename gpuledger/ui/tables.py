@@ -53,6 +53,7 @@ class Table:
         return list(by_currency.values())
 
     def cell(self, row: dict[str, Any], column: Column) -> str:
+        """``column``'s value in ``row`` (a body or total row) as the page shows it."""
         return format_value(row.get(column.key), column.kind)
 
     def csv(self) -> str:

@@ -14,7 +14,7 @@ ALTER TABLE {db}.usage_events
 CREATE VIEW IF NOT EXISTS {db}.unit_costs_daily AS
 WITH
     shares AS (
-        SELECT gpu_uuid, event_time, org, team, project, model, share_tokens, window_tokens
+        SELECT gpu_uuid, event_time, org, team, project, model, currency, share_tokens, window_tokens
         FROM {db}.ledger FINAL WHERE kind = 'gpu' AND basis = 'tokens' AND window_tokens > 0
     ),
     window_idle AS (
@@ -22,19 +22,19 @@ WITH
         FROM {db}.ledger FINAL WHERE kind = 'idle' AND basis != 'mig-free' GROUP BY gpu_uuid, event_time
     ),
     attributed AS (
-        SELECT toDate(s.event_time) AS day, s.org AS org, s.team AS team, s.project AS project, s.model AS model,
+        SELECT toDate(s.event_time) AS day, s.org AS org, s.team AS team, s.project AS project, s.model AS model, s.currency AS currency,
                sum(i.idle_cost * s.share_tokens / s.window_tokens) AS idle_cost,
                uniqExact(toStartOfHour(s.event_time)) AS serving_hours
         FROM shares AS s INNER JOIN window_idle AS i ON i.gpu_uuid = s.gpu_uuid AND i.event_time = s.event_time
-        GROUP BY day, org, team, project, model
+        GROUP BY day, org, team, project, model, currency
     ),
     direct AS (
-        SELECT toDate(event_time) AS day, org, team, project, model, any(currency) AS currency,
+        SELECT toDate(event_time) AS day, org, team, project, model, currency,
                sum(prompt_tokens + completion_tokens) AS tokens,
                sumIf(cost, kind = 'api') AS api_cost,
                sumIf(cost, kind = 'gpu') AS gpu_usage_cost
         FROM {db}.ledger FINAL WHERE kind = 'api' OR (kind = 'gpu' AND basis = 'tokens')
-        GROUP BY day, org, team, project, model
+        GROUP BY day, org, team, project, model, currency
     )
 SELECT
     d.day AS day, d.org AS org, d.team AS team, d.project AS project, d.model AS llm_model, d.currency AS currency,
@@ -45,7 +45,7 @@ SELECT
     if(d.tokens = 0, NULL, (d.api_cost + d.gpu_usage_cost) * 1000000 / d.tokens) AS usd_per_mtok_usage,
     if(d.tokens = 0, NULL, (d.api_cost + d.gpu_usage_cost + ifNull(a.idle_cost, toDecimal128(0, 9))) * 1000000 / d.tokens) AS usd_per_mtok_allocation,
     ifNull(a.serving_hours, 0) AS serving_hours
-FROM direct AS d LEFT JOIN attributed AS a ON a.day = d.day AND a.org = d.org AND a.team = d.team AND a.project = d.project AND a.model = d.model;
+FROM direct AS d LEFT JOIN attributed AS a ON a.day = d.day AND a.org = d.org AND a.team = d.team AND a.project = d.project AND a.model = d.model AND a.currency = d.currency;
 
 -- Self-hosted vs API per day, org, team, project and LLM: what the tokens cost on both bases next to what the
 -- same tokens would have cost on the API the model would replace.

@@ -45,6 +45,8 @@
     }
   }
 
-  refresh();
+  // the server rendered the figures just now: draw its chart data, then re-read only on the interval
+  const box = document.getElementById("chart-jevons");
+  if (box && box.dataset.chart) drawJevons(JSON.parse(box.dataset.chart));
   setInterval(refresh, every);
 })();

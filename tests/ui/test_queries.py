@@ -1,0 +1,94 @@
+"""Query-layer figures on the real ClickHouse and Kafka: several currencies kept apart, the budget standings cache,
+and a refused org refused before anything is read. The ledger lines are written by hand, so every figure is known."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from gpuledger.clickhouse import connect
+from gpuledger.reference_import import publish
+from gpuledger.settings import Settings
+from gpuledger.ui import queries
+from gpuledger.ui.auth import Refused, Viewer
+from gpuledger.ui.filters import Filters
+from schemas import Budget, LedgerLine, codec_for
+from schemas.keys import budget_key
+from streams.sink import LEDGER_COLUMNS, ledger_row
+from tests.support import isolated
+
+pytestmark = pytest.mark.engines
+OCT, NOV = date(2026, 10, 1), date(2026, 11, 1)
+
+
+def line(line_id: str, day: date, currency: str, kind: str, cost: str, tokens: int = 0) -> LedgerLine:
+    return LedgerLine(
+        line_id=line_id, kind=kind, event_time=datetime(day.year, day.month, 10, tzinfo=UTC), org="research", team="agents",
+        project="p", cost_centre="", model="m" if kind == "api" else "NVIDIA H100 80GB HBM3", price_id="x", gpu_seconds=Decimal(0),
+        cost=Decimal(cost), currency=currency, prompt_tokens=tokens, basis="" if kind == "api" else "remainder",
+    )
+
+
+@pytest.fixture(scope="module")
+def two_currencies(stack_settings: Settings) -> Iterator[Settings]:
+    """Spend per month and currency: Oct USD 4 (1M tokens) + 6 idle, Oct EUR 8 (2M tokens) + 12 idle, Nov USD 9 (3M tokens) + 21 idle."""
+    settings = isolated(stack_settings, "ui_queries")
+    client = connect(settings.clickhouse)
+    lines = [
+        line("u1", OCT, "USD", "api", "4", 1_000_000), line("u2", OCT, "USD", "idle", "6"),
+        line("e1", OCT, "EUR", "api", "8", 2_000_000), line("e2", OCT, "EUR", "idle", "12"),
+        line("n1", NOV, "USD", "api", "9", 3_000_000), line("n2", NOV, "USD", "idle", "21"),
+    ]
+    client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
+    client.command("SYSTEM REFRESH VIEW spend_daily_refresh")
+    client.command("SYSTEM WAIT VIEW spend_daily_refresh")
+    yield settings
+
+
+def ctx(settings: Settings, viewer: Viewer | None = None, state: dict[str, Any] | None = None, **filters: str) -> queries.Ctx:
+    return queries.Ctx(settings, connect(settings.clickhouse), viewer or Viewer("finops", None),
+                       Filters.parse(filters, date(2026, 11, 29)), state if state is not None else {})
+
+
+def test_the_jevons_table_keeps_each_currency_of_a_month(two_currencies: Settings) -> None:
+    table, chart = queries._jevons(ctx(two_currencies), date(2026, 12, 1))
+    assert [(r["month"], r["currency"], r["spend"], r["tokens"], r["per_mtok_usage"]) for r in table.rows] == [
+        (OCT, "EUR", Decimal(20), 2_000_000, Decimal(4)), (OCT, "USD", Decimal(10), 1_000_000, Decimal(4)),
+        (NOV, "USD", Decimal(30), 3_000_000, Decimal(3)),
+    ]
+    assert {t["currency"]: t["spend"] for t in table.totals()} == {"USD": Decimal(40), "EUR": Decimal(20)}
+    assert [v for v in chart["spend"] if v is not None] == [10.0, 30.0]  # one currency per chart: the configured one
+
+
+def test_the_lines_summary_totals_each_currency(two_currencies: Settings) -> None:
+    page = queries.lines(ctx(two_currencies, since="2026-10-01", until="2026-12-01"))
+    assert page.table("summary").rows == [{"lines": 2, "cost": Decimal(20), "currency": "EUR"},
+                                          {"lines": 4, "cost": Decimal(40), "currency": "USD"}]
+    assert "(6 of 6 shown;" in page.table("lines").title  # counted over both currencies
+    empty = queries.lines(ctx(two_currencies, since="2025-01-01", until="2025-02-01"))
+    assert empty.table("summary").rows == [{"lines": 0, "cost": Decimal(0), "currency": "USD"}]
+
+
+def test_budget_standings_are_read_once_per_refresh_interval(two_currencies: Settings) -> None:
+    """A budget published after the first read shows only once the refresh interval has passed: one Kafka read per interval."""
+    hourly = two_currencies.model_copy(update={"ui": two_currencies.ui.model_copy(update={"refresh_seconds": 3600.0})})
+    state: dict[str, Any] = {}
+    assert queries.budget_standings(ctx(hourly, state=state)) == ([], {})
+    budget = Budget(budget_id="ui-cache", org="research", period="month", amount=Decimal(100), currency="USD", updated_at=datetime.now(UTC))
+    asyncio.run(publish(two_currencies, "budgets", [(budget_key(budget.budget_id), codec_for(Budget).encode(budget))]))
+    assert queries.budget_standings(ctx(hourly, state=state)) == ([], {})  # another tab within the interval: the cached read
+    every_second = two_currencies.model_copy(update={"ui": two_currencies.ui.model_copy(update={"refresh_seconds": 1.0})})
+    time.sleep(1.1)
+    assert [b.budget_id for b in queries.budget_standings(ctx(every_second, state=state))[0]] == ["ui-cache"]
+
+
+def test_budgets_refuses_a_foreign_org_before_reading_anything(two_currencies: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queries, "budget_standings", lambda c: pytest.fail("read budgets for a refused org"))
+    with pytest.raises(Refused):
+        queries.budgets(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), org="support"))
