@@ -20,22 +20,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
-from inference.openai_usage import Usage, estimated_prompt_tokens, find_usage_dict, token_count, usage_from_dict
+from inference.errors import error_body as openai_error_body
+from inference.openai_usage import Usage, estimated_prompt_tokens, find_usage_dict, responses_usage, token_count, usage_from_dict
 
 # Anthropic's error types by HTTP status (its SDK maps them back to exception classes by status).
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                     408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
-
-
-def responses_usage(usage: dict[str, Any]) -> Usage:
-    """OpenAI Responses: input (cached included), output, input_tokens_details.cached_tokens; validated like chat's."""
-    details = usage.get("input_tokens_details")
-    prompt, bad_prompt = token_count(usage.get("input_tokens"))
-    completion, bad_completion = token_count(usage.get("output_tokens"))
-    cached, bad_cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else (0, False)
-    return Usage(prompt, completion, min(cached, prompt), bad_prompt or bad_completion or bad_cached or cached > prompt)
 
 
 def anthropic_usage(usage: dict[str, Any]) -> Usage:
@@ -44,6 +37,14 @@ def anthropic_usage(usage: dict[str, Any]) -> Usage:
     (fresh, _), (read, _), (written, _), (output, _) = counts
     prompt, bad_sum = token_count(fresh + read + written)
     return Usage(prompt, output, min(read, prompt), bad_sum or any(bad for _, bad in counts))
+
+
+class ErrorStyle(Enum):
+    """How an API shapes errors, and so the event that ends a stream that broke after it started."""
+
+    OPENAI = "openai"  # {"error": {...}}; a broken stream ends with a data: event holding that document
+    RESPONSES = "responses"  # OpenAI's documents; a broken stream ends with a typed `event: error`
+    ANTHROPIC = "anthropic"  # {"type": "error", "error": {"type", "message"}}, also as the stream's `event: error`
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class Dialect:
     final_events: tuple[bytes, ...] = ()  # SSE payload types that end a stream (OpenAI chat: [DONE] instead)
     merges_usage: bool = False  # later usage objects carry only what changed (Anthropic)
     asks_stream_usage: bool = False  # stream_options.include_usage can be added (OpenAI chat/completions)
-    anthropic_errors: bool = False
+    error_style: ErrorStyle = ErrorStyle.OPENAI
     forwarded: tuple[bytes, ...] = ()  # client headers this API needs upstream
     default_headers: tuple[tuple[str, str], ...] = ()  # sent when the client did not send them
 
@@ -71,15 +72,15 @@ class Dialect:
 
     def error_body(self, message: str, kind: str, code: str | None = None, param: str | None = None, status: int = 400) -> bytes:
         """This API's error document (OpenAI's ``{"error": {...}}`` or Anthropic's ``{"type": "error", ...}``)."""
-        if self.anthropic_errors:
+        if self.error_style is ErrorStyle.ANTHROPIC:
             return json.dumps({"type": "error", "error": {"type": _anthropic_type(status), "message": message}}).encode()
-        return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+        return openai_error_body(message, kind, code, param)
 
     def stream_error(self, message: str, code: str) -> bytes:
         """An error event ending a stream that broke after it started."""
-        if self.anthropic_errors:
+        if self.error_style is ErrorStyle.ANTHROPIC:
             return b"event: error\ndata: " + self.error_body(message, "api_error", status=500) + b"\n\n"
-        if self.final_events:  # Responses: a typed error event
+        if self.error_style is ErrorStyle.RESPONSES:  # a typed error event
             return b"event: error\ndata: " + json.dumps({"type": "error", "code": code, "message": message, "param": None, "sequence_number": 0}).encode() + b"\n\n"
         return b"data: " + self.error_body(message, "upstream_error", code) + b"\n\n"
 
@@ -89,7 +90,7 @@ class Dialect:
             parsed = json.loads(content)
         except ValueError:
             parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and (not self.anthropic_errors or parsed.get("type") == "error"):
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and (self.error_style is not ErrorStyle.ANTHROPIC or parsed.get("type") == "error"):
             return content
         message = parsed.get("message") if isinstance(parsed, dict) else None
         if message is None and isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
@@ -107,10 +108,11 @@ def _anthropic_type(status: int) -> str:
 
 
 OPENAI = Dialect("openai", usage_from_dict, (b'"content":', b'"text":', b'"reasoning_content":', b'"arguments":'), asks_stream_usage=True)
-RESPONSES = Dialect("responses", responses_usage, (b'"delta":',), final_events=(b"response.completed", b"response.incomplete", b"response.failed"))
+RESPONSES = Dialect("responses", responses_usage, (b'"delta":',), final_events=(b"response.completed", b"response.incomplete", b"response.failed"),
+                    error_style=ErrorStyle.RESPONSES)
 MESSAGES = Dialect(
     "messages", anthropic_usage, (b'"text":', b'"partial_json":', b'"thinking":'), final_events=(b"message_stop",), merges_usage=True,
-    anthropic_errors=True, forwarded=(b"anthropic-version", b"anthropic-beta"), default_headers=(("anthropic-version", "2023-06-01"),),
+    error_style=ErrorStyle.ANTHROPIC, forwarded=(b"anthropic-version", b"anthropic-beta"), default_headers=(("anthropic-version", "2023-06-01"),),
 )
 _BY_ENDPOINT = {"responses": RESPONSES, "messages": MESSAGES}
 

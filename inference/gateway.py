@@ -126,7 +126,7 @@ class Gateway:
             return _unauthenticated()
         name = request.path_params["model_id"]
         if name not in self.router.names():
-            REFUSALS.labels("model_not_found").inc()
+            labelled(REFUSALS, "model_not_found").inc()
             return Response(error_body(f"The model '{name[:self.config.max_model_chars]}' does not exist on this gateway; GET /v1/models lists them.",
                                        "invalid_request_error", "model_not_found", "model"), 404, media_type="application/json")
         return JSONResponse(_model_object(name))
@@ -137,7 +137,7 @@ def _model_object(name: str) -> dict[str, Any]:
 
 
 def _unauthenticated() -> Response:
-    REFUSALS.labels("auth").inc()
+    labelled(REFUSALS, "auth").inc()
     return Response(error_body(NO_AUTH, "invalid_request_error", "invalid_api_key"), 401, media_type="application/json")
 
 
@@ -145,10 +145,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """Unknown routes (404) and methods (405) in OpenAI's error shape, as the SDKs expect."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        REFUSALS.labels("route_not_found").inc()
+        labelled(REFUSALS, "route_not_found").inc()
         message, code = f"Unknown route {request.method} {request.url.path}: this gateway serves {', '.join(ENDPOINTS)} (POST) and /v1/models (GET).", "unknown_url"
     elif exc.status_code == 405:
-        REFUSALS.labels("method_not_allowed").inc()
+        labelled(REFUSALS, "method_not_allowed").inc()
         message, code = f"{request.method} is not allowed on {request.url.path}; allowed: {(exc.headers or {}).get('Allow', 'none')}.", "method_not_allowed"
     else:
         message, code = exc.detail, None
@@ -313,7 +313,7 @@ class OpenAIRoute:
         Usage is taken however the stream ends, so a client that hangs up is charged for what it was sent.
         """
         outcome.streamed = True
-        scanner = SseUsageScanner(self._usage_asked(request, answer.upstream), self.endpoint)
+        scanner = SseUsageScanner(self._usage_asked(request, answer.upstream), self.endpoint, self.dialect)
         try:
             outcome.started = True
             await send({"type": "http.response.start", "status": answer.status, "headers": SSE_HEADERS + answer.headers})

@@ -7,8 +7,9 @@ key, and virtual keys are stored as sha256 digests.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
@@ -132,6 +133,16 @@ class GatewayConfig(BaseModel):
                     raise ValueError(f"alias {alias.name!r} points at unknown model {name!r}; known: {sorted(models)}")
         return self
 
+    @model_validator(mode="after")
+    def _keys_are_unique(self) -> GatewayConfig:
+        """Each virtual key id and digest once (an event's key id must name one caller), inline and ``keys_file`` keys together."""
+        where = f" and its keys_file {self.keys_file}" if self.keys_file is not None else ""
+        for attribute in ("id", "sha256"):
+            counts = Counter(getattr(k, attribute) for k in self.keys)
+            if twice := sorted(v for v, n in counts.items() if n > 1):
+                raise ValueError(f"virtual key {attribute} {twice} appears more than once in keys{where}")
+        return self
+
     def gpuledger_settings(self) -> Settings:
         """Kafka and topic settings for publishing usage."""
         if self.kafka_settings_file is not None:
@@ -140,15 +151,13 @@ class GatewayConfig(BaseModel):
 
 
 def load_config(path: Path) -> GatewayConfig:
-    """Parse and validate a gateway YAML file, with the virtual keys of its ``keys_file``."""
-    config = GatewayConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-    if config.keys_file is not None:
-        config.keys = [*config.keys, *load_keys(config.keys_file)]
-        for attribute in ("id", "sha256"):
-            seen = [getattr(k, attribute) for k in config.keys]
-            if twice := sorted({v for v in seen if seen.count(v) > 1}):
-                raise ValueError(f"virtual key {attribute} {twice} appears more than once in {path} and its keys_file {config.keys_file}")
-    return config
+    """Parse and validate a gateway YAML file, with the virtual keys of its ``keys_file`` added to ``keys`` before validation."""
+    raw: Any = yaml.safe_load(path.read_text()) or {}
+    keys_file = raw.get("keys_file") if isinstance(raw, dict) else None
+    inline = raw.get("keys") if isinstance(raw, dict) else None
+    if isinstance(keys_file, (str, Path)) and (inline is None or isinstance(inline, list)):  # anything else: validation says what is wrong
+        raw = {**raw, "keys": [*(inline or ()), *load_keys(Path(keys_file))]}
+    return GatewayConfig.model_validate(raw)
 
 
 def load_keys(path: Path) -> list[VirtualKey]:

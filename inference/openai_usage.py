@@ -54,9 +54,19 @@ def usage_from_dict(usage: dict[str, Any]) -> Usage:
 
     A count outside 0..MAX_TOKENS or not an integer is clamped and the usage flagged ``estimated``.
     """
-    details = usage.get("prompt_tokens_details")
-    prompt, bad_prompt = token_count(usage.get("prompt_tokens"))
-    completion, bad_completion = token_count(usage.get("completion_tokens"))
+    return _usage_from_keys(usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details")
+
+
+def responses_usage(usage: dict[str, Any]) -> Usage:
+    """OpenAI Responses: input (cached included), output, input_tokens_details.cached_tokens; validated like chat's."""
+    return _usage_from_keys(usage, "input_tokens", "output_tokens", "input_tokens_details")
+
+
+def _usage_from_keys(usage: dict[str, Any], prompt_key: str, completion_key: str, details_key: str) -> Usage:
+    """Prompt (cached included), completion and ``details_key``.cached_tokens; clamped and flagged as ``usage_from_dict`` says."""
+    details = usage.get(details_key)
+    prompt, bad_prompt = token_count(usage.get(prompt_key))
+    completion, bad_completion = token_count(usage.get(completion_key))
     cached, bad_cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else (0, False)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_prompt_tokens=min(cached, prompt),
                  estimated=bad_prompt or bad_completion or bad_cached or cached > prompt)

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-from inference.dialects import OPENAI, dialect_for
+from inference.dialects import OPENAI, Dialect, dialect_for
 from inference.openai_usage import DECODER, USAGE_KEY, StreamUsage, Usage, estimated_prompt_tokens, find_usage, find_usage_dict, usage_from_dict
 
 _USAGE_MEMBER = b',"usage":'
@@ -100,15 +100,16 @@ class SseUsageScanner:
 
     Only complete events (ending in a blank line) are released, so an event split across
     network reads is never half-inspected; vLLM writes one event per chunk, so nothing is delayed.
-    ``endpoint`` (the event's name for it) decides what a hidden per-chunk usage leaves behind.
+    ``endpoint`` (the event's name for it) decides what a hidden per-chunk usage leaves behind;
+    ``dialect`` is that endpoint's (looked up when not given).
     """
 
     __slots__ = ("_blank", "_dialect", "_hide", "_markers", "_orphan_lf", "_raw", "_tail", "finished", "relayed", "usage")
 
-    def __init__(self, hide: StreamUsage | None, endpoint: str = "chat.completions") -> None:
+    def __init__(self, hide: StreamUsage | None, endpoint: str = "chat.completions", dialect: Dialect | None = None) -> None:
         self._hide = hide or StreamUsage(final=False, each=False)
         self._blank = _BLANK.get(endpoint, b"")
-        self._dialect = dialect_for(endpoint)
+        self._dialect = dialect if dialect is not None else dialect_for(endpoint)
         self._markers = self._dialect.token_markers
         self._raw: dict[str, Any] = {}  # merged usage objects (Anthropic sends input and output usage in different events)
         self._tail = b""

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
-from inference.dialects import dialect_for
+from inference.dialects import Dialect, dialect_for
 from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret
 from inference.meter_config import MeterSettings
 from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
@@ -77,10 +77,11 @@ class UsageMeteringMiddleware:
 class MeteredRequest:
     """One metered request: the replayed body, the watched response, the event at the end."""
 
-    __slots__ = ("body", "chunks", "complete", "endpoint", "hidden", "meter", "mw", "receive", "replayed", "request", "scanner", "scope", "send", "status")
+    __slots__ = ("body", "chunks", "complete", "dialect", "endpoint", "hidden", "meter", "mw", "receive", "replayed", "request", "scanner", "scope", "send", "status")
 
     def __init__(self, mw: UsageMeteringMiddleware, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.mw, self.endpoint, self.scope, self.receive, self.send = mw, endpoint, scope, receive, send
+        self.dialect: Dialect = dialect_for(endpoint)
         self.meter = RequestMeter(endpoint)
         self.body = b""
         self.replayed = False
@@ -98,7 +99,7 @@ class MeteredRequest:
             return
         self.request = request = _parse(self.body)
         scope = self.scope
-        self.hidden = stream_usage(request, continuous=True) if dialect_for(self.endpoint).asks_stream_usage else None
+        self.hidden = stream_usage(request, continuous=True) if self.dialect.asks_stream_usage else None
         body = rewrite_request(self.body, request, usage=self.hidden)
         if body is not self.body:
             self.body = body
@@ -146,7 +147,7 @@ class MeteredRequest:
             self.status = message["status"]
             content_type = header({"headers": message.get("headers", [])}, b"content-type") or b""
             if self.status < 400 and content_type.startswith(b"text/event-stream"):
-                self.scanner = SseUsageScanner(self.hidden, self.endpoint)
+                self.scanner = SseUsageScanner(self.hidden, self.endpoint, self.dialect)
         await self.send(message)
 
     def _emit(self, failed: bool) -> None:
@@ -168,7 +169,7 @@ class MeteredRequest:
     def _usage(self) -> Usage | None:
         if self.scanner is not None:
             return self.scanner.usage_or_estimate(self.request)
-        return dialect_for(self.endpoint).answer_usage(b"".join(self.chunks), self.request) if self.chunks else None
+        return self.dialect.answer_usage(b"".join(self.chunks), self.request) if self.chunks else None
 
 
 def _parse(body: bytes) -> dict[str, Any]:

@@ -15,14 +15,17 @@ IN_FLIGHT = Gauge("gpuledger_notifier_alert_in_flight", "1 while an alert is bei
 
 
 class NotifierHealth:
-    """Healthy once consuming, with Kafka answered recently (a delivery waiting out a backoff counts as alive)."""
+    """Healthy once consuming, with Kafka answered recently (a delivery waiting out a backoff counts as alive).
+
+    The runner sets ``last_poll`` after each poll and ``delivering`` while an alert is being delivered.
+    """
 
     def __init__(self, stale_after_s: float = 60.0) -> None:
         self.stale_after_s = stale_after_s
         self.last_poll = 0.0
+        self.delivering = False
 
     def __call__(self) -> tuple[bool, dict[str, Any]]:
         age = time.time() - self.last_poll if self.last_poll else None
-        delivering = IN_FLIGHT.collect()[0].samples[0].value > 0
-        ok = age is not None and (age <= self.stale_after_s or delivering)
-        return ok, {"consuming": self.last_poll > 0, "poll_age_seconds": age, "delivering": delivering}
+        ok = age is not None and (age <= self.stale_after_s or self.delivering)
+        return ok, {"consuming": self.last_poll > 0, "poll_age_seconds": age, "delivering": self.delivering}

@@ -106,21 +106,24 @@ class Notifier:
     """Delivers one alert at a time against the ledger; ``run_notifier`` feeds it from Kafka."""
 
     def __init__(self, ns: NotifierSettings, state: DeliveryState, client: httpx.AsyncClient, stop_event: asyncio.Event,
-                 history: History | None = None) -> None:
+                 history: History | None = None, health: NotifierHealth | None = None) -> None:
         self.ns = ns
         self.state = state
         self.client = client
         self.stop_event = stop_event
         self.history = history
+        self.health = health if health is not None else NotifierHealth()  # run_notifier's serves /healthz
         self.policy = RetryPolicy(ns.max_attempts, ns.backoff_base_s, ns.backoff_max_s, ns.max_retry_after_s)
 
     async def deliver(self, alert: BudgetAlert) -> str:
         """Take ``alert`` to a final state; returns ``delivered``, ``failed`` or ``duplicate``. Raises ``Stopped``."""
         IN_FLIGHT.set(1)
+        self.health.delivering = True
         try:
             outcome = await self._deliver(alert)
         finally:
             IN_FLIGHT.set(0)
+            self.health.delivering = False
         DELIVERIES.labels(outcome).inc()
         return outcome
 
@@ -206,9 +209,9 @@ async def run_notifier(
     )
     codec = codec_for(BudgetAlert)
     history = History(settings) if ns.record_history else None
-    notifier = Notifier(ns, state, http, stop_event, history)
-    await consumer.start()
     health = NotifierHealth()
+    notifier = Notifier(ns, state, http, stop_event, history, health)
+    await consumer.start()
     server = serve_http(ns.metrics_host, ns.metrics_port, health) if ns.metrics_port else None
     log.info("notifier started", topic=ns.topic, group=ns.group_id, routes=[r.name for r in ns.routes],
              default_route=ns.default.name if ns.default else None)

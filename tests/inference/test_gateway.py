@@ -101,7 +101,7 @@ def chat(content: str = "hello there", **extra: object) -> dict[str, object]:
     return {"model": "auto", "messages": [{"role": "user", "content": content}], **extra}
 
 
-async def test_missing_or_invalid_key_is_401_counted_but_writes_no_event(fleet: Fleet, tap: UsageTap) -> None:
+async def test_missing_or_invalid_key_is_401_counted_but_writes_no_event(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:
     """Anyone can reach the gateway: unauthenticated refusals are a metric, never one Kafka/ClickHouse row each."""
     bad = f"sk-wrong-{uuid.uuid4().hex}"
     before = refusals(fleet.url, "auth")
@@ -113,8 +113,11 @@ async def test_missing_or_invalid_key_is_401_counted_but_writes_no_event(fleet: 
     for response in (missing, wrong, models, one):
         assert response.status_code == 401
         assert set(response.json()["error"]) == {"message", "type", "param", "code"} and response.json()["error"]["code"] == "invalid_api_key"
+    since = now()
+    authenticated = await client.post("/v1/chat/completions", json=chat())  # its event comes after any the refused ones had
+    assert authenticated.status_code == 200
     wrong_id = f"unknown-{hashlib.sha256(bad.encode()).hexdigest()[:12]}"
-    assert await tap.events(lambda e: e.key_id in (wrong_id, "anonymous"), 0) == []
+    assert await tap.events_through(lambda e: e.key_id in (wrong_id, "anonymous"), sentinel=ours(since)) == []
     assert refusals(fleet.url, "auth") == before + 4
 
 

@@ -39,8 +39,19 @@ def test_keys_file_adds_virtual_keys_and_refuses_duplicates(tmp_path: Path) -> N
     loaded = load_config(config)
     assert [k.id for k in loaded.keys] == ["key-search-ranker", "key-finance"] and loaded.keys[1].sha256 == digest
     keys.write_text(f"keys:\n  - {{id: key-search-ranker, sha256: {digest}, org: finance}}\n")
-    with pytest.raises(ValueError, match=r"virtual key id \['key-search-ranker'\] appears more than once"):
+    with pytest.raises(ValueError, match=r"virtual key id \['key-search-ranker'\] appears more than once in keys and its keys_file"):
         load_config(config)
     keys.write_text("- {id: k, sha256: x}\n")
     with pytest.raises(ValueError, match="expected a YAML mapping with a `keys:` list"):
         load_config(config)
+
+
+def test_inline_keys_with_the_same_digest_are_refused() -> None:
+    """Two inline keys sharing a sha256 would make the caller ambiguous; refused without any keys_file."""
+    base = {"backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}], "models": [{"name": "m", "targets": [{"backend": "b"}]}]}
+    digest = "b" * 64
+    keys = [{"id": "key-a", "sha256": digest, "org": "finance"}, {"id": "key-b", "sha256": digest, "org": "search"}]
+    with pytest.raises(ValidationError, match=rf"virtual key sha256 \['{digest}'\] appears more than once in keys \["):
+        GatewayConfig.model_validate({**base, "keys": keys})
+    keys[1]["sha256"] = "c" * 64
+    assert [k.id for k in GatewayConfig.model_validate({**base, "keys": keys}).keys] == ["key-a", "key-b"]

@@ -72,3 +72,35 @@ class UsageTap:
                         self.raw.append(record.value or b"")
         assert len(found) == count, f"expected {count} usage events, got {len(found)}: {found}"
         return found
+
+    async def events_through(self, match: Callable[[InferenceUsage], bool], sentinel: Callable[[InferenceUsage], bool],
+                             timeout: float = 15.0) -> list[InferenceUsage]:
+        """Events matching ``match``, read until the first ``sentinel`` event and on to the topic's end as of then.
+
+        The publisher sends events in the order requests finished, so once the event of a request made
+        after others has arrived (and every partition is read to its end), theirs would have too: unlike
+        a fixed wait, this cannot pass just because Kafka was slow. Fails when no sentinel event arrives.
+        """
+        assert self.consumer is not None
+        consumer = self.consumer
+        found: list[InferenceUsage] = []
+        seen = False
+        deadline = asyncio.get_running_loop().time() + timeout
+
+        async def read() -> None:
+            nonlocal seen
+            assert asyncio.get_running_loop().time() < deadline, f"no sentinel event within {timeout}s" if not seen else "topic end not reached"
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                for record in records:
+                    event = CODEC.decode(record.value)
+                    if match(event):
+                        found.append(event)
+                        self.raw.append(record.value or b"")
+                    seen = seen or sentinel(event)
+
+        while not seen:
+            await read()
+        ends = await consumer.end_offsets(list(self.start_offsets))
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            await read()
+        return found
