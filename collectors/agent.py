@@ -15,12 +15,11 @@ from collectors.attribution import Attributor
 from collectors.kubelet import PodDirectory
 from collectors.metrics import GpuGauges, build_app, serve
 from collectors.podresources.client import PodResourcesClient
-from collectors.publisher import Publisher, PublisherStats, encode_samples
+from collectors.publisher import Publisher, encode_samples
 from collectors.sampler import NvmlSampler
 from collectors.settings import CollectorSettings
-from collectors.spool import Record, Spool
+from collectors.spool import Spool
 from gpuledger.settings import Settings
-from schemas import GpuSample
 
 log = structlog.get_logger()
 
@@ -34,11 +33,6 @@ def make_nvml(cfg: CollectorSettings, clock: Callable[[], float] = time.time) ->
     import pynvml
 
     return pynvml
-
-
-def to_records(samples: list[GpuSample], stats: PublisherStats | None = None) -> list[Record]:
-    """Avro-encode, keyed by GPU uuid; unencodable samples are logged, counted and skipped (``encode_samples``)."""
-    return encode_samples(samples, stats if stats is not None else PublisherStats())
 
 
 class Agent:
@@ -73,7 +67,7 @@ class Agent:
             samples = await asyncio.to_thread(self.attributor.attribute, samples)
         else:  # only local /proc reads: a worker thread would cost more than it saves
             samples = self.attributor.attribute(samples)
-        self.publisher.publish(to_records(samples, self.publisher.stats))
+        self.publisher.publish(encode_samples(samples, self.publisher.stats))
         self.gpus.update(samples)
         self.intervals += 1
         log.debug("interval published", devices=len(samples), end=end)

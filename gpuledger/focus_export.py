@@ -20,7 +20,13 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from gpuledger.clickhouse import connect
-from gpuledger.focus_files import MONEY_SCALE, QUANTITY_SCALE, ColumnType, Writing, check_target, open_writer
+from gpuledger.focus_files import (
+    MONEY_SCALE,
+    QUANTITY_SCALE,
+    ColumnType,
+    check_target,
+    open_writer,
+)
 from gpuledger.settings import Settings
 
 SECONDS_PER_HOUR = Decimal(3600)
@@ -103,9 +109,14 @@ class ExportResult:
         return (self.rows, self.billed_cost) == (self.ledger_lines, self.ledger_cost)
 
 
+def _utc(t: datetime) -> datetime:
+    """``t`` in UTC; a naive time is taken to be UTC already."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """[start, end) in UTC; refuses an empty or inverted range."""
-    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
+    start, end = _utc(start), _utc(end)
     if start >= end:
         raise ExportError(f"--from {start:%Y-%m-%d %H:%M:%S} is not before --to {end:%Y-%m-%d %H:%M:%S}; --to is exclusive, "
                           "so a single day is --from 2026-11-01 --to 2026-11-02")
@@ -130,10 +141,6 @@ def ledger_lines(client: Client, db: str, start: datetime, end: datetime) -> Ite
         for block in stream:
             for offset in range(0, len(block), BATCH):  # a block the server sent whole (sorted output) is cut small
                 yield [dict(zip(names, row, strict=True)) for row in block[offset:offset + BATCH]]
-
-
-def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _stamp(t: datetime) -> str:
@@ -296,7 +303,7 @@ def export_focus(settings: Settings, start: datetime, end: datetime, fmt: str, o
     db = settings.clickhouse.database
     writer = open_writer(out, fmt, COLUMNS)
     rows, billed = 0, Decimal(0)
-    with Writing(writer):
+    with writer:
         total, ledger_cost = ledger_summary(client, db, start, end)
         on_start(total)
         for block in ledger_lines(client, db, start, end):

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Self
 
 # A column's type in the file: money and quantities are exact decimals (Parquet decimal128), the rest strings.
 ColumnType = Literal["money", "quantity", "string"]
@@ -58,7 +58,10 @@ def _text(value: object) -> str:
 
 
 class PartialFile:
-    """A file written as ``PATH.partial``: ``close`` publishes it under ``PATH``, ``abort`` removes it."""
+    """A file written as ``PATH.partial``: ``close`` publishes it under ``PATH``, ``abort`` removes it.
+
+    ``with writer:`` closes (publishes) the file on success and removes the partial file on failure.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path, self.partial = path, path.with_name(path.name + ".partial")
@@ -73,6 +76,15 @@ class PartialFile:
     def abort(self) -> None:
         self._close_file()
         self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class CsvRows(PartialFile):
@@ -112,21 +124,5 @@ class ParquetRows(PartialFile):
 
 
 def open_writer(path: Path, fmt: str, columns: Mapping[str, ColumnType]) -> CsvRows | ParquetRows:
-    check_target(path, fmt)
+    """The writer for ``fmt`` at ``path`` (``check_target`` it first, before any query: this only opens the file)."""
     return CsvRows(path, columns) if fmt == "csv" else ParquetRows(path, columns)
-
-
-class Writing:
-    """``with Writing(writer):`` closes (publishes) the file on success and removes the partial file on failure."""
-
-    def __init__(self, writer: PartialFile) -> None:
-        self.writer = writer
-
-    def __enter__(self) -> PartialFile:
-        return self.writer
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is None:
-            self.writer.close()
-        else:
-            self.writer.abort()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from collectors.agent import Agent, to_records
+from collectors.agent import Agent
 from collectors.attribution import ASSIGNED_IDLE_PID
 from collectors.metrics import health
-from collectors.publisher import Publisher
+from collectors.publisher import Publisher, PublisherStats, encode_samples
 from collectors.settings import CollectorSettings
 from collectors.simnvml import DeviceState, NvmlDouble
 from collectors.spool import Spool
@@ -98,14 +98,14 @@ async def test_kafka_outage_is_bridged_by_the_spool(own_kafka: tuple[StackSettin
         publisher = Publisher(settings.kafka, settings.topics.gpu_samples, spool, request_timeout_ms=2500, send_timeout=3.0, retry_seconds=0.3, max_retry_seconds=1.0)
         publisher.start()
         for i in range(10):
-            publisher.publish(to_records(interval(i)))
+            publisher.publish(encode_samples(interval(i), PublisherStats()))
             await asyncio.sleep(0.03)
         assert await publisher.drain(20)
         assert publisher.stats.spooled == 0 and publisher.stats.published == 30
 
         await asyncio.to_thread(broker.stop)  # Kafka goes away mid-stream
         for i in range(10, 30):
-            publisher.publish(to_records(interval(i)))
+            publisher.publish(encode_samples(interval(i), PublisherStats()))
             await asyncio.sleep(0.1)
         for _ in range(200):  # the in-flight batch must time out before Kafka is declared away
             if publisher.stats.spooled:
@@ -113,12 +113,12 @@ async def test_kafka_outage_is_bridged_by_the_spool(own_kafka: tuple[StackSettin
             await asyncio.sleep(0.1)
         assert publisher.stats.spooled > 0 and not spool.empty()
         for i in range(30, 35):  # while the spool holds anything, new records queue behind it on disk
-            publisher.publish(to_records(interval(i)))
+            publisher.publish(encode_samples(interval(i), PublisherStats()))
         assert len(spool.segments()) > 1  # several fsync'd segments to replay in order
 
         await asyncio.to_thread(kafka.start, stack)  # and comes back
         for i in range(35, 40):
-            publisher.publish(to_records(interval(i)))
+            publisher.publish(encode_samples(interval(i), PublisherStats()))
             await asyncio.sleep(0.03)
         assert await publisher.drain(40), f"still pending: {publisher.pending()}"
         await publisher.close()
@@ -158,12 +158,12 @@ async def test_spool_left_by_a_previous_run_is_replayed_before_new_samples(own_k
     await ensure_topics(settings)
     left_over = Spool(tmp_path / "spool", max_bytes=10_000_000, segment_bytes=1024)
     for i in range(5):  # what a run that died while Kafka was away left on disk
-        left_over.append(to_records(interval(i)))
+        left_over.append(encode_samples(interval(i), PublisherStats()))
     spool = Spool(tmp_path / "spool", max_bytes=10_000_000, segment_bytes=1024)
     publisher = Publisher(settings.kafka, settings.topics.gpu_samples, spool, send_timeout=5.0)
     publisher.start()
     for i in range(5, 10):
-        publisher.publish(to_records(interval(i)))
+        publisher.publish(encode_samples(interval(i), PublisherStats()))
     assert await publisher.drain(20)
     await publisher.close()
     assert publisher.stats.published == 30 and spool.empty()
