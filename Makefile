@@ -24,7 +24,8 @@ demo: install
 # deploy/test-tools.sh installs, once, what the tests use besides Python packages (Java, Maven, promtool, node,
 # chromium, helm, focus-validator) and prints helm's folder.
 test: install
-	PATH="$$(deploy/test-tools.sh):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
+	@mkdir -p .gpuledger && deploy/test-tools.sh >.gpuledger/test-tools.path  # its own line: a failed install stops here
+	PATH="$$(cat .gpuledger/test-tools.path):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
 
 bench: install
 	$(BIN)/python tests/bench/pipeline_bench.py

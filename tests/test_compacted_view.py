@@ -14,6 +14,8 @@ import gpuledger.kafka as kafka_module
 from gpuledger.kafka import CompactedView, client_options
 from gpuledger.settings import KafkaSettings, Settings
 
+pytestmark = pytest.mark.engines
+
 
 async def _compacted_topic(settings: Settings) -> str:
     name = f"test-view-{uuid.uuid4().hex[:8]}"

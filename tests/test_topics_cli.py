@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gpuledger.kafka import client_options, new_producer
@@ -19,6 +20,8 @@ from schemas import BudgetAlert, InferenceUsage, codec_for
 from tests.support import ROOT
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+pytestmark = pytest.mark.engines
 
 
 def gpuledger(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -300,12 +300,18 @@ def test_prometheus_rules_pass_promtool_and_use_served_metrics(all_on: list[dict
     exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
     used = set(re.findall(r"\bgpuledger_\w+", exprs))
     assert used and used <= exported_metrics(), f"rules use metrics nothing serves: {sorted(used - exported_metrics())}"
-    assert {"kafka_consumergroup_lag", "kafka_topic_partition_current_offset"} <= set(re.findall(r"\bkafka_\w+", exprs))
+    assert not re.findall(r"\bkafka_\w+", exprs), "with their own /metrics on, worker and notifier alerts must not be doubled by kafka_exporter's"
+    # With the worker's and notifier's own metrics off, kafka_exporter's series stand in for them.
+    [fallback] = [d for d in render(ALL_ON, sets=("worker.metrics.enabled=false", "notifier.metrics.enabled=false")) if d["kind"] == "PrometheusRule"]
+    kafka_exprs = " ".join(r["expr"] for g in fallback["spec"]["groups"] for r in g["rules"])
+    assert {"kafka_consumergroup_lag", "kafka_topic_partition_current_offset"} <= set(re.findall(r"\bkafka_\w+", kafka_exprs))
+    assert "gpuledger_worker_" not in kafka_exprs
 
 
 def test_alert_rules_fire_on_the_series_they_watch(all_on: list[dict[str, Any]], tmp_path: Path) -> None:
     """``promtool test rules``: the rules (annotations left out) fire for a silent collector, a 10 % error gateway,
-    dropped usage events and worker lag, and stay quiet for a healthy collector."""
+    dropped usage events, worker lag, dead letters, failing inserts, unloaded reference data and undelivered alerts,
+    and stay quiet for a healthy collector."""
     [rule] = [d for d in all_on if d["kind"] == "PrometheusRule"]
     groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in rule["spec"]["groups"]]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
@@ -322,14 +328,24 @@ def test_alert_rules_fire_on_the_series_they_watch(all_on: list[dict[str, Any]],
             series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "error"}, "0+10x30"),
             series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "ok"}, "0+90x30"),
             series("gpuledger_usage_events_dropped_total", {**gateway, "component": "gateway", "reason": "queue_full"}, "0x10 5x20"),
-            series("kafka_consumergroup_lag", {"consumergroup": "gpuledger", "topic": "gpuledger.inference-usage.v1", "partition": "0"}, "60000x30"),
+            series("gpuledger_worker_consumer_lag_messages", {"namespace": "gpuledger", "topic": "gpuledger.inference-usage.v1", "partition": "0"}, "60000x30"),
+            series("gpuledger_worker_dead_letters_total", {"namespace": "gpuledger", "topic": "gpuledger.inference-usage.v1", "stage": "invalid"}, "0x5 3x25"),
+            series("gpuledger_worker_insert_retries_total", {"namespace": "gpuledger", "table": "ledger"}, "0+1x30"),
+            series("gpuledger_worker_reference_caught_up", {"namespace": "gpuledger", "topic": "gpuledger-prices-changelog"}, "0x30"),
+            series("gpuledger_notifier_alerts_waiting", {"namespace": "gpuledger", "partition": "0"}, "1x30"),
         ],
         "alert_rule_test": [
             {"eval_time": "20m", "alertname": "GpuledgerCollectorSilent", "exp_alerts": [{"exp_labels": {**collector, "pod": "stuck", "severity": "warning"}}]},
             {"eval_time": "25m", "alertname": "GpuledgerGatewayErrorRate", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
             {"eval_time": "12m", "alertname": "GpuledgerUsageEventsDropped", "exp_alerts": [{"exp_labels": {"reason": "queue_full", "severity": "critical"}}]},
             {"eval_time": "5m", "alertname": "GpuledgerUsageEventsDropped", "exp_alerts": []},
-            {"eval_time": "20m", "alertname": "GpuledgerWorkerConsumerLag", "exp_alerts": [{"exp_labels": {"topic": "gpuledger.inference-usage.v1", "severity": "warning"}}]},
+            {"eval_time": "20m", "alertname": "GpuledgerWorkerLagging", "exp_alerts": [{"exp_labels": {"topic": "gpuledger.inference-usage.v1", "severity": "warning"}}]},
+            {"eval_time": "10m", "alertname": "GpuledgerWorkerDeadLetters",
+             "exp_alerts": [{"exp_labels": {"topic": "gpuledger.inference-usage.v1", "stage": "invalid", "severity": "warning"}}]},
+            {"eval_time": "3m", "alertname": "GpuledgerWorkerDeadLetters", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "GpuledgerWorkerInsertsFailing", "exp_alerts": [{"exp_labels": {"table": "ledger", "severity": "warning"}}]},
+            {"eval_time": "20m", "alertname": "GpuledgerReferenceNotLoaded", "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
+            {"eval_time": "20m", "alertname": "GpuledgerAlertsNotDelivered", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
         ],
     }]}
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
