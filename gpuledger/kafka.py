@@ -96,6 +96,7 @@ def declared_topics(settings: Settings) -> list[NewTopic]:
     return [
         NewTopic(t.gpu_samples, t.partitions, t.replication_factor),
         NewTopic(t.inference_usage, t.partitions, t.replication_factor),
+        NewTopic(t.outcomes, t.partitions, t.replication_factor),
         NewTopic(t.dead_letter, 1, t.replication_factor, topic_configs={"retention.ms": str(30 * 24 * 3600 * 1000)}),
         NewTopic(table_topic(settings, "orgs"), 1, t.replication_factor, topic_configs=compact),
         NewTopic(table_topic(settings, "prices"), 1, t.replication_factor, topic_configs=compact),

@@ -56,6 +56,7 @@ class TopicSettings(BaseModel):
     dead_letter: str = "gpuledger.dead-letter.v1"
     budget_alerts: str = Field("gpuledger.budget-alerts.v1", description="Alerts the worker raises; the notifier's own `topic` setting must name the same topic.")
     budget_status: str = Field("gpuledger.budget-status.v1", description="Compacted: each budget's standing, read by the gateway to enforce hard budgets.")
+    outcomes: str = Field("gpuledger.outcomes.v1", description="Business outcomes (OutcomeEvent) sent through the gateway or `gpuledger outcomes import`.")
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
 

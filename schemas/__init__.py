@@ -14,6 +14,7 @@ from schemas.records import (
     LedgerLine,
     ModelEquivalent,
     OrgDirectory,
+    OutcomeEvent,
     Price,
     SpendShare,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "LedgerLine",
     "ModelEquivalent",
     "OrgDirectory",
+    "OutcomeEvent",
     "Price",
     "SpendShare",
     "codec_for",

@@ -41,12 +41,14 @@ REGISTRY: dict[int, str] = {
     13: "ledger_line.v2",
     14: "model_equivalent.v1",
     15: "budget_alert.v3",
+    16: "inference_usage.v4",
+    17: "outcome_event.v1",
 }
 
 # The version each typed record is read as and written with.
 CURRENT: dict[type, int] = {
     records.GpuSample: 12,
-    records.InferenceUsage: 11,
+    records.InferenceUsage: 16,
     records.OrgDirectory: 4,
     records.Price: 5,
     records.LedgerLine: 13,
@@ -54,6 +56,7 @@ CURRENT: dict[type, int] = {
     records.Budget: 8,
     records.BudgetStatus: 10,
     records.ModelEquivalent: 14,
+    records.OutcomeEvent: 17,
 }
 
 R = TypeVar("R")

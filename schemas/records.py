@@ -72,6 +72,31 @@ class InferenceUsage:
     ttft_ms: float | None = None
     endpoint: str = ""
     usage_estimated: bool = False
+    requested_model: str = ""
+    route_rule: str = ""
+    baseline_model: str = ""
+    client_request_id: str = ""
+    trace_id: str = ""
+    session_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeEvent:
+    """A business outcome and the requests behind it (by usage event id, client request id, trace or session)."""
+
+    outcome_id: str
+    kind: str
+    org: str
+    occurred_at: datetime
+    success: bool
+    team: str = ""
+    project: str = ""
+    value: Decimal | None = None
+    currency: str = ""
+    request_ids: list[str] = field(default_factory=list)
+    trace_id: str = ""
+    session_id: str = ""
+    key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,6 +32,7 @@ USAGE_COLUMNS = (
     "event_id", "request_start", "event_time", "key_id", "model", "backend", "deployment", "endpoint", "node",
     "gpu_uuids", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "usage_estimated", "ttft_ms", "latency_ms", "status",
     "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "api_equivalent_cost", "api_equivalent_price_id",
+    "requested_model", "route_rule", "baseline_model", "client_request_id", "trace_id", "session_id",
     "source_partition", "source_offset",
 )
 SAMPLE_COLUMNS = (
@@ -55,7 +56,8 @@ def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:
         u.event_id, u.request_start, u.request_end, u.key_id, u.model, u.backend, u.deployment, u.endpoint, u.node or "",
         u.gpu_uuids, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens, u.usage_estimated, u.ttft_ms, u.latency_ms, u.status,
         p.payer.org, p.payer.team, p.payer.project, p.payer.cost_centre, p.priced_as, p.price_id, p.cost,
-        p.api_equivalent_cost, p.api_equivalent_price_id, partition, offset,
+        p.api_equivalent_cost, p.api_equivalent_price_id,
+        u.requested_model, u.route_rule, u.baseline_model, u.client_request_id, u.trace_id, u.session_id, partition, offset,
     ]
 
 
