@@ -19,10 +19,15 @@ from aiokafka import AIOKafkaProducer
 
 from collectors.spool import Record, Spool
 from gpuledger.kafka import new_producer
+from gpuledger.retry import Backoff
 from gpuledger.settings import KafkaSettings
 from schemas import GpuSample, codec_for
 
 log = structlog.get_logger()
+
+
+class _KafkaAway(Exception):
+    """A send cycle left records unsent (now in the spool): wait, then replay."""
 
 
 @dataclass
@@ -61,9 +66,8 @@ class Publisher:
                  producer_factory: Callable[[], AIOKafkaProducer] | None = None) -> None:
         self.topic = topic
         self.spool = spool
-        self.retry_seconds = retry_seconds
         self.send_timeout = send_timeout
-        self.max_retry_seconds = max(max_retry_seconds, retry_seconds)
+        self.policy = Backoff(first_s=retry_seconds, max_s=max(max_retry_seconds, retry_seconds))  # until Kafka answers
         self.max_queue = max_queue
         self.stats = PublisherStats()
         self._factory = producer_factory or (lambda: new_producer(kafka, request_timeout_ms=request_timeout_ms, linger_ms=50))
@@ -132,28 +136,25 @@ class Publisher:
         self.stats.spooled += len(records)
 
     async def _run(self) -> None:
-        backoff = self.retry_seconds
+        """Each wake-up ships everything; while Kafka is away, cycles repeat under the backoff (publish() keeps spooling)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            try:
-                ok = await self._cycle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let the sender die, never lose what it held
-                log.exception("publisher cycle failed", error=repr(exc))
-                if self._inflight or self._queue:
-                    self._healthy = False
-                    self._to_spool(self._inflight + self._queue)
-                    self._inflight, self._queue = [], []
-                await self._drop_producer(abandon=True)
-                ok = False
-            if ok:
-                backoff = self.retry_seconds
-            else:  # Kafka away: retry with backoff; publish() keeps spooling meanwhile
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_retry_seconds)
-                self._wake.set()
+            await self.policy.call(self._cycle_or_raise, retry_if=lambda exc: isinstance(exc, _KafkaAway))
+
+    async def _cycle_or_raise(self) -> None:
+        try:
+            ok = await self._cycle()
+        except Exception as exc:  # never let the sender die, never lose what it held
+            log.exception("publisher cycle failed", error=repr(exc))
+            if self._inflight or self._queue:
+                self._healthy = False
+                self._to_spool(self._inflight + self._queue)
+                self._inflight, self._queue = [], []
+            await self._drop_producer(abandon=True)
+            ok = False
+        if not ok:
+            raise _KafkaAway
 
     async def _cycle(self) -> bool:
         """Replay the spool, then the memory queue; True when everything went out."""

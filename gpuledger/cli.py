@@ -21,6 +21,7 @@ from rich.table import Table
 
 from collectors.cli import app as collector_app
 from gpuledger.budgets_cli import app as budgets_app
+from gpuledger.data import DEMO
 from gpuledger.dead_letters_cli import app as dead_letters_app
 from gpuledger.export_cli import app as export_app
 from gpuledger.logs import configure_logging
@@ -49,7 +50,6 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(export_app, name="export")
 app.command("ui")(ui_serve)
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
-DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"
 
 
 # Exit codes of every gpuledger command (README "Exit codes").

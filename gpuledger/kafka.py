@@ -16,11 +16,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from gpuledger.retry import Backoff
 from gpuledger.settings import KafkaSettings, Settings
 from schemas import DecodeError, codec_for
 
 log = structlog.get_logger()
 R = TypeVar("R")
+VIEW_BACKOFF = Backoff(first_s=1.0, max_s=30.0)  # a compacted view reconnects until cancelled
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -180,7 +182,7 @@ class CompactedView:
 
     async def run(self) -> None:
         """Follow the topic until cancelled; a broken connection is retried with backoff."""
-        delay = 1.0
+        failures = 0
         while True:
             self._reached_end = False
             try:
@@ -188,11 +190,10 @@ class CompactedView:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker down, topic missing: keep the last view, retry
-                if self._reached_end:  # this connection worked: a new outage starts the backoff over
-                    delay = 1.0
-                log.warning("compacted topic unavailable; retrying", topic=self.topic, error=str(exc)[:200], retry_in=delay)
+                failures = 1 if self._reached_end else failures + 1  # this connection worked: a new outage starts over
+                delay = VIEW_BACKOFF.delay(failures)
+                log.warning("compacted topic unavailable; retrying", topic=self.topic, error=str(exc)[:200], retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def _follow(self) -> None:
         consumer = _reader(self.kafka)

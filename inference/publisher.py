@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from gpuledger.kafka import new_producer
+from gpuledger.retry import Backoff
 from gpuledger.settings import KafkaSettings
 from inference.events import MAX_MODEL_CHARS
 from inference.metrics import EVENTS_DROPPED, EVENTS_PUBLISHED, EVENTS_REPLACED
@@ -30,6 +31,7 @@ MAX_BATCH = 500
 # Gather events this long before building a record batch: one Kafka produce request per request
 # cost ~100 µs of the gateway's CPU each (measured); a few ms of delay is nothing to a ledger.
 LINGER_S = 0.005
+START_BACKOFF = Backoff(first_s=0.5, max_s=30.0)  # until Kafka answers: the gateway keeps serving meanwhile
 
 
 class UsagePublisher:
@@ -133,18 +135,14 @@ class UsagePublisher:
         future.add_done_callback(lambda f: self._delivered(f, count))
 
     async def _start(self, producer: AIOKafkaProducer) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await producer.start()
-                self._start_failed = False
-                log.info("usage_publisher_started", topic=self._topic, component=self._component)
-                return
-            except KafkaError as exc:
-                self._start_failed = True
-                log.warning("usage_publisher_kafka_unavailable", error=type(exc).__name__, retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        """Start the producer, waiting out Kafka being away (events queue, then drop and count, meanwhile)."""
+        def unavailable(exc: BaseException, wait: float) -> None:
+            self._start_failed = True
+            log.warning("usage_publisher_kafka_unavailable", error=type(exc).__name__, retry_in_s=round(wait, 2))
+
+        await START_BACKOFF.call(producer.start, retry_if=lambda exc: isinstance(exc, KafkaError), on_retry=unavailable)
+        self._start_failed = False
+        log.info("usage_publisher_started", topic=self._topic, component=self._component)
 
     def _delivered(self, future: asyncio.Future[object], count: int) -> None:
         if future.cancelled() or future.exception() is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from faust.types import EventT, StreamT
 
+from gpuledger.retry import Backoff, OnRetry
 from streams import metrics
 
 Store = Callable[[list[EventT]], Awaitable[None]]
@@ -34,7 +35,8 @@ class EventBatcher:
                  max_backoff: float = 10.0) -> None:
         stream.enable_acks = False  # we ack after storing, not when the next event is read
         self.stream, self.store, self.size, self.seconds = stream, store, size, seconds
-        self.name, self.max_backoff = name, max_backoff
+        self.name = name
+        self.policy = Backoff(first_s=0.2, max_s=max_backoff)  # any error, no limit: dropping a batch would lose it
         self.pending: list[EventT] = []
         self.oldest = 0.0
         self.lock = asyncio.Lock()
@@ -75,17 +77,13 @@ class EventBatcher:
             batch, self.pending = self.pending, []
             if not batch:
                 return
-            delay = 0.2
-            while True:
-                try:
-                    await self.store(batch)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    metrics.BATCH_RETRIES.labels(self.name).inc()
-                    log.exception("batch could not be settled; retrying it (nothing acked)", batcher=self.name, events=len(batch), retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.max_backoff)
+            await self.policy.call(lambda: self.store(batch), retry_if=lambda exc: True, on_retry=self._retrying(len(batch)))
             for event in batch:
                 await self.stream.ack(event)
+
+    def _retrying(self, events: int) -> OnRetry:
+        def retried(exc: BaseException, wait: float) -> None:
+            metrics.BATCH_RETRIES.labels(self.name).inc()
+            log.error("batch could not be settled; retrying it (nothing acked)", batcher=self.name, events=events,
+                      retry_in=round(wait, 2), exc_info=exc)
+        return retried

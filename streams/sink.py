@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,8 +19,8 @@ from typing import Any
 
 import structlog
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
+from gpuledger.retry import Backoff
 from schemas import GpuSample, LedgerLine
 from streams import metrics
 from streams.enrich import PricedUsage
@@ -87,41 +86,6 @@ def version_now() -> int:
     return time.time_ns() // 1000
 
 
-# ClickHouse error codes that mean "this data cannot be stored" (retrying cannot help); every other
-# server error (unknown table, auth, memory, too many parts, timeouts, ...) is retried.
-DATA_ERROR_CODES = frozenset({
-    6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 349, 407, 469,
-    # CANNOT_PARSE_TEXT, _QUOTED_STRING, _INPUT_ASSERTION_FAILED, _DATE, _DATETIME, TYPE_MISMATCH,
-    # ARGUMENT_OUT_OF_BOUND, CANNOT_CONVERT_TYPE, CANNOT_PARSE_NUMBER, INCORRECT_DATA, TOO_LARGE_STRING_SIZE,
-    # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN, DECIMAL_OVERFLOW, VIOLATED_CONSTRAINT
-})
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when an insert failed for a reason that waiting can fix (network, server down or overloaded).
-
-    Permanent: the client could not serialize a value (clickhouse-connect's DataError, or the
-    OverflowError / ValueError / TypeError of a value out of the column's range), or the
-    server refused the data itself (``DATA_ERROR_CODES``). Everything else is retried,
-    because dead-lettering good rows over a broken deployment would be worse than waiting.
-    """
-    if isinstance(exc, OperationalError):
-        return True
-    if isinstance(exc, DataError | OverflowError | ValueError | TypeError):
-        return False
-    if isinstance(exc, DatabaseError):
-        return _error_code(exc) not in DATA_ERROR_CODES
-    return True
-
-
-def _error_code(exc: BaseException) -> int | None:
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    found = re.search(r"Code: (\d+)", str(exc))
-    return int(found[1]) if found else None
-
-
 class PoisonRows(RuntimeError):
     """Rows ClickHouse refused for their content; ``refused`` maps each row's index to the error."""
 
@@ -131,13 +95,13 @@ class PoisonRows(RuntimeError):
 
 
 class ClickHouseSink:
-    """Inserts batches into the ledger database: transient failures are retried with backoff until
+    """Inserts batches into the ledger database: transient failures are retried (``gpuledger.retry``) until
     stored; rows refused for their content are isolated by bisection and reported, never retried."""
 
     def __init__(self, client: Client, database: str, max_backoff: float = 10.0) -> None:
         self.client = client
         self.database = database
-        self.max_backoff = max_backoff
+        self.policy = Backoff(first_s=0.2, max_s=max_backoff)  # no attempt limit: giving up would lose events
 
     async def insert(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> None:
         """Store every row or raise ``PoisonRows`` (after storing all the others)."""
@@ -164,20 +128,19 @@ class ClickHouseSink:
         return refused
 
     async def _insert_retrying(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> str | None:
-        """Insert once it works; the error text when the rows themselves are refused."""
-        delay = 0.2
-        while True:
+        """Insert once it works (transient errors waited out); the error text when the rows themselves are refused."""
+        def retried(exc: BaseException, wait: float) -> None:
+            metrics.INSERT_RETRIES.labels(table).inc()
+            log.warning("clickhouse insert failed; retrying", table=table, rows=len(rows), error=str(exc)[:300], retry_in=round(wait, 2))
+
+        async def attempt() -> None:
             started = time.perf_counter()
-            try:
-                await asyncio.to_thread(self.client.insert, f"{self.database}.{table}", rows, column_names=list(columns))
-            except Exception as exc:
-                if not is_transient(exc):
-                    return f"{type(exc).__name__}: {str(exc)[:500]}"
-                metrics.INSERT_RETRIES.labels(table).inc()
-                log.warning("clickhouse insert failed; retrying", table=table, rows=len(rows), error=str(exc)[:300], retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-            else:  # counted here, where every write of the worker passes: refused rows are never counted as stored
-                metrics.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-                metrics.ROWS_INSERTED.labels(table).inc(len(rows))
-                return None
+            await asyncio.to_thread(self.client.insert, f"{self.database}.{table}", rows, column_names=list(columns))
+            metrics.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+
+        try:
+            await self.policy.call(attempt, on_retry=retried)
+        except Exception as exc:  # the policy re-raises only what gpuledger.retry.is_transient calls permanent
+            return f"{type(exc).__name__}: {str(exc)[:500]}"
+        metrics.ROWS_INSERTED.labels(table).inc(len(rows))  # counted here: refused rows are never counted as stored
+        return None

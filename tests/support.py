@@ -25,7 +25,7 @@ from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 T = TypeVar("T")
 
 

@@ -86,7 +86,8 @@ async def test_backoff_starts_over_after_a_connection_that_worked(monkeypatch: p
     monkeypatch.setattr(kafka_module.asyncio, "sleep", sleep)
     with pytest.raises(asyncio.CancelledError):
         await view.run()
-    assert waits == [1.0, 2.0, 4.0, 1.0, 2.0]
+    steps = [1.0, 2.0, 4.0, 1.0, 2.0]  # the policy's exponential steps; its jitter keeps each wait within [step/2, step]
+    assert len(waits) == 5 and all(step / 2 <= wait <= step for wait, step in zip(waits, steps, strict=True)), waits
 
 
 async def test_a_failing_listener_does_not_stall_the_view(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,7 +48,7 @@ pytestmark = pytest.mark.engines
 W = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 H100, L40S, MIG, PARENT = "GPU-h100-0001", "GPU-l40s-0001", "MIG-a100-0001-3g", "GPU-a100-0001"
 RANGE = ("--from", "2026-11-01", "--to", "2026-12-01")
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 # The FOCUS 1.2 applicability criteria gpuledger's data supports (so their conditional rules are checked too).
 SUPPORTED = ("SUB_ACCOUNT_SUPPORTED,TAGGING_SUPPORTED,USAGE_MEASUREMENT_SUPPORTED,BILLING_BASED_ON_PROVISIONED_RESOURCES_SUPPORTED,"
              "RESOURCE_TYPE_ASSIGNMENT_SUPPORTED")

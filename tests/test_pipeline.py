@@ -32,7 +32,7 @@ from tests.support import (
     wait_until,
 )
 
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 pytestmark = pytest.mark.engines
 
 

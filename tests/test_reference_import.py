@@ -13,7 +13,7 @@ import pytest
 from gpuledger.reference_import import OrgRow, PriceRow, ReferenceFileError, parse_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 
 
 def test_the_demo_files_parse() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
-from streams.sink import is_transient
+from gpuledger.retry import is_transient
 
 
 @pytest.mark.parametrize(("error", "transient"), [

@@ -1,4 +1,4 @@
-"""The local Kafka: Apache Kafka in KRaft mode, jars resolved from Maven Central by ``deploy/kafka/pom.xml``."""
+"""The local Kafka: Apache Kafka in KRaft mode, jars resolved from Maven Central by the pom shipped in ``gpuledger/data/kafka/``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from gpuledger.data import KAFKA_POM
 from gpuledger.settings import StackSettings
 from gpuledger.stack.processes import Managed, StackError
 
-POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
+POM = KAFKA_POM
 
 SERVER_PROPERTIES = """\
 process.roles=broker,controller

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
+from gpuledger.retry import Backoff, transient_http_status
 from schemas import BudgetAlert
 
 KIND_LABEL = {"threshold": "threshold reached", "forecast": "forecast to exceed", "spike": "spend spike"}
@@ -144,14 +145,16 @@ def json_payload(alert: BudgetAlert) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """The notifier's settings for ``gpuledger.retry``: attempts per round, backoff, and the cap on a Retry-After."""
+
     max_attempts: int = 8
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 300.0
 
-    def backoff(self, attempt: int) -> float:
-        """Wait after failed attempt number ``attempt`` (1-based)."""
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(first_s=self.backoff_base_s, max_s=self.backoff_max_s, attempts=self.max_attempts)
 
 
 @dataclass(frozen=True)
@@ -165,13 +168,12 @@ class Outcome:
     detail: str = ""
 
 
-def retry_after_seconds(response: httpx.Response, fallback: float, cap: float) -> float:
-    raw = response.headers.get("Retry-After", "")
+def retry_after_seconds(response: httpx.Response, cap: float) -> float | None:
+    """The wait a 429's Retry-After asks for (at most ``cap``); None when it names none (the backoff applies)."""
     try:
-        value = float(raw)
+        return max(0.0, min(float(response.headers.get("Retry-After", "")), cap))
     except ValueError:
-        value = fallback
-    return max(0.0, min(value, cap))
+        return None
 
 
 Sleep = Callable[[float], Awaitable[bool]]  # returns True when the wait was cut short by a stop
@@ -180,6 +182,18 @@ Sleep = Callable[[float], Awaitable[bool]]  # returns True when the wait was cut
 async def _plain_sleep(seconds: float) -> bool:
     await asyncio.sleep(seconds)
     return False
+
+
+class _Undelivered(Exception):
+    """One attempt failed in a way a later one may not (network, 408, 429, 5xx)."""
+
+    def __init__(self, status: int | None, detail: str, retry_after: float | None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.retry_after = status, detail, retry_after
+
+
+class _Interrupted(Exception):
+    """The stop event fired while waiting to retry."""
 
 
 async def post_with_retry(
@@ -191,32 +205,35 @@ async def post_with_retry(
     sleep: Sleep = _plain_sleep,
     on_attempt: Callable[[int | None, str], None] | None = None,
 ) -> Outcome:
-    """POST ``payload`` as JSON until delivered, permanently refused, or ``policy.max_attempts`` are spent."""
-    status: int | None = None
-    detail = ""
-    for attempt in range(1, policy.max_attempts + 1):
+    """POST ``payload`` as JSON until delivered, permanently refused, or ``policy.max_attempts`` are spent (``gpuledger.retry``)."""
+    attempts: list[tuple[int | None, str]] = []
+
+    async def attempt() -> Outcome:
         try:
             response = await client.post(url, json=payload)
         except httpx.TransportError as exc:  # connect/read timeouts, refused, reset
-            status, detail, wait = None, f"network: {type(exc).__name__}", policy.backoff(attempt)
+            status, detail, retry_after = None, f"network: {type(exc).__name__}", None
         else:
             status, detail = response.status_code, response.text[:200]
-            if 200 <= status < 300:
-                if on_attempt:
-                    on_attempt(status, detail)
-                return Outcome("delivered", attempt, status, detail)
-            if status == 429:
-                wait = retry_after_seconds(response, policy.backoff(attempt), policy.max_retry_after_s)
-            elif status >= 500 or status == 408:
-                wait = policy.backoff(attempt)
-            else:
-                if on_attempt:
-                    on_attempt(status, detail)
-                return Outcome("failed", attempt, status, detail)
+            retry_after = retry_after_seconds(response, policy.max_retry_after_s) if status == 429 else None
+        attempts.append((status, detail))
         if on_attempt:
             on_attempt(status, detail)
-        if attempt == policy.max_attempts:
-            break
-        if await sleep(wait):
-            return Outcome("interrupted", attempt, status, detail)
-    return Outcome("exhausted", policy.max_attempts, status, detail)
+        if status is not None and 200 <= status < 300:
+            return Outcome("delivered", len(attempts), status, detail)
+        if status is not None and not transient_http_status(status):
+            return Outcome("failed", len(attempts), status, detail)
+        raise _Undelivered(status, detail, retry_after)
+
+    async def wait(seconds: float) -> None:
+        if await sleep(seconds):
+            raise _Interrupted
+
+    retrying = policy.backoff.retrying(retry_if=lambda exc: isinstance(exc, _Undelivered), sleep=wait,
+                                       asked_wait=lambda exc: getattr(exc, "retry_after", None))
+    try:
+        return await retrying(attempt)
+    except _Interrupted:
+        return Outcome("interrupted", len(attempts), *attempts[-1])
+    except _Undelivered as exc:
+        return Outcome("exhausted", len(attempts), exc.status, exc.detail)

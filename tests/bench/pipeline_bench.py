@@ -39,7 +39,7 @@ from gpuledger.stack import local  # noqa: E402
 from schemas import InferenceUsage, codec_for  # noqa: E402
 from tests.support import WorkerProcess, isolated  # noqa: E402
 
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-stack", kafka_port=27092, kafka_controller_port=27093,
                       clickhouse_http_port=27123, clickhouse_tcp_port=27000)
 MODELS = ["gpt-4o-mini", "claude-sonnet-4", "llama-3.1-8b-instruct", "llama-3.1-70b-instruct"]

@@ -20,7 +20,7 @@ from schemas import Budget, InferenceUsage, codec_for
 from streams.notifier import NotifierSettings, Target, run_notifier
 from tests.support import ROOT, isolated
 
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 MODEL = "claude-sonnet-4"  # 3.00 USD per million input tokens in the demo price list
 KEYS = {"research": "key-research-agents", "support": "key-support-bot", "finance": "key-finance-ops"}
 

@@ -33,7 +33,7 @@ from schemas.keys import price_key
 from tests.support import ROOT, WorkerProcess, consumer_lag, isolated, scraped, settings_env, wait_until
 
 pytestmark = pytest.mark.engines
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 METRICS_PORT = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "29000")) + 310
 NOW = datetime.now(UTC).replace(microsecond=0)
 WINDOW = NOW.replace(second=0) - timedelta(minutes=5)

@@ -42,7 +42,7 @@ from tests.support import (
     wait_until,
 )
 
-DEMO = ROOT / "deploy" / "local" / "demo"
+DEMO = ROOT / "gpuledger" / "data" / "demo"
 CHROMIUM = "/usr/bin/chromium"
 PORT = BASE + 700
 ORIGIN = f"http://127.0.0.1:{PORT}"
