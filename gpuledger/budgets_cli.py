@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpuledger.budgets import BudgetError, BudgetSpec, current, delete, parse_specs, read_file, save
+from gpuledger.kafka import PublishRefused
 from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import get_settings
 
@@ -25,10 +26,10 @@ CENT = Decimal("0.01")
 
 @contextlib.contextmanager
 def _refusal_exits() -> Iterator[None]:
-    """A refused request prints what to fix and exits 1 (no traceback)."""
+    """A refused request (by validation or by Kafka) prints what to fix and exits 1 (no traceback)."""
     try:
         yield
-    except (BudgetError, LookupError) as exc:
+    except (BudgetError, LookupError, PublishRefused) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}")
         raise typer.Exit(1) from None
 

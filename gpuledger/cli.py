@@ -162,11 +162,12 @@ def worker() -> None:
 
 def _import(kind: str, path: Path) -> None:
     from gpuledger import reference_import as ri
+    from gpuledger.kafka import PublishRefused
 
     try:
         importer = {"orgs": ri.import_orgs, "prices": ri.import_prices, "equivalents": ri.import_equivalents}[kind]
         records = asyncio.run(importer(_settings(), path))
-    except ri.ReferenceFileError as exc:
+    except (ri.ReferenceFileError, PublishRefused) as exc:
         raise fail(str(exc)) from exc
     console.print(f"published {len(records)} {kind} record(s) from {path}")
 
@@ -200,11 +201,16 @@ def simulate(
     truth: Annotated[Path, typer.Option(help="Where to write the expected totals.")] = Path(".gpuledger/simulation-truth.json"),
 ) -> None:
     """Publish deterministic fleet traffic to Kafka and write the ground truth beside it."""
+    from gpuledger.kafka import PublishRefused
     from gpuledger.simulate import publish_fleet
 
     settings = _settings()
     first = (start.replace(tzinfo=UTC) if start and start.tzinfo is None else start) or _minute_floor(datetime.now(UTC)) - timedelta(minutes=minutes)
-    result = asyncio.run(publish_fleet(settings, seed=seed, start=first, minutes=minutes, scale=scale, orgs=orgs, prices=prices, truth_path=truth, console=console))
+    try:
+        result = asyncio.run(publish_fleet(settings, seed=seed, start=first, minutes=minutes, scale=scale, orgs=orgs, prices=prices,
+                                           truth_path=truth, console=console))
+    except PublishRefused as exc:
+        raise fail(str(exc)) from exc
     console.print(f"published {result['usage_events']:,} usage events and {result['gpu_samples']:,} GPU samples; expected total {result['total']} -> {truth}")
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gpuledger.kafka import new_producer, read_all, table_topic
+from gpuledger.kafka import publish_acked, read_all, table_topic
 from gpuledger.settings import Settings
 from schemas import DecodeError, GpuSample, InferenceUsage, codec_for
 from schemas.keys import REFERENCE_TABLES
@@ -96,13 +96,6 @@ async def replay(settings: Settings, letters: list[DeadLetter]) -> int:
     chosen = [d for d in letters if d.replayable and d.origin_topic]
     if not chosen:
         return 0
-    producer = new_producer(settings.kafka)
-    await producer.start()
-    try:
-        for d in chosen:
-            await producer.send(d.origin_topic, d.value, key=d.key,
-                                headers=[("x-replayed-from", f"{settings.topics.dead_letter}@{d.offset}".encode())])
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await publish_acked(settings.kafka, [(d.origin_topic, d.key, d.value, [("x-replayed-from", f"{settings.topics.dead_letter}@{d.offset}".encode())])
+                                         for d in chosen])
     return len(chosen)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpuledger import dead_letters as dl
+from gpuledger.kafka import PublishRefused
 from gpuledger.settings import get_settings
 
 app = typer.Typer(help="Messages the worker refused (dead-letter topic): list, inspect, replay after a fix.", no_args_is_help=True)
@@ -70,7 +71,11 @@ def replay(first: First = None, last: Last = None, reason: Reason = None, stage:
         raise typer.Exit(2)
     letters = _selected(first, last, reason, stage)
     skipped = [d for d in letters if not d.replayable]
-    sent = asyncio.run(dl.replay(get_settings(), letters))
+    try:
+        sent = asyncio.run(dl.replay(get_settings(), letters))
+    except PublishRefused as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        raise typer.Exit(1) from None
     console.print(f"replayed {sent} dead letter(s) to their origin topics")
     for d in skipped:
         why = "reference record: import a corrected file instead" if d.stage == "reference" else "value left out (too large); re-send it from its origin"

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from gpuledger.retry import Backoff
 from gpuledger.settings import KafkaSettings, Settings
@@ -53,37 +53,85 @@ def new_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**{**options, **overrides})
 
 
-class AckedSender:
-    """Sends messages and returns once Kafka acknowledged all of them; the producer starts on first use.
+Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # (topic, key, value or None: a tombstone, headers)
 
-    Created lazily because aiokafka binds a producer to the event loop it was built in.
+
+class PublishRefused(RuntimeError):
+    """Kafka did not acknowledge every record: which topic(s), how many, and the first refusal.
+
+    aiokafka's ``flush()`` does not raise per-record errors, so a producer that only flushes reports success
+    over records the broker refused (too large for the topic's ``max.message.bytes``, a topic that does not
+    exist, no permission). Everything published through ``AckedSender`` awaits each record's acknowledgement.
     """
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, refused: list[tuple[str, bytes | None, BaseException]], total: int) -> None:
+        topic, key, error = refused[0]
+        topics = sorted({t for t, _, _ in refused})
+        shown_key = key.decode(errors="replace")[:80] if key is not None else None
+        super().__init__(
+            f"Kafka refused {len(refused)} of {total} record(s) for topic {', '.join(repr(t) for t in topics)}; first: key {shown_key!r}: "
+            f"{type(error).__name__}: {str(error)[:300] or 'no detail'}; {total - len(refused)} acknowledged (a refused record's batch "
+            f"is refused whole). Fix the cause (a record over the topic's max.message.bytes, a missing topic, an ACL) and run it again: "
+            f"records are keyed, so sending again is safe"
+        )
+        self.refused = refused
+
+
+class AckedSender:
+    """Sends messages and returns once Kafka acknowledged all of them, or raises ``PublishRefused``.
+
+    The one acknowledged publish: every producer of reference data, budgets, simulations and dead letters
+    uses it (``async with AckedSender(kafka) as sender``, or ``publish_acked``). The producer starts on first
+    use, because aiokafka binds a producer to the event loop it was built in.
+    """
+
+    def __init__(self, kafka: KafkaSettings, **producer_options: Any) -> None:
         self._kafka = kafka
+        self._options = {"linger_ms": 0, **producer_options}
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+
+    async def __aenter__(self) -> AckedSender:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def send_all(self, topic: str, items: list[tuple[bytes, bytes | None]]) -> None:
         """Send (key, value) pairs in order; ``value=None`` writes a tombstone (deletes ``key`` from a compacted topic)."""
         await self.send_with_headers([(topic, key, value, []) for key, value in items])
 
-    async def send_with_headers(self, items: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
-        """Send (topic, key, value, headers) messages in order and wait for every ack."""
+    async def send_with_headers(self, items: list[Message]) -> None:
+        """Send (topic, key, value, headers) messages in order and wait for every ack; ``PublishRefused`` names what was not."""
         if not items:
             return
         async with self._starting:
             if self._producer is None:
-                producer = new_producer(self._kafka, linger_ms=0)
+                producer = new_producer(self._kafka, **self._options)
                 await producer.start()
                 self._producer = producer
-        acks = [await self._producer.send(topic, value, key=key, headers=headers or None) for topic, key, value, headers in items]
-        await asyncio.gather(*acks)
+        pending: list[tuple[str, bytes | None, asyncio.Future[Any]]] = []
+        refused: list[tuple[str, bytes | None, BaseException]] = []
+        for topic, key, value, headers in items:
+            try:  # send() itself raises for what the client refuses up front (larger than max_request_size, unknown topic)
+                pending.append((topic, key, await self._producer.send(topic, value, key=key, headers=headers or None)))
+            except KafkaError as exc:
+                refused.append((topic, key, exc))
+        results = await asyncio.gather(*(ack for _, _, ack in pending), return_exceptions=True)
+        refused += [(topic, key, result) for (topic, key, _), result in zip(pending, results, strict=True) if isinstance(result, BaseException)]
+        if refused:
+            raise PublishRefused(refused, len(items))
 
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+
+async def publish_acked(kafka: KafkaSettings, items: list[Message]) -> None:
+    """Send ``items`` with a producer of their own and return once Kafka acknowledged every one (or raise ``PublishRefused``)."""
+    async with AckedSender(kafka) as sender:
+        await sender.send_with_headers(items)
 
 
 def table_topic(settings: Settings, table: str) -> str:

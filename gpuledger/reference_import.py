@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gpuledger.kafka import ensure_topics, new_producer, read_records, table_topic
+from gpuledger.kafka import ensure_topics, publish_acked, read_records, table_topic
 from gpuledger.limits import price_problem
 from gpuledger.settings import Settings
 from schemas import ModelEquivalent, OrgDirectory, Price, codec_for
@@ -185,16 +185,10 @@ def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | 
 
 
 async def publish(settings: Settings, table: str, items: list[tuple[bytes, bytes | None]]) -> None:
-    """Write keyed records (``None``: a tombstone) to a reference table's compacted topic and wait for acks."""
+    """Write keyed records (``None``: a tombstone) to a reference table's compacted topic; ``PublishRefused`` unless all acked."""
     await ensure_topics(settings)
-    producer = new_producer(settings.kafka)
-    await producer.start()
-    try:
-        for key, value in items:
-            await producer.send(table_topic(settings, table), key=key, value=value)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    topic = table_topic(settings, table)
+    await publish_acked(settings.kafka, [(topic, key, value, []) for key, value in items])
 
 
 async def import_orgs(settings: Settings, path: Path) -> list[OrgDirectory]:

@@ -352,10 +352,10 @@ def write_truth(path: Path, truth: dict[str, Any]) -> None:
 async def publish_fleet(
     settings: Any, *, seed: int, start: datetime, minutes: int, scale: float, orgs: Path, prices: Path, truth_path: Path, console: Any
 ) -> dict[str, Any]:
-    """Generate, write the ground truth, then publish every event (idempotent producer, acks=all)."""
+    """Generate, write the ground truth, then publish every event and wait for each acknowledgement (``PublishRefused`` otherwise)."""
     from rich.progress import Progress
 
-    from gpuledger.kafka import ensure_topics, new_producer
+    from gpuledger.kafka import AckedSender, ensure_topics
     from gpuledger.reference_import import OrgRow, PriceRow, parse_rows
     from schemas import codec_for
 
@@ -363,21 +363,13 @@ async def publish_fleet(
     truth = ground_truth(fleet, parse_rows(orgs, "orgs", OrgRow), parse_rows(prices, "prices", PriceRow), settings.worker.gpu_window_seconds, settings.worker.unassigned_org)
     write_truth(truth_path, truth)
     await ensure_topics(settings)
-    producer = new_producer(settings.kafka)
-    await producer.start()
     usage_codec, sample_codec = codec_for(InferenceUsage), codec_for(GpuSample)
-    try:
+    samples = [(settings.topics.gpu_samples, s.gpu_uuid.encode(), sample_codec.encode(s), []) for s in fleet.samples]
+    usage = [(settings.topics.inference_usage, u.event_id.encode(), usage_codec.encode(u), []) for u in fleet.usage]
+    async with AckedSender(settings.kafka, linger_ms=20) as sender:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("publishing", total=len(fleet.usage) + len(fleet.samples))
-            for chunk in batches(fleet.samples, 2000):
-                for s in chunk:
-                    await producer.send(settings.topics.gpu_samples, key=s.gpu_uuid.encode(), value=sample_codec.encode(s))
+            task = progress.add_task("publishing", total=len(samples) + len(usage))
+            for chunk in batches(samples + usage, 2000):  # each chunk acknowledged before the next: progress is what Kafka holds
+                await sender.send_with_headers(chunk)
                 progress.advance(task, len(chunk))
-            for chunk in batches(fleet.usage, 2000):
-                for u in chunk:
-                    await producer.send(settings.topics.inference_usage, key=u.event_id.encode(), value=usage_codec.encode(u))
-                progress.advance(task, len(chunk))
-            await producer.flush()
-    finally:
-        await producer.stop()
     return truth
