@@ -65,7 +65,7 @@ class PublishRefused(RuntimeError):
     """
 
     def __init__(self, refused: list[tuple[str, bytes | None, BaseException]], total: int) -> None:
-        topic, key, error = refused[0]
+        _, key, error = refused[0]
         topics = sorted({t for t, _, _ in refused})
         shown_key = key.decode(errors="replace")[:80] if key is not None else None
         super().__init__(

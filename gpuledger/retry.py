@@ -24,8 +24,18 @@ from typing import Any, TypeVar
 
 import httpx
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
-from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_never
+from clickhouse_connect.driver.exceptions import (
+    DatabaseError,
+    DataError,
+    OperationalError,
+)
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+)
 from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
 from schemas import DecodeError
@@ -104,12 +114,14 @@ class Backoff:
         backoff = self.wait()
 
         def wait(state: RetryCallState) -> float:
-            asked = asked_wait(state.outcome.exception()) if asked_wait is not None and state.outcome is not None else None
+            error = state.outcome.exception() if state.outcome is not None else None
+            asked = asked_wait(error) if asked_wait is not None and error is not None else None
             return backoff(state) if asked is None else asked
 
         def before_sleep(state: RetryCallState) -> None:
-            if on_retry is not None and state.outcome is not None and state.next_action is not None:
-                on_retry(state.outcome.exception(), state.next_action.sleep)
+            error = state.outcome.exception() if state.outcome is not None else None
+            if on_retry is not None and error is not None and state.next_action is not None:
+                on_retry(error, state.next_action.sleep)
 
         return AsyncRetrying(
             sleep=sleep,

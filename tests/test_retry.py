@@ -17,7 +17,11 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
-from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
+from clickhouse_connect.driver.exceptions import (
+    DatabaseError,
+    DataError,
+    OperationalError,
+)
 from pydantic import BaseModel, ValidationError
 
 from gpuledger.retry import Backoff, is_transient, transient_http_status
