@@ -163,23 +163,23 @@ def test_the_worker_runs_from_the_install_until_healthy(install: Install, stack_
 
 @pytest.mark.engines
 def test_gateway_collector_and_notifier_start_from_the_install(install: Install, stack_settings: Settings) -> None:
+    """The gateway serves the example config shipped in the wheel, the notifier answers /healthz, the collector publishes."""
     kafka = {"GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers, "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url}
-    collector = install.run("gpuledger", "collector", "--source", "simulated", "--gpus", "1", "--once", "--metrics-port", "0",
-                            "--spool-dir", str(install.home / "spool"), env=clean_env(**kafka))
-    assert collector.returncode == 0, collector.stdout + collector.stderr  # 4: spooled, Kafka not reached
-    assert "published 1" in collector.stderr
-
     example = install.run("python", "-c", "from importlib import resources; print(resources.files('inference') / 'gateway.example.yaml')").stdout.strip()
-    assert example.startswith(str(install.bin.parent)), example  # the example config shipped in the wheel
-    gateway = install.start("gateway", "--config", example, "--port", str(BASE + 321), env=clean_env(**kafka))
-    wait_for(f"http://127.0.0.1:{BASE + 321}/health", gateway, timeout=30)
-    code, output = stopped(gateway)
-    assert code in (0, -signal.SIGTERM) and "gateway_started" in output and "Traceback" not in output, output  # uvicorn re-raises SIGTERM
-
+    assert example.startswith(str(install.bin.parent)), example
     config = install.home / "notifier.yaml"
     config.write_text(f"topic: wheel-alerts-{uuid.uuid4().hex[:6]}\nstate_dir: {install.home / 'notifier'}\nmetrics_port: {BASE + 322}\n"
                       "default: {name: ops, url: 'http://127.0.0.1:9/hook'}\n")
+    gateway = install.start("gateway", "--config", example, "--port", str(BASE + 321), env=clean_env(**kafka))
     notifier = install.start("notifier", "run", "--notifier-config", str(config), env=clean_env(**kafka))
-    wait_for(f"http://127.0.0.1:{BASE + 322}/healthz", notifier, timeout=60)
-    code, output = stopped(notifier)
-    assert code == 0, output
+    try:  # the three start side by side: the test waits once for the slowest
+        collector = install.run("gpuledger", "collector", "--source", "simulated", "--gpus", "1", "--once", "--metrics-port", "0",
+                                "--spool-dir", str(install.home / "spool"), env=clean_env(**kafka))
+        assert collector.returncode == 0, collector.stdout + collector.stderr  # 4: spooled, Kafka not reached
+        assert "published 1" in collector.stderr
+        wait_for(f"http://127.0.0.1:{BASE + 321}/health", gateway, timeout=30)
+        wait_for(f"http://127.0.0.1:{BASE + 322}/healthz", notifier, timeout=60)
+    finally:
+        (gateway_code, gateway_out), (notifier_code, notifier_out) = stopped(gateway), stopped(notifier)
+    assert gateway_code in (0, -signal.SIGTERM) and "gateway_started" in gateway_out and "Traceback" not in gateway_out, gateway_out  # uvicorn re-raises SIGTERM
+    assert notifier_code == 0, notifier_out
