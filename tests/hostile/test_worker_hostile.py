@@ -29,6 +29,7 @@ from gpuledger.kafka import new_producer, table_topic
 from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
 from schemas import GpuProcess, GpuSample, InferenceUsage, Price, codec_for
+from schemas.codec import REGISTRY
 from schemas.keys import price_key
 from tests.support import ROOT, WorkerProcess, consumer_lag, isolated, scraped, settings_env, wait_until
 
@@ -76,7 +77,7 @@ BAD_USAGE = [
     ("end before start", USAGE.encode(usage("backwards", request_start=NOW)), "request_end"),
     ("truncated Avro", truncated(USAGE.encode(usage("cut"))), "decode: corrupt Avro body"),
     ("unknown schema id", b"\x00\x00\x00\x03\xe7" + USAGE.encode(usage("sid"))[5:], "decode: unknown schema id 999"),
-    ("wrong record type", SAMPLES.encode(sample("s-on-usage")), "is gpu_sample.v2, not a inference_usage.v3 record"),
+    ("wrong record type", SAMPLES.encode(sample("s-on-usage")), f"is {REGISTRY[SAMPLES.writer_id]}, not a {REGISTRY[USAGE.writer_id]} record"),
     ("empty message", b"", "decode: message too short"),
     ("huge model name", USAGE.encode(usage("bigname", model="m" * 900_000)), "model is 900,000 characters long"),
 ]
