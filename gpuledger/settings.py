@@ -280,7 +280,7 @@ class _EnvAliases(_Mapping):
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         found: dict[str, Any] = {}
         for prefix, section in ENV_ALIASES.items():
-            fields = settings_cls.model_fields[section].default_factory().model_fields  # type: ignore[call-arg, misc]
+            fields = settings_cls.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
             for name, value in os.environ.items():
                 field = name[len(prefix):].lower() if name.startswith(prefix) else ""
                 if field in fields:
