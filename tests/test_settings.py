@@ -106,14 +106,15 @@ def gpuledger(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_one_config_option_means_one_file_everywhere(tmp_path: Path) -> None:
-    """`gpuledger --config X notifier status` and `gpuledger notifier status --config X` read the same file; two files are refused."""
+    """A subcommand's --config is the global one (`gpuledger notifier status --config X` = `gpuledger --config X notifier status`,
+    whose global spelling test_a_bad_setting_exits_2_naming_it runs); two different files are refused."""
     config = write(tmp_path / "s.yaml", f"notifier: {{state_dir: {tmp_path / 'chosen'}}}\n")
-    other = write(tmp_path / "other.yaml", "currency: EUR\n")
-    for args in (["--config", str(config), "notifier", "status"], ["notifier", "status", "--config", str(config)]):
-        done = gpuledger(*args)
-        assert done.returncode == 0 and f"no delivery state yet at {tmp_path / 'chosen'}" in done.stdout, done.stdout + done.stderr
-    done = gpuledger("--config", str(other), "notifier", "status", "--config", str(config))
-    assert done.returncode == 2 and "--config given twice with different files" in done.stdout + done.stderr
+    done = gpuledger("notifier", "status", "--config", str(config))
+    assert done.returncode == 0 and f"no delivery state yet at {tmp_path / 'chosen'}" in done.stdout, done.stdout + done.stderr
+    use_config_file(write(tmp_path / "other.yaml", "currency: EUR\n"))
+    with pytest.raises(SettingsError, match="--config given twice with different files"):
+        use_subcommand_config(config)
+    assert use_subcommand_config(tmp_path / "other.yaml").currency == "EUR"  # the same file twice is fine
 
 
 def test_choosing_the_file_never_writes_the_environment(tmp_path: Path) -> None:
