@@ -19,7 +19,7 @@ from gpuledger.kafka import client_options
 from gpuledger.settings import Settings
 from streams.notifier import Route, Target
 from streams.notifier.state import DeliveryState
-from tests.notifier.conftest import Running, alert, notifier_settings, publish, wait_until
+from tests.notifier.conftest import Running, alert, alerts_topic, notifier_settings, publish, wait_until
 from tests.notifier.fake_slack import FakeSlack
 from tests.promtool import check_metrics
 
