@@ -5,21 +5,19 @@ Sources, strongest first: environment variables ``GPULEDGER_<SECTION>__<FIELD>``
 ``GPULEDGER_COLLECTOR_<FIELD>`` / ``GPULEDGER_METER_<FIELD>`` names (aliases kept for existing
 DaemonSets and vLLM pods), one YAML file (``gpuledger --config FILE``, else ``GPULEDGER_CONFIG``,
 else ``./gpuledger.yaml`` if present), then the defaults. A key no section knows is an error that
-names its path and where it came from. Every field is documented in the README's configuration reference.
+names its path and where it came from (``gpuledger.settings_sources``). Every field is documented in the
+README's configuration reference.
 """
 
 from __future__ import annotations
 
-import os
 from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import AfterValidator, Field, SecretStr, ValidationError
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +30,7 @@ from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.sections.labels import COST_CENTRE_LABELS, ORG_LABELS, PROJECT_LABELS, TEAM_LABELS
 from gpuledger.sections.meter import MeterSettings
 from gpuledger.sections.notifier import NotifierSettings
+from gpuledger.settings_sources import EnvAliases, Mapping, SettingsError, describe, read_yaml, settings_file
 
 __all__ = [
     "COST_CENTRE_LABELS", "ORG_LABELS", "PROJECT_LABELS", "TEAM_LABELS", "CollectorSettings", "GatewayConfig", "MeterSettings",
@@ -209,7 +208,7 @@ class Settings(BaseSettings):
         if chosen is None:  # built directly, not by load_settings: the same file load_settings would read
             path = settings_file()
             chosen = (path, read_yaml(path) if path else {})
-        return (init_settings, env_settings, _EnvAliases(settings_cls), _Mapping(settings_cls, chosen[1]))
+        return (init_settings, env_settings, EnvAliases(settings_cls), Mapping(settings_cls, chosen[1]))
 
     def with_stack_endpoints(self) -> Settings:
         """Point Kafka and ClickHouse at this settings' local stack ports."""
@@ -221,101 +220,9 @@ class Settings(BaseSettings):
         )
 
 
-CONFIG_ENV = "GPULEDGER_CONFIG"  # the settings file when no --config is given
-DEFAULT_FILE = Path("gpuledger.yaml")  # read when present and neither --config nor GPULEDGER_CONFIG is given
-# Older environment names, still read (weaker than GPULEDGER_<SECTION>__<FIELD>): prefix -> section.
-# GPULEDGER_COLLECTOR_<FIELD>: DaemonSets written for earlier releases; GPULEDGER_METER_<FIELD>: vLLM pods set up from the README.
-ENV_ALIASES = {"GPULEDGER_COLLECTOR_": "collector", "GPULEDGER_METER_": "meter"}
-
 # What load_settings is reading now: (the file or None, its contents). Set and reset within one call.
 _loading: ContextVar[tuple[Path | None, dict[str, Any]] | None] = ContextVar("gpuledger_settings_loading", default=None)
 _config_file: Path | None = None  # chosen by `gpuledger --config` (use_config_file)
-
-
-class SettingsError(ValueError):
-    """Settings that cannot be used: each problem with its key path and where the value came from."""
-
-
-def settings_file(explicit: Path | None = None) -> Path | None:
-    """The one YAML file: ``explicit`` (``--config``), else ``GPULEDGER_CONFIG``, else ``./gpuledger.yaml`` when present."""
-    if explicit is not None:
-        return explicit
-    if CONFIG_ENV in os.environ:
-        return Path(os.environ[CONFIG_ENV])
-    return DEFAULT_FILE if DEFAULT_FILE.is_file() else None
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The file's top-level mapping of sections; a missing file or one that is not such a mapping is a SettingsError."""
-    if not path.is_file():
-        raise SettingsError(f"settings file {path} does not exist or is not a file (given by --config or {CONFIG_ENV})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: expected a mapping of settings (log_level:, kafka:, worker:, gateway:, ...) at the top, found a {type(data).__name__}")
-    return data
-
-
-class _Mapping(PydanticBaseSettingsSource):
-    """Values already read (the YAML file's), handed to pydantic-settings as one source."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self.data = data
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self.data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return self.data
-
-
-class _EnvAliases(_Mapping):
-    """``GPULEDGER_COLLECTOR_<FIELD>`` and ``GPULEDGER_METER_<FIELD>`` (see ``ENV_ALIASES``) as their sections' fields."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        found: dict[str, Any] = {}
-        for prefix, section in ENV_ALIASES.items():
-            fields = settings_cls.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
-            for name, value in os.environ.items():
-                field = name[len(prefix):].lower() if name.startswith(prefix) else ""
-                if field in fields:
-                    found.setdefault(section, {})[field] = value
-        super().__init__(settings_cls, found)
-
-
-def _origin(loc: tuple[str | int, ...], path: Path | None, data: dict[str, Any]) -> str:
-    """Where the value at ``loc`` came from: an environment variable, the YAML file, or a default."""
-    for end in range(len(loc), 0, -1):
-        parts = [str(p).upper() for p in loc[:end]]
-        names = [f"GPULEDGER_{'__'.join(parts)}"]
-        if end == 2 and (alias := next((p for p, s in ENV_ALIASES.items() if s == loc[0]), None)):
-            names.append(f"{alias}{parts[1]}")
-        if env := next((n for n in names if n in os.environ), None):
-            return f"environment variable {env}"
-    node: Any = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            return "defaults" if node is data else f"in {path}"
-    return f"in {path}"
-
-
-def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any]) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        message = "unknown key, not a setting (the README's configuration reference lists them all)" if error["type"] == "extra_forbidden" else error["msg"]
-        problems.append(f"{key}: {message} ({_origin(loc, path, data)})")
-    return "invalid settings:\n  " + "\n  ".join(problems)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -326,7 +233,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, path, data)) from None
+        raise SettingsError(describe(exc, path, data)) from None
     except ValueError as exc:  # pydantic-settings could not parse an environment variable (e.g. JSON of a list)
         raise SettingsError(f"invalid settings: {exc}") from None
     finally:
