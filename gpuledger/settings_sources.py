@@ -18,6 +18,7 @@ DEFAULT_FILE = Path("gpuledger.yaml")  # read when present and neither --config 
 # GPULEDGER_COLLECTOR_<FIELD>: DaemonSets written for earlier releases; GPULEDGER_METER_<FIELD>: vLLM pods set up from the README.
 ENV_ALIASES = {"GPULEDGER_COLLECTOR_": "collector", "GPULEDGER_METER_": "meter"}
 
+
 class SettingsError(ValueError):
     """Settings that cannot be used: each problem with its key path and where the value came from."""
 
