@@ -30,7 +30,7 @@ def run(
     from collectors.spool import SpoolUnavailable
     from collectors.settings import CollectorSettings
     from gpuledger.logs import configure_logging
-    from gpuledger.settings import get_settings
+    from gpuledger.settings import SettingsError, get_settings
 
     def say(message: str) -> None:
         typer.echo(message, err=True)
@@ -43,8 +43,8 @@ def run(
         raise typer.BadParameter("must be 'nvml' or 'simulated'", param_hint="--source")
     try:
         settings = get_settings()
-        cfg = CollectorSettings(**overrides)
-    except Exception as exc:
+        cfg = CollectorSettings.model_validate({**settings.collector.model_dump(exclude_unset=True), **overrides}) if overrides else settings.collector
+    except (SettingsError, ValueError) as exc:
         say(f"error: invalid configuration: {exc}")
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_format)

@@ -67,7 +67,7 @@ class Spool:
                 leftover.unlink()
         except OSError as exc:
             raise SpoolUnavailable(f"spool directory {directory} is not writable ({exc.strerror or exc}); "
-                                   "point --spool-dir / GPULEDGER_COLLECTOR_SPOOL_DIR at a writable directory") from None
+                                   "point --spool-dir / GPULEDGER_COLLECTOR__SPOOL_DIR at a writable directory") from None
         existing = self.segments()
         self._next = (int(existing[-1].stem) + 1) if existing else 0
         self._active: Path | None = None

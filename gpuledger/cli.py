@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from gpuledger.data import DEMO
 from gpuledger.dead_letters_cli import app as dead_letters_app
 from gpuledger.export_cli import app as export_app
 from gpuledger.logs import configure_logging
-from gpuledger.settings import Settings, get_settings
+from gpuledger.settings import Settings, SettingsError, config_file, get_settings, use_config_file
 from gpuledger.topics_cli import app as topics_app
 from gpuledger.topics_cli import create as create_topics
 from gpuledger.ui.cli import serve as ui_serve
@@ -62,13 +61,12 @@ def fail(message: str, code: int = EXIT_REFUSED) -> typer.Exit:
 
 
 @app.callback()
-def main(config: Annotated[Path | None, typer.Option(help="YAML settings file (default: ./gpuledger.yaml if present).")] = None) -> None:
-    if config is not None:
-        os.environ["GPULEDGER_CONFIG"] = str(config)
+def main(config: Annotated[Path | None, typer.Option(help="The YAML settings file of every command (default: $GPULEDGER_CONFIG, else ./gpuledger.yaml if present).")] = None) -> None:
+    use_config_file(config)
     try:
         settings = get_settings()
-    except Exception as exc:
-        raise fail(f"invalid configuration: {exc}", EXIT_CONFIG) from exc
+    except SettingsError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
     configure_logging(settings.log_level, settings.log_format)
 
 
@@ -332,8 +330,8 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
     settings = _settings()
     # The demo checks its ledger against the ground truth, so it starts from empty engines.
     local.down(settings.stack)
-    for engine in ("kafka", "clickhouse", "worker"):
-        shutil.rmtree(settings.stack.data_dir / engine, ignore_errors=True)
+    for folder in (settings.stack.data_dir / "kafka", settings.stack.data_dir / "clickhouse", settings.worker.data_dir):
+        shutil.rmtree(folder, ignore_errors=True)
     stack_up()
     migrate()
     create_topics()
@@ -345,7 +343,9 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
     import_budgets(DEMO / "budgets.yaml")
     log_path = settings.stack.data_dir / "worker.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "worker"], stdout=log, stderr=subprocess.STDOUT)
+        chosen = config_file()
+        config_args = ["--config", str(chosen)] if chosen is not None else []
+        proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", *config_args, "worker"], stdout=log, stderr=subprocess.STDOUT)
     console.print(f"worker started (pid {proc.pid}, log {log_path})")
     try:
         truth = settings.stack.data_dir / "simulation-truth.json"

@@ -135,8 +135,8 @@ async def publish_acked(kafka: KafkaSettings, items: list[Message]) -> None:
 
 
 def table_topic(settings: Settings, table: str) -> str:
-    """Faust names a table's changelog ``<app_id>-<table>-changelog``; the directory and price list live there."""
-    return f"{settings.worker.app_id}-{table}-changelog"
+    """The compacted topic of a reference table (orgs, prices, equivalents, budgets), as named in ``topics``."""
+    return str(getattr(settings.topics, table))
 
 
 def declared_topics(settings: Settings) -> list[NewTopic]:

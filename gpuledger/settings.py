@@ -1,29 +1,45 @@
-"""Configuration: environment variables over a YAML file over defaults, validated once.
+"""Configuration: one ``Settings`` tree for every process, loaded by one function (``load_settings``).
 
-Environment variables are ``GPULEDGER_<SECTION>__<FIELD>`` (e.g.
-``GPULEDGER_KAFKA__BOOTSTRAP_SERVERS``); the YAML file is ``gpuledger.yaml`` in the
-working directory or the path in ``GPULEDGER_CONFIG``. Every field is documented in
-the README's configuration reference.
+Sources, strongest first: environment variables ``GPULEDGER_<SECTION>__<FIELD>`` (e.g.
+``GPULEDGER_KAFKA__BOOTSTRAP_SERVERS``, ``GPULEDGER_COLLECTOR__INTERVAL_SECONDS``), the older
+``GPULEDGER_COLLECTOR_<FIELD>`` / ``GPULEDGER_METER_<FIELD>`` names (aliases kept for existing
+DaemonSets and vLLM pods), one YAML file (``gpuledger --config FILE``, else ``GPULEDGER_CONFIG``,
+else ``./gpuledger.yaml`` if present), then the defaults. A key no section knows is an error that
+names its path and where it came from (``gpuledger.settings_sources``). Every field is documented in the
+README's configuration reference.
 """
 
 from __future__ import annotations
 
-import os
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
+from gpuledger.sections import Section
+from gpuledger.sections.collector import CollectorSettings
+from gpuledger.sections.gateway import GatewayConfig
+from gpuledger.sections.labels import COST_CENTRE_LABELS, ORG_LABELS, PROJECT_LABELS, TEAM_LABELS
+from gpuledger.sections.meter import MeterSettings
+from gpuledger.sections.notifier import NotifierSettings
+from gpuledger.settings_sources import EnvAliases, Mapping, SettingsError, describe, read_yaml, settings_file
 
-class KafkaSettings(BaseModel):
+__all__ = [
+    "COST_CENTRE_LABELS", "ORG_LABELS", "PROJECT_LABELS", "TEAM_LABELS", "CollectorSettings", "GatewayConfig", "MeterSettings",
+    "NotifierSettings", "Settings", "SettingsError", "config_file", "get_settings", "load_settings", "use_config_file",
+    "use_subcommand_config",
+]
+
+
+class KafkaSettings(Section):
     """Where Kafka is and how to authenticate; the same code talks to the local stack or a cluster."""
 
     bootstrap_servers: str = "127.0.0.1:19092"
@@ -36,7 +52,7 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: Path | None = None
 
 
-class ClickHouseSettings(BaseModel):
+class ClickHouseSettings(Section):
     """The ClickHouse that holds the ledger; any server or cluster reachable over HTTP(S)."""
 
     url: str = "http://127.0.0.1:18123"
@@ -48,31 +64,29 @@ class ClickHouseSettings(BaseModel):
     readonly: bool = Field(False, description="Send readonly=1 with every query (the dashboard sets it; also give it a read-only ClickHouse user).")
 
 
-class TopicSettings(BaseModel):
+class TopicSettings(Section):
     """Topic names and sizes; created by gpuledger itself (``auto.create.topics.enable=false``)."""
 
     gpu_samples: str = "gpuledger.gpu-samples.v1"
     inference_usage: str = "gpuledger.inference-usage.v1"
     dead_letter: str = "gpuledger.dead-letter.v1"
-    budget_alerts: str = Field("gpuledger.budget-alerts.v1", description="Alerts the worker raises; the notifier's own `topic` setting must name the same topic.")
+    budget_alerts: str = Field("gpuledger.budget-alerts.v1", description="Alerts the worker raises and the notifier posts.")
     budget_status: str = Field("gpuledger.budget-status.v1", description="Compacted: each budget's standing, read by the gateway to enforce hard budgets.")
     outcomes: str = Field("gpuledger.outcomes.v1", description="Business outcomes (OutcomeEvent) sent through the gateway or `gpuledger outcomes import`.")
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
+    # The reference data (compacted, one partition). The defaults are the names they had when they were derived from the
+    # default worker.app_id, so existing data is found; set them explicitly if you ran with another app_id.
+    orgs: str = Field("gpuledger-orgs-changelog", description="Compacted: the org directory (`gpuledger orgs import`).")
+    prices: str = Field("gpuledger-prices-changelog", description="Compacted: the effective-dated price list (`gpuledger prices import`).")
+    equivalents: str = Field("gpuledger-equivalents-changelog", description="Compacted: API equivalents of self-hosted models (`gpuledger equivalents import`).")
+    budgets: str = Field("gpuledger-budgets-changelog", description="Compacted: the budgets (`gpuledger budgets set`).")
 
 
-# Pod label keys naming each payer field by default, first present wins: the gpuledger.dev/ keys, then common
-# conventions. The worker reads them (worker.*_labels); the collector copies all of them onto each GPU process.
-ORG_LABELS = ("gpuledger.dev/org", "org")
-TEAM_LABELS = ("gpuledger.dev/team", "team")
-PROJECT_LABELS = ("gpuledger.dev/project", "project")
-COST_CENTRE_LABELS = ("gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter")
-
-
-class WorkerSettings(BaseModel):
+class WorkerSettings(Section):
     """The stream worker: batching into ClickHouse and the GPU cost allocator."""
 
-    app_id: str = Field("gpuledger", description="Faust app id: consumer group and table topic prefix.")
+    app_id: str = Field("gpuledger", description="Faust app id: the consumer group (reference topics are named in `topics`).")
     batch_size: int = Field(5000, ge=1, description="Most events written to ClickHouse in one insert.")
     batch_seconds: float = Field(0.25, gt=0, description="Longest wait to fill a batch.")
     gpu_window_seconds: int = Field(60, ge=10, le=3600, description="GPU cost allocation window.")
@@ -93,9 +107,10 @@ class WorkerSettings(BaseModel):
         9403, ge=0, le=65535, description="Port of the worker's Prometheus /metrics and /healthz (lag, dead letters, poison rows, retries); 0 turns them off."
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics and /healthz (0.0.0.0 to be scraped from other hosts).")
+    data_dir: Path = Field(Path(".gpuledger") / "worker", description="Faust's data folder (one subfolder per app_id); nothing there that Kafka cannot rebuild.")
 
 
-class BudgetSettings(BaseModel):
+class BudgetSettings(Section):
     """Budget evaluation in the worker: how often, and when forecast and spike alerts fire."""
 
     evaluate_every_seconds: float = Field(1.0, gt=0, description="How often the leader worker re-evaluates every budget.")
@@ -108,10 +123,10 @@ class BudgetSettings(BaseModel):
     top_n: int = Field(3, ge=1, le=10, description="Models and keys named in each alert.")
 
 
-class StackSettings(BaseModel):
+class StackSettings(Section):
     """The local stack started by ``gpuledger stack up``."""
 
-    data_dir: Path = Path(".gpuledger")
+    data_dir: Path = Field(Path(".gpuledger"), description="The engines' data, pids and logs.")
     jars_dir: Path = Field(Path.home() / ".cache" / "gpuledger" / "kafka-jars", description="Kafka jars, shared by every stack on this machine.")
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
@@ -130,7 +145,7 @@ def _known_zone(name: str) -> str:
     return name
 
 
-class UIToken(BaseModel):
+class UIToken(Section):
     """An access token of the dashboard, stored only as its SHA-256 (hex)."""
 
     name: str = Field(description="Who holds the token (shown on the pages, never the token).")
@@ -139,7 +154,7 @@ class UIToken(BaseModel):
     admin: bool = Field(False, description="Sees every org.")
 
 
-class UISettings(BaseModel):
+class UISettings(Section):
     """The web dashboard (``gpuledger ui``): where it listens and who may see which org."""
 
     host: str = "127.0.0.1"
@@ -174,6 +189,10 @@ class Settings(BaseSettings):
     budgets: BudgetSettings = BudgetSettings()
     stack: StackSettings = StackSettings()
     ui: UISettings = UISettings()
+    collector: CollectorSettings = Field(default_factory=CollectorSettings, description="The GPU collector agent (`gpuledger collector`).")
+    meter: MeterSettings = Field(default_factory=MeterSettings, description="The usage middleware inside vLLM.")
+    gateway: GatewayConfig | None = Field(None, description="The metering gateway (`gpuledger gateway`): backends, models, aliases, virtual keys.")
+    notifier: NotifierSettings = Field(default_factory=NotifierSettings, description="The budget-alert notifier (`gpuledger notifier`).")
 
     @classmethod
     def settings_customise_sources(
@@ -184,10 +203,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_file = Path(os.environ.get("GPULEDGER_CONFIG", "gpuledger.yaml"))
-        if "GPULEDGER_CONFIG" in os.environ and not yaml_file.is_file():
-            raise FileNotFoundError(f"GPULEDGER_CONFIG points at {yaml_file}, which is not a file")
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        """Arguments, then ``GPULEDGER_<SECTION>__<FIELD>``, then the alias names, then the YAML file."""
+        chosen = _loading.get()
+        if chosen is None:  # built directly, not by load_settings: the same file load_settings would read
+            path = settings_file()
+            chosen = (path, read_yaml(path) if path else {})
+        return (init_settings, env_settings, EnvAliases(settings_cls), Mapping(settings_cls, chosen[1]))
 
     def with_stack_endpoints(self) -> Settings:
         """Point Kafka and ClickHouse at this settings' local stack ports."""
@@ -199,7 +220,51 @@ class Settings(BaseSettings):
         )
 
 
+# What load_settings is reading now: (the file or None, its contents). Set and reset within one call.
+_loading: ContextVar[tuple[Path | None, dict[str, Any]] | None] = ContextVar("gpuledger_settings_loading", default=None)
+_config_file: Path | None = None  # chosen by `gpuledger --config` (use_config_file)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """The settings of every process: ``overrides``, the environment, ``config_file`` (see ``settings_file``), defaults."""
+    path = settings_file(config_file)
+    data = read_yaml(path) if path else {}
+    token = _loading.set((path, data))
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc, path, data)) from None
+    except ValueError as exc:  # pydantic-settings could not parse an environment variable (e.g. JSON of a list)
+        raise SettingsError(f"invalid settings: {exc}") from None
+    finally:
+        _loading.reset(token)
+
+
+def use_config_file(path: Path | None) -> None:
+    """Read the settings from ``path`` from now on (``gpuledger --config``); the next ``get_settings()`` loads them."""
+    global _config_file
+    _config_file = path
+    get_settings.cache_clear()
+
+
+def config_file() -> Path | None:
+    """The file ``--config`` chose, if any."""
+    return _config_file
+
+
+def use_subcommand_config(path: Path | None) -> Settings:
+    """A subcommand's own ``--config`` (``gpuledger gateway --config X``) means the global one; the settings it selects.
+
+    Giving both with different files is an error, not a silent choice.
+    """
+    if path is not None:
+        if _config_file is not None and _config_file.resolve() != path.resolve():
+            raise SettingsError(f"--config given twice with different files: {_config_file} and {path}; give it once (`gpuledger --config FILE <command>`)")
+        use_config_file(path)
+    return get_settings()
+
+
 @cache
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
-    return Settings()
+    return load_settings(_config_file)

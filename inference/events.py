@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from gpuledger.sections.gateway import MAX_MODEL_CHARS
 from inference.openai_usage import Usage
 from schemas import InferenceUsage
 
@@ -20,8 +21,6 @@ ENDPOINTS: dict[str, str] = {
     "/v1/messages": "messages",  # Anthropic Messages API
 }
 NO_USAGE = Usage()
-# Longest model name (and key id) an event carries: what a client sends is cut to this, so no one writes unbounded rows.
-MAX_MODEL_CHARS = 256
 
 
 def key_id_for_secret(secret: str) -> str:

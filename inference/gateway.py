@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gpuledger.settings import Settings
+from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import BodyTooLarge, ClientGone, Receive, Scope, Send, header, read_body
 from inference.auth import KeyRing
 from inference.budget_guard import BudgetGuard
@@ -370,6 +370,6 @@ async def health(_: Request) -> Response:
 
 
 def create_app(config: GatewayConfig, settings: Settings | None = None) -> Starlette:
-    """The gateway ASGI app (``settings`` defaults to gpuledger's, for Kafka)."""
-    return Gateway(config, settings or config.gpuledger_settings()).app()
+    """The gateway ASGI app (``settings`` defaults to the process-wide ones, for Kafka and topics)."""
+    return Gateway(config, settings or get_settings()).app()
 

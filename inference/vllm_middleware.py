@@ -2,7 +2,7 @@
 
 Load with ``vllm serve MODEL --middleware inference.vllm_middleware.UsageMeteringMiddleware``.
 vLLM builds it with only ``app``, so everything else comes from the environment (see
-``inference.meter_config`` and gpuledger's ``GPULEDGER_KAFKA__*`` settings).
+gpuledger's settings: the ``meter`` section, ``GPULEDGER_KAFKA__*``, ``GPULEDGER_CONFIG``).
 
 Per request it reads the body once, asks streams for usage in every chunk and in a final chunk
 (hiding from the client what it did not ask for), watches the response go by and queues one
@@ -23,7 +23,7 @@ from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
 from inference.dialects import Dialect, dialect_for
 from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret
-from inference.meter_config import MeterSettings
+from inference.meter_config import MeterSettings, placement
 from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
 from inference.sse_usage import SseUsageScanner
@@ -38,8 +38,8 @@ class UsageMeteringMiddleware:
     def __init__(self, app: Any, *, settings: Settings | None = None, meter: MeterSettings | None = None) -> None:
         self.app = app
         settings = settings or get_settings()
-        meter = meter or MeterSettings()
-        self.placement: Placement = meter.placement()
+        meter = meter or settings.meter
+        self.placement: Placement = placement(meter)
         self.key_header = meter.key_header.lower().encode() if meter.key_header else None
         self.publisher = UsagePublisher(settings.kafka, settings.topics.inference_usage, component="vllm", queue_size=meter.queue_size)
 

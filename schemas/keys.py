@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from schemas.records import Budget, ModelEquivalent, OrgDirectory, Price
 
-# The reference tables (compacted topics ``<app_id>-<name>-changelog``) and the record each holds.
+# The reference tables (compacted topics ``topics.<name>`` in the settings) and the record each holds.
 REFERENCE_TABLES: dict[str, type] = {"orgs": OrgDirectory, "prices": Price, "equivalents": ModelEquivalent, "budgets": Budget}
 
 

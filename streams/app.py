@@ -86,7 +86,7 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         broker_session_timeout=w.session_timeout_seconds,
         broker_heartbeat_interval=max(1.0, w.session_timeout_seconds / 4),
         producer_acks=-1,
-        datadir=str(settings.stack.data_dir / "worker" / w.app_id),
+        datadir=str(w.data_dir / w.app_id),
         stream_wait_empty=False,  # unacked events wait in our batches; waiting for them would stall shutdown
     )
     # -- bad input: dead letters for events and for reference records (streams.ingest) --

@@ -1,7 +1,7 @@
 """Reference data the worker joins against: the org directory, the price list, API equivalents and the budgets.
 
-Each lives in a compacted topic (``<app_id>-orgs-changelog``, ``-prices-changelog``,
-``-equivalents-changelog``, ``-budgets-changelog``; the names Faust tables used to have). ``gpuledger orgs import``,
+Each lives in a compacted topic named in ``topics`` (``topics.orgs``, ``prices``, ``equivalents``,
+``budgets``; by default ``gpuledger-orgs-changelog`` and so on, the names Faust tables used to have). ``gpuledger orgs import``,
 ``prices import`` and ``budgets set`` publish straight into them; every worker follows
 them live (``gpuledger.kafka.CompactedView``), so it holds the full, current set and a
 restarted worker reads it back from Kafka before it handles any event.

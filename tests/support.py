@@ -23,6 +23,7 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options, ensure_topics
 from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
+from schemas.keys import REFERENCE_TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "gpuledger" / "data" / "demo"
@@ -34,7 +35,8 @@ def isolated(base: Settings, name: str) -> Settings:
     settings = base.model_copy(
         update={
             "topics": base.topics.model_copy(update={"gpu_samples": f"{name}.samples", "inference_usage": f"{name}.usage", "dead_letter": f"{name}.dlq",
-                                                     "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": 2}),
+                                                     "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": 2,
+                                                     **{table: f"gpl-{name}-{table}-changelog" for table in REFERENCE_TABLES}}),
             "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
             "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0}),
         }
@@ -56,6 +58,7 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_TOPICS__BUDGET_ALERTS": settings.topics.budget_alerts,
         "GPULEDGER_TOPICS__BUDGET_STATUS": settings.topics.budget_status,
         "GPULEDGER_TOPICS__PARTITIONS": str(settings.topics.partitions),
+        **{f"GPULEDGER_TOPICS__{table.upper()}": getattr(settings.topics, table) for table in REFERENCE_TABLES},
         "GPULEDGER_WORKER__APP_ID": settings.worker.app_id,
         "GPULEDGER_WORKER__ALLOCATE_EVERY_SECONDS": str(settings.worker.allocate_every_seconds),
         "GPULEDGER_WORKER__RESTATE_HOURS": str(settings.worker.restate_hours),
@@ -63,6 +66,7 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
         "GPULEDGER_WORKER__SHUTDOWN_GRACE_SECONDS": str(settings.worker.shutdown_grace_seconds),
         "GPULEDGER_STACK__DATA_DIR": str(data_dir),
+        "GPULEDGER_WORKER__DATA_DIR": str(data_dir / "worker"),
         "GPULEDGER_LOG_FORMAT": "json",
     }
 

@@ -14,32 +14,32 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gpuledger.settings import Settings, SettingsError, use_subcommand_config
 from schemas import BudgetAlert
-from streams.notifier.settings import NotifierSettings, load_notifier_settings
 
 app = typer.Typer(help="Budget alerts from Kafka to Slack and JSON webhooks.", no_args_is_help=True)
 console = Console()
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--notifier-config", envvar="GPULEDGER_NOTIFIER_CONFIG", help="YAML with notifier settings (routes, default, retry policy)."),
+    typer.Option("--config", dir_okay=False, help="The settings file, as `gpuledger --config` (its `notifier:` section: routes, default, retry policy)."),
 ]
 
 
-def _load(path: Path | None) -> NotifierSettings:
+def _load(path: Path | None) -> Settings:
     try:
-        return load_notifier_settings(path)
-    except Exception as exc:
-        console.print(f"[bold red]error:[/bold red] invalid notifier configuration: {exc}")
-        raise typer.Exit(1) from exc
+        return use_subcommand_config(path)
+    except SettingsError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command("run")
-def run(notifier_config: ConfigOption = None) -> None:
-    """Consume the alerts topic and post each alert once; Ctrl-C or SIGTERM stops cleanly."""
-    from gpuledger.settings import get_settings
+def run(config: ConfigOption = None) -> None:
+    """Consume the alerts topic (topics.budget_alerts) and post each alert once; Ctrl-C or SIGTERM stops cleanly."""
     from streams.notifier.runner import run_notifier
 
-    ns = _load(notifier_config)
+    settings = _load(config)
+    ns = settings.notifier
     if not ns.routes and ns.default is None:
         console.print("[bold red]error:[/bold red] no routes and no default target configured")
         raise typer.Exit(1)
@@ -49,17 +49,17 @@ def run(notifier_config: ConfigOption = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_notifier(get_settings(), ns, stop)
+        await run_notifier(settings, ns, stop)
 
     asyncio.run(main())
 
 
 @app.command("status")
-def status(notifier_config: ConfigOption = None, last: Annotated[int, typer.Option(help="Rows to show.")] = 20) -> None:
+def status(config: ConfigOption = None, last: Annotated[int, typer.Option(help="Rows to show.")] = 20) -> None:
     """Delivery ledger: counts per status and the latest deliveries (route names only, never URLs)."""
     from streams.notifier.state import DeliveryState
 
-    ns = _load(notifier_config)
+    ns = _load(config).notifier
     if not ns.state_file.exists():
         console.print(f"no delivery state yet at {ns.state_file}")
         return

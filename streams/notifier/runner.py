@@ -75,15 +75,16 @@ class Stopped(Exception):
     """The stop event fired before the current alert reached a final state; its offset stays uncommitted."""
 
 
-async def ensure_alerts_topic(settings: Settings, ns: NotifierSettings) -> bool:
-    """Create the alerts topic if missing; True when created now."""
+async def ensure_alerts_topic(settings: Settings) -> bool:
+    """Create the alerts topic (``topics.budget_alerts``, one partition as the worker declares it) if missing; True when created now."""
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
-        if ns.topic in set(await admin.list_topics()):
+        topic = settings.topics.budget_alerts
+        if topic in set(await admin.list_topics()):
             return False
         try:
-            await admin.create_topics([NewTopic(ns.topic, ns.topic_partitions, ns.replication_factor)])
+            await admin.create_topics([NewTopic(topic, 1, settings.topics.replication_factor)])
         except TopicAlreadyExistsError:
             return False
         return True
@@ -195,12 +196,12 @@ async def run_notifier(
     ns = notifier_settings
     for noisy in ("httpx", "httpcore"):  # httpx logs every request URL at INFO: webhook URLs are secrets
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    await ensure_alerts_topic(settings, ns)
+    await ensure_alerts_topic(settings)
     state = DeliveryState(ns.state_file)
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=ns.request_timeout_s, follow_redirects=False)
     consumer = AIOKafkaConsumer(
-        ns.topic,
+        settings.topics.budget_alerts,
         **client_options(settings.kafka),
         group_id=ns.group_id,
         enable_auto_commit=False,
@@ -213,7 +214,7 @@ async def run_notifier(
     notifier = Notifier(ns, state, http, stop_event, history, health)
     await consumer.start()
     server = serve_http(ns.metrics_host, ns.metrics_port, health) if ns.metrics_port else None
-    log.info("notifier started", topic=ns.topic, group=ns.group_id, routes=[r.name for r in ns.routes],
+    log.info("notifier started", topic=settings.topics.budget_alerts, group=ns.group_id, routes=[r.name for r in ns.routes],
              default_route=ns.default.name if ns.default else None)
     try:
         while not stop_event.is_set():

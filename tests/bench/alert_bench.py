@@ -134,10 +134,10 @@ def one_run(base: Settings, run: int, seconds: float, rate: int, workdir: Path) 
     with FakeSlack() as slack:
         hook = slack.new_hook("bench")
         config = workdir / f"notifier-{tag}.yaml"
-        config.write_text(f"topic: {settings.topics.budget_alerts}\ngroup_id: n-{tag}\nstate_dir: {workdir / tag}\ndefault: {{name: bench, url: '{hook}'}}\n")
+        config.write_text(f"notifier:\n  group_id: n-{tag}\n  state_dir: {workdir / tag}\n  default: {{name: bench, url: '{hook}'}}\n")  # topics from the env
         env = {**os.environ, **settings_env(settings, workdir / tag), "GPULEDGER_LOG_LEVEL": "warning"}
         env.pop("GPULEDGER_CONFIG", None)
-        notifier = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "notifier", "run", "--notifier-config", str(config)],
+        notifier = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "--config", str(config), "notifier", "run"],
                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
         worker = WorkerProcess(settings, workdir / f"worker-{tag}").start()
         try:

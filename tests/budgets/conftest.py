@@ -108,6 +108,6 @@ class NotifierThread:
 
 
 def notifier_for(settings: Settings, state_dir: Path, hook: str) -> NotifierSettings:
-    """Notifier settings reading this namespace's alerts topic, posting everything to ``hook``."""
-    return NotifierSettings(topic=settings.topics.budget_alerts, group_id=f"{settings.worker.app_id}-notifier", state_dir=state_dir,
+    """Notifier settings posting everything to ``hook`` (it reads ``settings.topics.budget_alerts``, this namespace's)."""
+    return NotifierSettings(group_id=f"{settings.worker.app_id}-notifier", state_dir=state_dir,
                             default=Target(name="default", url=hook), backoff_base_s=0.05, backoff_max_s=0.2)

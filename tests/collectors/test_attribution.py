@@ -12,6 +12,7 @@ from collectors.cgroups import parse_cgroup, read_proc
 from collectors.kubelet import PodDirectory, index_pod_list
 from collectors.podresources.client import PodResourcesClient
 from collectors.settings import DEFAULT_POD_LABEL_KEYS, CollectorSettings
+from gpuledger.settings import load_settings
 from schemas import GpuProcess, GpuSample
 from tests.collectors.conftest import CID, CID2, POD_UID, POD_UID_US
 from tests.collectors.kubelet_grpc import PodResourcesServer, container, pod
@@ -126,8 +127,13 @@ def test_default_label_keys_are_copied_as_they_are_and_aliases_still_work() -> N
     assert by_uid["u"].labels == {"team": "llm", "project": "x"}
 
 
-def test_label_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPULEDGER_COLLECTOR_POD_LABEL_KEYS", "team, example.com/owner")
-    assert CollectorSettings().pod_label_keys == ["team", "example.com/owner"]
-    monkeypatch.setenv("GPULEDGER_COLLECTOR_POD_LABEL_KEYS", '["org", "cost-center"]')
-    assert CollectorSettings().pod_label_keys == ["org", "cost-center"]
+def test_label_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./gpuledger.yaml
+    monkeypatch.delenv("GPULEDGER_CONFIG", raising=False)
+    monkeypatch.setenv("GPULEDGER_COLLECTOR__POD_LABEL_KEYS", "team, example.com/owner")
+    assert load_settings().collector.pod_label_keys == ["team", "example.com/owner"]
+    monkeypatch.setenv("GPULEDGER_COLLECTOR__POD_LABEL_KEYS", '["org", "cost-center"]')
+    assert load_settings().collector.pod_label_keys == ["org", "cost-center"]
+    monkeypatch.delenv("GPULEDGER_COLLECTOR__POD_LABEL_KEYS")
+    monkeypatch.setenv("GPULEDGER_COLLECTOR_POD_LABEL_KEYS", "team")  # the DaemonSets' older name, still read
+    assert load_settings().collector.pod_label_keys == ["team"]

@@ -42,7 +42,7 @@ def test_an_unwritable_spool_directory_exits_5_with_one_line(tmp_path: Path) -> 
     assert result.returncode == 5, result
     assert result.stderr.strip().splitlines() == [
         f"error: spool directory {blocker / 'spool'} is not writable (Not a directory); "
-        "point --spool-dir / GPULEDGER_COLLECTOR_SPOOL_DIR at a writable directory"]
+        "point --spool-dir / GPULEDGER_COLLECTOR__SPOOL_DIR at a writable directory"]
 
 
 def test_a_metrics_port_in_use_exits_5_with_one_line(tmp_path: Path) -> None:

@@ -77,15 +77,15 @@ def test_daemonset_is_locked_down_and_wired_for_gpus() -> None:
     # the ConfigMap configures exactly what the agent reads: every key is a real setting
     config = by_kind("ConfigMap", "gpuledger-collector")["data"]
     assert [f["configMapRef"]["name"] for f in c["envFrom"]] == ["gpuledger-settings", "gpuledger-collector"]
-    assert config["GPULEDGER_COLLECTOR_PROC_ROOT"] == mounts["host-proc"]["mountPath"]
-    assert config["GPULEDGER_COLLECTOR_SPOOL_DIR"] == mounts["spool"]["mountPath"]
-    assert int(config["GPULEDGER_COLLECTOR_METRICS_PORT"]) == port["containerPort"]
-    assert "spec.nodeName={node}" in config["GPULEDGER_COLLECTOR_POD_LIST_URL"]
-    assert Path(config["GPULEDGER_COLLECTOR_POD_RESOURCES_SOCKET"]).parent == Path(mounts["pod-resources"]["mountPath"])
-    keys = config["GPULEDGER_COLLECTOR_POD_LABEL_KEYS"]  # the chart renders lists as JSON; the agent also takes a, b, c
+    assert config["GPULEDGER_COLLECTOR__PROC_ROOT"] == mounts["host-proc"]["mountPath"]
+    assert config["GPULEDGER_COLLECTOR__SPOOL_DIR"] == mounts["spool"]["mountPath"]
+    assert int(config["GPULEDGER_COLLECTOR__METRICS_PORT"]) == port["containerPort"]
+    assert "spec.nodeName={node}" in config["GPULEDGER_COLLECTOR__POD_LIST_URL"]
+    assert Path(config["GPULEDGER_COLLECTOR__POD_RESOURCES_SOCKET"]).parent == Path(mounts["pod-resources"]["mountPath"])
+    keys = config["GPULEDGER_COLLECTOR__POD_LABEL_KEYS"]  # the chart renders lists as JSON; the agent also takes a, b, c
     assert (json.loads(keys) if keys.startswith("[") else keys.split(",")) == list(DEFAULT_POD_LABEL_KEYS)
-    fields = {f"GPULEDGER_COLLECTOR_{name.upper()}" for name in CollectorSettings.model_fields}
-    assert {k for k in config if k.startswith("GPULEDGER_COLLECTOR_")} <= fields
+    fields = {f"GPULEDGER_COLLECTOR__{name.upper()}" for name in CollectorSettings.model_fields}
+    assert {k for k in config if k.startswith("GPULEDGER_COLLECTOR")} <= fields
 
 
 def test_rbac_is_read_only_pods() -> None:

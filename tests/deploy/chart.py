@@ -89,12 +89,12 @@ def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict
 
 
 def setting_env_names(model: type[BaseModel], prefix: str, nested: str | None) -> set[str]:
-    """Every environment variable a pydantic-settings class reads: PREFIX<FIELD>, and PREFIX<SECTION><nested><FIELD>."""
+    """Every environment variable a pydantic-settings class reads: PREFIX<FIELD>, and PREFIX<SECTION><nested><FIELD> at any depth."""
     names = set()
     for name, field in model.model_fields.items():
         names.add(f"{prefix}{name.upper()}")
         if nested and (section := _section(field.annotation)):
-            names |= {f"{prefix}{name.upper()}{nested}{n.upper()}" for n in section.model_fields}
+            names |= setting_env_names(section, f"{prefix}{name.upper()}{nested}", nested)
     return names
 
 

@@ -21,21 +21,14 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from collectors.settings import CollectorSettings
-from gpuledger.settings import Settings
+from gpuledger.settings import Settings, load_settings
 from gpuledger.ui.app import create_app, ui_settings
 from gpuledger.ui.auth import from_token
-from inference.gateway_config import load_config
-from streams.notifier.settings import NotifierSettings, load_notifier_settings
 from tests.deploy.chart import (
     ALL_ON, CHART, ROOT, container_env, gpuledger_containers, helm, pod_specs, render, setting_env_names, tool,
 )
 
-SHARED = setting_env_names(Settings, "GPULEDGER_", "__")
-OWN = {  # the settings each component reads besides the shared ones
-    "collector": setting_env_names(CollectorSettings, "GPULEDGER_COLLECTOR_", None),
-    "notifier": setting_env_names(NotifierSettings, "GPULEDGER_NOTIFIER__", "__"),
-}
+SHARED = setting_env_names(Settings, "GPULEDGER_", "__")  # one tree: every component reads every section
 CRDS = {"ServiceMonitor", "PrometheusRule"}
 RENDERS = {"defaults": (), "all-on": (ALL_ON,)}
 
@@ -57,7 +50,7 @@ def component(doc_name: str) -> str:
 def misnamed_env(docs: list[dict[str, Any]]) -> list[str]:
     """GPULEDGER_* variables given to a container that its settings classes do not read."""
     return sorted(f"{name}: {var}" for name, c in gpuledger_containers(docs) for var in container_env(docs, c)
-                  if var.startswith("GPULEDGER_") and var not in SHARED | OWN.get(component(name), set()))
+                  if var.startswith("GPULEDGER_") and var not in SHARED)
 
 
 @pytest.mark.parametrize("values", [(), (ALL_ON,)], ids=["defaults", "all-on"])
@@ -93,12 +86,12 @@ def test_every_rendered_env_var_is_a_setting_and_parses(rendered: list[dict[str,
             monkeypatch.delenv(var)
         for var, value in env.items():
             monkeypatch.setenv(var, value)
-        settings = Settings()  # the values parse, not only the names
+        settings = load_settings()  # the values parse, not only the names
         assert settings.kafka.bootstrap_servers == env["GPULEDGER_KAFKA__BOOTSTRAP_SERVERS"]
         if component(name) == "collector":
-            assert str(CollectorSettings().spool_dir) == env["GPULEDGER_COLLECTOR_SPOOL_DIR"]
+            assert str(settings.collector.spool_dir) == env["GPULEDGER_COLLECTOR__SPOOL_DIR"]
         if component(name) == "notifier":
-            ns = load_notifier_settings()
+            ns = settings.notifier
             assert ns.default is not None and ns.routes, "the notifier is rendered without a webhook"
             assert all(r.url.get_secret_value().startswith("https://") for r in ns.routes)  # $(WEBHOOK_URL_n) was filled in
 
@@ -108,7 +101,7 @@ def test_a_misnamed_setting_fails_the_env_check() -> None:
     docs = render(ALL_ON, sets=("settings.kafka.bootstrap_server=x", "collector.settings.intervall_seconds=5", "notifier.settings.max_attempt=3",
                                 "ui.settings.trusted_proxie=x"), skip_schema=True)
     wrong = misnamed_env(docs)
-    assert "gl-gpuledger-collector: GPULEDGER_COLLECTOR_INTERVALL_SECONDS" in wrong
+    assert "gl-gpuledger-collector: GPULEDGER_COLLECTOR__INTERVALL_SECONDS" in wrong
     assert "gl-gpuledger-notifier: GPULEDGER_NOTIFIER__MAX_ATTEMPT" in wrong
     assert "gl-gpuledger-worker: GPULEDGER_KAFKA__BOOTSTRAP_SERVER" in wrong
     assert "gl-gpuledger-ui: GPULEDGER_UI__TRUSTED_PROXIE" in wrong
@@ -157,11 +150,13 @@ def test_rendered_gateway_config_loads_and_its_api_keys_are_fed(all_on: list[dic
     raw = yaml.safe_load(cm["data"]["gateway.yaml"])
     [(_, gw)] = [(n, c) for n, c in gpuledger_containers(all_on) if component(n) == "gateway"]
     mounted = {m["mountPath"] for m in gw["volumeMounts"]}
-    assert str(Path(raw["keys_file"]).parent) in mounted
+    assert str(Path(raw["gateway"]["keys_file"]).parent) in mounted
+    assert gw["args"][:3] == ["--config", f"{next(iter(m for m in mounted if m.endswith('/gateway')))}/gateway.yaml", "gateway"]
     (tmp_path / "keys.yaml").write_text("keys:\n  - {id: k1, sha256: " + "b" * 64 + ", org: research}\n")
-    raw["keys_file"] = str(tmp_path / "keys.yaml")
+    raw["gateway"]["keys_file"] = str(tmp_path / "keys.yaml")
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(raw))
-    config = load_config(tmp_path / "gateway.yaml")
+    config = load_settings(tmp_path / "gateway.yaml").gateway
+    assert config is not None
     assert [k.id for k in config.keys] == ["k1"]
     env = {e["name"] for e in gw["env"]}
     assert {b.api_key_env for b in config.backends if b.api_key_env} <= env
@@ -201,6 +196,7 @@ def test_container_commands_exist(all_on: list[dict[str, Any]]) -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert entry and entry.group(1) in scripts and scripts[entry.group(1)] == "gpuledger.cli:app"
     commands = {tuple(c["args"]) for _, c in gpuledger_containers(all_on)}
+    commands = {args[2:] if args[0] == "--config" else args for args in commands}  # the global option first: gpuledger --config FILE <command>
     assert {args[0] for args in commands} == {"collector", "worker", "migrate", "gateway", "notifier", "ui"}
     for args in sorted(commands):
         words = list(itertools.takewhile(lambda a: not a.startswith("-"), args))  # the subcommand, before its options
@@ -211,7 +207,7 @@ def test_container_commands_exist(all_on: list[dict[str, Any]]) -> None:
 
 
 def test_pods_run_non_root_with_a_read_only_root(rendered: list[dict[str, Any]]) -> None:
-    env_paths = ("GPULEDGER_COLLECTOR_SPOOL_DIR", "GPULEDGER_STACK__DATA_DIR", "GPULEDGER_NOTIFIER__STATE_DIR")
+    env_paths = ("GPULEDGER_COLLECTOR__SPOOL_DIR", "GPULEDGER_WORKER__DATA_DIR", "GPULEDGER_NOTIFIER__STATE_DIR")
     for name, spec in pod_specs(rendered):
         assert spec["securityContext"]["runAsNonRoot"] is True, name
     for name, c in gpuledger_containers(rendered):
@@ -220,7 +216,7 @@ def test_pods_run_non_root_with_a_read_only_root(rendered: list[dict[str, Any]])
         mounts = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
         env = container_env(rendered, c)
         writes = {"/tmp"} | {env[k] for k in env_paths if k in env and component(name) in {"collector", "worker", "notifier"}
-                             and (k != "GPULEDGER_STACK__DATA_DIR" or component(name) == "worker")}
+                             and (k != "GPULEDGER_WORKER__DATA_DIR" or component(name) == "worker")}
         assert writes <= mounts, f"{name} writes to {sorted(writes - mounts)} without a writable volume"
 
 

@@ -74,9 +74,9 @@ def test_migration_job_env_migrates_a_fresh_database(docs: list[dict[str, Any]],
 
 
 def test_collector_env_publishes_to_kafka(docs: list[dict[str, Any]], tmp_path: Path) -> None:
-    args, env = run_env(docs, "collector", GPULEDGER_COLLECTOR_SPOOL_DIR=str(tmp_path / "spool"), GPULEDGER_COLLECTOR_PROC_ROOT="/proc",
-                        GPULEDGER_COLLECTOR_POD_LIST_URL="", GPULEDGER_COLLECTOR_METRICS_PORT="0", GPULEDGER_COLLECTOR_INTERVAL_SECONDS="0.5")
-    assert env["GPULEDGER_COLLECTOR_SOURCE"] == "nvml" and env["NODE_NAME"]
+    args, env = run_env(docs, "collector", GPULEDGER_COLLECTOR__SPOOL_DIR=str(tmp_path / "spool"), GPULEDGER_COLLECTOR__PROC_ROOT="/proc",
+                        GPULEDGER_COLLECTOR__POD_LIST_URL="", GPULEDGER_COLLECTOR__METRICS_PORT="0", GPULEDGER_COLLECTOR__INTERVAL_SECONDS="0.5")
+    assert env["GPULEDGER_COLLECTOR__SOURCE"] == "nvml" and env["NODE_NAME"]
     done = gpuledger([*args, "--source", "simulated", "--gpus", "2", "--once"], env)  # no GPU here: the simulated source
     assert done.returncode == 0, done.stdout + done.stderr  # 4 would mean spooled: Kafka not reached
     assert "published 2" in done.stderr

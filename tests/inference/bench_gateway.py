@@ -177,11 +177,11 @@ async def main(args: argparse.Namespace) -> None:
     backend_port, gateway_port = args.port_base + 1, args.port_base + 2
     work = Path(tempfile.mkdtemp(prefix="gpuledger-bench-"))
     config = work / "gateway.yaml"
-    config.write_text(json.dumps({  # JSON is YAML
+    config.write_text(json.dumps({"gateway": {  # JSON is YAML
         "backends": [{"name": "fake", "kind": "vllm", "base_url": f"http://127.0.0.1:{backend_port}/v1", "deployment": "bench"}],
         "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
         "keys": [{"id": "bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "bench"}],
-    }))
+    }}))
     env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "GPULEDGER_LOG_LEVEL": "warning"}
     env.pop("GPULEDGER_CONFIG", None)
     procs = [

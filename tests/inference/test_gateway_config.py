@@ -1,4 +1,4 @@
-"""Gateway YAML validation: the shipped example loads, and broken references say what is wrong."""
+"""Gateway settings validation: the shipped example loads, and broken references say what is wrong."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from inference.gateway_config import GatewayConfig, load_config
+from gpuledger.settings import GatewayConfig, SettingsError, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inference" / "gateway.example.yaml"
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """The ``gateway:`` section of a settings file, through the one loader."""
+    config = load_settings(path).gateway
+    assert config is not None
+    return config
 
 
 def test_example_config_loads() -> None:
@@ -35,11 +42,11 @@ def test_keys_file_adds_virtual_keys_and_refuses_duplicates(tmp_path: Path) -> N
     keys = tmp_path / "keys.yaml"
     keys.write_text(f"keys:\n  - {{id: key-finance, sha256: {digest}, org: finance}}\n")
     config = tmp_path / "gateway.yaml"
-    config.write_text(EXAMPLE.read_text() + f"keys_file: {keys}\n")
+    config.write_text(EXAMPLE.read_text() + f"  keys_file: {keys}\n")
     loaded = load_config(config)
     assert [k.id for k in loaded.keys] == ["key-search-ranker", "key-finance"] and loaded.keys[1].sha256 == digest
     keys.write_text(f"keys:\n  - {{id: key-search-ranker, sha256: {digest}, org: finance}}\n")
-    with pytest.raises(ValueError, match=r"virtual key id \['key-search-ranker'\] appears more than once in keys and its keys_file"):
+    with pytest.raises(SettingsError, match=rf"gateway: .*virtual key id \['key-search-ranker'\] appears more than once in keys and its keys_file .*\(in {config}\)"):
         load_config(config)
     keys.write_text("- {id: k, sha256: x}\n")
     with pytest.raises(ValueError, match="expected a YAML mapping with a `keys:` list"):

@@ -40,20 +40,30 @@ def alert(scope: str = "acme/ml", pct: int = 50, spend: str = "500", budget: str
 
 def notifier_settings(tmp_path: Path, **overrides: Any) -> NotifierSettings:
     name = uuid.uuid4().hex[:10]
-    base: dict[str, Any] = {"topic": f"nt-{name}.alerts", "group_id": f"nt-{name}", "state_dir": tmp_path / "state",
+    base: dict[str, Any] = {"group_id": f"nt-{name}", "state_dir": tmp_path / "state",
                             "backoff_base_s": 0.05, "backoff_max_s": 0.2, "redelivery_pause_s": 0.2, "request_timeout_s": 5.0,
                             "metrics_port": 0}
     return NotifierSettings(**{**base, **overrides})
 
 
+def alerts_topic(ns: NotifierSettings) -> str:
+    """Each test's own alerts topic, named after its own consumer group."""
+    return f"{ns.group_id}.alerts"
+
+
+def with_alerts_topic(settings: Settings, ns: NotifierSettings) -> Settings:
+    """``settings`` whose topics.budget_alerts (the topic the notifier reads) is this test's own."""
+    return settings.model_copy(update={"topics": settings.topics.model_copy(update={"budget_alerts": alerts_topic(ns)})})
+
+
 async def publish(settings: Settings, ns: NotifierSettings, alerts: list[BudgetAlert]) -> None:
-    await ensure_alerts_topic(settings, ns)
+    await ensure_alerts_topic(with_alerts_topic(settings, ns))
     producer = new_producer(settings.kafka)
     await producer.start()
     try:
         codec = codec_for(BudgetAlert)
         for a in alerts:
-            await producer.send_and_wait(ns.topic, codec.encode(a), key=a.budget_id.encode())
+            await producer.send_and_wait(alerts_topic(ns), codec.encode(a), key=a.budget_id.encode())
     finally:
         await producer.stop()
 
@@ -71,7 +81,7 @@ class Running:
 
     def __init__(self, settings: Settings, ns: NotifierSettings) -> None:
         self.stop = asyncio.Event()
-        self.task = asyncio.create_task(run_notifier(settings, ns, self.stop))
+        self.task = asyncio.create_task(run_notifier(with_alerts_topic(settings, ns), ns, self.stop))
 
     async def shutdown(self) -> None:
         self.stop.set()

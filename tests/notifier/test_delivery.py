@@ -19,7 +19,7 @@ from gpuledger.kafka import client_options
 from gpuledger.settings import Settings
 from streams.notifier import Route, Target
 from streams.notifier.state import DeliveryState
-from tests.notifier.conftest import Running, alert, notifier_settings, publish, wait_until
+from tests.notifier.conftest import Running, alert, alerts_topic, notifier_settings, publish, wait_until
 from tests.notifier.fake_slack import FakeSlack
 from tests.promtool import check_metrics
 
@@ -69,7 +69,7 @@ async def test_three_thresholds_give_three_messages_and_replays_none(stack_setti
     assert f["Period"] == "1–31 Mar 2027 (UTC)"
     assert "Forecast breach" not in f
     assert got[0]["text"].startswith(":warning: Budget 50% threshold")
-    assert await committed(stack_settings, ns.group_id, ns.topic) == 3
+    assert await committed(stack_settings, ns.group_id, alerts_topic(ns)) == 3
 
     # The same three again (a producer retry, a replay), then one new alert as a marker: only the marker posts.
     marker = alert(pct=0, kind="spike", spend="640")
@@ -81,7 +81,7 @@ async def test_three_thresholds_give_three_messages_and_replays_none(stack_setti
     got = slack.messages(hook)
     assert len(got) == 4
     assert got[3]["blocks"][0]["text"]["text"] == "Budget spend spike: acme/ml at 64.0% of budget"
-    assert await committed(stack_settings, ns.group_id, ns.topic) == 7
+    assert await committed(stack_settings, ns.group_id, alerts_topic(ns)) == 7
     state = DeliveryState(ns.state_file)
     try:
         assert state.counts() == {"delivered": 4}
@@ -124,7 +124,7 @@ async def test_killed_mid_send_is_delivered_exactly_once_after_restart(stack_set
     await first.kill()  # dies mid-send: consumed, not delivered, offset not committed
 
     assert slack.messages(hook) == []
-    assert await committed(stack_settings, ns.group_id, ns.topic) is None
+    assert await committed(stack_settings, ns.group_id, alerts_topic(ns)) is None
     state = DeliveryState(ns.state_file)
     try:
         assert [d.status for d in state.all()] == ["sending"]
@@ -138,7 +138,7 @@ async def test_killed_mid_send_is_delivered_exactly_once_after_restart(stack_set
     await second.shutdown()
     assert len(slack.messages(hook)) == 1
     assert slack.messages(hook)[0]["blocks"][0]["text"]["text"] == "Budget 100% threshold reached: acme/ml at 100.0% of budget"
-    assert await committed(stack_settings, ns.group_id, ns.topic) == 1
+    assert await committed(stack_settings, ns.group_id, alerts_topic(ns)) == 1
     state = DeliveryState(ns.state_file)
     try:
         assert [d.status for d in state.all()] == ["delivered"]
@@ -187,7 +187,7 @@ async def test_routing_and_permanent_failures(stack_settings: Settings, slack: F
     assert Decimal(body["spend"]) == Decimal("123.456") and Decimal(body["budget_amount"]) == Decimal("150")
     assert body["percent_of_budget"] == "82.3"
     assert body["projected_breach"] == "2027-03-20T00:00:00+00:00"
-    assert await committed(stack_settings, ns.group_id, ns.topic) == len(alerts)
+    assert await committed(stack_settings, ns.group_id, alerts_topic(ns)) == len(alerts)
 
     state = DeliveryState(ns.state_file)
     try:
@@ -211,13 +211,13 @@ async def test_cli_process_delivers_serves_metrics_and_stops_on_sigterm(stack_se
     ns = notifier_settings(tmp_path, default=Target(name="ops", url=hook))
     config = tmp_path / "notifier.yaml"
     port = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "20000")) + 321
-    config.write_text(f"topic: {ns.topic}\ngroup_id: {ns.group_id}\nstate_dir: {ns.state_dir}\ndefault: {{name: ops, url: '{hook}'}}\n"
-                      f"metrics_port: {port}\nbackoff_base_s: 0.05\n")
+    config.write_text(f"log_format: json\ntopics: {{budget_alerts: {alerts_topic(ns)}}}\n"  # one settings file: shared sections and the notifier's
+                      f"notifier:\n  group_id: {ns.group_id}\n  state_dir: {ns.state_dir}\n  default: {{name: ops, url: '{hook}'}}\n"
+                      f"  metrics_port: {port}\n  backoff_base_s: 0.05\n")
     await publish(stack_settings, ns, [alert(pct=80, spend="800")])
     env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
-           "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url, "GPULEDGER_CONFIG": str(tmp_path / "none.yaml")}
-    (tmp_path / "none.yaml").write_text("log_format: json\n")
-    proc = subprocess.Popen([sys.executable, "-m", "streams.notifier.cli", "run", "--notifier-config", str(config)], env=env,
+           "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url, "GPULEDGER_CONFIG": str(tmp_path / "unused.yaml")}  # --config wins
+    proc = subprocess.Popen([sys.executable, "-m", "streams.notifier.cli", "run", "--config", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         await wait_until(lambda: len(slack.messages(hook)) >= 1 or proc.poll() is not None, timeout=20, what="the CLI's message")
@@ -242,7 +242,7 @@ async def test_cli_process_delivers_serves_metrics_and_stops_on_sigterm(stack_se
     assert proc.returncode == 0, output
     assert len(slack.messages(hook)) == 1
     assert "/services/" not in output
-    assert await committed(stack_settings, ns.group_id, ns.topic) == 1
+    assert await committed(stack_settings, ns.group_id, alerts_topic(ns)) == 1
     check_metrics(metrics)
     for line in ('gpuledger_notifier_deliveries_total{outcome="delivered"} 1.0', 'gpuledger_notifier_attempts_total{status="429"} 1.0',
                  'gpuledger_notifier_attempts_total{status="200"} 1.0', 'gpuledger_notifier_alerts_waiting{partition="0"} 0.0'):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,12 +15,12 @@ import pytest
 from slack_sdk.models.blocks import Block
 from typer.testing import CliRunner
 
+from gpuledger.settings import load_settings, use_config_file
 from schemas import SpendShare
 from streams.notifier import NotifierSettings, Route, Target
 from streams.notifier.cli import app
 from streams.notifier.routing import route_for
 from streams.notifier.runner import wait_or_stop
-from streams.notifier.settings import load_notifier_settings
 from streams.notifier.slack import RetryPolicy, json_payload, percent_of_budget, post_with_retry, slack_message
 from streams.notifier.state import DeliveryState
 from tests.notifier.conftest import alert
@@ -140,35 +141,42 @@ async def test_retry_classes() -> None:
     assert out.status == "exhausted" and out.http_status is None and out.detail == "network: ConnectError"
 
 
-def test_settings_from_yaml_keep_urls_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_chosen_config() -> Iterator[None]:
+    """The notifier's --config chooses the process-wide settings file; forget it after the test."""
+    yield
+    use_config_file(None)
+
+
+def test_settings_from_yaml_keep_urls_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_chosen_config: None) -> None:
     config = tmp_path / "notifier.yaml"
     config.write_text(
-        "topic: my.alerts\nstate_dir: %s\nmax_attempts: 3\n"
-        "default: {name: ops, url: 'https://hooks.slack.com/services/T1/B1/supersecret'}\n"
-        "routes:\n  - {name: acme, match: acme, url: 'https://hooks.slack.com/services/T2/B2/acmesecret'}\n"
-        "  - {name: fin, match: initech/finance, format: json, url: 'https://example.test/hook'}\n" % (tmp_path / "st")
+        "topics: {budget_alerts: my.alerts}\nnotifier:\n  state_dir: %s\n  max_attempts: 3\n"
+        "  default: {name: ops, url: 'https://hooks.slack.com/services/T1/B1/supersecret'}\n"
+        "  routes:\n    - {name: acme, match: acme, url: 'https://hooks.slack.com/services/T2/B2/acmesecret'}\n"
+        "    - {name: fin, match: initech/finance, format: json, url: 'https://example.test/hook'}\n" % (tmp_path / "st")
     )
     monkeypatch.setenv("GPULEDGER_NOTIFIER__MAX_ATTEMPTS", "5")
-    ns = load_notifier_settings(config)
-    assert ns.topic == "my.alerts" and ns.max_attempts == 5  # the environment wins over the file
+    settings = load_settings(config)
+    ns = settings.notifier
+    assert settings.topics.budget_alerts == "my.alerts" and ns.max_attempts == 5  # the environment wins over the file
     assert [r.name for r in ns.routes] == ["acme", "fin"] and ns.routes[1].format == "json"
     assert ns.default is not None and ns.default.url.get_secret_value().endswith("supersecret")
-    assert "supersecret" not in repr(ns) and "acmesecret" not in str(ns)
-    assert NotifierSettings().topic == "gpuledger.budget-alerts.v1"
+    assert "supersecret" not in repr(settings) and "acmesecret" not in str(settings)
 
-    result = CliRunner().invoke(app, ["status", "--notifier-config", str(config)])
+    result = CliRunner().invoke(app, ["status", "--config", str(config)])
     assert result.exit_code == 0 and "no delivery state yet" in result.output
     state = DeliveryState(ns.state_file)
     state.begin("a1", "acme")
     state.attempt("a1", 200, "ok")
     state.finish("a1", "delivered", "acme")
     state.close()
-    result = CliRunner().invoke(app, ["status", "--notifier-config", str(config)])
+    result = CliRunner().invoke(app, ["status", "--config", str(config)])
     assert result.exit_code == 0 and "delivered=1" in result.output and "secret" not in result.output
 
 
-def test_run_refuses_to_start_without_any_target(tmp_path: Path) -> None:
+def test_run_refuses_to_start_without_any_target(tmp_path: Path, no_chosen_config: None) -> None:
     config = tmp_path / "empty.yaml"
-    config.write_text(f"state_dir: {tmp_path}\n")
-    result = CliRunner().invoke(app, ["run", "--notifier-config", str(config)])
+    config.write_text(f"notifier: {{state_dir: {tmp_path}}}\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 1 and "no routes and no default target" in result.output

@@ -2,11 +2,13 @@
 The ONE place where values become the settings the processes read. Everything else includes these.
   settings.<field>           -> GPULEDGER_<FIELD>             (gpuledger/settings.py)
   settings.<section>.<field> -> GPULEDGER_<SECTION>__<FIELD>
-  collector.settings.<field> -> GPULEDGER_COLLECTOR_<FIELD>   (collectors/settings.py)
-  notifier.settings.<field>  -> GPULEDGER_NOTIFIER__<FIELD>   (streams/notifier/settings.py)
+  collector.settings.<field> -> GPULEDGER_COLLECTOR__<FIELD>  (the collector section, gpuledger/sections/collector.py)
+  notifier.settings.<field>  -> GPULEDGER_NOTIFIER__<FIELD>   (the notifier section, gpuledger/sections/notifier.py)
   ui.settings.<field>        -> GPULEDGER_UI__<FIELD>         (gpuledger/settings.py UISettings; the dashboard's own ConfigMap)
   secrets.*                  -> secretKeyRef env vars and read-only files, named here
-  gateway.config             -> gateway.yaml                  (inference/gateway_config.py; see gateway/configmap.yaml)
+  gateway.config             -> gateway: in the settings file the gateway reads (`gpuledger --config FILE gateway`;
+                                gpuledger/sections/gateway.py; see gateway/configmap.yaml)
+All are sections of the one settings tree (gpuledger/settings.py), read by one loader.
 Each "...Settings" template returns a YAML map NAME: "string"; use it with fromYaml.
 */}}
 
@@ -67,19 +69,16 @@ Each "...Settings" template returns a YAML map NAME: "string"; use it with fromY
 {{- toYaml $out -}}
 {{- end -}}
 
-{{/* GPULEDGER_COLLECTOR_* (flat: the collector's settings have no sections). */}}
+{{/* GPULEDGER_COLLECTOR__* (the collector section has no nested sections). */}}
 {{- define "gpuledger.collectorSettings" -}}
-{{- include "gpuledger.flatten" (dict "values" .Values.collector.settings "prefix" "GPULEDGER_COLLECTOR_" "nested" "") -}}
+{{- include "gpuledger.flatten" (dict "values" .Values.collector.settings "prefix" "GPULEDGER_COLLECTOR__" "nested" "") -}}
 {{- end -}}
 
-{{/* GPULEDGER_NOTIFIER__*: its settings, the alerts topic the worker writes, and the default target's name and format (its URL is a secret). */}}
+{{/* GPULEDGER_NOTIFIER__*: its settings and the default target's name and format (its URL is a secret). It reads settings.topics.budget_alerts. */}}
 {{- define "gpuledger.notifierSettings" -}}
 {{- $n := .Values.notifier -}}
 {{- if or (hasKey $n.settings "routes") (hasKey $n.settings "default") }}{{ fail "notifier.settings: routes and the default target carry webhook URLs; set them in notifier.routes and notifier.default (urlSecret)" }}{{ end -}}
 {{- $out := include "gpuledger.flatten" (dict "values" $n.settings "prefix" "GPULEDGER_NOTIFIER__" "nested" "__") | fromYaml -}}
-{{- $alerts := dig "topics" "budget_alerts" "" .Values.settings -}}
-{{- if and $alerts (hasKey $n.settings "topic") (ne $alerts $n.settings.topic) }}{{ fail (printf "notifier.settings.topic (%s) must be the topic the worker writes alerts to, settings.topics.budget_alerts (%s)" $n.settings.topic $alerts) }}{{ end -}}
-{{- if and $alerts (not (hasKey $n.settings "topic")) }}{{ $_ := set $out "GPULEDGER_NOTIFIER__TOPIC" $alerts }}{{ end -}}
 {{- with $n.default -}}
 {{- if .name }}{{ $_ := set $out "GPULEDGER_NOTIFIER__DEFAULT__NAME" .name }}{{ end -}}
 {{- if .format }}{{ $_ := set $out "GPULEDGER_NOTIFIER__DEFAULT__FORMAT" .format }}{{ end -}}
@@ -204,7 +203,8 @@ Each "...Settings" template returns a YAML map NAME: "string"; use it with fromY
 
 {{- define "gpuledger.gatewayKeysDir" -}}/etc/gpuledger/gateway-keys{{- end -}}
 
-{{/* The gateway YAML: gateway.config as is, plus keys_file when virtual keys come from a Secret. Every backend's api_key_env must be fed by gateway.apiKeys. */}}
+{{/* The gateway's settings file: gateway.config as its `gateway:` section, plus keys_file when virtual keys come from a Secret.
+     Every backend's api_key_env must be fed by gateway.apiKeys. Kafka and topics come from the shared ConfigMap's env. */}}
 {{- define "gpuledger.gatewayConfig" -}}
 {{- $g := .Values.gateway -}}
 {{- $config := deepCopy $g.config -}}
@@ -219,5 +219,5 @@ Each "...Settings" template returns a YAML map NAME: "string"; use it with fromY
 {{- if hasKey $config "keys_file" }}{{ fail "gateway.config.keys_file is set by the chart when gateway.virtualKeys.existingSecret is set; remove one" }}{{ end -}}
 {{- $_ := set $config "keys_file" (printf "%s/%s" (include "gpuledger.gatewayKeysDir" .) $g.virtualKeys.key) -}}
 {{- end -}}
-{{- toYaml $config -}}
+{{- toYaml (dict "gateway" $config) -}}
 {{- end -}}
