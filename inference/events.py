@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from inference.asgi_body import Scope, header
 from inference.openai_usage import Usage
 from schemas import InferenceUsage
 
@@ -39,11 +41,47 @@ class Placement:
     gpu_uuids: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What joins a request to the business outcomes it served (never any text of the request)."""
+
+    client_request_id: str = ""
+    trace_id: str = ""
+    session_id: str = ""
+
+
+NO_CONTEXT = RequestContext()
+# W3C trace context: version-traceid-parentid-flags; an all-zero trace id is invalid.
+TRACEPARENT = re.compile(rb"^\s*[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+SESSION_HEADER = b"x-gpuledger-session-id"
+
+
+def _id_header(scope: Scope, *names: bytes) -> str:
+    """The first of ``names`` present, trimmed and cut to ``MAX_MODEL_CHARS`` (a client sets it: never unbounded)."""
+    for name in names:
+        value = header(scope, name)
+        if value and value.strip():
+            return value.strip().decode("latin-1")[:MAX_MODEL_CHARS]
+    return ""
+
+
+def request_context(scope: Scope) -> RequestContext:
+    """The client's request id (``x-request-id``, else ``x-client-request-id``), W3C trace id (``traceparent``) and session id."""
+    traceparent = header(scope, b"traceparent")
+    found = TRACEPARENT.match(traceparent.lower()) if traceparent else None
+    trace_id = found[1].decode() if found and found[1].strip(b"0") else ""
+    return RequestContext(
+        client_request_id=_id_header(scope, b"x-request-id", b"x-client-request-id"), trace_id=trace_id,
+        session_id=_id_header(scope, SESSION_HEADER),
+    )
+
+
 @dataclass(slots=True)
 class RequestMeter:
     """Clocks one request (wall time for the record, a monotonic clock for durations)."""
 
     endpoint: str
+    context: RequestContext = NO_CONTEXT
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
@@ -80,4 +118,7 @@ class RequestMeter:
             latency_ms=elapsed * 1000.0,
             status=status,
             endpoint=self.endpoint,
+            client_request_id=self.context.client_request_id,
+            trace_id=self.context.trace_id,
+            session_id=self.context.session_id,
         )
