@@ -24,6 +24,7 @@ from gpuledger.budgets_cli import app as budgets_app
 from gpuledger.dead_letters_cli import app as dead_letters_app
 from gpuledger.export_cli import app as export_app
 from gpuledger.logs import configure_logging
+from gpuledger.outcomes_cli import app as outcomes_app
 from gpuledger.settings import Settings, get_settings
 from gpuledger.topics_cli import app as topics_app
 from gpuledger.topics_cli import create as create_topics
@@ -47,6 +48,7 @@ app.add_typer(budgets_app, name="budgets")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(topics_app, name="topics")
 app.add_typer(export_app, name="export")
+app.add_typer(outcomes_app, name="outcomes")
 app.command("ui")(ui_serve)
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "local" / "demo"

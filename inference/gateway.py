@@ -97,7 +97,7 @@ class Gateway:
         routes += [
             Route("/v1/models", self.models, methods=["GET"]), Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]), Route("/health", health, methods=["GET"]),
-            Route("/v1/outcomes", self.outcomes, methods=["POST"]),
+            Route("/v1/outcomes", self.outcomes.endpoint, methods=["POST"]),
         ]
         return Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error})
 

@@ -51,7 +51,8 @@ class OutcomesRoute:
         self.keys, self.sender, self.topic = keys, sender, topic
         self.max_body_bytes, self.timeout_s = max_body_bytes, timeout_s
 
-    async def __call__(self, request: Request) -> Response:
+    async def endpoint(self, request: Request) -> Response:
+        """The Starlette endpoint of the route."""
         key, _ = self.keys.authenticate(request.scope)
         if key is None:
             return _error(401, "Missing or invalid API key: send 'Authorization: Bearer <your gateway key>'.", "invalid_api_key")

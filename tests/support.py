@@ -34,7 +34,8 @@ def isolated(base: Settings, name: str) -> Settings:
     settings = base.model_copy(
         update={
             "topics": base.topics.model_copy(update={"gpu_samples": f"{name}.samples", "inference_usage": f"{name}.usage", "dead_letter": f"{name}.dlq",
-                                                     "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": 2}),
+                                                     "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": 2,
+                                                     "outcomes": f"{name}.outcomes"}),
             "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
             "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0}),
         }
@@ -55,6 +56,7 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_TOPICS__DEAD_LETTER": settings.topics.dead_letter,
         "GPULEDGER_TOPICS__BUDGET_ALERTS": settings.topics.budget_alerts,
         "GPULEDGER_TOPICS__BUDGET_STATUS": settings.topics.budget_status,
+        "GPULEDGER_TOPICS__OUTCOMES": settings.topics.outcomes,
         "GPULEDGER_TOPICS__PARTITIONS": str(settings.topics.partitions),
         "GPULEDGER_WORKER__APP_ID": settings.worker.app_id,
         "GPULEDGER_WORKER__ALLOCATE_EVERY_SECONDS": str(settings.worker.allocate_every_seconds),
