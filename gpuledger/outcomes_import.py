@@ -53,7 +53,7 @@ def parse_outcomes(path: Path) -> list[OutcomeEvent]:
     """Every row as an ``OutcomeEvent``, or ``ReferenceFileError`` listing every bad row."""
     text = _text(path)
     if path.suffix.lower() == ".csv":
-        rows, problems = _csv_rows(text), []
+        rows, problems = _csv_rows(text), list[str]()
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         rows, problems = _jsonl_rows(text, path)
     else:

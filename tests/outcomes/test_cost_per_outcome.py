@@ -28,7 +28,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner, Result
 
+from gpuledger import outcomes_cli
 from gpuledger.budgets import BudgetSpec, save
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import AckedSender, read_all
@@ -39,7 +41,15 @@ from inference.gateway_config import GatewayConfig
 from schemas import BudgetAlert, codec_for
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
-from tests.support import DEMO, ROOT, WorkerProcess, consumer_lag, isolated, settings_env, wait_until
+from tests.support import (
+    DEMO,
+    ROOT,
+    WorkerProcess,
+    consumer_lag,
+    isolated,
+    settings_env,
+    wait_until,
+)
 
 RUN = uuid.uuid4().hex[:8]
 SECRET = f"sk-support-{RUN}"
@@ -57,7 +67,7 @@ def api_cost(prompt: int, completion: int, sku: str = "gpt-4o-mini") -> Decimal:
 
 
 def trace_of(ticket: int) -> str:
-    return hashlib.md5(f"{RUN}-{ticket}".encode()).hexdigest()  # noqa: S324 - a test id, not security
+    return hashlib.md5(f"{RUN}-{ticket}".encode()).hexdigest()
 
 
 def link_of(ticket: int) -> str:
@@ -98,10 +108,16 @@ class World:
     def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         return connect(self.settings.clickhouse).query(sql, parameters=params).result_rows  # type: ignore[no-any-return]
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str) -> Result:
+        """``gpuledger outcomes ...`` in this process (a subprocess costs seconds of imports on a busy machine)."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(outcomes_cli, "get_settings", lambda: self.settings)
+            return CliRunner().invoke(outcomes_cli.app, list(args))
+
+    def subprocess_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **settings_env(self.settings, self.data_dir)}
         env.pop("GPULEDGER_CONFIG", None)
-        return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def _chat(client: httpx.Client, prompt: int, completion: int, headers: dict[str, str]) -> None:
@@ -167,8 +183,8 @@ def test_cost_per_success_is_the_kinds_whole_cost_over_its_successes_exactly(wor
     matched = dict(world.query("SELECT matched_by, count() FROM request_outcomes GROUP BY matched_by"))
     assert matched == {"request_id": 3 * 34, "trace": 3 * 33, "session": 3 * 33}
 
-    report = world.cli("outcomes", "report", "--by", "kind", "--format", "json")
-    assert report.returncode == 0, report.stderr
+    report = world.cli("report", "--by", "kind", "--format", "json")
+    assert report.exit_code == 0, report.output
     (row,) = json.loads(report.stdout)
     assert row["group"] == "ticket_resolved" and row["currency"] == "USD"
     assert (int(row["outcomes"]), int(row["successes"]), Decimal(row["cost"])) == (TICKETS, SUCCESSES, total)
@@ -190,7 +206,7 @@ def test_requests_no_outcome_names_show_as_coverage(world: World) -> None:
         "SELECT kind, sum(linked_cost), sum(project_cost), sum(linked_cost) / sum(project_cost) FROM outcome_coverage_daily "
         "WHERE org = 'support' GROUP BY kind")}
     assert coverage == {"ticket_resolved": (linked, linked + unlinked, Decimal("0.9")), "": (unlinked, linked + unlinked, Decimal("0.1"))}
-    report = world.cli("outcomes", "report", "--by", "team", "--format", "csv")
+    report = world.subprocess_cli("outcomes", "report", "--by", "team", "--format", "csv")
     assert report.returncode == 0, report.stderr
     assert "support/chatbot" in report.stdout and ",0.9000" in report.stdout
 
@@ -268,8 +284,8 @@ def test_import_is_all_or_nothing_and_lists_every_bad_row(world: World, tmp_path
         f"imp-{RUN}-1,ticket_resolved,support,2026-11-29T10:00:00Z,true,req-d,-3,USD\n"
     )
     before = len(asyncio.run(read_all(s.kafka, s.topics.outcomes)))
-    result = world.cli("outcomes", "import", str(bad))
-    assert result.returncode == 1
+    result = world.cli("import", str(bad))
+    assert result.exit_code == 1
     message = " ".join(result.stdout.split())
     assert "nothing imported" in message
     assert "row 2 (line 3): success" in message and "row 3 (line 4)" in message and "names none of its requests" in message
@@ -279,8 +295,8 @@ def test_import_is_all_or_nothing_and_lists_every_bad_row(world: World, tmp_path
     good = tmp_path / "good.jsonl"
     good.write_text("\n".join(json.dumps({**outcome_of(2), "outcome_id": f"imp-{RUN}-{n}", "kind": "csat_survey", "org": "support",
                                            "team": "chatbot", "project": "helpdesk", "occurred_at": datetime.now(UTC).isoformat()}) for n in range(2)) + "\n")
-    result = world.cli("outcomes", "import", str(good))
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = world.cli("import", str(good))
+    assert result.exit_code == 0, result.output
     wait_until(lambda: world.query("SELECT count() FROM outcomes FINAL WHERE kind = 'csat_survey'") == [(2,)], 30, "imported outcomes", world.worker)
     # Both name ticket 2's session; its requests stay with the earlier outcome, the ticket (one outcome per request).
     assert world.query("SELECT outcome_kind, count() FROM request_outcomes WHERE event_id IN "
