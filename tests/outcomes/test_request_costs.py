@@ -30,7 +30,7 @@ def test_gpu_requests_cost_their_token_share_of_each_window_and_gpu(stack_settin
     w1 = w0 + timedelta(seconds=60)
     usage = [  # event, end, gpus, prompt, completion, priced_as, api cost
         ("a", w0 + timedelta(seconds=10), ["GPU-x"], 800, 200, "gpu"),
-        ("b", w0 + timedelta(seconds=20), ["GPU-x"], 1500, 500, "gpu"),
+        ("b", w0 + timedelta(seconds=20), ["GPU-x"], 700, 300, "gpu"),
         ("c", w0 + timedelta(seconds=30), ["GPU-x", "GPU-y"], 900, 100, "gpu"),  # tensor parallel: a share on each GPU
         ("e", w1, ["GPU-x"], 400, 100, "gpu"),  # the first instant of the next window
         ("d", w0 + timedelta(seconds=40), [], 1200, 350, "api"),
@@ -42,9 +42,9 @@ def test_gpu_requests_cost_their_token_share_of_each_window_and_gpu(stack_settin
     ], column_names=["event_id", "request_start", "event_time", "key_id", "model", "backend", "gpu_uuids", "prompt_tokens", "completion_tokens",
                      "latency_ms", "status", "org", "team", "project", "cost_centre", "priced_as", "cost"])
     lines = [  # line, kind, window, gpu, event, share_tokens, cost
-        ("gpu:x:w0", "gpu", w0, "GPU-x", "", 4000, "0.02334375"),  # a + b + c on GPU-x
+        ("gpu:x:w0", "gpu", w0, "GPU-x", "", 3000, "0.02334375"),  # a + b + c on GPU-x: the README's search line
         ("gpu:y:w0", "gpu", w0, "GPU-y", "", 1000, "0.01"),  # c on GPU-y
-        ("gpu:x:w1", "gpu", w1, "GPU-x", "", 500, "0.001"),  # e
+        ("gpu:x:w1", "gpu", w1, "GPU-x", "", 1500, "0.001"),  # e and 1,000 tokens of requests not stored here
         ("api:d", "api", w0 + timedelta(seconds=40), "", "d", 0, "0.000315"),
     ]
     client.insert("ledger", [
@@ -57,12 +57,12 @@ def test_gpu_requests_cost_their_token_share_of_each_window_and_gpu(stack_settin
 
     costs = {event: (Decimal(cost), currency) for event, cost, currency in client.query("SELECT event_id, cost, currency FROM request_costs").result_rows}
     expected = {
-        "a": share("0.02334375", 1000, 4000),  # 0.0058359375 -> 0.005835937
-        "b": share("0.02334375", 2000, 4000),
-        "c": share("0.02334375", 1000, 4000) + share("0.01", 1000, 1000),
-        "e": share("0.001", 500, 500),
+        "a": share("0.02334375", 1000, 3000),
+        "b": share("0.02334375", 1000, 3000),
+        "c": share("0.02334375", 1000, 3000) + share("0.01", 1000, 1000),
+        "e": share("0.001", 500, 1500),  # 0.000333333(3): rounded toward zero
         "d": Decimal("0.000315"),
     }
     assert costs == {event: (cost, "USD") for event, cost in expected.items()}
-    assert costs["a"][0] == Decimal("0.005835937")
+    assert (costs["a"][0], costs["e"][0]) == (Decimal("0.00778125"), Decimal("0.000333333"))
     assert client.query("SELECT requests, cost FROM outcome_costs WHERE outcome_id = 'o1'").result_rows == [(2, expected["a"] + expected["c"])]
