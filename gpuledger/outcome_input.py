@@ -14,19 +14,13 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from gpuledger.limits import money_problem
+from gpuledger.limits import aware_utc, money_problem
 from schemas import OutcomeEvent
 
 MAX_ID = 256  # an outcome id, request id or session id (the gateway cuts request ids on usage events to this too)
 MAX_REQUEST_IDS = 10_000
 Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")]
-
-
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("needs a time zone, e.g. 2026-11-29T10:00:00Z")
-    return value.astimezone(UTC)
 
 
 def _fits_ledger(value: Decimal) -> Decimal:
@@ -46,7 +40,7 @@ class OutcomeIn(BaseModel):
     outcome_id: Identifier = Field(description="Unique per outcome; sending it again replaces it.")
     kind: Name = Field(description="What happened, e.g. ticket_resolved, pr_merged.")
     success: StrictBool
-    occurred_at: Annotated[datetime, AfterValidator(_aware)] = Field(default_factory=lambda: datetime.now(UTC))
+    occurred_at: Annotated[datetime, AfterValidator(aware_utc)] = Field(default_factory=lambda: datetime.now(UTC))
     org: str = Field("", max_length=MAX_ID)
     team: str = Field("", max_length=MAX_ID)
     project: str = Field("", max_length=MAX_ID)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gpuledger.kafka import AckedSender, ensure_topics
 from gpuledger.outcome_input import OutcomeIn, outcome_key
-from gpuledger.reference_import import ReferenceFileError, _text
+from gpuledger.reference_import import ReferenceFileError, _text, row_problems
 from gpuledger.settings import Settings
 from schemas import OutcomeEvent, codec_for
 
@@ -75,9 +75,7 @@ def parse_outcomes(path: Path) -> list[OutcomeEvent]:
         try:
             record = OutcomeIn.model_validate(row).record()
         except ValidationError as exc:
-            for error in exc.errors():
-                field = ".".join(str(p) for p in error["loc"]) or "row"
-                problems.append(f"{where}: {field}: {error['msg'].removeprefix('Value error, ')}")
+            problems += row_problems(where, exc)
             continue
         if not record.org:
             problems.append(f"{where}: org: required (which org the outcome belongs to)")
