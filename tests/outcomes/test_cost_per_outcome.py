@@ -38,7 +38,7 @@ from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
 from inference.gateway import create_app
 from inference.gateway_config import GatewayConfig
-from schemas import BudgetAlert, codec_for
+from schemas import BudgetAlert, OutcomeEvent, codec_for
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
 from tests.support import (
@@ -209,6 +209,8 @@ def test_requests_no_outcome_names_show_as_coverage(world: World) -> None:
     report = world.subprocess_cli("outcomes", "report", "--by", "team", "--format", "csv")
     assert report.returncode == 0, report.stderr
     assert "support/chatbot" in report.stdout and ",0.9000" in report.stdout
+    table = world.cli("report")  # the default: by kind, a rich table
+    assert table.exit_code == 0 and "ticket_resolved" in table.output and "0.9000" in table.output, table.output
 
 
 def test_replayed_usage_and_outcomes_change_nothing(world: World) -> None:
@@ -301,3 +303,27 @@ def test_import_is_all_or_nothing_and_lists_every_bad_row(world: World, tmp_path
     # Both name ticket 2's session; its requests stay with the earlier outcome, the ticket (one outcome per request).
     assert world.query("SELECT outcome_kind, count() FROM request_outcomes WHERE event_id IN "
                        f"(SELECT event_id FROM usage_events FINAL WHERE session_id = 'sess-{RUN}-2') GROUP BY outcome_kind") == [("ticket_resolved", 3)]
+
+
+def test_outcomes_the_worker_cannot_store_go_to_the_dead_letter_topic(world: World) -> None:
+    """Any producer can write the topic: a non-Avro message and an outcome without org are refused with their reason, not lost."""
+    s = world.settings
+    orphan = codec_for(OutcomeEvent).encode(OutcomeEvent(outcome_id=f"bad-{RUN}", kind="ticket_resolved", org="", occurred_at=datetime.now(UTC),
+                                                         success=True, session_id="s"))
+
+    async def send() -> None:
+        sender = AckedSender(s.kafka)
+        try:
+            await sender.send_all(s.topics.outcomes, [(b"garbage", b"not avro"), (f"bad-{RUN}".encode(), orphan)])
+        finally:
+            await sender.stop()
+
+    asyncio.run(send())
+
+    def refused() -> list[str]:
+        return [dict(m.headers)["x-reason"].decode() for m in asyncio.run(read_all(s.kafka, s.topics.dead_letter))
+                if dict(m.headers).get("x-origin-topic") == s.topics.outcomes.encode()]
+
+    reasons = wait_until(lambda: len(refused()) == 2 and refused(), 30, "two dead letters", world.worker)
+    assert any(r.startswith("decode:") for r in reasons) and "invalid: org is empty" in reasons
+    assert world.query(f"SELECT count() FROM outcomes FINAL WHERE outcome_id = 'bad-{RUN}'") == [(0,)]
