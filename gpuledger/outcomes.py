@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
 
 from clickhouse_connect.driver.client import Client
+from rich.table import Table
 
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
@@ -100,3 +101,23 @@ def outcome_figures(settings: Settings, since: date, until: date, by: By, client
         OutcomeFigures(g, currency, int(n), int(ok), int(requests), Decimal(cost), Decimal(value) if valued else None, *coverage.get(g, zero))
         for g, currency, n, ok, requests, cost, value, valued in rows
     ]
+
+
+def _shown(value: Decimal | int | None) -> str:
+    """Every significant digit up to the ledger's 9 places (a cost per outcome is often far below a cent), grouped."""
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value.normalize():,f}"
+
+
+def render_table(rows: list[OutcomeFigures], title: str) -> Table:
+    """The figures as a rich table; ``--format csv|json`` give the same with exact decimal strings."""
+    table = Table(title=title)
+    columns = ("outcomes", "successes", "requests", "cost", "cost_per_outcome", "cost_per_success", "value", "value_per_cost", "coverage")
+    table.add_column("group", no_wrap=True)
+    table.add_column("currency")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for row in rows:
+        table.add_row(row.group or "-", row.currency, *(_shown(getattr(row, c)) for c in columns))
+    return table

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from gpuledger.outcomes import outcome_figures
+from gpuledger.outcomes import outcome_figures, render_table
 from gpuledger.outcomes_import import import_outcomes
 from gpuledger.reference_import import ReferenceFileError
 from gpuledger.settings import get_settings
@@ -57,8 +57,9 @@ def report_command(
     """Cost per outcome and per successful outcome, value per cost and coverage (README, "Cost per outcome")."""
     start, end = _days(since, until)
     rows = outcome_figures(get_settings(), start, end, by.value)
-    output = render(rows, DERIVED, fmt.value, f"cost per outcome {start} to {end} (exclusive), per {by.value}")
-    if isinstance(output, str):
-        sys.stdout.write(output if output.endswith("\n") else output + "\n")
-    else:
-        console.print(output)
+    title = f"cost per outcome {start} to {end} (exclusive), per {by.value}"
+    if fmt.value == "table":
+        console.print(render_table(rows, title) if rows else f"no outcomes from {start} to {end} (exclusive)")
+        return
+    output = str(render(rows, DERIVED, fmt.value, title))
+    sys.stdout.write(output if output.endswith("\n") else output + "\n")

@@ -210,7 +210,7 @@ def test_requests_no_outcome_names_show_as_coverage(world: World) -> None:
     assert report.returncode == 0, report.stderr
     assert "support/chatbot" in report.stdout and ",0.9000" in report.stdout
     table = world.cli("report")  # the default: by kind, a rich table
-    assert table.exit_code == 0 and "ticket_resolved" in table.output and "0.9000" in table.output, table.output
+    assert table.exit_code == 0 and "ticket_resolved" in table.output and "0.000016875" in table.output and " 0.9 " in table.output, table.output
 
 
 def test_replayed_usage_and_outcomes_change_nothing(world: World) -> None:
