@@ -152,7 +152,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         labelled(REFUSALS, "route_not_found").inc()
-        message, code = f"Unknown route {request.method} {request.url.path}: this gateway serves {', '.join(ENDPOINTS)} , /v1/outcomes (POST) and /v1/models (GET).", "unknown_url"
+        message, code = f"Unknown route {request.method} {request.url.path}: this gateway serves {', '.join(ENDPOINTS)}, /v1/outcomes (POST) and /v1/models (GET).", "unknown_url"
     elif exc.status_code == 405:
         labelled(REFUSALS, "method_not_allowed").inc()
         message, code = f"{request.method} is not allowed on {request.url.path}; allowed: {(exc.headers or {}).get('Allow', 'none')}.", "method_not_allowed"
