@@ -48,6 +48,8 @@ class BudgetSpec(BaseModel):
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD.")
     thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100], min_length=1)
     mode: Literal["soft", "hard"] = "soft"
+    outcome_kind: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:/-]{0,127})?$",
+                              description="Set: a unit budget; amount caps the cost per successful outcome of this kind.")
 
     @field_validator("timezone")
     @classmethod
@@ -72,10 +74,17 @@ class BudgetSpec(BaseModel):
             raise ValueError("a project budget needs its team too (projects belong to teams in the org directory)")
         return self
 
+    @model_validator(mode="after")
+    def _unit_budget_is_soft(self) -> BudgetSpec:
+        """A cost per outcome is a ratio: blocking traffic on it would stop the requests that produce outcomes."""
+        if self.outcome_kind and (self.mode == "hard" or self.model):
+            raise ValueError("a unit budget (outcome_kind) alerts only: it cannot be hard nor limited to one model")
+        return self
+
     def record(self, now: datetime) -> Budget:
         return Budget(budget_id=self.id, org=self.org, team=self.team, project=self.project, model=self.model or None,
                       period=self.period, timezone=self.timezone, amount=self.amount, currency=self.currency,
-                      thresholds=self.thresholds, mode=self.mode, updated_at=now)
+                      thresholds=self.thresholds, mode=self.mode, updated_at=now, outcome_kind=self.outcome_kind)
 
 
 def parse_specs(entries: list[dict[str, Any]], source: str) -> list[BudgetSpec]:

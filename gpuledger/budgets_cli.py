@@ -55,10 +55,11 @@ def set_budget(
     currency: Annotated[str, typer.Option(help="ISO 4217 code; must be a currency of the price list.")] = "USD",
     thresholds: Annotated[str, typer.Option(help="Comma-separated alert percentages.")] = "50,80,100",
     mode: Annotated[str, typer.Option(help="soft (alerts only) or hard (the gateway refuses requests once exhausted).")] = "soft",
+    outcome_kind: Annotated[str, typer.Option(help="A unit budget: --amount caps the cost per successful outcome of this kind.")] = "",
 ) -> None:
     """Create or replace one budget (changing the amount re-arms its thresholds)."""
     entry: dict[str, Any] = {"id": budget_id, "org": org, "team": team, "project": project, "model": model, "period": period,
-                             "timezone": timezone, "amount": amount, "currency": currency, "mode": mode,
+                             "timezone": timezone, "amount": amount, "currency": currency, "mode": mode, "outcome_kind": outcome_kind,
                              "thresholds": [t.strip() for t in thresholds.split(",") if t.strip()]}
     with _refusal_exits():
         specs = parse_specs([entry], "the command line")

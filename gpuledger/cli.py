@@ -24,6 +24,7 @@ from gpuledger.data import DEMO
 from gpuledger.dead_letters_cli import app as dead_letters_app
 from gpuledger.export_cli import app as export_app
 from gpuledger.logs import configure_logging
+from gpuledger.outcomes_cli import app as outcomes_app
 from gpuledger.settings import Settings, SettingsError, config_file, get_settings, use_config_file
 from gpuledger.topics_cli import app as topics_app
 from gpuledger.topics_cli import create as create_topics
@@ -47,6 +48,7 @@ app.add_typer(budgets_app, name="budgets")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(topics_app, name="topics")
 app.add_typer(export_app, name="export")
+app.add_typer(outcomes_app, name="outcomes")
 app.command("ui")(ui_serve)
 console = Console(width=None if sys.stdout.isatty() else 150)  # pipes and CI logs get the full table
 

@@ -15,6 +15,7 @@ context (28 digits) would round, or raise, on products near the column's range.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Context, Decimal, InvalidOperation
 
 MAX_TOKENS = 10**12
@@ -50,3 +51,10 @@ def price_problem(value: Decimal | None) -> str | None:
         return (f"{value} is above the largest accepted price {MAX_PRICE:,} (with up to {MAX_TOKENS:,} tokens per "
                 f"request, a larger one could overflow the ledger's Decimal(38, 9))")
     return None
+
+
+def aware_utc(value: datetime) -> datetime:
+    """A time the ledger can place: it must name its zone (a bare time could be any); returned in UTC."""
+    if value.tzinfo is None:
+        raise ValueError("needs a time zone, e.g. 2026-01-01T00:00:00Z")
+    return value.astimezone(UTC)

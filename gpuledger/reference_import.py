@@ -10,7 +10,7 @@ kind+SKU+effective time), and prices the ledger cannot hold (``gpuledger.limits`
 from __future__ import annotations
 
 import csv
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpuledger.kafka import ensure_topics, publish_acked, read_records, table_topic
+from gpuledger.limits import aware_utc as _aware
 from gpuledger.limits import price_problem
 from gpuledger.settings import Settings
 from schemas import ModelEquivalent, OrgDirectory, Price, codec_for
@@ -27,12 +28,6 @@ from schemas.keys import equivalent_key, org_key, price_key
 
 class ReferenceFileError(ValueError):
     """A reference file that cannot be imported; the message lists every problem found."""
-
-
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("needs a time zone, e.g. 2026-01-01T00:00:00Z")
-    return value.astimezone(UTC)
 
 
 def _fits_ledger(value: Decimal) -> Decimal:
@@ -161,6 +156,11 @@ def _identity(record: Any) -> str:
     return f"{record.kind} {record.key!r}"
 
 
+def row_problems(where: str, exc: ValidationError) -> list[str]:
+    """One line per field a row got wrong: ``<where>: <field>: <what pydantic says>``."""
+    return [f"{where}: {'.'.join(str(p) for p in error['loc']) or 'row'}: {error['msg']}" for error in exc.errors()]
+
+
 def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | type[EquivalentRow]) -> list[Any]:
     """Every row as a typed record, or ReferenceFileError listing all bad rows."""
     problems, records, first = [], [], {}
@@ -168,9 +168,7 @@ def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | 
         try:
             record = model.model_validate(row).record()
         except ValidationError as exc:
-            for error in exc.errors():
-                where = ".".join(str(p) for p in error["loc"]) or "row"
-                problems.append(f"{path} row {number} (line {line}): {where}: {error['msg']}")
+            problems += row_problems(f"{path} row {number} (line {line})", exc)
             continue
         identity = _identity(record)
         if identity in first:

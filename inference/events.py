@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from gpuledger.sections.gateway import MAX_MODEL_CHARS
+from inference.asgi_body import Scope
 from inference.openai_usage import Usage
 from schemas import InferenceUsage
 
@@ -38,11 +41,54 @@ class Placement:
     gpu_uuids: list[str] = field(default_factory=list)
 
 
+class RequestContext(NamedTuple):
+    """What joins a request to the business outcomes it served (never any text of the request).
+
+    A NamedTuple: built on every metered request, and a frozen dataclass costs several times more to build.
+    """
+
+    client_request_id: str = ""
+    trace_id: str = ""
+    session_id: str = ""
+
+
+NO_CONTEXT = RequestContext()
+# W3C trace context: version-traceid-parentid-flags; an all-zero trace id is invalid.
+TRACEPARENT = re.compile(rb"^\s*[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+SESSION_HEADER = b"x-gpuledger-session-id"
+
+
+CONTEXT_HEADERS = frozenset({b"x-request-id", b"x-client-request-id", b"traceparent", SESSION_HEADER})
+
+
+def _id(value: bytes | None) -> str:
+    """A client-set id, trimmed and cut to ``MAX_MODEL_CHARS`` (never unbounded)."""
+    return value.strip().decode("latin-1")[:MAX_MODEL_CHARS] if value and value.strip() else ""
+
+
+def request_context(scope: Scope) -> RequestContext:
+    """The client's request id (``x-request-id``, else ``x-client-request-id``), W3C trace id (``traceparent``) and session id.
+
+    One pass over the headers (this runs on every metered request); none of them present: the shared empty context.
+    """
+    found = {name: value for name, value in scope["headers"] if name in CONTEXT_HEADERS}
+    if not found:
+        return NO_CONTEXT
+    traceparent = found.get(b"traceparent")
+    match = TRACEPARENT.match(traceparent.lower()) if traceparent else None
+    return RequestContext(
+        client_request_id=_id(found.get(b"x-request-id")) or _id(found.get(b"x-client-request-id")),
+        trace_id=match[1].decode() if match and match[1].strip(b"0") else "",
+        session_id=_id(found.get(SESSION_HEADER)),
+    )
+
+
 @dataclass(slots=True)
 class RequestMeter:
     """Clocks one request (wall time for the record, a monotonic clock for durations)."""
 
     endpoint: str
+    context: RequestContext = NO_CONTEXT
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
@@ -79,4 +125,7 @@ class RequestMeter:
             latency_ms=elapsed * 1000.0,
             status=status,
             endpoint=self.endpoint,
+            client_request_id=self.context.client_request_id,
+            trace_id=self.context.trace_id,
+            session_id=self.context.session_id,
         )

@@ -27,16 +27,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gpuledger.kafka import AckedSender
 from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import BodyTooLarge, ClientGone, Receive, Scope, Send, header, read_body
 from inference.auth import KeyRing
 from inference.budget_guard import BudgetGuard
 from inference.dialects import Dialect, dialect_for
 from inference.errors import error_body, send_json
-from inference.events import ENDPOINTS, Placement, RequestMeter
+from inference.events import ENDPOINTS, Placement, RequestMeter, request_context
 from inference.gateway_config import GatewayConfig, VirtualKey
 from inference.metrics import REFUSALS, REQUEST_DURATION, REQUESTS, labelled
 from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
+from inference.outcomes_route import OutcomesRoute
 from inference.publisher import UsagePublisher
 from inference.repeats import RecentIds
 from inference.routing import Router, Upstream
@@ -87,12 +89,15 @@ class Gateway:
         self.upstream: UpstreamClient | None = None
         self.budgets = BudgetGuard(settings.kafka, settings.topics.budget_status) if config.enforce_budgets else None
         self.refused = RecentIds()
+        self.outcome_sender = AckedSender(settings.kafka)
+        self.outcomes = OutcomesRoute(self.keys, self.outcome_sender, settings.topics.outcomes, max_body_bytes=config.max_body_bytes)
 
     def app(self) -> Starlette:
         routes = [Route(path, OpenAIRoute(self, path, endpoint), methods=["POST"]) for path, endpoint in ENDPOINTS.items()]
         routes += [
             Route("/v1/models", self.models, methods=["GET"]), Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]), Route("/health", health, methods=["GET"]),
+            Route("/v1/outcomes", self.outcomes.endpoint, methods=["POST"]),
         ]
         return Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error})
 
@@ -112,6 +117,7 @@ class Gateway:
                 await self.budgets.stop()
             await self.upstream.aclose()
             await self.publisher.close()
+            await self.outcome_sender.stop()
 
     async def models(self, request: Request) -> Response:
         key, _ = self.keys.authenticate(request.scope)
@@ -146,7 +152,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         labelled(REFUSALS, "route_not_found").inc()
-        message, code = f"Unknown route {request.method} {request.url.path}: this gateway serves {', '.join(ENDPOINTS)} (POST) and /v1/models (GET).", "unknown_url"
+        message, code = f"Unknown route {request.method} {request.url.path}: this gateway serves {', '.join(ENDPOINTS)}, /v1/outcomes (POST) and /v1/models (GET).", "unknown_url"
     elif exc.status_code == 405:
         labelled(REFUSALS, "method_not_allowed").inc()
         message, code = f"{request.method} is not allowed on {request.url.path}; allowed: {(exc.headers or {}).get('Allow', 'none')}.", "method_not_allowed"
@@ -174,7 +180,7 @@ class OpenAIRoute:
         await send_json(send, status, self.dialect.error_body(message, kind, code, param, status), headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        meter = RequestMeter(self.endpoint)
+        meter = RequestMeter(self.endpoint, request_context(scope))
         key, key_id = self.gw.keys.authenticate(scope)
         outcome = Outcome(key_id=key_id)
         try:

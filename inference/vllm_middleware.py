@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from gpuledger.settings import Settings, get_settings
 from inference.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
 from inference.dialects import Dialect, dialect_for
-from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret
+from inference.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, RequestMeter, key_id_for_secret, request_context
 from inference.meter_config import MeterSettings, placement
 from inference.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.publisher import UsagePublisher
@@ -82,7 +82,7 @@ class MeteredRequest:
     def __init__(self, mw: UsageMeteringMiddleware, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         self.mw, self.endpoint, self.scope, self.receive, self.send = mw, endpoint, scope, receive, send
         self.dialect: Dialect = dialect_for(endpoint)
-        self.meter = RequestMeter(endpoint)
+        self.meter = RequestMeter(endpoint, request_context(scope))
         self.body = b""
         self.replayed = False
         self.status = 0

@@ -43,6 +43,7 @@ REGISTRY: dict[int, str] = {
     15: "budget_alert.v3",
     16: "inference_usage.v4",
     17: "outcome_event.v1",
+    18: "budget.v2",
 }
 
 # The version each typed record is read as and written with.
@@ -53,7 +54,7 @@ CURRENT: dict[type, int] = {
     records.Price: 5,
     records.LedgerLine: 13,
     records.BudgetAlert: 15,
-    records.Budget: 8,
+    records.Budget: 18,
     records.BudgetStatus: 10,
     records.ModelEquivalent: 14,
     records.OutcomeEvent: 17,

@@ -213,12 +213,14 @@ class Budget:
     timezone: str = "UTC"
     thresholds: list[int] = field(default_factory=lambda: [50, 80, 100])
     mode: str = "soft"
+    outcome_kind: str = ""
 
     @property
     def scope(self) -> str:
-        """``org[/team[/project]]``, plus `` model=<m>`` for a per-model budget: how people name it."""
+        """``org[/team[/project]]``, plus `` model=<m>`` for a per-model budget, `` per successful <kind>`` for a unit budget."""
         path = "/".join(p for p in (self.org, self.team, self.project) if p)
-        return f"{path} model={self.model}" if self.model else path
+        path = f"{path} model={self.model}" if self.model else path
+        return f"{path} per successful {self.outcome_kind}" if self.outcome_kind else path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,13 +27,14 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import AckedSender, client_options
 from gpuledger.migrate import PARAMETERS
 from gpuledger.settings import Settings
-from schemas import GpuSample, InferenceUsage, OrgDirectory, codec_for
+from schemas import GpuSample, InferenceUsage, OrgDirectory, OutcomeEvent, codec_for
 from streams import metrics, reference
 from streams.allocator import GpuAllocator
 from streams.batching import EventBatcher
 from streams.budgets.evaluator import BudgetEvaluator, Topics
 from streams.enrich import price_usage, resolve_payer
 from streams.ingest import DeadLetters, Ingest, Rows
+from streams.outcomes import OUTCOME_COLUMNS, outcome_problem, outcome_row
 from streams.pricing import EquivalentBook, PriceBook
 from streams.shutdown import GracefulWorker
 from streams.sink import (
@@ -183,6 +184,11 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     )
     batched(usage_topic, "usage", usage_ingest)
     batched(samples_topic, "samples", samples_ingest)
+    batched(app.topic(settings.topics.outcomes, value_serializer="raw", key_serializer="raw"), "outcomes", Ingest(
+        decode=codec_for(OutcomeEvent).decode, check=lambda o: outcome_problem(o, now(), times),
+        prepare=lambda event, o, _: {"outcomes": [outcome_row(o, event.message.partition, event.message.offset)]},
+        tables=(("outcomes", OUTCOME_COLUMNS),), sink=sink, refuse=DeadLetters(sender, settings.topics.dead_letter),
+    ))
 
     allocator = GpuAllocator(
         client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,

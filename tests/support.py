@@ -36,6 +36,7 @@ def isolated(base: Settings, name: str) -> Settings:
         update={
             "topics": base.topics.model_copy(update={"gpu_samples": f"{name}.samples", "inference_usage": f"{name}.usage", "dead_letter": f"{name}.dlq",
                                                      "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": 2,
+                                                     "outcomes": f"{name}.outcomes",
                                                      **{table: f"gpl-{name}-{table}-changelog" for table in REFERENCE_TABLES}}),
             "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
             "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0}),
@@ -57,6 +58,7 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_TOPICS__DEAD_LETTER": settings.topics.dead_letter,
         "GPULEDGER_TOPICS__BUDGET_ALERTS": settings.topics.budget_alerts,
         "GPULEDGER_TOPICS__BUDGET_STATUS": settings.topics.budget_status,
+        "GPULEDGER_TOPICS__OUTCOMES": settings.topics.outcomes,
         "GPULEDGER_TOPICS__PARTITIONS": str(settings.topics.partitions),
         **{f"GPULEDGER_TOPICS__{table.upper()}": getattr(settings.topics, table) for table in REFERENCE_TABLES},
         "GPULEDGER_WORKER__APP_ID": settings.worker.app_id,

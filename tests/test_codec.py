@@ -124,3 +124,13 @@ def test_trailing_garbage_is_rejected() -> None:
     codec = codec_for(OrgDirectory)
     with pytest.raises(DecodeError, match="trailing bytes"):
         codec.decode(codec.encode(EXAMPLES[2]) + b"zz")
+
+
+def test_budget_v1_reads_as_a_spending_budget_and_v2_keeps_its_outcome_kind() -> None:
+    """Budgets on the compacted topic written before unit budgets (v1, id 8) still read, as spending budgets."""
+    codec = codec_for(Budget)
+    old = Budget(budget_id="b", org="o", period="week", amount=Decimal("1"), currency="USD", updated_at=T0)
+    assert codec.decode(codec.encode(old, schema_id=8)) == old
+    unit = Budget(budget_id="u", org="o", team="t", period="week", amount=Decimal("0.40"), currency="USD", updated_at=T0, outcome_kind="ticket_resolved")
+    assert codec.decode(codec.encode(unit)) == unit
+    assert unit.scope == "o/t per successful ticket_resolved"

@@ -40,6 +40,7 @@ from streams.budgets.rules import (
     threshold_alert_id,
 )
 from streams.budgets.spend import Probe, measure, top_spenders
+from streams.budgets.unit import measure_all, measure_units, unit_message
 from streams.sink import ClickHouseSink, version_now
 
 log = structlog.get_logger()
@@ -101,8 +102,10 @@ class BudgetEvaluator:
         probes = self._probes(budgets, now)
         s = self.settings
         figures = await asyncio.to_thread(
-            measure, self.client, self.database, probes, now,
-            forecast_window=timedelta(minutes=s.forecast_window_minutes), baseline_hours=s.spike_baseline_hours,
+            measure_all, probes,
+            lambda spending: measure(self.client, self.database, spending, now,
+                                     forecast_window=timedelta(minutes=s.forecast_window_minutes), baseline_hours=s.spike_baseline_hours),
+            lambda units: measure_units(self.client, self.database, units),
         )
         raised = await asyncio.to_thread(self._raised_since, min((p.period_start for p in probes), default=now))
         due = [(probe, f, *d) for probe, f in zip(probes, figures, strict=True) for d in self._due(probe.budget, f, now) if d[0] not in raised]
@@ -163,6 +166,8 @@ class BudgetEvaluator:
 
     def _message(self, b: Budget, f: Figures, kind: str, breach: datetime | None) -> str:
         s = self.settings
+        if b.outcome_kind:
+            return unit_message(b, f)
         if kind == "forecast" and breach is not None:
             hourly = f.recent / Decimal(s.forecast_window_minutes) * 60
             return (f"At the last {s.forecast_window_minutes} min's run rate ({_money(hourly, b.currency)}/h), {b.scope} "

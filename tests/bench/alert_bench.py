@@ -49,7 +49,7 @@ from tests.budgets.conftest import noon_zone  # noqa: E402
 from tests.notifier.fake_slack import FakeSlack  # noqa: E402
 from tests.support import ROOT as REPO, WorkerProcess, isolated, settings_env  # noqa: E402
 
-DEMO = REPO / "deploy" / "local" / "demo"
+DEMO = REPO / "gpuledger" / "data" / "demo"
 TEAMS = 20
 STEPS = 10  # thresholds 10..100 %, one 3.00 USD event each
 HEADLINE = re.compile(r"Budget (\d+)% threshold reached: benchorg/(t\d+) ")

@@ -155,3 +155,15 @@ async def test_a_stream_the_openai_sdk_closes_after_done_is_ok(vllm_url: str, ta
         reset.done_delay_s = 0.0
     [event] = await tap.events(mine(secret), 1)
     assert (event.status, event.prompt_tokens, event.completion_tokens, event.usage_estimated) == ("ok", 3, 3, False)
+
+
+async def test_request_trace_and_session_ids_reach_the_event(vllm_url: str, tap: UsageTap, secret: str) -> None:
+    """What cost per outcome joins on, read from the client's headers by the middleware itself."""
+    trace = uuid.uuid4().hex
+    headers = {"Authorization": f"Bearer {secret}", "x-request-id": "req-vllm-1", "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+               "x-gpuledger-session-id": "chat-9"}
+    async with httpx.AsyncClient(base_url=vllm_url, headers=headers) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "llama-8b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200
+    [event] = await tap.events(mine(secret), 1)
+    assert (event.client_request_id, event.trace_id, event.session_id) == ("req-vllm-1", trace, "chat-9")
