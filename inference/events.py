@@ -53,7 +53,8 @@ class RequestMeter:
         if self.first_byte is None:
             self.first_byte = time.perf_counter()
 
-    def event(self, *, key_id: str, model: str, placement: Placement, usage: Usage | None, status: str, streamed: bool) -> InferenceUsage:
+    def event(self, *, key_id: str, model: str, placement: Placement, usage: Usage | None, status: str, streamed: bool,
+              requested_model: str = "", route_rule: str = "", baseline_model: str = "") -> InferenceUsage:
         """The finished request as an event; TTFT only for streams, where the first chunk is the first token.
 
         A JSON answer's first byte comes after its last token: as "TTFT" it would repeat latency_ms
@@ -80,4 +81,7 @@ class RequestMeter:
             latency_ms=elapsed * 1000.0,
             status=status,
             endpoint=self.endpoint,
+            requested_model=requested_model,
+            route_rule=route_rule,
+            baseline_model=baseline_model,
         )
