@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from rich.table import Table
@@ -12,6 +12,11 @@ from rich.table import Table
 from gpuledger.clickhouse import connect
 from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import Settings
+from gpuledger.unit_costs import render as render_rows
+from streams.store.savings import SavingsRow, savings
+
+# The SavingsRow fields a total row adds up, each with its zero.
+SUMMED = (("requests", 0), ("unpriced_requests", 0), ("tokens", 0), ("actual_cost", Decimal(0)), ("counterfactual_cost", Decimal(0)), ("savings", Decimal(0)))
 
 
 @dataclass(frozen=True)
@@ -127,3 +132,11 @@ def render_gpu_teams(rows: list[GpuTeamRow], currency: str) -> Table:
     for row in rows:
         table.add_row(row.org, row.team or "-", _usd(row.inference), _usd(row.workloads), _usd(row.idle), _usd(row.adjustment), _usd(row.total))
     return table
+
+
+def render_savings(settings: Settings, since: date, until: date, by: str, fmt: str) -> str | Table:
+    """``gpuledger report --savings``: the routing savings of [since, until) per group, alias and rule, with a total row."""
+    rows = savings(settings, since, until, by)  # type: ignore[arg-type]
+    total = SavingsRow("TOTAL", "", "", *(sum((getattr(r, f) for r in rows), start) for f, start in SUMMED))
+    title = f"routing savings {since} to {until} (exclusive), {settings.currency}: baseline cost - actual cost"
+    return render_rows([*rows, total] if rows else rows, (), fmt, title)  # type: ignore[arg-type]
