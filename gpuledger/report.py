@@ -15,9 +15,6 @@ from gpuledger.settings import Settings
 from gpuledger.unit_costs import render as render_rows
 from streams.store.savings import SavingsRow, savings
 
-# The SavingsRow fields a total row adds up, each with its zero.
-SUMMED = (("requests", 0), ("unpriced_requests", 0), ("tokens", 0), ("actual_cost", Decimal(0)), ("counterfactual_cost", Decimal(0)), ("savings", Decimal(0)))
-
 
 @dataclass(frozen=True)
 class SpendRow:
@@ -137,6 +134,7 @@ def render_gpu_teams(rows: list[GpuTeamRow], currency: str) -> Table:
 def render_savings(settings: Settings, since: date, until: date, by: str, fmt: str) -> str | Table:
     """``gpuledger report --savings``: the routing savings of [since, until) per group, alias and rule, with a total row."""
     rows = savings(settings, since, until, by)  # type: ignore[arg-type]
-    total = SavingsRow("TOTAL", "", "", *(sum((getattr(r, f) for r in rows), start) for f, start in SUMMED))
+    total = SavingsRow("TOTAL", "", "", sum(r.requests for r in rows), sum(r.unpriced_requests for r in rows), sum(r.tokens for r in rows),
+                       *(sum((getattr(r, f) for r in rows), Decimal(0)) for f in ("actual_cost", "counterfactual_cost", "savings")))
     title = f"routing savings {since} to {until} (exclusive), {settings.currency}: baseline cost - actual cost"
     return render_rows([*rows, total] if rows else rows, (), fmt, title)  # type: ignore[arg-type]

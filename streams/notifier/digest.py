@@ -19,14 +19,30 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import structlog
-from slack_sdk.models.blocks import Block, ContextBlock, DividerBlock, HeaderBlock, MarkdownTextObject, PlainTextObject, SectionBlock
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
 
 from gpuledger.kafka import read_records
 from gpuledger.settings import Settings
 from schemas import BudgetStatus
 from streams.notifier.routing import route_for
 from streams.notifier.settings import WEEKDAYS, DigestSchedule, NotifierSettings
-from streams.notifier.slack import RetryPolicy, Sleep, _cut, escape, money, period_text, post_with_retry
+from streams.notifier.slack import (
+    RetryPolicy,
+    Sleep,
+    _cut,
+    escape,
+    money,
+    period_text,
+    post_with_retry,
+)
 from streams.notifier.state import DeliveryState
 from streams.store.digest import TeamWeek, team_week
 

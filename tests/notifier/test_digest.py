@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from tests.support import isolated
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)  # Monday 09:00 in Berlin: the week of 23-29 Nov is due
 WEEK_START = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)  # Monday 23 Nov 00:00 in Berlin
-BERLIN = DigestSchedule(scope="acme/ml", weekday="monday", at="09:00", timezone="Europe/Berlin")  # type: ignore[arg-type]
+BERLIN = DigestSchedule(scope="acme/ml", weekday="monday", at=time(9), timezone="Europe/Berlin")
 
 
 def test_the_due_week_is_the_last_full_local_week() -> None:
@@ -41,7 +41,7 @@ def test_the_due_week_is_the_last_full_local_week() -> None:
     # Summer time ended on Sunday 25 Oct 2026: that week has 169 hours, midnight to midnight in Berlin.
     autumn = due_week(BERLIN, datetime(2026, 10, 26, 12, tzinfo=UTC))
     assert (autumn.start, autumn.end) == (datetime(2026, 10, 18, 22, tzinfo=UTC), datetime(2026, 10, 25, 23, tzinfo=UTC))
-    friday = due_week(DigestSchedule(scope="acme/ml", weekday="friday", timezone="America/New_York"), NOW)  # type: ignore[arg-type]
+    friday = due_week(DigestSchedule(scope="acme/ml", weekday="friday", at=time(9), timezone="America/New_York"), NOW)
     assert friday.end == datetime(2026, 11, 23, 5, tzinfo=UTC)  # Friday 27 Nov 09:00 not reached: the week of 16-22 Nov
 
 

@@ -34,7 +34,14 @@ from inference.gateway_config import GatewayConfig
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
 from tests.inference.usage_tap import UsageTap
-from tests.support import ROOT, WorkerProcess, consumer_lag, isolated, settings_env, wait_until
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    consumer_lag,
+    isolated,
+    settings_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.engines
 RUN = uuid.uuid4().hex[:8]
@@ -134,7 +141,7 @@ async def test_100_small_20_large_5_fallbacks_save_the_hand_computed_figure_and_
 
     got = wait_until(all_priced, 60, "125 priced requests", worker)
     assert got == want
-    total = sum(v[3] for v in got.values())
+    total = sum((v[3] for v in got.values()), Decimal(0))
     assert total == Decimal("0.7413")  # 0.7614 + 0 - 0.0201, computed on paper (README "Routing savings")
     assert total.quantize(Decimal("0.01")) == Decimal("0.74")
 
@@ -156,7 +163,7 @@ async def test_100_small_20_large_5_fallbacks_save_the_hand_computed_figure_and_
         await asyncio.sleep(0.5)
     assert figures(settings) == want
 
-    report = subprocess.run([sys.executable, "-m", "gpuledger.cli", "report", "--savings", "--by", "team", "--format", "json"],
+    report = subprocess.run(check=False, args=[sys.executable, "-m", "gpuledger.cli", "report", "--savings", "--by", "team", "--format", "json"],
                             env={**os.environ, **settings_env(settings, tmp_path)}, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert report.returncode == 0, report.stdout + report.stderr
     rows = {(r["group"], r["route_rule"]): r for r in json.loads(report.stdout)}
