@@ -19,6 +19,7 @@ Guarantee, per alert:
   idempotency key, so that window can be made small (it is: one local fsync) but
   not zero. The ledger is local: run one notifier per consumer group (or give the
   instances a shared ``state_dir``), or a rebalance could repost an alert.
+* Weekly digests (``digest.DigestSender``) run beside the alert loop and go through the same ledger.
 """
 
 from __future__ import annotations
