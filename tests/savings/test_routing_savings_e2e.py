@@ -163,8 +163,9 @@ async def test_100_small_20_large_5_fallbacks_save_the_hand_computed_figure_and_
         await asyncio.sleep(0.5)
     assert figures(settings) == want
 
-    report = subprocess.run(check=False, args=[sys.executable, "-m", "gpuledger.cli", "report", "--savings", "--by", "team", "--format", "json"],
-                            env={**os.environ, **settings_env(settings, tmp_path)}, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    report = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gpuledger.cli", "report", "--savings", "--by", "team", "--format", "json"],
+        check=False, env={**os.environ, **settings_env(settings, tmp_path)}, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert report.returncode == 0, report.stdout + report.stderr
     rows = {(r["group"], r["route_rule"]): r for r in json.loads(report.stdout)}
     assert Decimal(rows[("acme/support", "fallback:1")]["savings"]) == want["fallback:1"][3] == Decimal("-0.0201")
