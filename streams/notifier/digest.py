@@ -29,12 +29,14 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from gpuledger.clickhouse import connect
 from gpuledger.kafka import read_records
 from gpuledger.settings import Settings
 from schemas import BudgetStatus
 from streams.notifier.routing import route_for
 from streams.notifier.settings import WEEKDAYS, DigestSchedule, NotifierSettings
 from streams.notifier.slack import (
+    TENTH,
     RetryPolicy,
     Sleep,
     _cut,
@@ -47,7 +49,6 @@ from streams.notifier.state import DeliveryState
 from streams.store.digest import TeamWeek, team_week
 
 log = structlog.get_logger("gpuledger.notifier")
-TENTH = Decimal("0.1")
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,6 @@ class DigestSender:
         return outcome.status
 
     async def _figures(self, week: Week) -> tuple[TeamWeek, list[BudgetStatus]]:
-        from gpuledger.clickhouse import connect
-
         org, team = week.scope.split("/")
         ch = self.settings.clickhouse
 
