@@ -92,7 +92,8 @@ def fleet(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def chat(words: int) -> dict[str, object]:
-    return {"model": "auto", "max_tokens": COMPLETION, "messages": [{"role": "user", "content": " ".join(["lorem"] * words)}]}
+    """Long prompts are streamed (SSE): the route fields and the usage must come through both paths."""
+    return {"model": "auto", "max_tokens": COMPLETION, "messages": [{"role": "user", "content": " ".join(["lorem"] * words)}], "stream": words == LONG}
 
 
 def figures(settings: Settings) -> dict[str, tuple[int, Decimal, Decimal, Decimal]]:
