@@ -124,6 +124,19 @@ def _standing(status: BudgetStatus) -> str:
 Figures = Callable[[Week], Awaitable[tuple[TeamWeek, list[BudgetStatus]]]]
 
 
+async def read_figures(settings: Settings, outcomes_view: str, week: Week) -> tuple[TeamWeek, list[BudgetStatus]]:
+    """The team's week from ClickHouse and its budgets' latest standings from the compacted status topic."""
+    org, team = week.scope.split("/")
+    ch = settings.clickhouse
+
+    def read() -> TeamWeek:
+        return team_week(connect(ch), ch.database, org, team, week.start, week.end, outcomes_view)
+
+    statuses = await read_records(settings.kafka, settings.topics.budget_status, BudgetStatus)
+    mine = sorted((s for s in statuses if s.org == org and s.team == team), key=lambda s: s.budget_id)
+    return await asyncio.to_thread(read), mine
+
+
 class DigestSender:
     """Posts each team's due digest once, recording it in the notifier's delivery ledger."""
 
@@ -131,7 +144,7 @@ class DigestSender:
                  sleep: Sleep, figures: Figures | None = None) -> None:
         """``sleep(s)`` waits and returns True when the notifier is stopping (the runner's ``wait_or_stop``)."""
         self.settings, self.ns, self.state, self.client, self.sleep = settings, ns, state, client, sleep
-        self.figures = figures or self._figures
+        self.figures = figures or (lambda week: read_figures(settings, ns.digest_outcomes_view, week))
         self.policy = RetryPolicy(ns.max_attempts, ns.backoff_base_s, ns.backoff_max_s, ns.max_retry_after_s)
 
     async def send_due(self, now: datetime) -> list[str]:
@@ -161,17 +174,6 @@ class DigestSender:
             self.state.finish(week.digest_id, outcome.status, target.name, outcome.detail)
         bound.info(f"digest {outcome.status}", route=target.name, attempts=outcome.attempts, http_status=outcome.http_status)
         return outcome.status
-
-    async def _figures(self, week: Week) -> tuple[TeamWeek, list[BudgetStatus]]:
-        org, team = week.scope.split("/")
-        ch = self.settings.clickhouse
-
-        def read() -> TeamWeek:
-            return team_week(connect(ch), ch.database, org, team, week.start, week.end, self.ns.digest_outcomes_view)
-
-        statuses = await read_records(self.settings.kafka, self.settings.topics.budget_status, BudgetStatus)
-        mine = sorted((s for s in statuses if s.org == org and s.team == team), key=lambda s: s.budget_id)
-        return await asyncio.to_thread(read), mine
 
     async def run(self) -> None:
         """Check every ``digest_check_s`` until stopped; a failure (ClickHouse down) is logged and retried at the next check."""

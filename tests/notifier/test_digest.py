@@ -5,6 +5,10 @@ be reached from here; ``FakeSlack`` answers as incoming webhooks do)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -26,7 +30,7 @@ from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row, usage_row
 from streams.store.digest import team_week
 from tests.notifier.conftest import Running, notifier_settings, wait_until
 from tests.notifier.fake_slack import FakeSlack
-from tests.support import isolated
+from tests.support import ROOT, isolated, settings_env
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)  # Monday 09:00 in Berlin: the week of 23-29 Nov is due
 WEEK_START = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)  # Monday 23 Nov 00:00 in Berlin
@@ -147,3 +151,19 @@ async def test_the_running_notifier_posts_the_due_digest_once(week_data: Setting
     await second.shutdown()
     [message] = slack.messages(hook)
     assert message["blocks"][-1]["elements"][0]["text"] == f"digest `{due_week(BERLIN, datetime.now(UTC)).digest_id}`"
+
+
+def test_preview_digest_prints_a_teams_message_and_refuses_a_bad_zone(week_data: Settings, tmp_path: Path) -> None:
+    env = {**os.environ, **settings_env(week_data, tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gpuledger.cli", "notifier", "preview-digest", *args], env=env, capture_output=True,
+                              text=True, cwd=ROOT, timeout=60, check=False)
+
+    ok = cli("--scope", "acme/ml", "--timezone", "Europe/Berlin")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    message = json.loads(ok.stdout)
+    assert message["blocks"][0]["text"]["text"] == "Weekly AI spend: acme/ml"
+    assert sections(message)["Budgets"] == "ml-weekly (acme/ml): 40.00 USD of 100.00 USD (40.0%)"
+    bad = cli("--scope", "acme/ml", "--timezone", "Mars/Olympus")
+    assert bad.returncode == 1 and "unknown time zone 'Mars/Olympus'" in bad.stdout
