@@ -224,10 +224,13 @@ def report(
 
     settings = _settings()
     if savings:
-        from gpuledger.report import render_savings
+        from gpuledger.unit_costs import render as render_rows
+        from streams.store.savings import savings as routing_savings
+        from streams.store.savings import with_total
 
         start, end = _range(since, until)
-        _show(render_savings(settings, start, end, GroupBy(by).value, OutputFormat(fmt).value))
+        found = with_total(routing_savings(settings, start, end, GroupBy(by).value))
+        _show(render_rows(found, (), OutputFormat(fmt).value, f"routing savings {start} to {end} (exclusive), {settings.currency}: baseline cost - actual cost"))
         return
     expected = json.loads(truth.read_text())["orgs"] if truth else None
     deadline = time.monotonic() + wait

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from rich.table import Table
@@ -12,8 +12,6 @@ from rich.table import Table
 from gpuledger.clickhouse import connect
 from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import Settings
-from gpuledger.unit_costs import render as render_rows
-from streams.store.savings import SavingsRow, savings
 
 
 @dataclass(frozen=True)
@@ -129,12 +127,3 @@ def render_gpu_teams(rows: list[GpuTeamRow], currency: str) -> Table:
     for row in rows:
         table.add_row(row.org, row.team or "-", _usd(row.inference), _usd(row.workloads), _usd(row.idle), _usd(row.adjustment), _usd(row.total))
     return table
-
-
-def render_savings(settings: Settings, since: date, until: date, by: str, fmt: str) -> str | Table:
-    """``gpuledger report --savings``: the routing savings of [since, until) per group, alias and rule, with a total row."""
-    rows = savings(settings, since, until, by)  # type: ignore[arg-type]
-    total = SavingsRow("TOTAL", "", "", sum(r.requests for r in rows), sum(r.unpriced_requests for r in rows), sum(r.tokens for r in rows),
-                       *(sum((getattr(r, f) for r in rows), Decimal(0)) for f in ("actual_cost", "counterfactual_cost", "savings")))
-    title = f"routing savings {since} to {until} (exclusive), {settings.currency}: baseline cost - actual cost"
-    return render_rows([*rows, total] if rows else rows, (), fmt, title)  # type: ignore[arg-type]

@@ -50,3 +50,11 @@ def savings(settings: Settings, since: date, until: date, by: By = "team", *, or
         parameters={"since": since, "until": until, "org": org, "team": team},
     ).result_rows
     return [SavingsRow(g, a, r, int(n), int(u), int(t), Decimal(ac), Decimal(cf), Decimal(s)) for g, a, r, n, u, t, ac, cf, s in rows]
+
+
+def with_total(rows: list[SavingsRow]) -> list[SavingsRow]:
+    """The rows and a TOTAL row adding them up (none when there are no rows)."""
+    if not rows:
+        return rows
+    money = [sum((getattr(r, f) for r in rows), Decimal(0)) for f in ("actual_cost", "counterfactual_cost", "savings")]
+    return [*rows, SavingsRow("TOTAL", "", "", sum(r.requests for r in rows), sum(r.unpriced_requests for r in rows), sum(r.tokens for r in rows), *money)]
