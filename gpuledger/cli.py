@@ -222,11 +222,22 @@ def _minute_floor(t: datetime) -> datetime:
 def report(
     truth: Annotated[Path | None, typer.Option(help="Compare per-org totals with a simulation's ground truth.")] = None,
     wait: Annotated[float, typer.Option(help="With --truth: wait up to this many seconds for the ledger to match.")] = 0.0,
+    savings: Annotated[bool, typer.Option("--savings", help="Routing savings instead: per group, alias and rule, actual vs baseline cost.")] = False,
+    since: Since = None, until: Until = None, by: ByOption = "team", fmt: FormatOption = "table",  # type: ignore[assignment] # enums defined below
 ) -> None:
-    """Spend by org and model, with totals, from the ledger in ClickHouse."""
+    """Spend by org and model, with totals, from the ledger in ClickHouse (``--savings``: what routing saved; --since/--until/--by/--format apply to it)."""
     from gpuledger.report import gpu_spend_by_team, org_totals, render, render_gpu_teams, spend_by_org_model
 
     settings = _settings()
+    if savings:
+        from gpuledger.unit_costs import render as render_rows
+        from streams.store.savings import savings as routing_savings
+        from streams.store.savings import with_total
+
+        start, end = _range(since, until)
+        found = with_total(routing_savings(settings, start, end, GroupBy(by).value))
+        _show(render_rows(found, (), OutputFormat(fmt).value, f"routing savings {start} to {end} (exclusive), {settings.currency}: baseline cost - actual cost"))
+        return
     expected = json.loads(truth.read_text())["orgs"] if truth else None
     deadline = time.monotonic() + wait
     rows = spend_by_org_model(settings)

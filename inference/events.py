@@ -98,7 +98,8 @@ class RequestMeter:
         if self.first_byte is None:
             self.first_byte = time.perf_counter()
 
-    def event(self, *, key_id: str, model: str, placement: Placement, usage: Usage | None, status: str, streamed: bool) -> InferenceUsage:
+    def event(self, *, key_id: str, model: str, placement: Placement, usage: Usage | None, status: str, streamed: bool,
+              requested_model: str = "", route_rule: str = "", baseline_model: str = "") -> InferenceUsage:
         """The finished request as an event; TTFT only for streams, where the first chunk is the first token.
 
         A JSON answer's first byte comes after its last token: as "TTFT" it would repeat latency_ms
@@ -128,4 +129,7 @@ class RequestMeter:
             client_request_id=self.context.client_request_id,
             trace_id=self.context.trace_id,
             session_id=self.context.session_id,
+            requested_model=requested_model,
+            route_rule=route_rule,
+            baseline_model=baseline_model,
         )

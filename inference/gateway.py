@@ -76,6 +76,9 @@ class Outcome:
     complete: bool = False  # the client has been sent everything that matters (a stream: its final event)
     started: bool = False  # the response has started: errors can no longer be answered with a status
     metered: bool = True  # False: an unauthenticated refusal, or a repeat of a refusal already metered
+    requested_model: str = ""  # the alias or model the client asked for
+    route_rule: str = ""  # the rule, default, forced or fallback:<n> that chose the backend
+    baseline_model: str = ""  # the model it would have gone to without tiering
 
 
 class Gateway:
@@ -205,7 +208,8 @@ class OpenAIRoute:
             labelled(REQUESTS, self.endpoint, outcome.status).inc()
             labelled(REQUEST_DURATION, self.endpoint).observe(time.perf_counter() - meter.started)
             if outcome.metered:
-                self.gw.publisher.submit(meter.event(key_id=outcome.key_id, model=outcome.model, placement=outcome.placement, usage=outcome.usage, status=outcome.status, streamed=outcome.streamed))
+                self.gw.publisher.submit(meter.event(key_id=outcome.key_id, model=outcome.model, placement=outcome.placement, usage=outcome.usage, status=outcome.status, streamed=outcome.streamed,
+                                                         requested_model=outcome.requested_model, route_rule=outcome.route_rule, baseline_model=outcome.baseline_model))
 
     async def _admit(self, scope: Scope, receive: Receive, outcome: Outcome) -> tuple[dict[str, Any], bytes]:
         """Read and validate the body; raises ``Rejected`` with a message that says what to fix."""
@@ -263,12 +267,12 @@ class OpenAIRoute:
             watcher.cancel()
 
     async def _forward(self, scope: Scope, send: Send, key: VirtualKey, request: dict[str, Any], body: bytes, outcome: Outcome, meter: RequestMeter) -> None:
-        resolved = self.gw.router.resolve(outcome.model, request, scope)
-        if resolved is None:
+        asked = outcome.requested_model = outcome.model
+        route = self.gw.router.resolve(outcome.model, request, scope)
+        if route is None:
             raise Rejected(404, f"The model '{outcome.model}' does not exist on this gateway; choose one of: {', '.join(self.gw.router.names())}.",
                            param="model", code="model_not_found", reason="model_not_found")
-        asked = outcome.model
-        outcome.model, upstreams = resolved
+        outcome.model, upstreams, outcome.route_rule, outcome.baseline_model = route.model, route.upstreams, route.rule, route.baseline
         if self.gw.budgets is not None and (hard := self.gw.budgets.blocking(key.org, key.team, key.project, {asked, outcome.model, *(u.model for u in upstreams)})):
             request_id = header(scope, b"x-request-id") or header(scope, b"idempotency-key")
             outcome.metered = request_id is None or self.gw.refused.first_time(outcome.key_id, request_id.decode("latin-1"))
@@ -285,10 +289,12 @@ class OpenAIRoute:
             outcome.status = "error"
             if failure.upstream is not None:
                 outcome.placement = failure.upstream.placement
+                outcome.route_rule = self.gw.router.rule_after(route, failure.upstream)
             await self._error(send, failure.status, failure.message, "upstream_error", failure.code)
             return
         outcome.placement = answer.upstream.placement
         outcome.model = answer.upstream.model
+        outcome.route_rule = self.gw.router.rule_after(route, answer.upstream)
         if answer.content is None:
             await self._stream(send, answer, request, outcome, meter)
         else:

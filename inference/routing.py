@@ -22,6 +22,20 @@ class Upstream:
     placement: Placement
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What routing decided for one request: the gateway model, its upstreams, and what savings are measured against.
+
+    ``rule`` is the rule name, ``default`` (no rule matched) or ``forced`` (the client named a model, not an alias);
+    ``baseline`` is the upstream model name the request would have been served by without tiering ("" when the alias has none).
+    """
+
+    model: str
+    upstreams: list[Upstream]
+    rule: str
+    baseline: str
+
+
 class Router:
     """Resolves a requested model name to an ordered list of upstreams."""
 
@@ -31,6 +45,9 @@ class Router:
         self._models: dict[str, list[Upstream]] = {}
         for model in config.models:
             self._models[model.name] = [self._upstream(backends[t.backend], t.model or model.name) for t in model.targets]
+        # Worked out once: per alias its (rule, name) pairs and its baseline's first upstream model name.
+        self._named = {a.name: list(zip(a.rules, a.rule_names(), strict=True)) for a in config.aliases}
+        self._baselines = {a.name: self._models[a.baseline][0].model if a.baseline else "" for a in config.aliases}
 
     @staticmethod
     def _upstream(backend: Backend, model: str) -> Upstream:
@@ -43,13 +60,21 @@ class Router:
         """Every model name a client may ask for."""
         return [*self._models, *self._aliases]
 
-    def resolve(self, name: str, request: dict[str, Any], scope: Scope) -> tuple[str, list[Upstream]] | None:
-        """The gateway model chosen and its upstreams, or None for an unknown name."""
+    def resolve(self, name: str, request: dict[str, Any], scope: Scope) -> Route | None:
+        """The gateway model chosen, its upstreams and why, or None for an unknown name."""
         alias = self._aliases.get(name)
-        if alias is not None:
-            name = next((r.model for r in alias.rules if _matches(r, request, scope)), alias.default)
-        upstreams = self._models.get(name)
-        return (name, upstreams) if upstreams is not None else None
+        if alias is None:
+            upstreams = self._models.get(name)
+            return Route(name, upstreams, "forced", upstreams[0].model) if upstreams is not None else None
+        model, rule = next(((r.model, n) for r, n in self._named[name] if _matches(r, request, scope)), (alias.default, "default"))
+        return Route(model, self._models[model], rule, self._baselines[name])
+
+    @staticmethod
+    def rule_after(route: Route, answered_by: Upstream) -> str:
+        """``fallback:<n>`` when the n-th (0-based) target answered instead of the first, else the route's own rule."""
+        if answered_by is route.upstreams[0]:
+            return route.rule
+        return f"fallback:{route.upstreams.index(answered_by)}"
 
 
 def _matches(rule: Rule, request: dict[str, Any], scope: Scope) -> bool:

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from schemas import InferenceUsage, LedgerLine, OrgDirectory
 from schemas.keys import api_line_id
-from streams.pricing import ZERO, EquivalentBook, PriceBook, api_cost
+from streams.pricing import ZERO, EquivalentBook, PriceBook, api_cost, baseline_cost
 
 OrgLookup = Callable[[str, str], OrgDirectory | None]
 
@@ -25,6 +25,8 @@ class PricedUsage:
     line: LedgerLine | None
     api_equivalent_cost: Decimal | None = None  # what the same tokens cost on the API the model would replace
     api_equivalent_price_id: str = ""
+    baseline_cost: Decimal | None = None  # the same tokens at the gateway's baseline model's token price (routing savings)
+    baseline_price_id: str = ""
 
 
 def resolve_payer(usage: InferenceUsage, lookup: OrgLookup, unassigned: str) -> OrgDirectory:
@@ -37,7 +39,9 @@ def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook, e
 
     Either way the event also carries its API-equivalent cost: an API model is its own equivalent;
     a self-hosted model is priced at the token price of its reference API SKU in force at request time.
+    And the counterfactual of routing savings: the same tokens at the baseline model's token price (``baseline_cost``).
     """
+    counterfactual, counterfactual_price_id = baseline_cost(usage, prices)
     price = prices.at("token", usage.model, usage.request_end)
     if price is not None:
         cost = api_cost(usage, price)
@@ -49,10 +53,10 @@ def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook, e
             prompt_tokens=usage.prompt_tokens, cached_prompt_tokens=usage.cached_prompt_tokens,
             completion_tokens=usage.completion_tokens, gpu_seconds=ZERO, cost=cost, currency=price.currency,
         )
-        return PricedUsage(usage, payer, "api", price.price_id, cost, line, cost, price.price_id)
+        return PricedUsage(usage, payer, "api", price.price_id, cost, line, cost, price.price_id,
+                           baseline_cost=counterfactual, baseline_price_id=counterfactual_price_id)
     equivalent = equivalents.at(usage.model, usage.request_end) if equivalents is not None else None
     reference = prices.at("token", equivalent.api_sku, usage.request_end) if equivalent is not None else None
-    compared = (api_cost(usage, reference), reference.price_id) if reference is not None else (None, "")
-    if usage.gpu_uuids:
-        return PricedUsage(usage, payer, "gpu", "", ZERO, None, *compared)
-    return PricedUsage(usage, payer, "unpriced", "", ZERO, None, *compared)
+    compared, compared_id = (api_cost(usage, reference), reference.price_id) if reference is not None else (None, "")
+    return PricedUsage(usage, payer, "gpu" if usage.gpu_uuids else "unpriced", "", ZERO, None, compared, compared_id,
+                       baseline_cost=counterfactual, baseline_price_id=counterfactual_price_id)

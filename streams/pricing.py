@@ -83,3 +83,13 @@ def api_cost(usage: InferenceUsage, price: Price) -> Decimal:
     with localcontext(MONEY_CONTEXT):
         total = (usage.prompt_tokens - cached) * input_price + cached * cached_price + usage.completion_tokens * output_price
         return money(total / MILLION)
+
+
+def baseline_cost(usage: InferenceUsage, prices: PriceBook) -> tuple[Decimal | None, str]:
+    """The counterfactual: the same tokens at the baseline model's token price in force at the request's time, and that price's id.
+
+    (None, "") when there is no baseline or it has no token price (a self-hosted baseline is priced by the
+    savings views at its allocation-basis cost per token, which is only known once its GPU windows are allocated).
+    """
+    price = prices.at("token", usage.baseline_model, usage.request_end) if usage.baseline_model else None
+    return (api_cost(usage, price), price.price_id) if price is not None else (None, "")

@@ -32,7 +32,7 @@ USAGE_COLUMNS = (
     "gpu_uuids", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "usage_estimated", "ttft_ms", "latency_ms", "status",
     "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "api_equivalent_cost", "api_equivalent_price_id",
     "requested_model", "route_rule", "baseline_model", "client_request_id", "trace_id", "session_id",
-    "source_partition", "source_offset",
+    "source_partition", "source_offset", "baseline_cost", "baseline_price_id",
 )
 SAMPLE_COLUMNS = (
     "sample_id", "node", "gpu_uuid", "gpu_index", "gpu_model", "mig_instance", "mig_parent_uuid", "mig_profile", "mig_slices",
@@ -57,6 +57,7 @@ def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:
         p.payer.org, p.payer.team, p.payer.project, p.payer.cost_centre, p.priced_as, p.price_id, p.cost,
         p.api_equivalent_cost, p.api_equivalent_price_id,
         u.requested_model, u.route_rule, u.baseline_model, u.client_request_id, u.trace_id, u.session_id, partition, offset,
+        p.baseline_cost, p.baseline_price_id,
     ]
 
 

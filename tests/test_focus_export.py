@@ -111,6 +111,8 @@ def usage(event_id: str, org: str, model: str, end: datetime, prompt: int, cache
         "status": "ok", "org": org, "team": f"{org}-team", "project": "p1", "cost_centre": "", "priced_as": "api", "price_id": "",
         "cost": Decimal(cost), "api_equivalent_cost": None if equivalent is None else Decimal(equivalent), "api_equivalent_price_id": "",
         "source_partition": 0, "source_offset": 0,
+        "requested_model": "", "route_rule": "", "baseline_model": "", "client_request_id": "", "trace_id": "", "session_id": "",
+        "baseline_cost": None, "baseline_price_id": "",
     }
     return [values[c] for c in USAGE_COLUMNS]
 

@@ -66,6 +66,7 @@ class Rule(Section):
     max_tokens_gt: int | None = None
     messages_chars_gt: int | None = None
     header: dict[str, str] = Field(default_factory=dict, description="Header name -> value that must match exactly.")
+    name: str | None = Field(None, description="What usage events record as route_rule when this rule chose the model; default rule-<n> (1-based).")
 
 
 class Alias(Section):
@@ -74,6 +75,11 @@ class Alias(Section):
     name: str
     default: str
     rules: list[Rule] = Field(default_factory=list)
+    baseline: str | None = Field(None, description="The model every request of this alias would go to without tiering; routing savings are priced against it (unset: none measured).")
+
+    def rule_names(self) -> list[str]:
+        """Each rule's name as events record it: its own, else rule-<n>."""
+        return [r.name or f"rule-{i}" for i, r in enumerate(self.rules, start=1)]
 
 
 class VirtualKey(Section):
@@ -142,6 +148,9 @@ class GatewayConfig(Section):
             for name in [alias.default, *(r.model for r in alias.rules)]:
                 if name not in models:
                     raise ValueError(f"alias {alias.name!r} points at unknown model {name!r}; known: {sorted(models)}")
+            if alias.baseline is not None and alias.baseline not in models:
+                raise ValueError(f"alias {alias.name!r} has baseline {alias.baseline!r}, which is not a model of this gateway; known: {sorted(models)}")
+            _check_rule_names(alias)
         return self
 
     @model_validator(mode="after")
@@ -161,3 +170,16 @@ def load_keys(path: Path) -> list[VirtualKey]:
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError(f"{path}: expected a YAML mapping with a `keys:` list (as in the gateway config)")
     return [VirtualKey.model_validate(k) for k in data["keys"]]
+
+
+# route_rule values the gateway itself writes; a rule may not be named like them.
+RESERVED_ROUTE_RULES = ("default", "forced")
+
+
+def _check_rule_names(alias: Alias) -> None:
+    """Rule names are what savings are grouped by: unique per alias and never one the gateway writes itself."""
+    names = alias.rule_names()
+    if twice := sorted(n for n, k in Counter(names).items() if k > 1):
+        raise ValueError(f"alias {alias.name!r} has rules named {twice} more than once; give each rule its own `name`")
+    if clash := sorted(n for n in names if n in RESERVED_ROUTE_RULES or n.startswith("fallback:") or not n.strip()):
+        raise ValueError(f"alias {alias.name!r} has rules named {clash}: names may not be empty, {list(RESERVED_ROUTE_RULES)} or start with 'fallback:'")

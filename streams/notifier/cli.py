@@ -88,5 +88,22 @@ def preview(scope: str = "acme/ml", spend: str = "800", budget: str = "1000", ki
     console.print_json(json.dumps(slack_message(alert)))
 
 
+
+@app.command("preview-digest")
+def preview_digest(scope: Annotated[str, typer.Option(help="org/team")], timezone: str = "UTC", config: ConfigOption = None) -> None:
+    """Print the weekly digest a team would get now (its last full week, real figures) without posting it."""
+    from streams.notifier.digest import digest_message, due_week, read_figures
+    from streams.notifier.settings import DigestSchedule
+
+    try:
+        schedule = DigestSchedule.model_validate({"scope": scope, "timezone": timezone})
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        raise typer.Exit(1) from exc
+    settings, week = _load(config), due_week(schedule, datetime.now(UTC))
+    figures, standings = asyncio.run(read_figures(settings, settings.notifier.digest_outcomes_view, week))
+    console.print_json(json.dumps(digest_message(week, figures, standings, settings.currency)))
+
+
 if __name__ == "__main__":
     app()

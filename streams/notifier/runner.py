@@ -19,6 +19,7 @@ Guarantee, per alert:
   idempotency key, so that window can be made small (it is: one local fsync) but
   not zero. The ledger is local: run one notifier per consumer group (or give the
   instances a shared ``state_dir``), or a rebalance could repost an alert.
+* Weekly digests (``digest.DigestSender``) run beside the alert loop and go through the same ledger.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gpuledger.kafka import client_options
 from gpuledger.settings import Settings
 from schemas import BudgetAlert, DecodeError, codec_for
 from streams.metrics import serve_http
+from streams.notifier.digest import DigestSender
 from streams.notifier.metrics import ATTEMPTS, DELIVERIES, IN_FLIGHT, ROUNDS_EXHAUSTED, WAITING, NotifierHealth
 from streams.notifier.routing import route_for
 from streams.notifier.settings import NotifierSettings
@@ -214,6 +216,7 @@ async def run_notifier(
     notifier = Notifier(ns, state, http, stop_event, history, health)
     await consumer.start()
     server = serve_http(ns.metrics_host, ns.metrics_port, health) if ns.metrics_port else None
+    digests = asyncio.create_task(DigestSender(settings, ns, state, http, lambda s: wait_or_stop(stop_event, s)).run()) if ns.digests else None
     log.info("notifier started", topic=settings.topics.budget_alerts, group=ns.group_id, routes=[r.name for r in ns.routes],
              default_route=ns.default.name if ns.default else None)
     try:
@@ -234,6 +237,9 @@ async def run_notifier(
                             return
                     await _commit(consumer, message)
     finally:
+        if digests is not None:
+            digests.cancel()
+            await asyncio.gather(digests, return_exceptions=True)
         if server is not None:
             server.shutdown()
             server.server_close()

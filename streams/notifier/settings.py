@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gpuledger.sections.notifier import NotifierSettings, Route, Target
+from gpuledger.sections.notifier import WEEKDAYS, DigestSchedule, NotifierSettings, Route, Target
 
-__all__ = ["NotifierSettings", "Route", "Target"]
+__all__ = ["WEEKDAYS", "DigestSchedule", "NotifierSettings", "Route", "Target"]

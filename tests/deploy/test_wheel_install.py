@@ -168,10 +168,10 @@ def test_gateway_collector_and_notifier_start_from_the_install(install: Install,
     example = install.run("python", "-c", "from importlib import resources; print(resources.files('inference') / 'gateway.example.yaml')").stdout.strip()
     assert example.startswith(str(install.bin.parent)), example
     config = install.home / "notifier.yaml"
-    config.write_text(f"topic: wheel-alerts-{uuid.uuid4().hex[:6]}\nstate_dir: {install.home / 'notifier'}\nmetrics_port: {BASE + 322}\n"
-                      "default: {name: ops, url: 'http://127.0.0.1:9/hook'}\n")
+    config.write_text(f"topics: {{budget_alerts: wheel-alerts-{uuid.uuid4().hex[:6]}}}\nnotifier:\n  state_dir: {install.home / 'notifier'}\n"
+                      f"  metrics_port: {BASE + 322}\n  default: {{name: ops, url: 'http://127.0.0.1:9/hook'}}\n")
     gateway = install.start("gateway", "--config", example, "--port", str(BASE + 321), env=clean_env(**kafka))
-    notifier = install.start("notifier", "run", "--notifier-config", str(config), env=clean_env(**kafka))
+    notifier = install.start("notifier", "run", "--config", str(config), env=clean_env(**kafka))
     try:  # the three start side by side: the test waits once for the slowest
         collector = install.run("gpuledger", "collector", "--source", "simulated", "--gpus", "1", "--once", "--metrics-port", "0",
                                 "--spool-dir", str(install.home / "spool"), env=clean_env(**kafka))

@@ -180,6 +180,8 @@ async def main(args: argparse.Namespace) -> None:
     config.write_text(json.dumps({"gateway": {  # JSON is YAML
         "backends": [{"name": "fake", "kind": "vllm", "base_url": f"http://127.0.0.1:{backend_port}/v1", "deployment": "bench"}],
         "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
+        # --model auto goes through routing: a rule that does not match, then the default (the same config on older trees)
+        "aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "header": {"X-Tier": "large"}}]}],
         "keys": [{"id": "bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "bench"}],
     }}))
     env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "GPULEDGER_LOG_LEVEL": "warning"}
@@ -195,12 +197,13 @@ async def main(args: argparse.Namespace) -> None:
         rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
         cpu: dict[str, list[float]] = {}
         unloaded: dict[tuple[str, str], tuple[float, float]] = {}
-        for mode, body in (("json", CHAT), ("stream", {**CHAT, "stream": True})):
+        chat = {**CHAT, "model": args.model}
+        for mode, body in (("json", chat), ("stream", {**chat, "stream": True})):
             for target, port in (("direct", backend_port), ("gateway", gateway_port)):
                 latencies = await sequential(port, http_request("/v1/chat/completions", body), 1000)
                 unloaded[(mode, target)] = (pct(latencies, 0.5), pct(latencies, 0.99))
         for run in range(args.runs):
-            for mode, body in (("json", CHAT), ("stream", {**CHAT, "stream": True})):
+            for mode, body in (("json", chat), ("stream", {**chat, "stream": True})):
                 request = http_request("/v1/chat/completions", body)
                 order = [("direct", backend_port), ("gateway", gateway_port)]
                 for target, port in order if run % 2 == 0 else order[::-1]:
@@ -238,4 +241,5 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--port-base", type=int, default=26000)
+    parser.add_argument("--model", default="m", help="m: a model named directly; auto: an alias, through its routing rules")
     asyncio.run(main(parser.parse_args()))

@@ -29,6 +29,10 @@ def test_example_config_loads() -> None:
     ({"aliases": [{"name": "auto", "default": "nope"}]}, "unknown model 'nope'"),
     ({"aliases": [{"name": "m", "default": "m"}]}, "shadows a model"),
     ({"forward_headers": ["x-request-id", "Authorization"]}, "may not include \\['authorization'\\]"),
+    ({"aliases": [{"name": "auto", "default": "m", "baseline": "gpt-5"}]}, "baseline 'gpt-5', which is not a model"),
+    ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "x"}, {"model": "m", "name": "x"}]}]}, "named \\['x'\\] more than once"),
+    ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "fallback:1"}]}]}, "may not be empty"),
+    ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "default"}]}]}, "may not be empty"),
 ])
 def test_broken_references_are_explained(change: dict[str, object], message: str) -> None:
     base = {"backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}], "models": [{"name": "m", "targets": [{"backend": "b"}]}]}
