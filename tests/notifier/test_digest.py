@@ -124,17 +124,17 @@ async def test_one_message_per_team_and_week_with_its_figures(week_data: Setting
     assert got["Top models"] == "gpt-4o-mini: 10.00 USD\nllama-8b: 2.35 USD"
     assert got["Routing savings"] == "1.65 USD saved: 1.60 USD actual vs 3.25 USD at the baseline models, over 2 routed requests"
     assert got["Budgets"] == "ml-weekly (acme/ml): 40.00 USD of 100.00 USD (40.0%)"
-    assert "Cost per successful outcome" not in got  # no outcomes view in this tree: the section is left out
+    assert got["Cost per successful outcome"] == "_no outcomes_"  # the outcomes views exist, the team recorded none that week
     assert await sweep(NOW + timedelta(days=7)) == ["digest/acme/ml/2026-W49"]  # the next week: its own message
     assert len(slack.messages(hook)) == 2
 
 
 def test_cost_per_outcome_section_reads_the_outcomes_view_when_it_exists(week_data: Settings) -> None:
-    """A stand-in of the outcomes engineer's view (day, org, team, kind, cost, successes), created here."""
+    """A stand-in with the columns the digest reads from cost_per_outcome_daily (day, org, team, kind, cost, successes), created here."""
     client = connect(week_data.clickhouse)
-    client.command("CREATE VIEW IF NOT EXISTS cost_per_outcome_daily AS SELECT toDate('2026-11-24') AS day, 'acme' AS org, 'ml' AS team, "
+    client.command("CREATE VIEW IF NOT EXISTS outcomes_stand_in AS SELECT toDate('2026-11-24') AS day, 'acme' AS org, 'ml' AS team, "
                    "'ticket_resolved' AS kind, toDecimal128('8.40', 9) AS cost, toUInt64(21) AS successes")
-    figures = team_week(client, week_data.clickhouse.database, "acme", "ml", WEEK_START, WEEK_START + timedelta(days=7), "cost_per_outcome_daily")
+    figures = team_week(client, week_data.clickhouse.database, "acme", "ml", WEEK_START, WEEK_START + timedelta(days=7), "outcomes_stand_in")
     assert [(a.name, a.amount) for a in figures.cost_per_success or []] == [("ticket_resolved", Decimal("0.4"))]  # 8.40 / 21
     odd = team_week(client, week_data.clickhouse.database, "acme", "ml", WEEK_START, WEEK_START + timedelta(days=7), "ledger")  # another shape
     assert odd.cost_per_success is None
