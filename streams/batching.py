@@ -1,91 +1,77 @@
-"""Batching that acknowledges Kafka offsets only after a batch is stored.
+"""Batches of Kafka records stored before their offsets are acknowledged.
 
-Replaces Faust's ``take_events``, which was seen to stall for good after its first
-batch under load. Events are collected by size or age, handed to ``store``, and only
-then acked, so a crash at any point replays them (storage is idempotent).
+The worker's consumer (``streams.consume``) hands every fetch of a topic's records to that
+topic's ``RecordBatcher`` as one list, with no per-message dispatch. A batch is stored when it
+holds ``size`` records or its oldest record waited ``seconds``; only once ``store`` returned are
+its offsets acknowledged, so a crash at any point replays them (storage is idempotent).
 
-``store`` settles every event it is given: stored, or sent to the dead-letter topic
-with its reason. If it raises anyway (Kafka away for the dead letters, a bug), the same
-batch is retried with backoff and nothing is acked meanwhile: Faust commits past offsets
-that were never acked, so dropping a batch would lose it for good.
+``store`` settles every record it is given: stored, or sent to the dead-letter topic with its
+reason. If it raises anyway (Kafka away for the dead letters, a bug), the same batch is retried
+with backoff and nothing is acknowledged meanwhile; the records after it wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
-from faust.types import EventT, StreamT
 
 from streams import metrics
 
-Store = Callable[[list[EventT]], Awaitable[None]]
+Store = Callable[[list[Any]], Awaitable[None]]
+Acknowledge = Callable[[list[Any]], Awaitable[None]]
 log = structlog.get_logger()
 
 
-class EventBatcher:
-    """Collects a stream's events and stores them in batches, then acks them."""
+class RecordBatcher:
+    """Collects one topic's records and stores them in batches of at most ``size``, oldest first."""
 
-    def __init__(self, stream: StreamT, store: Store, *, size: int, seconds: float, name: str = "batch",
-                 max_backoff: float = 10.0) -> None:
-        stream.enable_acks = False  # we ack after storing, not when the next event is read
-        self.stream, self.store, self.size, self.seconds = stream, store, size, seconds
-        self.name, self.max_backoff = name, max_backoff
-        self.pending: list[EventT] = []
+    def __init__(self, store: Store, *, size: int, seconds: float, name: str = "batch", max_backoff: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.size, self.seconds, self.name = store, size, seconds, name
+        self.max_backoff, self.clock = max_backoff, clock
+        self.pending: list[Any] = []
         self.oldest = 0.0
-        self.lock = asyncio.Lock()
-        self.ticker: asyncio.Task[Any] | None = None
 
-    async def __aenter__(self) -> EventBatcher:
-        self.ticker = asyncio.create_task(self._tick(), name=f"{self.name}-age-flush")
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.ticker:
-            self.ticker.cancel()
-        if exc_type is None:
-            await self.flush()
-
-    async def add(self, event: EventT) -> None:
+    def add(self, records: Iterable[Any]) -> None:
+        """Queue records (in offset order per partition)."""
         if not self.pending:
-            self.oldest = time.monotonic()
-        self.pending.append(event)
-        if len(self.pending) >= self.size:
-            await self.flush()
+            self.oldest = self.clock()
+        self.pending.extend(records)
 
-    async def _tick(self) -> None:
-        """Flush batches that waited ``seconds``; flush never raises, and this loop outlives any surprise."""
+    def wait_seconds(self) -> float | None:
+        """How long until the pending batch is due (0: now); None when nothing is pending."""
+        if not self.pending:
+            return None
+        if len(self.pending) >= self.size:
+            return 0.0
+        return max(0.0, self.oldest + self.seconds - self.clock())
+
+    def due(self) -> bool:
+        return self.wait_seconds() == 0.0
+
+    async def flush(self, acknowledge: Acknowledge) -> None:
+        """Store everything pending, ``size`` at a time, each batch retried until settled, then acknowledged."""
+        while self.pending:
+            batch, self.pending = self.pending[: self.size], self.pending[self.size :]
+            await self._settle(batch)
+            await acknowledge(batch)
+        self.oldest = self.clock()
+
+    async def _settle(self, batch: list[Any]) -> None:
+        delay = 0.2
         while True:
-            await asyncio.sleep(self.seconds / 2)
             try:
-                if self.pending and time.monotonic() - self.oldest >= self.seconds:
-                    await self.flush()
+                with metrics.BATCH_SECONDS.labels(self.name).time():
+                    await self.store(batch)
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # pragma: no cover - flush settles or retries; kept so the ticker can never die
-                log.exception("age-based flush failed; will try again", batcher=self.name)
-
-    async def flush(self) -> None:
-        """Store the pending batch (retrying until ``store`` settles it), then ack it."""
-        async with self.lock:
-            batch, self.pending = self.pending, []
-            if not batch:
-                return
-            delay = 0.2
-            while True:
-                try:
-                    await self.store(batch)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    metrics.BATCH_RETRIES.labels(self.name).inc()
-                    log.exception("batch could not be settled; retrying it (nothing acked)", batcher=self.name, events=len(batch), retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.max_backoff)
-            for event in batch:
-                await self.stream.ack(event)
+            except Exception:
+                metrics.BATCH_RETRIES.labels(self.name).inc()
+                log.exception("batch could not be settled; retrying it (nothing acked)", batcher=self.name, events=len(batch), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)

@@ -1,4 +1,4 @@
-"""One batch of Kafka events to ClickHouse rows: every event ends stored or dead-lettered.
+"""One batch of Kafka records to ClickHouse rows: every event ends stored or dead-lettered.
 
 Steps, each of which can refuse an event with a precise reason (``stage``):
 ``decode`` (not a record of this topic), ``invalid`` (out of the ranges the ledger holds,
@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from faust.types import EventT
-
 from gpuledger.kafka import AckedSender
 from schemas import DecodeError
 from streams import metrics
@@ -25,6 +23,7 @@ from streams.sink import ClickHouseSink
 log = structlog.get_logger()
 
 Rows = dict[str, list[list[Any]]]  # table -> the rows one event writes there
+Message = Any  # a Kafka record: ``topic``, ``partition``, ``offset``, ``key``, ``value`` (aiokafka's ConsumerRecord)
 
 
 @dataclass
@@ -36,15 +35,15 @@ class Ingest:
 
     decode: Callable[[bytes | None], Any]
     check: Callable[[Any], str | None]
-    prepare: Callable[[EventT, Any, Any], Rows]
+    prepare: Callable[[Message, Any, Any], Rows]
     tables: Sequence[tuple[str, Sequence[str]]]
     sink: ClickHouseSink
     refuse: DeadLetters
     begin: Callable[[], Any] = lambda: None
 
-    async def __call__(self, events: list[EventT]) -> None:
+    async def __call__(self, events: list[Message]) -> None:
         self.refuse.reset()  # a retried batch refuses its events afresh
-        ready: list[tuple[EventT, Rows]] = []
+        ready: list[tuple[Message, Rows]] = []
         context = self.begin()
         for event in events:
             rows_or_reason = self._prepared(event, context)
@@ -61,10 +60,10 @@ class Ingest:
             ready = [item for i, item in enumerate(ready) if i not in dead]
         await self.refuse.settle()  # acked by Kafka before the batch is: a refused event is never just gone
 
-    def _prepared(self, event: EventT, context: Any) -> Rows | tuple[str, str]:
+    def _prepared(self, event: Message, context: Any) -> Rows | tuple[str, str]:
         """The event's rows, or (stage, reason) when it is refused before storage."""
         try:
-            record = self.decode(event.message.value)
+            record = self.decode(event.value)
         except DecodeError as exc:
             return "decode", exc.reason
         problem = self.check(record)
@@ -98,8 +97,7 @@ class DeadLetters:
         """Forget what is queued and not yet sent."""
         self._queued, self._counts = [], []
 
-    def __call__(self, event: EventT, stage: str, reason: str) -> None:
-        message = event.message
+    def __call__(self, message: Message, stage: str, reason: str) -> None:
         self.add(message.topic, message.partition, message.offset, message.key, message.value, stage, reason)
 
     def add(self, topic: str, partition: int | None, offset: int | None, key: bytes | None, value: bytes | None, stage: str, reason: str) -> None:
