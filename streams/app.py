@@ -87,15 +87,15 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     sink = ClickHouseSink(connect(settings.clickhouse), settings.clickhouse.database)  # times and counts every insert attempt
     checks = EventChecks(TimeWindow(future_skew=timedelta(seconds=w.max_future_skew_seconds), max_age=timedelta(days=PARAMETERS["raw_retention_days"])))
 
-    def ingest(**steps: Any) -> Any:
-        return settled_after(reference.loaded, Ingest(sink=sink, refuse=DeadLetters(sender, topics.dead_letter), **steps))
+    def ingest(**steps: Any) -> Ingest:
+        return Ingest(sink=sink, refuse=DeadLetters(sender, topics.dead_letter), **steps)
 
     usage = ingest(decode=codec_for(InferenceUsage).decode, check=checks.usage, prepare=UsageRows(reference.lookup, w.unassigned_org),
                    begin=reference.books, tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)))
     samples = ingest(decode=codec_for(GpuSample).decode, check=checks.sample, prepare=SampleRows(reference.lookup, w.unassigned_org),
                      tables=(("gpu_samples", SAMPLE_COLUMNS),))
-    batchers = {topic: RecordBatcher(store, size=w.batch_size, seconds=w.batch_seconds, name=name)
-                for topic, name, store in ((topics.inference_usage, "usage", usage), (topics.gpu_samples, "samples", samples))}
+    batchers = {topic: RecordBatcher(step.store, prepare=settled_after(reference.loaded, step.rows), size=w.batch_size, seconds=w.batch_seconds, name=name)
+                for topic, name, step in ((topics.inference_usage, "usage", usage), (topics.gpu_samples, "samples", samples))}
     app.transport.Consumer = BatchingConsumer.serving(batchers)  # Faust keeps the group; the batchers get whole fetches
     for topic in batchers:
         app.topics.add(app.topic(topic, value_serializer="raw", key_serializer="raw"))

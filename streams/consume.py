@@ -59,6 +59,11 @@ class BatchingConsumer(Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+        finally:  # a batch still being stored is not acknowledged: read again after the restart or seek that follows
+            for batcher in self.batchers.values():
+                if batcher.storing is not None:
+                    batcher.storing.cancel()
+                    batcher.storing = None
 
     async def _drain_batches(self, fetcher: Service) -> None:
         stopped, fetcher_stopped = cast(Service, self)._stopped.is_set, fetcher._stopped.is_set

@@ -14,10 +14,10 @@ None of them needs the Faust app, so each is unit-tested on its own (``tests/tes
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -33,6 +33,8 @@ from streams.validation import TimeWindow, sample_problem, usage_problem
 log = structlog.get_logger()
 Books = tuple[PriceBook, EquivalentBook]
 Lookup = Callable[[str, str], OrgDirectory | None]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Origin(Protocol):
@@ -155,11 +157,11 @@ class GuardedPass:
             return False
 
 
-def settled_after(ready: Callable[[], Awaitable[None]], store: Callable[[Sequence[Any]], Awaitable[None]]) -> Callable[[Sequence[Any]], Awaitable[None]]:
-    """``store`` that first waits for ``ready`` (the reference data): no event is priced against a half-read price list."""
+def settled_after(ready: Callable[[], Awaitable[None]], step: Callable[[T], R]) -> Callable[[T], Awaitable[R]]:
+    """``step`` that first waits for ``ready`` (the reference data): no event is priced against a half-read price list."""
 
-    async def wrapped(records: Sequence[Any]) -> None:
+    async def wrapped(batch: T) -> R:
         await ready()
-        await store(records)
+        return step(batch)
 
     return wrapped

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+
 from gpuledger.kafka import AckedSender
 from schemas import DecodeError
 from streams import metrics
@@ -26,10 +27,20 @@ Rows = dict[str, list[list[Any]]]  # table -> the rows one event writes there
 Message = Any  # a Kafka record: ``topic``, ``partition``, ``offset``, ``key``, ``value`` (aiokafka's ConsumerRecord)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch turned into rows, ready to store (and to store again if storing fails): ``refused`` holds (event, stage, reason)."""
+
+    ready: list[tuple[Message, Rows]]
+    refused: list[tuple[Message, str, str]]
+
+
 @dataclass
 class Ingest:
     """Decode, validate, prepare and store a batch; ``tables`` gives the write order and columns.
 
+    Two steps, so the batcher can prepare a batch while the one before it is being stored:
+    ``rows`` (CPU only: decode, check, price) and ``store`` (ClickHouse, then the dead letters).
     ``begin`` runs once per batch (e.g. builds the price book); its result is ``prepare``'s third argument.
     """
 
@@ -42,22 +53,40 @@ class Ingest:
     begin: Callable[[], Any] = lambda: None
 
     async def __call__(self, events: list[Message]) -> None:
-        self.refuse.reset()  # a retried batch refuses its events afresh
+        await self.store(self.rows(events))
+
+    def rows(self, events: list[Message]) -> Prepared:
+        """Every event's rows, or why it is refused before storage."""
         ready: list[tuple[Message, Rows]] = []
+        refused: list[tuple[Message, str, str]] = []
         context = self.begin()
         for event in events:
             rows_or_reason = self._prepared(event, context)
             if isinstance(rows_or_reason, tuple):
-                self.refuse(event, *rows_or_reason)
+                refused.append((event, *rows_or_reason))
             else:
                 ready.append((event, rows_or_reason))
+        return Prepared(ready, refused)
+
+    async def store(self, prepared: Prepared) -> None:
+        """Store the rows table by table, then dead-letter what was refused; raises only what waiting can fix."""
+        self.refuse.reset()  # a retried batch refuses its events afresh
+        for refusal in prepared.refused:
+            self.refuse(*refusal)
+        ready = prepared.ready
         for table, columns in self.tables:  # an event refused by one table writes nothing to the later ones
-            owners = [(i, row) for i, (_, rows) in enumerate(ready) for row in rows.get(table, [])]
-            refused = await self.sink.store(table, columns, [row for _, row in owners])
-            dead = {owners[index][0]: error for index, error in refused.items()}
-            for i, error in sorted(dead.items()):
-                self.refuse(ready[i][0], "store", f"ClickHouse refused the {table} row: {error}")
-            ready = [item for i, item in enumerate(ready) if i not in dead]
+            owners: list[int] = []  # the index in ``ready`` of each row's event
+            table_rows: list[list[Any]] = []
+            for i, (_, rows) in enumerate(ready):
+                for row in rows.get(table, ()):
+                    owners.append(i)
+                    table_rows.append(row)
+            refused = await self.sink.store(table, columns, table_rows)
+            if refused:
+                dead = {owners[index]: error for index, error in refused.items()}
+                for i, error in sorted(dead.items()):
+                    self.refuse(ready[i][0], "store", f"ClickHouse refused the {table} row: {error}")
+                ready = [item for i, item in enumerate(ready) if i not in dead]
         await self.refuse.settle()  # acked by Kafka before the batch is: a refused event is never just gone
 
     def _prepared(self, event: Message, context: Any) -> Rows | tuple[str, str]:

@@ -161,63 +161,107 @@ def test_guarded_pass_waits_for_the_reference_data_and_survives_failures() -> No
     assert _failures("unit-pass") == before + 1
 
 
-def test_settled_after_stores_only_once_ready() -> None:
+def test_settled_after_prepares_only_once_ready() -> None:
     async def scenario() -> list[str]:
         ready, log = asyncio.Event(), []
 
-        async def store(records: Any) -> None:
-            log.append(f"stored {len(records)}")
+        def rows(records: list[int]) -> int:
+            log.append(f"prepared {len(records)}")
+            return len(records)
 
-        task = asyncio.create_task(settled_after(ready.wait, store)([1, 2]))
+        task = asyncio.create_task(settled_after(ready.wait, rows)([1, 2]))
         await asyncio.sleep(0.01)
         log.append("ready")
         ready.set()
-        await task
+        log.append(f"returned {await task}")
         return log
 
-    assert asyncio.run(scenario()) == ["ready", "stored 2"]
+    assert asyncio.run(scenario()) == ["ready", "prepared 2", "returned 2"]
 
 
-def test_record_batcher_is_due_by_size_or_age_and_stores_at_most_size() -> None:
+class Steps:
+    """Records the order of the batcher's steps; ``store`` holds each batch until released."""
+
+    def __init__(self, store_failures: int = 0) -> None:
+        self.log: list[str] = []
+        self.store_failures = store_failures
+        self.release = asyncio.Event()
+
+    async def prepare(self, batch: list[int]) -> list[int]:
+        self.log.append(f"prepared {batch}")
+        return [n * 10 for n in batch]
+
+    async def store(self, prepared: list[int]) -> None:
+        await self.release.wait()
+        if self.store_failures:
+            self.store_failures -= 1
+            self.log.append("store failed")
+            raise ConnectionError("injected: dead letters could not be sent")
+        self.log.append(f"stored {prepared}")
+
+    async def acknowledge(self, batch: list[int]) -> None:
+        self.log.append(f"acked {batch}")
+
+
+def test_record_batcher_is_due_by_size_or_age() -> None:
     now = [100.0]
-    stored: list[list[int]] = []
-
-    async def store(batch: list[int]) -> None:
-        stored.append(list(batch))
-
-    batcher = RecordBatcher(store, size=3, seconds=0.5, clock=lambda: now[0])
+    batcher = RecordBatcher(Steps().store, size=3, seconds=0.5, clock=lambda: now[0])
     assert batcher.wait_seconds() is None
     batcher.add([1])
     now[0] += 0.2
     assert batcher.wait_seconds() == pytest.approx(0.3) and not batcher.due()
     now[0] += 0.3
     assert batcher.due()
-    batcher.add([2, 3, 4, 5, 6, 7, 8])
-    acked: list[list[int]] = []
+    batcher.pending.clear()
+    batcher.add([1, 2, 3])
+    assert batcher.due()  # full: due at once
 
-    async def acknowledge(batch: list[int]) -> None:
-        acked.append(list(batch))
 
-    asyncio.run(batcher.flush(acknowledge))
-    assert stored == acked == [[1, 2, 3], [4, 5, 6], [7, 8]]
-    assert batcher.wait_seconds() is None
+def test_record_batcher_prepares_the_next_batch_while_storing_and_acks_in_order() -> None:
+    async def scenario() -> list[str]:
+        steps = Steps()
+        batcher = RecordBatcher(steps.store, prepare=steps.prepare, size=3, seconds=0.5)
+        batcher.add([1, 2, 3, 4, 5, 6, 7, 8])
+        flushing = asyncio.create_task(batcher.flush(steps.acknowledge))
+        await asyncio.sleep(0.01)
+        # the first batch is being stored (held); the second is already prepared, waiting its turn
+        assert steps.log == ["prepared [1, 2, 3]", "prepared [4, 5, 6]"]
+        assert batcher.pending == [4, 5, 6, 7, 8]  # nothing leaves the queue before the batch before it is stored
+        steps.release.set()
+        await flushing
+        await batcher.wait()
+        return steps.log
+
+    assert asyncio.run(scenario()) == [
+        "prepared [1, 2, 3]", "prepared [4, 5, 6]", "stored [10, 20, 30]", "acked [1, 2, 3]",
+        "prepared [7, 8]", "stored [40, 50, 60]", "acked [4, 5, 6]", "stored [70, 80]", "acked [7, 8]",
+    ]
 
 
 def test_record_batcher_retries_a_failed_batch_and_acknowledges_only_after_it_is_stored() -> None:
-    events: list[str] = []
-
-    async def store(batch: list[int]) -> None:
-        if events.count("failed") < 2:
-            events.append("failed")
-            raise ConnectionError("injected: dead letters could not be sent")
-        events.append(f"stored {batch}")
-
-    async def acknowledge(batch: list[int]) -> None:
-        events.append(f"acked {batch}")
+    async def scenario() -> list[str]:
+        steps = Steps(store_failures=2)
+        steps.release.set()
+        batcher = RecordBatcher(steps.store, prepare=steps.prepare, size=10, seconds=0.1, name="unit", max_backoff=0.01)
+        batcher.add([1, 2])
+        await batcher.flush(steps.acknowledge)
+        await batcher.wait()
+        return steps.log
 
     before = REGISTRY.get_sample_value("gpuledger_worker_batch_retries_total", {"agent": "unit"}) or 0.0
-    batcher = RecordBatcher(store, size=10, seconds=0.1, name="unit", max_backoff=0.01)
-    batcher.add([1, 2])
-    asyncio.run(batcher.flush(acknowledge))
-    assert events == ["failed", "failed", "stored [1, 2]", "acked [1, 2]"]
+    assert asyncio.run(scenario()) == ["prepared [1, 2]", "store failed", "store failed", "stored [10, 20]", "acked [1, 2]"]
     assert REGISTRY.get_sample_value("gpuledger_worker_batch_retries_total", {"agent": "unit"}) == before + 2
+
+
+def test_record_batcher_close_leaves_the_batch_being_stored_unacknowledged() -> None:
+    async def scenario() -> list[str]:
+        steps = Steps()
+        batcher = RecordBatcher(steps.store, prepare=steps.prepare, size=10, seconds=0.1)
+        batcher.add([1])
+        await batcher.flush(steps.acknowledge)
+        await batcher.close()  # shutdown while ClickHouse holds the insert
+        steps.release.set()
+        await asyncio.sleep(0.01)
+        return steps.log
+
+    assert asyncio.run(scenario()) == ["prepared [1]"]

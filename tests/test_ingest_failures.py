@@ -28,6 +28,7 @@ from gpuledger.settings import Settings
 from schemas import InferenceUsage, OrgDirectory, Price, codec_for
 from streams.batching import RecordBatcher
 from streams.enrich import price_usage
+from streams.handlers import settled_after
 from streams.ingest import DeadLetters, Ingest, Rows
 from streams.pricing import PriceBook
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ClickHouseSink, ledger_row, usage_row, version_now
@@ -123,14 +124,18 @@ async def _scenario(settings: Settings) -> None:
                     refuse=DeadLetters(sender, settings.topics.dead_letter))
     retries = (_counter("gpuledger_worker_insert_retries_total", table="usage_events"), _counter("gpuledger_worker_batch_retries_total", agent="t"),
                _counter("gpuledger_worker_poison_rows_total", table="usage_events"))
+    async def ready() -> None:
+        """The reference data is loaded (the book above)."""
+
     stream = AckRecorder(stored)
     try:
-        batcher = RecordBatcher(ingest, size=1000, seconds=0.1, name="t", max_backoff=0.2)
+        batcher = RecordBatcher(ingest.store, prepare=settled_after(ready, ingest.rows), size=1000, seconds=0.1, name="t", max_backoff=0.2)
         batcher.add(events)  # too few for a size flush: due once the oldest waited 0.1 s
         assert not batcher.due()
         await asyncio.sleep(0.1)
         assert batcher.due()
         await batcher.flush(stream)
+        await batcher.wait()
     finally:
         await sender.stop()
 

@@ -76,7 +76,7 @@ BAD_USAGE = [
     ("end before start", USAGE.encode(usage("backwards", request_start=NOW)), "request_end"),
     ("truncated Avro", truncated(USAGE.encode(usage("cut"))), "decode: corrupt Avro body"),
     ("unknown schema id", b"\x00\x00\x00\x03\xe7" + USAGE.encode(usage("sid"))[5:], "decode: unknown schema id 999"),
-    ("wrong record type", SAMPLES.encode(sample("s-on-usage")), "is gpu_sample.v2, not a inference_usage.v3 record"),
+    ("wrong record type", SAMPLES.encode(sample("s-on-usage")), "is gpu_sample.v2, not a inference_usage.v4 record"),
     ("empty message", b"", "decode: message too short"),
     ("huge model name", USAGE.encode(usage("bigname", model="m" * 900_000)), "model is 900,000 characters long"),
 ]
