@@ -1,9 +1,10 @@
 """The Faust worker: usage and GPU samples in, enriched rows and ledger lines out to ClickHouse.
 
 Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
-- ``usage`` agent: decode InferenceUsage, join the org directory and price list,
-  store the enriched event and, for API models, its cost line;
-- ``samples`` agent: decode GpuSample, store it with its node's owner;
+- ``usage`` batches: decode InferenceUsage, join the org directory and price list,
+  store the enriched event and, for API models, its cost line (``streams.handlers.UsageRows``);
+- ``samples`` batches: decode GpuSample, store it with its node's owner (``SampleRows``);
+  Faust's consumer hands both topics' fetches to their ``RecordBatcher`` whole (``streams.consume``);
 - ``allocate`` timer (leader only): re-derive GPU window lines from stored rows;
 - ``budgets`` timer (leader only): measure every budget on the ledger, raise alerts,
   publish each budget's standing (see ``streams.budgets.evaluator``).
