@@ -13,6 +13,7 @@ import io
 import json
 import struct
 from dataclasses import dataclass, fields, is_dataclass
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, Generic, TypeVar
@@ -111,6 +112,11 @@ class Codec(Generic[R]):
 
     def decode(self, data: bytes | None) -> R:
         """Parse a framed message into the current record, or raise ``DecodeError``."""
+        fast = _fast_reader(self.record_type, self.writer_id)
+        if fast is not None and data and data[: HEADER.size] == fast.header:
+            record = fast.read(data)
+            if record is not None:
+                return record  # type: ignore[no-any-return]
         return self.record_type(**self.decode_dict(data))  # type: ignore[call-arg]
 
     def decode_dict(self, data: bytes | None, *, reader_id: int | None = None) -> dict[str, Any]:
@@ -149,3 +155,81 @@ def _nested(record_type: type, value: dict[str, Any]) -> dict[str, Any]:
 def codec_for(record_type: type[R]) -> Codec[R]:
     """The codec for ``record_type`` writing its current schema version."""
     return Codec(record_type, CURRENT[record_type])
+
+
+# -- The hot path: decoding the current version without fastavro's per-field logical conversion --
+#
+# The worker decodes every usage event and GPU sample. fastavro converts each ``timestamp-micros``
+# field through a Python-level logical reader, and a frozen dataclass's ``__init__`` sets each field
+# through ``object.__setattr__``; together about two thirds of the decode. For messages written with
+# the record's current schema, ``Codec.decode`` reads with a copy of that schema whose top-level
+# timestamps are plain longs, converts those once (exact integer microseconds, as fastavro does), and
+# fills the record's slots directly (what ``__init__`` does; these records have no ``__post_init__``).
+# Anything else (an older writer, a corrupt body) takes the general path, which raises the same errors.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROS = "timestamp-micros"
+
+
+def _is_timestamp(avro_type: Any) -> bool:
+    return isinstance(avro_type, dict) and avro_type.get("logicalType") == _MICROS
+
+
+def _without_timestamps(schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+    """The schema with its top-level timestamp-micros fields as plain longs, and their names; None if a nested one exists."""
+    fields_out, names = [], []
+    for field in schema["fields"]:
+        ftype = field["type"]
+        branches = ftype if isinstance(ftype, list) else [ftype]
+        if any(_is_timestamp(b) for b in branches):
+            branches = [{"type": "long"} if _is_timestamp(b) else b for b in branches]
+            field = {**field, "type": branches if isinstance(ftype, list) else branches[0]}
+            names.append(field["name"])
+        elif _MICROS in json.dumps(ftype):
+            return None
+        fields_out.append(field)
+    return {**schema, "fields": fields_out}, tuple(names)
+
+
+@dataclass(frozen=True)
+class _FastReader:
+    header: bytes
+    schema: dict[str, Any]
+    timestamps: tuple[str, ...]
+    record_type: type
+    slots: tuple[tuple[str, Any], ...]
+
+    def read(self, data: bytes) -> Any:
+        """The record, or None when the general path must decide (it raises the precise ``DecodeError``)."""
+        try:
+            body = io.BytesIO(data)
+            body.seek(HEADER.size)
+            value = fastavro.schemaless_reader(body, self.schema, None)
+        except Exception:
+            return None
+        if body.tell() != len(data):
+            return None
+        for name in self.timestamps:
+            micros = value[name]
+            if micros is not None:
+                value[name] = _EPOCH + timedelta(microseconds=micros)
+        value = _nested(self.record_type, value)
+        record = object.__new__(self.record_type)
+        for name, set_slot in self.slots:
+            set_slot(record, value[name])
+        return record
+
+
+@cache
+def _fast_reader(record_type: type, schema_id: int) -> _FastReader | None:
+    """The hot-path reader for ``record_type`` written with ``schema_id``, where its shape allows one."""
+    text = resources.files("schemas").joinpath("avro", f"{REGISTRY[schema_id]}.avsc").read_text()
+    stripped = _without_timestamps(json.loads(text))
+    names = [f.name for f in fields(record_type)]
+    if stripped is None or not hasattr(record_type, "__slots__") or "__post_init__" in vars(record_type):
+        return None
+    schema, timestamps = stripped
+    if [f["name"] for f in schema["fields"]] != names and sorted(f["name"] for f in schema["fields"]) != sorted(names):
+        return None
+    slots = tuple((name, getattr(record_type, name).__set__) for name in names)
+    return _FastReader(HEADER.pack(MAGIC, schema_id), fastavro.parse_schema(schema), timestamps, record_type, slots)

@@ -1,87 +1,115 @@
-"""Batching that acknowledges Kafka offsets only after a batch is stored.
+"""Batches of Kafka records stored before their offsets are acknowledged.
 
-Replaces Faust's ``take_events``, which was seen to stall for good after its first
-batch under load. Events are collected by size or age, handed to ``store``, and only
-then acked, so a crash at any point replays them (storage is idempotent).
+The worker's consumer (``streams.consume``) hands every fetch of a topic's records to that
+topic's ``RecordBatcher`` as one list, with no per-message dispatch. A batch is due when it
+holds ``size`` records or its oldest record waited ``seconds``; only once ``store`` returned are
+its offsets acknowledged, so a crash at any point replays them (storage is idempotent).
 
-``store`` settles every event it is given: stored, or sent to the dead-letter topic
-with its reason. If it raises anyway (Kafka away for the dead letters, a bug), the same
-batch is retried with backoff and nothing is acked meanwhile: Faust commits past offsets
-that were never acked, so dropping a batch would lose it for good.
+Batches are stored and acknowledged one after another, in order. ``prepare`` (decode, check,
+price: CPU only) runs for the next batch while the previous one is being stored (ClickHouse works
+on its insert meanwhile), so the worker's CPU and ClickHouse's overlap instead of taking turns.
+
+``store`` settles every record it is given: stored, or sent to the dead-letter topic with its
+reason. If ``prepare`` or ``store`` raises anyway (Kafka away for the dead letters, a bug), the
+same batch is retried with backoff and nothing is acknowledged meanwhile; the batches after it wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
-from faust.types import EventT, StreamT
 
 from gpuledger.retry import Backoff, OnRetry
 from streams import metrics
 
-Store = Callable[[list[EventT]], Awaitable[None]]
+Acknowledge = Callable[[list[Any]], Awaitable[None]]
 log = structlog.get_logger()
 
 
-class EventBatcher:
-    """Collects a stream's events and stores them in batches, then acks them."""
+async def _as_is(batch: list[Any]) -> Any:
+    return batch
 
-    def __init__(self, stream: StreamT, store: Store, *, size: int, seconds: float, name: str = "batch",
-                 max_backoff: float = 10.0) -> None:
-        stream.enable_acks = False  # we ack after storing, not when the next event is read
-        self.stream, self.store, self.size, self.seconds = stream, store, size, seconds
-        self.name = name
+
+class RecordBatcher:
+    """Collects one topic's records and stores them in batches of at most ``size``, oldest first.
+
+    ``store(prepare(batch))``; without ``prepare``, ``store(batch)``.
+    """
+
+    def __init__(self, store: Callable[[Any], Awaitable[None]], *, prepare: Callable[[list[Any]], Awaitable[Any]] = _as_is,
+                 size: int, seconds: float, name: str = "batch", max_backoff: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.prepare, self.size, self.seconds, self.name = store, prepare, size, seconds, name
+        self.max_backoff, self.clock = max_backoff, clock
+        self.pending: list[Any] = []
         self.policy = Backoff(first_s=0.2, max_s=max_backoff)  # any error, no limit: dropping a batch would lose it
-        self.pending: list[EventT] = []
         self.oldest = 0.0
-        self.lock = asyncio.Lock()
-        self.ticker: asyncio.Task[Any] | None = None
+        self.storing: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> EventBatcher:
-        self.ticker = asyncio.create_task(self._tick(), name=f"{self.name}-age-flush")
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.ticker:
-            self.ticker.cancel()
-        if exc_type is None:
-            await self.flush()
-
-    async def add(self, event: EventT) -> None:
+    def add(self, records: Iterable[Any]) -> None:
+        """Queue records (in offset order per partition)."""
         if not self.pending:
-            self.oldest = time.monotonic()
-        self.pending.append(event)
+            self.oldest = self.clock()
+        self.pending.extend(records)
+
+    def wait_seconds(self) -> float | None:
+        """How long until the pending batch is due (0: now); None when nothing is pending."""
+        if not self.pending:
+            return None
         if len(self.pending) >= self.size:
-            await self.flush()
+            return 0.0
+        return max(0.0, self.oldest + self.seconds - self.clock())
 
-    async def _tick(self) -> None:
-        """Flush batches that waited ``seconds``; flush never raises, and this loop outlives any surprise."""
-        while True:
-            await asyncio.sleep(self.seconds / 2)
-            try:
-                if self.pending and time.monotonic() - self.oldest >= self.seconds:
-                    await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # pragma: no cover - flush settles or retries; kept so the ticker can never die
-                log.exception("age-based flush failed; will try again", batcher=self.name)
+    def due(self) -> bool:
+        return self.wait_seconds() == 0.0
 
-    async def flush(self) -> None:
-        """Store the pending batch (retrying until ``store`` settles it), then ack it."""
-        async with self.lock:
-            batch, self.pending = self.pending, []
-            if not batch:
-                return
-            await self.policy.call(lambda: self.store(batch), retry_if=lambda exc: True, on_retry=self._retrying(len(batch)))
-            for event in batch:
-                await self.stream.ack(event)
+    async def flush(self, acknowledge: Acknowledge) -> None:
+        """Prepare everything pending, ``size`` at a time, and store each batch once the one before it is stored.
 
-    def _retrying(self, events: int) -> OnRetry:
+        Returns when the last batch is prepared and being stored (``wait`` waits for it); each batch's
+        records are acknowledged right after it is stored.
+        """
+        while self.pending:
+            batch = self.pending[: self.size]
+            started = time.perf_counter()
+            prepared = await self._retrying(self.prepare, batch)
+            spent = time.perf_counter() - started
+            await self.wait()
+            del self.pending[: len(batch)]  # only now: a flush cancelled before this point leaves the batch pending
+            self.storing = asyncio.create_task(self._store(batch, prepared, spent, acknowledge), name=f"{self.name}-store")
+        self.oldest = self.clock()
+
+    async def wait(self) -> None:
+        """Until the batch being stored is stored and acknowledged."""
+        if self.storing is not None:
+            await self.storing
+            self.storing = None
+
+    async def close(self) -> None:
+        """Stop storing (shutdown): what is not acknowledged is read again by whoever owns the partition next."""
+        if self.storing is not None and not self.storing.done():
+            self.storing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.storing
+        self.storing = None
+
+    async def _store(self, batch: list[Any], prepared: Any, prepare_seconds: float, acknowledge: Acknowledge) -> None:
+        started = time.perf_counter()
+        await self._retrying(self.store, prepared)
+        metrics.BATCH_SECONDS.labels(self.name).observe(prepare_seconds + time.perf_counter() - started)
+        await acknowledge(batch)
+
+    async def _retrying(self, step: Callable[[Any], Awaitable[Any]], value: Any) -> Any:
+        return await self.policy.call(lambda: step(value), retry_if=lambda exc: True, on_retry=self._on_retry(value))
+
+    def _on_retry(self, value: Any) -> OnRetry:
+        events = len(value) if isinstance(value, list) else None
+
         def retried(exc: BaseException, wait: float) -> None:
             metrics.BATCH_RETRIES.labels(self.name).inc()
             log.error("batch could not be settled; retrying it (nothing acked)", batcher=self.name, events=events,

@@ -1,4 +1,4 @@
-"""One batch of Kafka events to ClickHouse rows: every event ends stored or dead-lettered.
+"""One batch of Kafka records to ClickHouse rows: every event ends stored or dead-lettered.
 
 Steps, each of which can refuse an event with a precise reason (``stage``):
 ``decode`` (not a record of this topic), ``invalid`` (out of the ranges the ledger holds,
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from faust.types import EventT
 
 from gpuledger.kafka import AckedSender
 from schemas import DecodeError
@@ -25,46 +24,75 @@ from streams.sink import ClickHouseSink
 log = structlog.get_logger()
 
 Rows = dict[str, list[list[Any]]]  # table -> the rows one event writes there
+Message = Any  # a Kafka record: ``topic``, ``partition``, ``offset``, ``key``, ``value`` (aiokafka's ConsumerRecord)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch turned into rows, ready to store (and to store again if storing fails): ``refused`` holds (event, stage, reason)."""
+
+    ready: list[tuple[Message, Rows]]
+    refused: list[tuple[Message, str, str]]
 
 
 @dataclass
 class Ingest:
     """Decode, validate, prepare and store a batch; ``tables`` gives the write order and columns.
 
+    Two steps, so the batcher can prepare a batch while the one before it is being stored:
+    ``rows`` (CPU only: decode, check, price) and ``store`` (ClickHouse, then the dead letters).
     ``begin`` runs once per batch (e.g. builds the price book); its result is ``prepare``'s third argument.
     """
 
     decode: Callable[[bytes | None], Any]
     check: Callable[[Any], str | None]
-    prepare: Callable[[EventT, Any, Any], Rows]
+    prepare: Callable[[Message, Any, Any], Rows]
     tables: Sequence[tuple[str, Sequence[str]]]
     sink: ClickHouseSink
     refuse: DeadLetters
     begin: Callable[[], Any] = lambda: None
 
-    async def __call__(self, events: list[EventT]) -> None:
-        self.refuse.reset()  # a retried batch refuses its events afresh
-        ready: list[tuple[EventT, Rows]] = []
+    async def __call__(self, events: list[Message]) -> None:
+        await self.store(self.rows(events))
+
+    def rows(self, events: list[Message]) -> Prepared:
+        """Every event's rows, or why it is refused before storage."""
+        ready: list[tuple[Message, Rows]] = []
+        refused: list[tuple[Message, str, str]] = []
         context = self.begin()
         for event in events:
             rows_or_reason = self._prepared(event, context)
             if isinstance(rows_or_reason, tuple):
-                self.refuse(event, *rows_or_reason)
+                refused.append((event, *rows_or_reason))
             else:
                 ready.append((event, rows_or_reason))
+        return Prepared(ready, refused)
+
+    async def store(self, prepared: Prepared) -> None:
+        """Store the rows table by table, then dead-letter what was refused; raises only what waiting can fix."""
+        self.refuse.reset()  # a retried batch refuses its events afresh
+        for refusal in prepared.refused:
+            self.refuse(*refusal)
+        ready = prepared.ready
         for table, columns in self.tables:  # an event refused by one table writes nothing to the later ones
-            owners = [(i, row) for i, (_, rows) in enumerate(ready) for row in rows.get(table, [])]
-            refused = await self.sink.store(table, columns, [row for _, row in owners])
-            dead = {owners[index][0]: error for index, error in refused.items()}
-            for i, error in sorted(dead.items()):
-                self.refuse(ready[i][0], "store", f"ClickHouse refused the {table} row: {error}")
-            ready = [item for i, item in enumerate(ready) if i not in dead]
+            owners: list[int] = []  # the index in ``ready`` of each row's event
+            table_rows: list[list[Any]] = []
+            for i, (_, rows) in enumerate(ready):
+                for row in rows.get(table, ()):
+                    owners.append(i)
+                    table_rows.append(row)
+            refused = await self.sink.store(table, columns, table_rows)
+            if refused:
+                dead = {owners[index]: error for index, error in refused.items()}
+                for i, error in sorted(dead.items()):
+                    self.refuse(ready[i][0], "store", f"ClickHouse refused the {table} row: {error}")
+                ready = [item for i, item in enumerate(ready) if i not in dead]
         await self.refuse.settle()  # acked by Kafka before the batch is: a refused event is never just gone
 
-    def _prepared(self, event: EventT, context: Any) -> Rows | tuple[str, str]:
+    def _prepared(self, event: Message, context: Any) -> Rows | tuple[str, str]:
         """The event's rows, or (stage, reason) when it is refused before storage."""
         try:
-            record = self.decode(event.message.value)
+            record = self.decode(event.value)
         except DecodeError as exc:
             return "decode", exc.reason
         problem = self.check(record)
@@ -98,8 +126,7 @@ class DeadLetters:
         """Forget what is queued and not yet sent."""
         self._queued, self._counts = [], []
 
-    def __call__(self, event: EventT, stage: str, reason: str) -> None:
-        message = event.message
+    def __call__(self, message: Message, stage: str, reason: str) -> None:
         self.add(message.topic, message.partition, message.offset, message.key, message.value, stage, reason)
 
     def add(self, topic: str, partition: int | None, offset: int | None, key: bytes | None, value: bytes | None, stage: str, reason: str) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -98,16 +98,6 @@ def timed(histogram: Histogram, failures: Counter, label: str) -> Iterator[None]
         raise
     finally:
         histogram.labels(label).observe(time.perf_counter() - started)
-
-
-def timed_batch(agent: str, store: Callable[[list[Any]], Awaitable[None]]) -> Callable[[list[Any]], Awaitable[None]]:
-    """``store`` with its duration recorded under ``agent`` (a failed batch is counted by the batcher, which retries it)."""
-
-    async def wrapped(events: list[Any]) -> None:
-        with BATCH_SECONDS.labels(agent).time():
-            await store(events)
-
-    return wrapped
 
 
 class WorkerHealth:

@@ -41,3 +41,10 @@ def outcome_problem(o: OutcomeEvent, now: datetime, times: TimeWindow) -> str | 
     if o.value is not None and (problem := money_problem(o.value)):
         return f"value: {problem}"
     return times.problem("occurred_at", o.occurred_at, now)
+
+
+class OutcomeRows:
+    """An outcome as its ``outcomes`` row, traceable to its Kafka offset."""
+
+    def __call__(self, origin: Any, record: OutcomeEvent, _: Any = None) -> dict[str, list[list[Any]]]:
+        return {"outcomes": [outcome_row(record, origin.partition, origin.offset)]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -134,3 +135,31 @@ def test_budget_v1_reads_as_a_spending_budget_and_v2_keeps_its_outcome_kind() ->
     unit = Budget(budget_id="u", org="o", team="t", period="week", amount=Decimal("0.40"), currency="USD", updated_at=T0, outcome_kind="ticket_resolved")
     assert codec.decode(codec.encode(unit)) == unit
     assert unit.scope == "o/t per successful ticket_resolved"
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: type(r).__name__)
+def test_hot_path_decode_equals_the_general_path(record: object) -> None:
+    """The fast reader (timestamps read as longs, slots filled directly) gives the very record fastavro's logical path gives."""
+    codec = codec_for(type(record))
+    data = codec.encode(record)
+    general = type(record)(**codec.decode_dict(data))
+    fast = codec.decode(data)
+    assert fast == general == record
+    assert [type(getattr(fast, f.name)) for f in dataclasses.fields(fast)] == [type(getattr(general, f.name)) for f in dataclasses.fields(general)]
+
+
+def test_hot_records_have_a_fast_reader_with_exact_microseconds() -> None:
+    from schemas.codec import _fast_reader
+
+    for record_type in (InferenceUsage, GpuSample):
+        assert _fast_reader(record_type, CURRENT[record_type]) is not None
+    early = datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)  # a negative long: floor division must not round
+    usage = replace(EXAMPLES[1], request_start=early, request_end=datetime(2262, 1, 1, 0, 0, 0, 1, tzinfo=UTC))
+    assert codec_for(InferenceUsage).decode(codec_for(InferenceUsage).encode(usage)) == usage
+
+
+def test_hot_path_leaves_bad_bodies_to_the_general_path_errors() -> None:
+    codec = codec_for(InferenceUsage)
+    data = codec.encode(EXAMPLES[1])
+    with pytest.raises(DecodeError, match="trailing bytes"):
+        codec.decode(data + b"\x00")
+    with pytest.raises(DecodeError, match="corrupt Avro body"):
+        codec.decode(data[:12])

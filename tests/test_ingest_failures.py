@@ -1,9 +1,9 @@
 """Failures injected at each step of a batch (whole batch, pricing, storing): every event ends stored or dead-lettered.
 
 Runs the worker's own batcher, ingest step and ClickHouse sink in-process against the real
-ClickHouse and the real Kafka (dead letters). The Faust stream is replaced by a small
-recorder of acks (Faust is the framework under test here, not an engine): it shows that
-no event is acknowledged before it is stored or dead-lettered. Failures are injected by
+ClickHouse and the real Kafka (dead letters). The consumer's acknowledgement is replaced by a
+small recorder of acks (Faust's offset bookkeeping is not under test here, and not an engine):
+it shows that no event is acknowledged before it is stored or dead-lettered. Failures are injected by
 wrapping the real clients: the first inserts raise a connection error (transient), the
 dead-letter sender fails once (the whole batch is retried), pricing raises for one event,
 and ClickHouse refuses one row (negative tokens) for its content.
@@ -26,8 +26,9 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import AckedSender
 from gpuledger.settings import Settings
 from schemas import InferenceUsage, OrgDirectory, Price, codec_for
-from streams.batching import EventBatcher
+from streams.batching import RecordBatcher
 from streams.enrich import price_usage
+from streams.handlers import settled_after
 from streams.ingest import DeadLetters, Ingest, Rows
 from streams.pricing import PriceBook
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ClickHouseSink, ledger_row, usage_row, version_now
@@ -49,20 +50,16 @@ class Message:
     value: bytes
 
 
-@dataclass
-class Event:
-    message: Message
-
-
 class AckRecorder:
-    """What the batcher needs of a Faust stream: acks, recorded with what was stored at that moment."""
+    """The consumer's acknowledgement of a stored batch, recorded with what was stored at that moment."""
 
     def __init__(self, stored: Any) -> None:
-        self.enable_acks, self.acked, self.stored = True, [], stored
+        self.acked: list[tuple[int, set[str]]] = []
+        self.stored = stored
 
-    async def ack(self, event: Event) -> bool:
-        self.acked.append((event.message.offset, self.stored()))
-        return True
+    async def __call__(self, batch: list[Message]) -> None:
+        at_ack = self.stored()
+        self.acked.extend((message.offset, at_ack) for message in batch)
 
 
 class FlakyClient:
@@ -104,17 +101,17 @@ async def _scenario(settings: Settings) -> None:
     base = InferenceUsage(event_id="x", request_start=NOW - timedelta(seconds=2), request_end=NOW - timedelta(seconds=1), key_id="k",
                           model="gpt-4o-mini", backend="openai", prompt_tokens=1_000_000, completion_tokens=1_000_000, latency_ms=5.0, status="ok")
     ids = [f"ev-{n}" for n in range(8)]
-    events = [Event(Message("ingestfail.usage", 0, n, None, codec.encode(replace(base, event_id=i)))) for n, i in enumerate(ids)]
-    events.insert(3, Event(Message("ingestfail.usage", 0, 100, None, b"not avro")))  # decode
-    events.insert(5, Event(Message("ingestfail.usage", 0, 101, None, codec.encode(replace(base, event_id="price-me")))))  # pricing raises
-    events.insert(7, Event(Message("ingestfail.usage", 0, 102, None, codec.encode(replace(base, event_id="negative", prompt_tokens=-5)))))
+    events = [Message("ingestfail.usage", 0, n, None, codec.encode(replace(base, event_id=i))) for n, i in enumerate(ids)]
+    events.insert(3, Message("ingestfail.usage", 0, 100, None, b"not avro"))  # decode
+    events.insert(5, Message("ingestfail.usage", 0, 101, None, codec.encode(replace(base, event_id="price-me"))))  # pricing raises
+    events.insert(7, Message("ingestfail.usage", 0, 102, None, codec.encode(replace(base, event_id="negative", prompt_tokens=-5))))
 
-    def prepare(event: Event, record: InferenceUsage, book: PriceBook) -> Rows:
+    def prepare(event: Message, record: InferenceUsage, book: PriceBook) -> Rows:
         if record.event_id == "price-me":
             raise ArithmeticError("injected: pricing failed")
         priced = price_usage(record, PAYER, book)
         assert priced.line is not None
-        return {"usage_events": [usage_row(priced, event.message.partition, event.message.offset)],
+        return {"usage_events": [usage_row(priced, event.partition, event.offset)],
                 "ledger": [ledger_row(priced.line, version_now())]}
 
     def stored() -> set[str]:
@@ -127,20 +124,23 @@ async def _scenario(settings: Settings) -> None:
                     refuse=DeadLetters(sender, settings.topics.dead_letter))
     retries = (_counter("gpuledger_worker_insert_retries_total", table="usage_events"), _counter("gpuledger_worker_batch_retries_total", agent="t"),
                _counter("gpuledger_worker_poison_rows_total", table="usage_events"))
+    async def ready() -> None:
+        """The reference data is loaded (the book above)."""
+
     stream = AckRecorder(stored)
     try:
-        async with EventBatcher(stream, ingest, size=1000, seconds=0.1, name="t", max_backoff=0.2) as batcher:  # type: ignore[arg-type]
-            for event in events:
-                await batcher.add(event)  # too few for a size flush: the age-based flush task does the work
-            for _ in range(200):
-                if len(stream.acked) == len(events):
-                    break
-                await asyncio.sleep(0.05)
+        batcher = RecordBatcher(ingest.store, prepare=settled_after(ready, ingest.rows), size=1000, seconds=0.1, name="t", max_backoff=0.2)
+        batcher.add(events)  # too few for a size flush: due once the oldest waited 0.1 s
+        assert not batcher.due()
+        await asyncio.sleep(0.1)
+        assert batcher.due()
+        await batcher.flush(stream)
+        await batcher.wait()
     finally:
         await sender.stop()
 
     # Every event acked once, and only once the batch was settled (all good events already stored).
-    assert sorted(offset for offset, _ in stream.acked) == sorted(e.message.offset for e in events)
+    assert sorted(offset for offset, _ in stream.acked) == sorted(e.offset for e in events)
     assert all(at_ack == set(ids) for _, at_ack in stream.acked)
     assert stored() == set(ids)
     costs = client.query("SELECT sum(cost), count() FROM ledger FINAL").result_rows[0]
