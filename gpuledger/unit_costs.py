@@ -24,8 +24,6 @@ from gpuledger.settings import Settings
 By = Literal["org", "team", "project", "model"]
 Format = Literal["table", "csv", "json"]
 DIMENSIONS: dict[str, tuple[str, ...]] = {"org": ("org",), "team": ("org", "team"), "project": ("org", "team", "project"), "model": ()}
-NANO = Decimal("0.000000001")
-MILLION = Decimal(1_000_000)
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,23 @@ class Comparison(UnitCost):
 
 def per_mtok(cost: Decimal, tokens: int) -> Decimal | None:
     """Cost per million tokens, 9 places half-even; None without tokens (never a division by zero)."""
-    return (cost * MILLION / tokens).quantize(NANO, ROUND_HALF_EVEN) if tokens else None
+    return div_half_even(cost, tokens, 1_000_000) if tokens else None
+
+
+def div_half_even(amount: Decimal, over: int, times: int = 1) -> Decimal:
+    """``amount × times / over`` to 9 places, half-even, rounded once from the exact quotient.
+
+    Integer arithmetic, so no 28-digit context rounds first; the SQL views get the same figure with
+    ``roundBankers`` over 30 places (exact below 5e20 tokens). ``amount`` has at most 9 places (a ledger Decimal).
+    """
+    nanos = amount.scaleb(9)
+    if nanos != nanos.to_integral_value():
+        raise ValueError(f"{amount} has more than 9 decimal places")
+    numerator = int(nanos) * times
+    quotient, remainder = divmod(abs(numerator), over)
+    if 2 * remainder > over or (2 * remainder == over and quotient % 2):
+        quotient += 1
+    return Decimal(f"{quotient if numerator >= 0 else -quotient}E-9")
 
 
 def _quotient(top: Decimal | None, bottom: Decimal | None) -> Decimal | None:
