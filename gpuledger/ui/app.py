@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
 from gpuledger.ui import queries
-from gpuledger.ui.auth import COOKIE, Refused, authenticate, from_token
+from gpuledger.ui.auth import COOKIE, Refused, authenticate, from_token, is_https
 from gpuledger.ui.filters import BadFilter, Filters
 from gpuledger.ui.tables import Table
 
@@ -121,12 +121,12 @@ def create_app(settings: Settings) -> Starlette:
         except Refused as exc:
             return HTMLResponse(env.get_template("login.html").render(error=str(exc)), exc.status)
         response = RedirectResponse("/", 303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=is_https(request, settings.ui))
         return response
 
     async def logout(request: Request) -> Response:
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=is_https(request, settings.ui))
         return response
 
     async def refused(request: Request, exc: Exception) -> Response:

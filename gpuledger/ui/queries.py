@@ -94,7 +94,7 @@ def overview(ctx: Ctx) -> Page:
         orgs.links[(i, "group")] = f.url("/drill", org=row["group"])
     movers = _period_table(ctx, "movers", f"Top movers by team this {f.period}", ("org", "team"), previous, start, end)
     movers.rows = sorted(movers.rows, key=lambda r: -abs(r["change"]))[:10]
-    _add_bridge(ctx, movers, previous, end)
+    _add_bridge(ctx, movers, start, end)
     jevons, chart = _jevons(ctx, end)
     return Page("Overview", [orgs, jevons, movers], charts={"jevons": chart})
 
@@ -131,14 +131,14 @@ def _elapsed_fraction(start: date, end: date) -> Decimal:
     return Decimal(max((now - begin).total_seconds(), 1)) / Decimal((finish - begin).total_seconds())
 
 
-def _add_bridge(ctx: Ctx, movers: Table, previous: date, end: date) -> None:
-    """Volume / price / mix / other for each mover, from ``gpuledger trends`` (teams with spend in both periods)."""
-    bridges = {b.group: b for b in tr.trends(ctx.settings, previous, end, "team", ctx.filters.period, ctx.client)
+def _add_bridge(ctx: Ctx, movers: Table, start: date, end: date) -> None:
+    """Volume / price / mix / other for each mover this period against the one before, from ``gpuledger trends``."""
+    bridges = {(b.group, b.currency): b for b in tr.trends(ctx.settings, start, end, "team", ctx.filters.period, ctx.client)
                if ctx.viewer.may_see(b.group.split("/")[0])}
     movers.columns[4:4] = [Column("volume", "volume", "money"), Column("price", "price", "money"), Column("mix", "mix", "money"),
                            Column("other", "other (no tokens)", "money"), Column("jevons", "unit cost down, spend up")]
     for row in movers.rows:
-        bridge = bridges.get(row["group"])
+        bridge = bridges.get((row["group"], row["currency"]))
         if bridge is not None:
             row.update(volume=bridge.volume, price=bridge.price, mix=bridge.mix, other=bridge.other, jevons="yes" if bridge.jevons else "no")
 
@@ -383,7 +383,7 @@ def models(ctx: Ctx) -> Page:
     for r in rows:
         unit = uc.UnitCost(r.group, r.llm_model, r.hosting, r.tokens, r.usage_cost, r.allocation_cost)
         table.rows.append({**r.__dict__, "group": r.group or "all", "ratio": r.ratio, "break_even_tokens_per_hour": r.break_even_tokens_per_hour,
-                           "headroom": r.headroom, "per_mtok_allocation": unit.per_mtok_allocation, "currency": ctx.settings.currency})
+                           "headroom": r.headroom, "per_mtok_allocation": unit.per_mtok_allocation})
     return Page("Models", [table])
 
 
