@@ -92,3 +92,18 @@ def test_budgets_refuses_a_foreign_org_before_reading_anything(two_currencies: S
     monkeypatch.setattr(queries, "budget_standings", lambda c: pytest.fail("read budgets for a refused org"))
     with pytest.raises(Refused):
         queries.budgets(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), org="support"))
+
+
+def test_the_models_page_marks_routing_savings_and_cost_per_outcome_until_their_views_exist(two_currencies: Settings) -> None:
+    """Marked sections while the views are missing; a view's rows (scoped to the viewer's orgs and the range) once one exists."""
+    page = queries.models(ctx(two_currencies, since="2026-10-01", until="2026-12-01"))
+    assert [(a, "Not available yet" in text) for a, _, text in page.notes] == [("routing_savings", True), ("cost_per_outcome", True)]
+    client = connect(two_currencies.clickhouse)
+    client.command("CREATE VIEW IF NOT EXISTS routing_savings_daily AS SELECT toDate(d) AS day, o AS org, toDecimal128(s, 9) AS savings, 'USD' AS currency"
+                   " FROM values('d String, o String, s String', ('2026-10-05', 'research', '1.5'), ('2026-10-06', 'support', '2'), ('2025-01-01', 'research', '9'))")
+    try:
+        page = queries.models(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), since="2026-10-01", until="2026-12-01"))
+        assert [a for a, _, _ in page.notes] == ["cost_per_outcome"]
+        assert [(r["org"], r["savings"]) for r in page.table("routing_savings").rows] == [("research", Decimal("1.5"))]
+    finally:
+        client.command("DROP VIEW routing_savings_daily")
