@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from rich.console import Console
 
+from gpuledger.cfo_summary import refresh_rollups, render, summary
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
 from gpuledger.trends import Bridge, ModelSpend, bridge, trends
@@ -70,8 +72,8 @@ def as_view_row(b: Bridge) -> tuple[Any, ...]:
             b.usd_per_mtok_before, b.usd_per_mtok_after, b.jevons)
 
 
-@pytest.mark.engines
-def test_the_views_give_the_commands_rows_with_a_mid_period_price_change(stack_settings: Settings) -> None:
+@pytest.fixture(scope="module")
+def bridge_ledger(stack_settings: Settings) -> Settings:
     # research, USD. August: A 1,000,000 tokens for 10.00, C 200,000 tokens for 1.00, idle 1.00.
     # September: A 1,000,000 tokens at 10/M (the 3rd) then its price fell to 6/M: 1,000,000 more for 6.00 (the 20th),
     #            C dropped, B added (500,000 tokens for 1.00), idle 2.00. Nothing in October.
@@ -82,12 +84,18 @@ def test_the_views_give_the_commands_rows_with_a_mid_period_price_change(stack_s
     # research also spent 0.50 EUR on A in September: its own rows, never added to the dollars.
     settings = isolated(stack_settings, "bridge_views")
     aug, sep3, sep20 = datetime(2026, 8, 10, tzinfo=UTC), datetime(2026, 9, 3, tzinfo=UTC), datetime(2026, 9, 20, tzinfo=UTC)
-    client = write(settings, [
+    write(settings, [
         line("a1", aug, "model-a", 1_000_000, "10"), line("c1", aug, "model-c", 200_000, "1"), line("i1", aug, "H100", 0, "1", kind="idle"),
         line("a2", sep3, "model-a", 1_000_000, "10"), line("a3", sep20, "model-a", 1_000_000, "6"), line("b1", sep20, "model-b", 500_000, "1"),
         line("i2", sep20, "H100", 0, "2", kind="idle"), line("e1", sep3, "model-a", 100_000, "0.5", currency="EUR"),
         line("s1", aug, "H100", 0, "3", kind="idle", org="support"),
     ])
+    return settings
+
+
+@pytest.mark.engines
+def test_the_views_give_the_commands_rows_with_a_mid_period_price_change(bridge_ledger: Settings) -> None:
+    settings, client = bridge_ledger, connect(bridge_ledger.clickhouse)
     cli = {p: trends(settings, date(2026, 1, 1), date(2027, 1, 1), "org", p) for p in ("month", "week")}
     view = {p: client.query(f"SELECT {', '.join(VIEW_COLUMNS)} FROM spend_bridge WHERE period_kind = {{p:String}} ORDER BY org, currency, period",
                             parameters={"p": p}).result_rows for p in ("month", "week")}
@@ -120,7 +128,7 @@ def test_effects_always_add_up_to_the_change_exactly(seed: int) -> None:
     before, after = period(), period()
     other_before, other_after = Decimal(rng.randrange(10**6)) / 1000, Decimal(rng.randrange(10**6)) / 1000
     volume, price, mix, other = bridge(before, after, other_before, other_after)
-    spend = lambda p: sum((m.spend for m in p.values()), Decimal(0))  # noqa: E731
+    spend = lambda p: sum((m.spend for m in p.values()), Decimal(0))
     assert volume + price + mix + other == spend(after) + other_after - spend(before) - other_before
 
 
@@ -130,3 +138,21 @@ def test_effects_always_add_up_to_the_change_exactly(seed: int) -> None:
 ])
 def test_division_rounds_once_half_even(amount: str, over: int, times: int, expected: str) -> None:
     assert div_half_even(Decimal(amount), over, times) == Decimal(expected)
+
+
+@pytest.mark.engines
+def test_the_cfo_summary_reads_the_views(bridge_ledger: Settings) -> None:
+    """`make demo`'s last tables: September's spend by org and currency, and its bridge (the hand-computed row above)."""
+    client = connect(bridge_ledger.clickhouse)
+    refresh_rollups(client)
+    s = summary(bridge_ledger, client, date(2026, 9, 15))
+    assert [(o.org, o.currency, o.api, o.idle, o.total) for o in s.orgs] == [
+        ("research", "USD", Decimal(17), Decimal(2), Decimal(19)), ("research", "EUR", Decimal("0.5"), 0, Decimal("0.5"))]
+    usd = next(b for b in s.bridge if (b.org, b.currency) == ("research", "USD"))
+    assert (usd.spend_before, usd.spend_after, usd.volume, usd.price, usd.mix, usd.other, usd.jevons) == (
+        Decimal(12), Decimal(19), Decimal("11.916666667"), Decimal(-4), Decimal("-1.916666667"), Decimal(1), True)
+    assert {(b.org, b.currency) for b in s.bridge} == {("research", "USD"), ("research", "EUR"), ("support", "USD")}
+    console = Console(record=True, width=200)
+    console.print(render(s))
+    text = console.export_text()
+    assert "spend bridge, September 2026" in text and "11.9167" in text and "-1.9167" in text
