@@ -16,8 +16,6 @@ from rich.table import Table
 from gpuledger import unit_costs as uc
 from gpuledger.settings import Settings
 
-ROLLUP_REFRESHES = ("spend_hourly_refresh", "spend_daily_refresh")
-
 
 @dataclass(frozen=True)
 class OrgSpend:
@@ -48,15 +46,6 @@ class CfoSummary:
     orgs: list[OrgSpend]
     models: list[uc.Comparison]
     bridge: list[BridgeRow]
-
-
-def refresh_rollups(client: Client) -> None:
-    """Bring the rollups up to date now where they are refreshable views (a no-op where they are not)."""
-    present = {r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
-    for view in ROLLUP_REFRESHES:
-        if view in present:
-            client.command(f"SYSTEM REFRESH VIEW {view}")
-            client.command(f"SYSTEM WAIT VIEW {view}")
 
 
 def summary(settings: Settings, client: Client, at: date) -> CfoSummary:

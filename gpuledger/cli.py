@@ -370,8 +370,9 @@ def _cfo_summary(settings: Settings) -> None:
     """The demo's last word: spend by org, self-hosted vs API with break-even, this month's bridge, from the views."""
     from zoneinfo import ZoneInfo
 
-    from gpuledger.cfo_summary import refresh_rollups, render, summary
+    from gpuledger.cfo_summary import render, summary
     from gpuledger.clickhouse import connect
+    from gpuledger.rollups import refresh_rollups
 
     client = connect(settings.clickhouse)
     refresh_rollups(client)

@@ -115,23 +115,29 @@ def unit_costs(settings: Settings, since: date, until: date, by: By) -> list[Uni
     return [UnitCost(g, m, h, int(t), Decimal(u), Decimal(a), currency=c) for g, m, h, t, u, a, c in rows]
 
 
-def comparisons(settings: Settings, since: date, until: date, by: By, client: Client | None = None) -> list[Comparison]:
-    """Self-hosted vs API per ``by`` group and LLM over [since, until), with break-even volume and headroom (on ``client``, or a new connection)."""
+# Where comparisons() reads: the live views (the CLI, always current) or the rollups of migration 0026 (the dashboard, fast).
+COMPARISON_SOURCES = {
+    False: ("self_hosted_vs_api_daily", ("model AS llm_model, currency, uniqExact(toStartOfHour(event_time)) FROM {db}.ledger FINAL"
+                                        " WHERE kind = 'gpu' AND basis = 'tokens' AND event_time >= {{since:Date}} AND event_time < {{until:Date}}")),
+    True: ("self_hosted_vs_api_rollup", "llm_model, currency, uniqExact(hour) FROM {db}.serving_hours WHERE hour >= {{since:Date}} AND hour < {{until:Date}}"),
+}
+
+
+def comparisons(settings: Settings, since: date, until: date, by: By, client: Client | None = None, rollup: bool = False) -> list[Comparison]:
+    """Self-hosted vs API per ``by`` group and LLM over [since, until), with break-even volume and headroom (on ``client``, or a new
+    connection; from the rollups, refreshed every few seconds, with ``rollup``)."""
     label, keys = grouping(by)
     db = settings.clickhouse.database
     params = {"since": since, "until": until}
     client = client if client is not None else connect(settings.clickhouse)
+    view, serving = COMPARISON_SOURCES[rollup]
     hours = {
         (g, m, c): int(h)
-        for g, m, c, h in client.query(
-            f"SELECT {label}, model AS llm_model, currency, uniqExact(toStartOfHour(event_time)) FROM {db}.ledger FINAL "
-            f"WHERE kind = 'gpu' AND basis = 'tokens' AND event_time >= {{since:Date}} AND event_time < {{until:Date}} GROUP BY {keys}",
-            parameters=params,
-        ).result_rows
+        for g, m, c, h in client.query(f"SELECT {label}, {serving.format(db=db)} GROUP BY {keys}", parameters=params).result_rows
     }
     rows = client.query(
         f"SELECT {label}, llm_model, any(hosting), sum(tokens), sum(usage_cost), sum(allocation_cost), sum(api_equivalent_cost), "
-        f"sum(requests_without_equivalent), currency FROM {db}.self_hosted_vs_api_daily WHERE day >= {{since:Date}} AND day < {{until:Date}} "
+        f"sum(requests_without_equivalent), currency FROM {db}.{view} WHERE day >= {{since:Date}} AND day < {{until:Date}} "
         f"GROUP BY {keys} ORDER BY {keys}",
         parameters=params,
     ).result_rows

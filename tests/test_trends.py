@@ -12,8 +12,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from rich.console import Console
 
-from gpuledger.cfo_summary import refresh_rollups, render, summary
+from gpuledger.cfo_summary import render, summary
 from gpuledger.clickhouse import connect
+from gpuledger.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.trends import Bridge, ModelSpend, bridge, trends
 from gpuledger.unit_costs import div_half_even

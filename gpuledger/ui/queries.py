@@ -2,9 +2,10 @@
 
 Every query goes through ``scope()``, which always restricts an org-scoped viewer to its orgs
 and refuses (``Refused``, 403) an org filter outside them, so an edited URL cannot reach
-another org's figures, whatever the page or endpoint. Aggregates read the rollup views
-(``spend_by_org_daily``, ``unit_costs_daily``, ``self_hosted_vs_api_daily``); the ledger itself
-is read only where lines or columns the rollups do not keep are needed. Ratios and the spend
+another org's figures, whatever the page or endpoint. Aggregates read rollups (``spend_daily`` and
+``spend_by_org_daily`` over it; migration 0026's ``gpu_hourly``, ``gpu_utilization_hourly``,
+``self_hosted_vs_api_rollup``, ``serving_hours``), so a page's time does not grow with the ledger; the
+ledger itself is read only for the lines page's listing (and its totals under basis / node / GPU filters). Ratios and the spend
 bridge come from ``gpuledger.unit_costs`` and ``gpuledger.trends``, not re-derived here.
 """
 
@@ -154,7 +155,7 @@ def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
         f"SELECT toStartOfMonth(day) AS m, currency, sum(total_cost) FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY m, currency",
         parameters=params).result_rows}
     units = {(m, c): uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a)) for m, c, t, u, a in ctx.client.query(
-        f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.unit_costs_daily"
+        f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.self_hosted_vs_api_rollup"
         f" WHERE {where} GROUP BY m, currency", parameters=params).result_rows}
     table = Table("jevons", "Unit cost vs total spend by month (why spend rises while unit prices fall)", [
         Column("month", "month", "date"), Column("spend", "total spend", "money", True), Column("tokens", "tokens", "int", True),
@@ -190,15 +191,19 @@ SPEND_COLUMNS = [Column("api", "API", "money", True), Column("gpu", "GPU", "mone
                  Column("tokens", "tokens", "int", True), Column("currency", "currency"), Column("lines", "ledger lines")]
 
 
+# spend_daily with spend_by_org_daily's one model name per row (the LLM, else the GPU), so the same filters apply to both
+SPEND_DAILY = "(SELECT *, if(llm_model != '', llm_model, gpu_model) AS model FROM {db}.spend_daily)"
+
+
 def drill(ctx: Ctx) -> Page:
     """Spend one level below the filters (org → team → project → model → key), split API / GPU / idle."""
     f = ctx.filters
     level = next((d for d in DIMENSIONS if getattr(f, d) is None), "key_id")
-    if level == "key_id":  # the rollups do not keep keys: read the ledger
-        where, params = scope(ctx, "event_time", DIMENSIONS)
+    if level == "key_id":  # spend_by_org_daily has no keys: the rollup under it does
+        where, params = scope(ctx, "day", DIMENSIONS)
         sql = (f"SELECT key_id, currency, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),"
                f" sumIf(cost, kind = 'adjustment'), sum(cost), sum(prompt_tokens + completion_tokens)"
-               f" FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
+               f" FROM {SPEND_DAILY.format(db=ctx.db)} WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
     else:
         where, params = scope(ctx, "day")
         sql = (f"SELECT {level}, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(adjustment_cost), sum(total_cost), sum(tokens)"
@@ -230,14 +235,42 @@ LINE_COLUMNS = [Column("line_id", "line id"), Column("kind", "kind"), Column("ev
 
 
 def lines(ctx: Ctx, limit: int = LINES_SHOWN) -> Page:
-    """The ledger lines behind a figure: ids, events, prices, windows; the total covers every matching line."""
+    """The ledger lines behind a figure: ids, events, prices, windows; the total covers every matching line.
+
+    Where the filters are ones ``spend_daily`` keeps (not basis, node or GPU), the totals come from it and the ledger is
+    read only over the newest days that hold ``limit`` matching lines, so a page never scans a whole month of ledger.
+    """
     where, params = scope(ctx, "event_time", DIMENSIONS + LINE_FILTERS)
-    totals = ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
-                              parameters=params).result_rows or [(ctx.settings.currency, 0, 0)]
+    rolled = all(getattr(ctx.filters, d) is None for d in LINE_FILTERS if d != "kind")
+    newest: date | None = None
+    if rolled:
+        day_where, day_params = scope(ctx, "day", (*DIMENSIONS, "kind"))
+        per_day = ctx.client.query(f"SELECT day, currency, sum(lines), sum(cost) FROM {SPEND_DAILY.format(db=ctx.db)} WHERE {day_where}"
+                                   " GROUP BY day, currency ORDER BY day DESC, currency", parameters=day_params).result_rows
+        by_currency: dict[str, list[Any]] = {}
+        for _, currency, n, cost in per_day:
+            total = by_currency.setdefault(currency, [currency, 0, Decimal(0)])
+            total[1], total[2] = total[1] + int(n), total[2] + Decimal(cost)
+        totals = [tuple(by_currency[c]) for c in sorted(by_currency)]
+        seen = 0
+        for day, _, n, _ in per_day:
+            seen += int(n)
+            if seen >= limit:
+                newest = day - timedelta(days=1)  # a day earlier: spend_daily's days are in the reporting time zone
+                break
+    else:
+        totals = ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
+                                  parameters=params).result_rows
+    totals = totals or [(ctx.settings.currency, 0, 0)]
     count = sum(int(n) for _, n, _ in totals)
     keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
-    rows = ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {where} ORDER BY event_time DESC, line_id LIMIT {int(limit)}",
-                            parameters=params).result_rows
+    def listing(condition: str) -> list[Any]:
+        return ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}",
+                                parameters={**params, "newest": newest}).result_rows
+
+    rows = listing(f"{where} AND event_time >= {{newest:Date}}" if newest else where)
+    if newest is not None and len(rows) < limit:  # the rollup was behind the ledger: read the whole range after all
+        rows = listing(where)
     summary = Table("summary", "Matching ledger lines", [Column("lines", "lines", "int"), Column("cost", "total cost", "money"), Column("currency", "currency")],
                     [{"lines": int(n), "cost": Decimal(total), "currency": currency} for currency, n, total in totals])
     table = Table("lines", f"Ledger lines, newest first ({min(count, limit):,} of {count:,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS))
@@ -324,16 +357,19 @@ HEAT_HOURS = 24
 
 
 def gpus(ctx: Ctx) -> Page:
-    """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why."""
+    """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why.
+
+    Reads the hourly GPU rollups of migration 0026 (``gpu_hourly``, ``gpu_utilization_hourly``), never the ledger.
+    """
     f = ctx.filters
-    where, params = scope(ctx, "event_time", ("org", "team", "project", "node", "gpu_uuid"))
-    # the heatmap reads only the last HEAT_HOURS of the range (a month of windows would be one query too many)
+    where, params = scope(ctx, "hour", ("org", "team", "project", "node", "gpu_uuid"))
+    # the heatmap shows the last HEAT_HOURS of the range: a GPU's utilization in the hours the viewer's (filtered) lines used it
     last = min(datetime(f.until.year, f.until.month, f.until.day, tzinfo=UTC), datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
     heat_params = {**params, "heat_from": last - timedelta(hours=HEAT_HOURS)}
     cells = ctx.client.query(
-        f"SELECT node, gpu_uuid, toStartOfHour(event_time) AS hour, avg(u) FROM (SELECT node, gpu_uuid, event_time, max(utilization_pct) AS u"
-        f" FROM {ctx.db}.ledger FINAL WHERE {where} AND event_time >= {{heat_from:DateTime64(6, 'UTC')}} AND kind IN ('gpu', 'idle')"
-        " AND gpu_uuid != '' GROUP BY node, gpu_uuid, event_time) GROUP BY node, gpu_uuid, hour ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
+        f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE hour >= {{heat_from:DateTime}}"
+        f" AND (gpu_uuid, hour) IN (SELECT gpu_uuid, hour FROM {ctx.db}.gpu_hourly WHERE {where} AND hour >= {{heat_from:DateTime}}"
+        " AND kind IN ('gpu', 'idle')) ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
     hours = sorted({c[2] for c in cells})
     heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
                  [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))])
@@ -347,7 +383,7 @@ def gpus(ctx: Ctx) -> Page:
         idle.links[(i, "cost")] = f.url("/lines", kind="idle", node=row["node"], org=row["org"], team=row["team"])
     booked = _grouped(ctx, "attribution", "What each GPU's cost was booked to, and on which basis (largest first)",
                       ("node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project"),
-                      "kind IN ('gpu', 'idle', 'adjustment') AND gpu_uuid != ''", where, params)
+                      "gpu_uuid != ''", where, params)
     for i, row in enumerate(booked.rows):
         booked.links[(i, "cost")] = f.url("/lines", gpu_uuid=row["gpu_uuid"], kind=row["kind"], basis=row["basis"], org=row["org"], team=row["team"], project=row["project"])
     return Page("GPUs", [heat, idle, booked])
@@ -355,7 +391,7 @@ def gpus(ctx: Ctx) -> Page:
 
 def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
     rows = ctx.client.query(
-        f"SELECT {', '.join(keys)}, currency, count(), sum(gpu_seconds), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} AND {condition}"
+        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) FROM {ctx.db}.gpu_hourly WHERE {where} AND {condition}"
         f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)}", parameters=params).result_rows
     columns = [*(Column(k, k.replace("_", " ")) for k in keys), Column("lines", "lines", "int", True),
                Column("gpu_seconds", "GPU seconds", "int", True), Column("cost", "cost", "money", True), Column("currency", "currency")]
@@ -370,7 +406,7 @@ def models(ctx: Ctx) -> Page:
     if f.org is not None:
         ctx.viewer.check(f.org)
     company = ctx.viewer.admin and f.org is None
-    rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org", ctx.client)
+    rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org", ctx.client, rollup=True)
     if not company:
         rows = [r for r in rows if ctx.viewer.may_see(r.group) and (f.org is None or r.group == f.org)]
     table = Table("compare", f"Self-hosted vs API per model, {f.since} to {f.until} (exclusive)", [

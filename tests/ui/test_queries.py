@@ -14,6 +14,7 @@ import pytest
 
 from gpuledger.clickhouse import connect
 from gpuledger.reference_import import publish
+from gpuledger.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.ui import queries
 from gpuledger.ui.auth import Refused, Viewer
@@ -46,8 +47,7 @@ def two_currencies(stack_settings: Settings) -> Iterator[Settings]:
         line("n1", NOV, "USD", "api", "9", 3_000_000), line("n2", NOV, "USD", "idle", "21"),
     ]
     client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
-    client.command("SYSTEM REFRESH VIEW spend_daily_refresh")
-    client.command("SYSTEM WAIT VIEW spend_daily_refresh")
+    refresh_rollups(client)
     yield settings
 
 
