@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.client import Client
 
-REFRESHES = ("spend_hourly_refresh", "spend_daily_refresh", "gpu_hourly_refresh", "gpu_utilization_hourly_refresh",
+REFRESHES = ("spend_hourly_refresh", "spend_daily_refresh", "gpu_daily_refresh", "gpu_utilization_hourly_refresh",
              "self_hosted_vs_api_rollup_refresh", "serving_hours_refresh")
 
 

@@ -26,8 +26,9 @@ from gpuledger.reference_import import (
     import_equivalents,
     import_prices,
 )
+from gpuledger.rollups import refresh_rollups
 from gpuledger.settings import Settings
-from gpuledger.unit_costs import comparisons, unit_costs
+from gpuledger.unit_costs import comparisons, render, unit_costs
 from schemas import InferenceUsage, LedgerLine, codec_for
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
 from tests.support import (
@@ -123,6 +124,21 @@ def test_views_never_divide_by_zero(ledger: Settings) -> None:
     client.insert("ledger", [ledger_row(gpu_line("z", "finance", "ops", "llama-3.1-70b-instruct", "0.001", share=0), 1)], column_names=list(LEDGER_COLUMNS))
     rows = client.query("SELECT llm_model, tokens, usd_per_mtok_usage FROM unit_costs_daily WHERE org = 'finance'").result_rows
     assert rows == [("llama-3.1-70b-instruct", 0, None)]
+
+
+def test_currencies_are_never_added_together_and_the_dashboards_rollup_agrees(ledger: Settings) -> None:
+    """emea pays gpt-4o-mini in dollars (0.25) and in euros (0.50): two rows, never 0.75 of anything."""
+    client = connect(ledger.clickhouse)
+    client.insert("ledger", [ledger_row(LedgerLine(
+        line_id=f"api:{currency}", kind="api", event_time=W, org="emea", team="x", project="p", cost_centre="", model="gpt-4o-mini",
+        price_id="mini", gpu_seconds=Decimal(0), cost=Decimal(cost), currency=currency, prompt_tokens=1000), 1)
+        for currency, cost in (("USD", "0.25"), ("EUR", "0.5"))], column_names=list(LEDGER_COLUMNS))
+    rows = [(r.llm_model, r.currency, r.usage_cost, r.per_mtok_usage) for r in unit_costs(ledger, *DAY, "org") if r.group == "emea"]
+    assert rows == [("gpt-4o-mini", "EUR", Decimal("0.5"), Decimal(500)), ("gpt-4o-mini", "USD", Decimal("0.25"), Decimal(250))]
+    table = render(unit_costs(ledger, *DAY, "org"), ("per_mtok_usage",), "table", "t")
+    assert table.caption == "2 currencies (EUR, USD): rows are grouped by currency, never added across"
+    refresh_rollups(client)
+    assert comparisons(ledger, *DAY, "team", client, rollup=True) == comparisons(ledger, *DAY, "team", client)
 
 
 def test_cli_formats_and_bad_ranges(ledger: Settings, tmp_path: Path) -> None:

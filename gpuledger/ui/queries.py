@@ -3,7 +3,7 @@
 Every query goes through ``scope()``, which always restricts an org-scoped viewer to its orgs
 and refuses (``Refused``, 403) an org filter outside them, so an edited URL cannot reach
 another org's figures, whatever the page or endpoint. Aggregates read rollups (``spend_daily`` and
-``spend_by_org_daily`` over it; migration 0026's ``gpu_hourly``, ``gpu_utilization_hourly``,
+``spend_by_org_daily`` over it; migration 0026's ``gpu_daily``, ``gpu_utilization_hourly``,
 ``self_hosted_vs_api_rollup``, ``serving_hours``), so a page's time does not grow with the ledger; the
 ledger itself is read only for the lines page's listing (and its totals under basis / node / GPU filters). Ratios and the spend
 bridge come from ``gpuledger.unit_costs`` and ``gpuledger.trends``, not re-derived here.
@@ -359,17 +359,25 @@ HEAT_HOURS = 24
 def gpus(ctx: Ctx) -> Page:
     """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why.
 
-    Reads the hourly GPU rollups of migration 0026 (``gpu_hourly``, ``gpu_utilization_hourly``), never the ledger.
+    Reads the GPU rollups of migration 0026 (``gpu_daily``, ``gpu_utilization_hourly``), never the ledger; the heatmap
+    follows the org, node and GPU filters (a GPU's utilization is the whole GPU's, not a team's or project's).
     """
     f = ctx.filters
-    where, params = scope(ctx, "hour", ("org", "team", "project", "node", "gpu_uuid"))
-    # the heatmap shows the last HEAT_HOURS of the range: a GPU's utilization in the hours the viewer's (filtered) lines used it
+    where, params = scope(ctx, "day", ("org", "team", "project", "node", "gpu_uuid"))
+    # the heatmap shows the range's last HEAT_HOURS: the GPUs (filtered by node / GPU) that the viewer's orgs (or the org filter) used
     last = min(datetime(f.until.year, f.until.month, f.until.day, tzinfo=UTC), datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
-    heat_params = {**params, "heat_from": last - timedelta(hours=HEAT_HOURS)}
-    cells = ctx.client.query(
-        f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE hour >= {{heat_from:DateTime}}"
-        f" AND (gpu_uuid, hour) IN (SELECT gpu_uuid, hour FROM {ctx.db}.gpu_hourly WHERE {where} AND hour >= {{heat_from:DateTime}}"
-        " AND kind IN ('gpu', 'idle')) ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
+    heat_params: dict[str, Any] = {"heat_from": max(last - timedelta(hours=HEAT_HOURS), datetime(f.since.year, f.since.month, f.since.day, tzinfo=UTC)),
+                                   "heat_to": last}
+    heat_where = ["hour >= {heat_from:DateTime}", "hour < {heat_to:DateTime}"]
+    if ctx.viewer.orgs is not None:
+        heat_where.append("hasAny(orgs, {scope_orgs:Array(String)})")
+        heat_params["scope_orgs"] = sorted(ctx.viewer.orgs)
+    for dim, condition in (("org", "has(orgs, {f_org:String})"), ("node", "node = {f_node:String}"), ("gpu_uuid", "gpu_uuid = {f_gpu_uuid:String}")):
+        if getattr(f, dim) is not None:
+            heat_where.append(condition)
+            heat_params[f"f_{dim}"] = getattr(f, dim)
+    cells = ctx.client.query(f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE {' AND '.join(heat_where)}"
+                             " ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
     hours = sorted({c[2] for c in cells})
     heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
                  [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))])
@@ -391,7 +399,7 @@ def gpus(ctx: Ctx) -> Page:
 
 def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
     rows = ctx.client.query(
-        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) FROM {ctx.db}.gpu_hourly WHERE {where} AND {condition}"
+        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) FROM {ctx.db}.gpu_daily WHERE {where} AND {condition}"
         f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)}", parameters=params).result_rows
     columns = [*(Column(k, k.replace("_", " ")) for k in keys), Column("lines", "lines", "int", True),
                Column("gpu_seconds", "GPU seconds", "int", True), Column("cost", "cost", "money", True), Column("currency", "currency")]

@@ -2,39 +2,41 @@
 -- Like spend_hourly / spend_daily (migration 0008): recomputed from the deduplicated ledger by refreshable views writing
 -- TO named tables, so a rollup can never count a replayed or re-derived line twice.
 
--- GPUs page: what each GPU's cost was booked to and on which basis, per hour (idle by node and owner, attribution).
-CREATE TABLE IF NOT EXISTS {db}.gpu_hourly
+-- GPUs page: what each GPU's cost was booked to and on which basis, per day (reporting time zone {reporting_timezone}).
+CREATE TABLE IF NOT EXISTS {db}.gpu_daily
 (
-    hour DateTime('UTC'), node String, gpu_uuid String, gpu_model LowCardinality(String), kind LowCardinality(String),
+    day Date, node String, gpu_uuid String, gpu_model LowCardinality(String), kind LowCardinality(String),
     basis LowCardinality(String), idle_policy LowCardinality(String), workload String, org LowCardinality(String),
     team LowCardinality(String), project LowCardinality(String), currency LowCardinality(String),
     lines UInt64, gpu_seconds Decimal(38, 9), cost Decimal(38, 9)
 )
-ENGINE = MergeTree ORDER BY (hour, org, node, gpu_uuid);
+ENGINE = MergeTree ORDER BY (day, org, node, gpu_uuid);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.gpu_hourly_refresh
-REFRESH EVERY {rollup_refresh_seconds} SECOND TO {db}.gpu_hourly
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.gpu_daily_refresh
+REFRESH EVERY {rollup_refresh_seconds} SECOND TO {db}.gpu_daily
 AS SELECT
-    toStartOfHour(event_time) AS hour, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency,
+    toDate(event_time, '{reporting_timezone}') AS day, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency,
     count() AS lines, sum(gpu_seconds) AS gpu_seconds, sum(cost) AS cost
 FROM {db}.ledger FINAL
 WHERE kind IN ('gpu', 'idle', 'adjustment')
-GROUP BY hour, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency;
+GROUP BY day, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency;
 
 -- GPUs page heatmap: each GPU's utilization per hour = the mean over its windows of the window's utilization
--- (the highest any line of the window carries: every line of a window carries the GPU's figure).
+-- (the highest any line of the window carries: every line of a window carries the GPU's figure), and the orgs
+-- with lines on it that hour (an org-scoped viewer sees the GPUs its org used).
 CREATE TABLE IF NOT EXISTS {db}.gpu_utilization_hourly
 (
-    hour DateTime('UTC'), node String, gpu_uuid String, utilization_sum Float64, windows UInt64
+    hour DateTime('UTC'), node String, gpu_uuid String, utilization_sum Float64, windows UInt64, orgs Array(String)
 )
 ENGINE = MergeTree ORDER BY (hour, node, gpu_uuid);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.gpu_utilization_hourly_refresh
 REFRESH EVERY {rollup_refresh_seconds} SECOND TO {db}.gpu_utilization_hourly
-AS SELECT toStartOfHour(window) AS hour, node, gpu_uuid, sum(u) AS utilization_sum, count() AS windows
+AS SELECT toStartOfHour(window) AS hour, node, gpu_uuid, sum(u) AS utilization_sum, count() AS windows,
+          arraySort(groupUniqArrayArray(window_orgs)) AS orgs
 FROM
 (
-    SELECT node, gpu_uuid, event_time AS window, max(utilization_pct) AS u
+    SELECT node, gpu_uuid, event_time AS window, max(utilization_pct) AS u, groupUniqArray(toString(org)) AS window_orgs
     FROM {db}.ledger FINAL WHERE kind IN ('gpu', 'idle') AND gpu_uuid != ''
     GROUP BY node, gpu_uuid, window
 )

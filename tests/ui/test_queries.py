@@ -107,3 +107,28 @@ def test_the_models_page_marks_routing_savings_and_cost_per_outcome_until_their_
         assert [(r["org"], r["savings"]) for r in page.table("routing_savings").rows] == [("research", Decimal("1.5"))]
     finally:
         client.command("DROP VIEW routing_savings_daily")
+
+
+def test_the_gpus_page_reads_its_rollups(stack_settings: Settings) -> None:
+    """GPU-1 (node n1): a 10:00 window at 80 % (research share 0.30, idle 0.10), a 10:30 window at 40 % (research 0.20);
+    GPU-2 (node n2): support at 10 %. Heatmap GPU-1 10h = (80 + 40) / 2 = 60; research's viewer sees GPU-1 only."""
+    settings = isolated(stack_settings, "ui_gpus")
+    t = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+
+    def gpu(line_id: str, minute: int, gpu_uuid: str, org: str, kind: str, cost: str, util: float) -> LedgerLine:
+        return LedgerLine(line_id=line_id, kind=kind, event_time=t.replace(minute=minute), org=org, team="t", project="p", cost_centre="",
+                          model="m", price_id="x", gpu_seconds=Decimal(60), cost=Decimal(cost), currency="USD", gpu_uuid=gpu_uuid,
+                          node="n1" if gpu_uuid == "GPU-1" else "n2", utilization_pct=util, basis="tokens" if kind == "gpu" else "remainder")
+
+    client = connect(settings.clickhouse)
+    lines = [gpu("a", 0, "GPU-1", "research", "gpu", "0.3", 80), gpu("b", 0, "GPU-1", "research", "idle", "0.1", 80),
+             gpu("c", 30, "GPU-1", "research", "gpu", "0.2", 40), gpu("d", 0, "GPU-2", "support", "gpu", "0.7", 10)]
+    client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
+    refresh_rollups(client)
+    page = queries.gpus(ctx(settings, since="2026-11-02", until="2026-11-03"))
+    assert [(r["gpu_uuid"], r["h0"]) for r in page.table("heatmap").rows] == [("GPU-1", Decimal(60)), ("GPU-2", Decimal(10))]
+    assert [(r["node"], r["org"], r["cost"]) for r in page.table("idle").rows] == [("n1", "research", Decimal("0.1"))]
+    assert {t["currency"]: t["cost"] for t in page.table("attribution").totals()} == {"USD": Decimal("1.3")}
+    research = queries.gpus(ctx(settings, Viewer("research-lead", frozenset({"research"})), since="2026-11-02", until="2026-11-03"))
+    assert [r["gpu_uuid"] for r in research.table("heatmap").rows] == ["GPU-1"]
+    assert {r["org"] for r in research.table("attribution").rows} == {"research"}
