@@ -65,6 +65,7 @@ def usage_row(event_id: str, org: str, team: str, model: str, prompt: int, compl
         "latency_ms": 1.0, "status": "ok", "org": org, "team": team, "project": "p", "cost_centre": "", "priced_as": priced_as,
         "price_id": "", "cost": Decimal(cost), "api_equivalent_cost": None if equivalent is None else Decimal(equivalent),
         "api_equivalent_price_id": "", "source_partition": 0, "source_offset": 0,
+        **dict.fromkeys(("requested_model", "route_rule", "baseline_model", "client_request_id", "trace_id", "session_id"), ""),
     }
     return [values[c] for c in USAGE_COLUMNS]
 

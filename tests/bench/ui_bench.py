@@ -114,7 +114,7 @@ def main() -> None:
     from gpuledger.settings import Settings, StackSettings
     from gpuledger.stack import local
 
-    console = Console()
+    console = Console(width=160)
     stack = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-ui", kafka_port=args.port_base + 92, kafka_controller_port=args.port_base + 93,
                           clickhouse_http_port=args.port_base + 23, clickhouse_tcp_port=args.port_base, clickhouse_max_memory_bytes=8_000_000_000)
     with console.status("starting the benchmark Kafka and ClickHouse..."):
