@@ -8,6 +8,7 @@ works on an air-gapped network and a page cannot be made to call elsewhere.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,8 @@ def create_app(settings: Settings) -> Starlette:
         name, table_name = request.path_params["page"], request.path_params["table"]
         if name not in queries.PAGES:
             return PlainTextResponse(f"no page {name!r}", 404)
-        builder = (lambda ctx: queries.lines(ctx, queries.LINES_CSV)) if name == "lines" else queries.PAGES[name]
-        _, page = await build(request, builder)
+        page_of = queries.PAGES[name]
+        _, page = await build(request, lambda ctx: page_of(replace(ctx, row_limit=queries.LINES_CSV)))
         try:
             table = page.table(table_name)
         except StopIteration:

@@ -41,6 +41,7 @@ class Ctx:
     viewer: Viewer
     filters: Filters
     state: dict[str, Any] = field(default_factory=dict)  # the app's, shared by every request (the budget standings cache)
+    row_limit: int = LINES_SHOWN  # rows a long table reads: those a page shows, or LINES_CSV for a download
 
     @property
     def db(self) -> str:
@@ -82,7 +83,7 @@ def visible_orgs(ctx: Ctx) -> list[str]:
     """Orgs with spend that the viewer may see (for the org picker)."""
     if ctx.viewer.orgs is not None:
         return sorted(ctx.viewer.orgs)
-    return [r[0] for r in ctx.client.query(f"SELECT DISTINCT org FROM {ctx.db}.spend_by_org_daily ORDER BY org").result_rows]
+    return [r[0] for r in ctx.client.query(f"SELECT DISTINCT org FROM {ctx.db}.spend_daily ORDER BY org").result_rows]
 
 
 # ---------------------------------------------------------------- overview
@@ -191,8 +192,8 @@ SPEND_COLUMNS = [Column("api", "API", "money", True), Column("gpu", "GPU", "mone
                  Column("tokens", "tokens", "int", True), Column("currency", "currency"), Column("lines", "ledger lines")]
 
 
-# spend_daily with spend_by_org_daily's one model name per row (the LLM, else the GPU), so the same filters apply to both
-SPEND_DAILY = "(SELECT *, if(llm_model != '', llm_model, gpu_model) AS model FROM {db}.spend_daily)"
+# spend_daily or spend_hourly with spend_by_org_daily's one model name per row (the LLM, else the GPU): the same filters apply
+SPEND_ROLLUP = "(SELECT *, if(llm_model != '', llm_model, gpu_model) AS model FROM {db}.{table})"
 
 
 def drill(ctx: Ctx) -> Page:
@@ -203,7 +204,7 @@ def drill(ctx: Ctx) -> Page:
         where, params = scope(ctx, "day", DIMENSIONS)
         sql = (f"SELECT key_id, currency, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),"
                f" sumIf(cost, kind = 'adjustment'), sum(cost), sum(prompt_tokens + completion_tokens)"
-               f" FROM {SPEND_DAILY.format(db=ctx.db)} WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
+               f" FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
     else:
         where, params = scope(ctx, "day")
         sql = (f"SELECT {level}, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(adjustment_cost), sum(total_cost), sum(tokens)"
@@ -234,30 +235,26 @@ LINE_COLUMNS = [Column("line_id", "line id"), Column("kind", "kind"), Column("ev
                 Column("currency", "currency")]
 
 
-def lines(ctx: Ctx, limit: int = LINES_SHOWN) -> Page:
+def lines(ctx: Ctx, limit: int | None = None) -> Page:
     """The ledger lines behind a figure: ids, events, prices, windows; the total covers every matching line.
 
     Where the filters are ones ``spend_daily`` keeps (not basis, node or GPU), the totals come from it and the ledger is
     read only over the newest days that hold ``limit`` matching lines, so a page never scans a whole month of ledger.
     """
+    limit = limit or ctx.row_limit
     where, params = scope(ctx, "event_time", DIMENSIONS + LINE_FILTERS)
     rolled = all(getattr(ctx.filters, d) is None for d in LINE_FILTERS if d != "kind")
-    newest: date | None = None
+    newest: datetime | None = None
     if rolled:
         day_where, day_params = scope(ctx, "day", (*DIMENSIONS, "kind"))
-        per_day = ctx.client.query(f"SELECT day, currency, sum(lines), sum(cost) FROM {SPEND_DAILY.format(db=ctx.db)} WHERE {day_where}"
+        per_day = ctx.client.query(f"SELECT day, currency, sum(lines), sum(cost) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {day_where}"
                                    " GROUP BY day, currency ORDER BY day DESC, currency", parameters=day_params).result_rows
         by_currency: dict[str, list[Any]] = {}
         for _, currency, n, cost in per_day:
             total = by_currency.setdefault(currency, [currency, 0, Decimal(0)])
             total[1], total[2] = total[1] + int(n), total[2] + Decimal(cost)
         totals = [tuple(by_currency[c]) for c in sorted(by_currency)]
-        seen = 0
-        for day, _, n, _ in per_day:
-            seen += int(n)
-            if seen >= limit:
-                newest = day - timedelta(days=1)  # a day earlier: spend_daily's days are in the reporting time zone
-                break
+        newest = _newest(ctx, limit, [(day, int(n)) for day, _, n, _ in per_day])
     else:
         totals = ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
                                   parameters=params).result_rows
@@ -268,7 +265,7 @@ def lines(ctx: Ctx, limit: int = LINES_SHOWN) -> Page:
         return ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}",
                                 parameters={**params, "newest": newest}).result_rows
 
-    rows = listing(f"{where} AND event_time >= {{newest:Date}}" if newest else where)
+    rows = listing(f"{where} AND event_time >= {{newest:DateTime64(6, 'UTC')}}" if newest else where)
     if newest is not None and len(rows) < limit:  # the rollup was behind the ledger: read the whole range after all
         rows = listing(where)
     summary = Table("summary", "Matching ledger lines", [Column("lines", "lines", "int"), Column("cost", "total cost", "money"), Column("currency", "currency")],
@@ -276,6 +273,27 @@ def lines(ctx: Ctx, limit: int = LINES_SHOWN) -> Page:
     table = Table("lines", f"Ledger lines, newest first ({min(count, limit):,} of {count:,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS))
     table.rows = [{c.key: (Decimal(v) if c.key == "cost" else v) for c, v in zip(LINE_COLUMNS, row, strict=True)} for row in rows]
     return Page("Ledger lines", [summary, table])
+
+
+def _newest(ctx: Ctx, limit: int, per_day: list[tuple[date, int]]) -> datetime | None:
+    """The start of the newest hours that hold ``limit`` matching lines (from ``spend_daily``'s, newest first, then
+    ``spend_hourly``), or None when the whole range holds fewer: the lines page reads the ledger from there on."""
+    seen = 0
+    for day, n in per_day:
+        seen += n
+        if seen >= limit:
+            break
+    else:
+        return None
+    # a day earlier: spend_daily's days are in the reporting time zone, spend_hourly's hours in UTC
+    where, params = scope(ctx, "hour", (*DIMENSIONS, "kind"), since=day - timedelta(days=1))
+    seen = 0
+    for hour, n in ctx.client.query(f"SELECT hour, sum(lines) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_hourly')}"
+                                    f" WHERE {where} GROUP BY hour ORDER BY hour DESC", parameters=params).result_rows:
+        seen += int(n)
+        if seen >= limit:
+            return hour.replace(tzinfo=UTC) if hour.tzinfo is None else hour
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=1)
 
 
 # ---------------------------------------------------------------- budgets
@@ -398,12 +416,18 @@ def gpus(ctx: Ctx) -> Page:
 
 
 def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
+    """The largest ``ctx.row_limit`` groups of ``gpu_daily`` (by cost), with totals over every group."""
+    source = f"FROM {ctx.db}.gpu_daily WHERE {where} AND {condition}"
     rows = ctx.client.query(
-        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) FROM {ctx.db}.gpu_daily WHERE {where} AND {condition}"
-        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)}", parameters=params).result_rows
+        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) {source}"
+        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)} LIMIT {int(ctx.row_limit)}", parameters=params).result_rows
+    totals = ctx.client.query(f"SELECT currency, sum(lines), sum(gpu_seconds), sum(cost) {source} GROUP BY currency ORDER BY currency",
+                              parameters=params).result_rows
     columns = [*(Column(k, k.replace("_", " ")) for k in keys), Column("lines", "lines", "int", True),
                Column("gpu_seconds", "GPU seconds", "int", True), Column("cost", "cost", "money", True), Column("currency", "currency")]
-    return Table(name, title, columns, [dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True)) for r in rows])
+    return Table(name, f"{title} (up to {ctx.row_limit:,} rows; CSV up to {LINES_CSV:,}; totals cover all)", columns,
+                 [dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True)) for r in rows],
+                 exact_totals=[{"currency": c, "lines": int(n), "gpu_seconds": Decimal(g), "cost": Decimal(t)} for c, n, g, t in totals])
 
 
 # ---------------------------------------------------------------- models

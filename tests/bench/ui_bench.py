@@ -3,8 +3,9 @@
 Starts its own Kafka and ClickHouse (ports from --port-base, below the ephemeral range; data under
 .gpuledger/bench-ui), applies this tree's migrations to a database of its own (``bench_ui``), then for each
 size in --sizes fills the ledger cumulatively inside ClickHouse (30 days back from now, 5 orgs, 7 teams,
-11 projects, 3 models, 50 keys, 16 GPUs on 4 nodes; a third each API lines, GPU token shares and idle) with a
-tenth as many usage events, brings the rollups up to date and stops their refreshes (they would compete with
+11 projects, 3 models, 50 keys, 16 GPUs on 4 nodes; a third each API lines, GPU token shares and idle; API
+lines spread over every org, team and project, each GPU's lines over 3 payers, as a GPU serves a few teams)
+with a tenth as many usage events, brings the rollups up to date and stops their refreshes (they would compete with
 the timed requests), and times every page --requests times through the app in-process (Starlette's test client:
 no network, the time is the server's), as an admin, over this month so far.
 
@@ -35,13 +36,14 @@ INSERT INTO {db}.ledger (line_id, kind, event_time, window_seconds, org, team, p
     utilization_pct, cost, currency, version, basis, idle_policy, gpu_model)
 SELECT concat('bench:', toString(number)), ['api', 'gpu', 'idle'][number % 3 + 1],
     toStartOfMinute(now64(6)) - toIntervalSecond(60 * (intDiv(number, 300) % (30 * 1440))), 60,
-    ['research', 'support', 'search', 'finance', 'platform'][number % 5 + 1], concat('team', toString(number % 7)),
-    concat('p', toString(number % 11)), '', ['gpt-4o-mini', 'llama-3.1-8b-instruct', 'claude'][number % 3 + 1],
+    ['research', 'support', 'search', 'finance', 'platform'][if(number % 3 = 0, number, payer) % 5 + 1],
+    concat('team', toString(if(number % 3 = 0, number, payer) % 7)), concat('p', toString(if(number % 3 = 0, number, payer) % 11)), '',
+    ['gpt-4o-mini', 'llama-3.1-8b-instruct', 'claude'][number % 3 + 1],
     concat('key', toString(number % 50)), concat('ev', toString(number)), concat('node-', toString(number % 4)),
     concat('GPU-', toString(number % 16)), 'bench@2026', number % 1000, 0, number % 300, 1300, number % 1300, 60,
     number % 100, toDecimal128(number % 1000, 9) / 100000, 'USD', 1,
     ['', 'tokens', 'remainder'][number % 3 + 1], 'workload', 'NVIDIA H100 80GB HBM3'
-FROM numbers({offset}, {count})
+FROM (SELECT number, (number % 16) * 3 + intDiv(number, 48) % 3 AS payer FROM numbers({offset}, {count}))
 """
 USAGE_FILL = """
 INSERT INTO {db}.usage_events (event_id, request_start, event_time, key_id, model, backend, prompt_tokens, completion_tokens,
