@@ -3,9 +3,14 @@ and the same rows from `gpuledger trends` (Python) and the `spend_bridge` views 
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +25,7 @@ from gpuledger.trends import Bridge, ModelSpend, bridge, trends
 from gpuledger.unit_costs import div_half_even
 from schemas import LedgerLine
 from streams.sink import LEDGER_COLUMNS, ledger_row
-from tests.support import isolated
+from tests.support import ROOT, isolated, settings_env
 
 
 def line(line_id: str, when: datetime, model: str, tokens: int, cost: str, kind: str = "api", org: str = "research", currency: str = "USD") -> LedgerLine:
@@ -157,3 +162,17 @@ def test_the_cfo_summary_reads_the_views(bridge_ledger: Settings) -> None:
     console.print(render(s))
     text = console.export_text()
     assert "spend bridge, September 2026" in text and "11.9167" in text and "-1.9167" in text
+
+
+@pytest.mark.engines
+def test_the_command_prints_the_same_bridge(bridge_ledger: Settings, tmp_path: Path) -> None:
+    """`gpuledger trends --format json`: September's hand-computed row, exact decimal strings, one row per currency."""
+    env = {**os.environ, **settings_env(bridge_ledger, tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "gpuledger.cli", "trends", "--since", "2026-09-01", "--until", "2026-10-01", "--format", "json"],
+                         env=env, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    rows = {(r["group"], r["currency"]): r for r in json.loads(run.stdout)}
+    usd = rows[("research", "USD")]
+    assert (usd["period"], usd["volume"], usd["price"], usd["mix"], usd["other"], usd["change"], usd["jevons"]) == (
+        "2026-09-01", "11.916666667", "-4.000000000", "-1.916666667", "1.000000000", "7.000000000", "True")
+    assert rows[("research", "EUR")]["volume"] == "0.500000000"

@@ -83,12 +83,14 @@ def ledger(stack_settings: Settings) -> Iterator[Settings]:
         LedgerLine(line_id="api:a", kind="api", event_time=W, org="support", team="chatbot", project="p", cost_centre="", model="gpt-4o-mini",
                    price_id="mini", gpu_seconds=Decimal(0), cost=Decimal("0.000315"), currency="USD", prompt_tokens=1200,
                    cached_prompt_tokens=1000, completion_tokens=350),
+        gpu_line("l", "labs", "x", "llama-3.1-70b-instruct", "0.004", share=0, prompt=400, completion=100),
     ]
     client.insert("ledger", [ledger_row(line, 1) for line in lines], column_names=list(LEDGER_COLUMNS))
     client.insert("usage_events", [
         usage_row("r-search", "search", "ranking", "llama-3.1-8b-instruct", 2000, 1000, "gpu", "0", "0.0009"),
         usage_row("r-support", "support", "chatbot", "llama-3.1-8b-instruct", 800, 200, "gpu", "0", "0.00024"),
         usage_row("r-api", "support", "chatbot", "gpt-4o-mini", 1200, 350, "api", "0.000315", "0.000315"),
+        usage_row("r-labs", "labs", "x", "llama-3.1-70b-instruct", 400, 100, "gpu", "0", None),
     ], column_names=list(USAGE_COLUMNS))
     yield settings
 
@@ -118,6 +120,12 @@ def test_self_hosted_vs_api_with_break_even_and_headroom(ledger: Settings) -> No
     assert (api.ratio, api.headroom) == (Decimal(1), Decimal(1))  # an API model compared with itself
     model = {r.llm_model: r for r in comparisons(ledger, *DAY, "model")}["llama-3.1-8b-instruct"]
     assert (model.allocation_cost, model.api_equivalent_cost, model.ratio) == (Decimal("0.0415"), Decimal("0.00114"), Decimal("36.4035"))
+
+
+def test_a_model_without_an_equivalent_is_listed_as_such(ledger: Settings) -> None:
+    labs = {(r.group, r.llm_model): r for r in comparisons(ledger, *DAY, "org")}[("labs", "llama-3.1-70b-instruct")]
+    assert (labs.tokens, labs.allocation_cost, labs.api_equivalent_cost, labs.requests_without_equivalent) == (500, Decimal("0.004"), None, 1)
+    assert (labs.ratio, labs.break_even_tokens_per_hour, labs.headroom) == (None, None, None)
 
 
 def test_views_never_divide_by_zero(ledger: Settings) -> None:
