@@ -112,7 +112,7 @@ def main() -> None:
     from gpuledger.clickhouse import connect
     from gpuledger.kafka import ensure_topics
     from gpuledger.migrate import apply_migrations
-    from gpuledger.rollups import REFRESHES, refresh_rollups
+    from gpuledger.rollups import refresh_rollups, stop_rollups
     from gpuledger.settings import Settings, StackSettings
     from gpuledger.stack import local
 
@@ -131,6 +131,7 @@ def main() -> None:
     connect(settings.clickhouse, database=None).command(f"DROP DATABASE IF EXISTS {DB}")
     apply_migrations(settings)
     client = connect(settings.clickhouse)
+    stop_rollups(client)  # refreshed once after each fill, never while the pages are timed
     trees = {"after (this tree)": ROOT}
     scratch = tempfile.TemporaryDirectory(prefix="gpuledger-before-")
     if args.before:
@@ -144,14 +145,10 @@ def main() -> None:
         for size in sizes:
             began = time.monotonic()
             with console.status(f"filling the ledger to {size:,} lines..."):
-                for view in REFRESHES:
-                    client.command(f"SYSTEM START VIEW {view}")
                 client.command(LEDGER_FILL.format(db=DB, offset=filled, count=size - filled), settings={"max_execution_time": 0})
                 client.command(USAGE_FILL.format(db=DB, offset=filled // 10, count=(size - filled) // 10), settings={"max_execution_time": 0})
                 client.command(f"OPTIMIZE TABLE {DB}.ledger FINAL", settings={"max_execution_time": 0})
-                refresh_rollups(client)
-                for view in REFRESHES:
-                    client.command(f"SYSTEM STOP VIEW {view}")  # the refreshes would compete with the timed requests
+                refresh_rollups(client, stopped=True)
                 filled = size
             console.print(f"{size:,} ledger lines: filled, optimized and rolled up in {time.monotonic() - began:.0f} s")
             for label, tree in trees.items():

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from gpuledger.clickhouse import connect  # noqa: E402
 from gpuledger.migrate import apply_migrations  # noqa: E402
 from gpuledger.report import spend_by_org_model  # noqa: E402
-from gpuledger.rollups import REFRESHES, refresh_rollups  # noqa: E402
+from gpuledger.rollups import refresh_rollups, stop_rollups  # noqa: E402
 from gpuledger.settings import Settings, StackSettings  # noqa: E402
 from gpuledger.stack import clickhouse, local  # noqa: E402
 from gpuledger.trends import trends  # noqa: E402
@@ -90,8 +90,7 @@ def main() -> None:
     client.command("DROP DATABASE IF EXISTS bench_views")
     apply_migrations(settings)
     client = connect(settings.clickhouse)
-    for view in REFRESHES:
-        client.command(f"SYSTEM STOP VIEW {view}")  # the refreshes would compete with the timed queries
+    stop_rollups(client)  # the refreshes would compete with the timed queries
     queries: dict[str, Callable[[], object]] = {
         "spend by org (baseline)": lambda: client.query("SELECT org, sum(cost) FROM ledger FINAL GROUP BY org").result_rows,
         "report (spend by org and model)": lambda: spend_by_org_model(settings),
@@ -111,11 +110,7 @@ def main() -> None:
             client.command(LEDGER_FILL.format(offset=filled, count=size - filled), settings={"max_execution_time": 0})
             client.command(USAGE_FILL.format(offset=filled // 2, count=(size - filled) // 2), settings={"max_execution_time": 0})
             client.command("OPTIMIZE TABLE ledger FINAL", settings={"max_execution_time": 0})
-            for view in REFRESHES:  # trends and the spend_bridge view read the rollups: bring them up to date, then stop them again
-                client.command(f"SYSTEM START VIEW {view}")
-            refresh_rollups(client)
-            for view in REFRESHES:
-                client.command(f"SYSTEM STOP VIEW {view}")
+            refresh_rollups(client, stopped=True)  # trends and the spend_bridge view read the rollups
             filled = size
         table.add_column(f"{size:,} lines", justify="right")
         baseline = 0.0
