@@ -262,8 +262,10 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
     count = sum(int(n) for _, n, _ in totals)
     keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
     def listing(condition: str) -> list[Any]:
-        return ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}",
-                                parameters={**params, "newest": newest}).result_rows
+        # pick the lines on the few columns that order and filter them, then read those lines whole by primary key
+        picked = f"SELECT toDate(event_time), line_id FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}"
+        return ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} AND (toDate(event_time), line_id) IN ({picked})"
+                                " ORDER BY event_time DESC, line_id", parameters={**params, "newest": newest}).result_rows
 
     rows = listing(f"{where} AND event_time >= {{newest:DateTime64(6, 'UTC')}}" if newest else where)
     if newest is not None and len(rows) < limit:  # the rollup was behind the ledger: read the whole range after all

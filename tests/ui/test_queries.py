@@ -71,6 +71,9 @@ def test_the_lines_summary_totals_each_currency(two_currencies: Settings) -> Non
     assert page.table("summary").rows == [{"lines": 2, "cost": Decimal(20), "currency": "EUR"},
                                           {"lines": 4, "cost": Decimal(40), "currency": "USD"}]
     assert "(6 of 6 shown;" in page.table("lines").title  # counted over both currencies
+    newest = queries.lines(ctx(two_currencies, since="2026-10-01", until="2026-12-01"), limit=2)  # the ledger read from the newest hour on
+    assert [r["line_id"] for r in newest.table("lines").rows] == ["n1", "n2"] and "(2 of 6 shown;" in newest.table("lines").title
+    assert queries._newest(ctx(two_currencies, since="2026-10-01", until="2026-12-01"), 2, [(NOV.replace(day=10), 2)]) == datetime(2026, 11, 10, tzinfo=UTC)
     empty = queries.lines(ctx(two_currencies, since="2025-01-01", until="2025-02-01"))
     assert empty.table("summary").rows == [{"lines": 0, "cost": Decimal(0), "currency": "USD"}]
 
