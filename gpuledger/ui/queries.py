@@ -253,19 +253,20 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
         for _, currency, n, cost in per_day:
             total = by_currency.setdefault(currency, [currency, 0, Decimal(0)])
             total[1], total[2] = total[1] + int(n), total[2] + Decimal(cost)
-        totals = [tuple(by_currency[c]) for c in sorted(by_currency)]
+        totals: list[Any] = [tuple(by_currency[c]) for c in sorted(by_currency)]
         newest = _newest(ctx, limit, [(day, int(n)) for day, _, n, _ in per_day])
     else:
-        totals = ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
-                                  parameters=params).result_rows
+        totals = list(ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
+                                       parameters=params).result_rows)
     totals = totals or [(ctx.settings.currency, 0, 0)]
     count = sum(int(n) for _, n, _ in totals)
     keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
+
     def listing(condition: str) -> list[Any]:
         # pick the lines on the few columns that order and filter them, then read those lines whole by primary key
         picked = f"SELECT toDate(event_time), line_id FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}"
-        return ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} AND (toDate(event_time), line_id) IN ({picked})"
-                                " ORDER BY event_time DESC, line_id", parameters={**params, "newest": newest}).result_rows
+        return list(ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} AND (toDate(event_time), line_id) IN ({picked})"
+                                     " ORDER BY event_time DESC, line_id", parameters={**params, "newest": newest}).result_rows)
 
     rows = listing(f"{where} AND event_time >= {{newest:DateTime64(6, 'UTC')}}" if newest else where)
     if newest is not None and len(rows) < limit:  # the rollup was behind the ledger: read the whole range after all
