@@ -373,17 +373,30 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
                     raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
                 time.sleep(2)
         report(truth=truth)
-        console.rule("CFO summary: self-hosted vs API per model (this month so far)")
-        compare_command(since=None, until=None, by=GroupBy.model, fmt=OutputFormat.table)
         from streams.budgets.evaluator import STATUS_REFRESH
 
         with console.status("waiting for the worker's next budget evaluations..."):
             time.sleep(STATUS_REFRESH.total_seconds() + 2)  # a standing whose spend moved is republished within this
         _show_alerts(settings)
         list_budgets()
+        _cfo_summary(settings)
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _cfo_summary(settings: Settings) -> None:
+    """The demo's last word: spend by org, self-hosted vs API with break-even, this month's bridge, from the views."""
+    from zoneinfo import ZoneInfo
+
+    from gpuledger.cfo_summary import render, summary
+    from gpuledger.clickhouse import connect
+    from gpuledger.rollups import refresh_rollups
+
+    client = connect(settings.clickhouse)
+    refresh_rollups(client)
+    console.rule("CFO summary (this month so far, from the views)")
+    console.print(render(summary(settings, client, datetime.now(ZoneInfo(settings.reporting_timezone)).date())))
 
 
 def _show_alerts(settings: Settings) -> None:

@@ -1,36 +1,41 @@
 """``gpuledger trends``: why spend rises while unit prices fall — a spend bridge between consecutive periods.
 
-For each group (an org, team or project, or the whole company) and each pair of consecutive periods:
+For each group (an org, team or project, or the whole company), each currency and each period:
 
     token spend S = Σ over models of q × u    (q tokens, counted once; u the model's unit cost, usage basis)
     Δ total spend = volume + price + mix + other, exactly:
         volume = (Q1 − Q0) × U0                 U = S / Q, the group's average unit cost
-        price  = Σ over models in both periods of q1 × (u1 − u0)
+        price  = Σ over models in both periods of q1 × (u1 − u0)  (= S1 − q1 × S0 / Q0 per model)
         mix    = ΔS − volume − price            volume moving between models of different unit cost,
                                                  models added or dropped (the exact residual)
         other  = Δ of spend that has no tokens  GPU workloads (training, notebooks), idle, late adjustments
 
-The Jevons flag marks a period whose unit cost fell while its total spend rose.
+A period is bridged against the calendar period before it (one without spend counts as zero), for
+every period with spend in it or in the one before, up to the current period. Figures come from the
+``spend_daily`` rollup (days in the reporting time zone); migration 0025's ``spend_bridge`` view
+computes the same rows in SQL. Each effect is rounded once, half-even to 9 places, from the exact
+quotient. The Jevons flag marks a period whose unit cost fell while its total spend rose.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 from clickhouse_connect.driver.client import Client
 
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
-from gpuledger.unit_costs import NANO, By, grouping, per_mtok
+from gpuledger.unit_costs import By, div_half_even, grouping, per_mtok
 
 Period = Literal["month", "week"]
 ZERO = Decimal(0)
-PERIOD_START = {"month": "toStartOfMonth(event_time)", "week": "toMonday(event_time)"}
-TOKEN_LINES = "(kind = 'api' OR (kind = 'gpu' AND basis = 'tokens'))"
+PERIOD_START = {"month": "toStartOfMonth(day)", "week": "toMonday(day)"}
+TOKEN_LINE = "(kind IN ('api', 'gpu') AND llm_model != '')"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Bridge:
     other: Decimal
     usd_per_mtok_before: Decimal | None
     usd_per_mtok_after: Decimal | None
+    currency: str = ""
 
     @property
     def change(self) -> Decimal:
@@ -68,56 +74,85 @@ class Bridge:
         return before is not None and after is not None and after < before and self.change > 0
 
 
+def period_start(day: date, period: Period) -> date:
+    """The first day of the calendar month or Monday week holding ``day``."""
+    return day.replace(day=1) if period == "month" else day - timedelta(days=day.weekday())
+
+
+def shift(start: date, period: Period, steps: int) -> date:
+    """The period ``steps`` periods after (or before) the one starting on ``start``."""
+    if period == "week":
+        return start + timedelta(weeks=steps)
+    months = start.year * 12 + start.month - 1 + steps
+    return date(months // 12, months % 12 + 1, 1)
+
+
 def _totals(models: dict[str, ModelSpend]) -> tuple[int, Decimal]:
     """(tokens, token spend) of one period."""
     return sum(m.tokens for m in models.values()), sum((m.spend for m in models.values()), ZERO)
+
+
+def price_effect(then: ModelSpend | None, now: ModelSpend) -> Decimal:
+    """One model's part of the price effect: q1 × (u1 − u0) = S1 − q1 × S0 / Q0; zero unless it has tokens in both periods."""
+    if then is None or not then.tokens or not now.tokens:
+        return ZERO
+    return now.spend - div_half_even(then.spend, then.tokens, now.tokens)
 
 
 def bridge(before: dict[str, ModelSpend], after: dict[str, ModelSpend], other_before: Decimal, other_after: Decimal) -> tuple[Decimal, Decimal, Decimal, Decimal]:
     """(volume, price, mix, other) between two periods; they add up to the change in total spend exactly."""
     (tokens_before, spend_before), (tokens_after, spend_after) = _totals(before), _totals(after)
     if tokens_before:
-        volume = ((tokens_after - tokens_before) * spend_before / tokens_before).quantize(NANO, ROUND_HALF_EVEN)
+        volume = div_half_even(spend_before, tokens_before, tokens_after - tokens_before)
     else:
         volume = spend_after - spend_before  # nothing to compare with: all of it is new volume
-    price = ZERO
-    for model, now in after.items():
-        then = before.get(model)
-        if then is not None and then.unit_cost is not None and now.unit_cost is not None:
-            price += (now.tokens * (now.unit_cost - then.unit_cost)).quantize(NANO, ROUND_HALF_EVEN)
+    price = sum((price_effect(before.get(model), now) for model, now in after.items()), ZERO)
     mix = spend_after - spend_before - volume - price
     return volume, price, mix, other_after - other_before
 
 
+def _periods(since: date, until: date, period: Period, today: date) -> list[date]:
+    """Periods that overlap [since, until), up to the current one."""
+    found, start = [], period_start(since, period)
+    while start < until and start <= period_start(today, period):
+        found.append(start)
+        start = shift(start, period, 1)
+    return found
+
+
 def trends(settings: Settings, since: date, until: date, by: By, period: Period, client: Client | None = None) -> list[Bridge]:
-    """A bridge for each group and each period after the first in [since, until) (on ``client``, or a new connection)."""
+    """A bridge for each group, currency and period overlapping [since, until) (on ``client``, or a new connection)."""
     label, _ = grouping(by)
     dims = label if by != "model" else "''"
-    start = PERIOD_START[period]
+    today = datetime.now(ZoneInfo(settings.reporting_timezone)).date()
+    wanted = _periods(since, until, period, today)
+    if not wanted:
+        return []
     client = client if client is not None else connect(settings.clickhouse)
-    models: dict[tuple[str, date], dict[str, ModelSpend]] = defaultdict(dict)
-    other: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
-    for group, when, model, tokens, spend, rest in client.query(
-        f"SELECT {dims} AS grp, {start} AS period, if({TOKEN_LINES}, model, '') AS token_model,"
-        f" sumIf(prompt_tokens + completion_tokens, {TOKEN_LINES}), sumIf(cost, {TOKEN_LINES}), sumIf(cost, NOT {TOKEN_LINES})"
-        f" FROM {settings.clickhouse.database}.ledger FINAL WHERE event_time >= {{since:Date}} AND event_time < {{until:Date}}"
-        " GROUP BY grp, period, token_model ORDER BY grp, period, token_model",
-        parameters={"since": since, "until": until},
+    models: dict[tuple[str, str, date], dict[str, ModelSpend]] = defaultdict(dict)
+    other: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
+    for group, currency, when, model, tokens, spend, rest in client.query(
+        f"SELECT {dims} AS grp, currency, {PERIOD_START[period]} AS period, if({TOKEN_LINE}, llm_model, '') AS token_model,"
+        f" sumIf(prompt_tokens + completion_tokens, {TOKEN_LINE}), sumIf(cost, {TOKEN_LINE}), sumIf(cost, NOT {TOKEN_LINE})"
+        f" FROM {settings.clickhouse.database}.spend_daily WHERE day >= {{first:Date}} AND day < {{last:Date}}"
+        " GROUP BY grp, currency, period, token_model ORDER BY grp, currency, period, token_model",
+        parameters={"first": shift(wanted[0], period, -1), "last": shift(wanted[-1], period, 1)},
     ).result_rows:
         if model:
-            models[(group, when)][model] = ModelSpend(int(tokens), Decimal(spend))
-        other[(group, when)] += Decimal(rest)
-    periods: dict[str, list[date]] = defaultdict(list)
-    for group, when in sorted(set(models) | set(other)):
-        periods[group].append(when)
+            models[(group, currency, when)][model] = ModelSpend(int(tokens), Decimal(spend))
+        other[(group, currency, when)] += Decimal(rest)
+    keys = {(g, c) for g, c, _ in set(models) | set(other)}
     out = []
-    for group, dates in periods.items():
-        for previous, current in zip(dates, dates[1:], strict=False):
-            before, after = models.get((group, previous), {}), models.get((group, current), {})
-            volume, price, mix, rest = bridge(before, after, other[(group, previous)], other[(group, current)])
+    for group, currency in sorted(keys):
+        for current in wanted:
+            now, then = (group, currency, current), (group, currency, shift(current, period, -1))
+            if now not in other and then not in other:
+                continue  # no spend in either period
+            before, after = models.get(then, {}), models.get(now, {})
+            volume, price, mix, rest = bridge(before, after, other.get(then, ZERO), other.get(now, ZERO))
             (tokens_before, spend_before), (tokens_after, spend_after) = _totals(before), _totals(after)
             out.append(Bridge(
-                group, current, previous, spend_before + other[(group, previous)], spend_after + other[(group, current)],
-                volume, price, mix, rest, per_mtok(spend_before, tokens_before), per_mtok(spend_after, tokens_after),
+                group, current, then[2], spend_before + other.get(then, ZERO), spend_after + other.get(now, ZERO),
+                volume, price, mix, rest, per_mtok(spend_before, tokens_before), per_mtok(spend_after, tokens_after), currency,
             ))
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
@@ -24,8 +24,6 @@ from gpuledger.settings import Settings
 By = Literal["org", "team", "project", "model"]
 Format = Literal["table", "csv", "json"]
 DIMENSIONS: dict[str, tuple[str, ...]] = {"org": ("org",), "team": ("org", "team"), "project": ("org", "team", "project"), "model": ()}
-NANO = Decimal("0.000000001")
-MILLION = Decimal(1_000_000)
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,7 @@ class UnitCost:
     tokens: int
     usage_cost: Decimal
     allocation_cost: Decimal
+    currency: str = field(default="", kw_only=True)  # amounts in different currencies are never added together
 
     @property
     def per_mtok_usage(self) -> Decimal | None:
@@ -74,7 +73,23 @@ class Comparison(UnitCost):
 
 def per_mtok(cost: Decimal, tokens: int) -> Decimal | None:
     """Cost per million tokens, 9 places half-even; None without tokens (never a division by zero)."""
-    return (cost * MILLION / tokens).quantize(NANO, ROUND_HALF_EVEN) if tokens else None
+    return div_half_even(cost, tokens, 1_000_000) if tokens else None
+
+
+def div_half_even(amount: Decimal, over: int, times: int = 1) -> Decimal:
+    """``amount × times / over`` to 9 places, half-even, rounded once from the exact quotient.
+
+    Integer arithmetic, so no 28-digit context rounds first; the SQL views get the same figure with
+    ``roundBankers`` over 30 places (exact below 5e20 tokens). ``amount`` has at most 9 places (a ledger Decimal).
+    """
+    nanos = amount.scaleb(9)
+    if nanos != nanos.to_integral_value():
+        raise ValueError(f"{amount} has more than 9 decimal places")
+    numerator = int(nanos) * times
+    quotient, remainder = divmod(abs(numerator), over)
+    if 2 * remainder > over or (2 * remainder == over and quotient % 2):
+        quotient += 1
+    return Decimal(f"{quotient if numerator >= 0 else -quotient}E-9")
 
 
 def _quotient(top: Decimal | None, bottom: Decimal | None) -> Decimal | None:
@@ -85,44 +100,50 @@ def grouping(by: By) -> tuple[str, str]:
     """The SQL for a group's label (``org/team``) and the GROUP BY keys."""
     dims = DIMENSIONS[by]
     label = "concat(" + ", '/', ".join(dims) + ")" if len(dims) > 1 else (dims[0] if dims else "''")
-    return label, ", ".join((*dims, "llm_model"))
+    return label, ", ".join((*dims, "llm_model", "currency"))
 
 
 def unit_costs(settings: Settings, since: date, until: date, by: By) -> list[UnitCost]:
     """Unit costs per ``by`` group and LLM over [since, until)."""
     label, keys = grouping(by)
     rows = connect(settings.clickhouse).query(
-        f"SELECT {label}, llm_model, any(hosting), sum(tokens), sum(usage_cost), sum(allocation_cost) "
+        f"SELECT {label}, llm_model, any(hosting), sum(tokens), sum(usage_cost), sum(allocation_cost), currency "
         f"FROM {settings.clickhouse.database}.unit_costs_daily WHERE day >= {{since:Date}} AND day < {{until:Date}} "
         f"GROUP BY {keys} ORDER BY {keys}",
         parameters={"since": since, "until": until},
     ).result_rows
-    return [UnitCost(g, m, h, int(t), Decimal(u), Decimal(a)) for g, m, h, t, u, a in rows]
+    return [UnitCost(g, m, h, int(t), Decimal(u), Decimal(a), currency=c) for g, m, h, t, u, a, c in rows]
 
 
-def comparisons(settings: Settings, since: date, until: date, by: By, client: Client | None = None) -> list[Comparison]:
-    """Self-hosted vs API per ``by`` group and LLM over [since, until), with break-even volume and headroom (on ``client``, or a new connection)."""
+# Where comparisons() reads: the live views (the CLI, always current) or the rollups of migration 0026 (the dashboard, fast).
+COMPARISON_SOURCES = {
+    False: ("self_hosted_vs_api_daily", ("model AS llm_model, currency, uniqExact(toStartOfHour(event_time)) FROM {db}.ledger FINAL"
+                                        " WHERE kind = 'gpu' AND basis = 'tokens' AND event_time >= {{since:Date}} AND event_time < {{until:Date}}")),
+    True: ("self_hosted_vs_api_rollup", "llm_model, currency, uniqExact(hour) FROM {db}.serving_hours WHERE hour >= {{since:Date}} AND hour < {{until:Date}}"),
+}
+
+
+def comparisons(settings: Settings, since: date, until: date, by: By, client: Client | None = None, rollup: bool = False) -> list[Comparison]:
+    """Self-hosted vs API per ``by`` group and LLM over [since, until), with break-even volume and headroom (on ``client``, or a new
+    connection; from the rollups, refreshed every few seconds, with ``rollup``)."""
     label, keys = grouping(by)
     db = settings.clickhouse.database
     params = {"since": since, "until": until}
     client = client if client is not None else connect(settings.clickhouse)
+    view, serving = COMPARISON_SOURCES[rollup]
     hours = {
-        (g, m): int(h)
-        for g, m, h in client.query(
-            f"SELECT {label}, model AS llm_model, uniqExact(toStartOfHour(event_time)) FROM {db}.ledger FINAL "
-            f"WHERE kind = 'gpu' AND basis = 'tokens' AND event_time >= {{since:Date}} AND event_time < {{until:Date}} GROUP BY {keys}",
-            parameters=params,
-        ).result_rows
+        (g, m, c): int(h)
+        for g, m, c, h in client.query(f"SELECT {label}, {serving.format(db=db)} GROUP BY {keys}", parameters=params).result_rows
     }
     rows = client.query(
         f"SELECT {label}, llm_model, any(hosting), sum(tokens), sum(usage_cost), sum(allocation_cost), sum(api_equivalent_cost), "
-        f"sum(requests_without_equivalent) FROM {db}.self_hosted_vs_api_daily WHERE day >= {{since:Date}} AND day < {{until:Date}} "
+        f"sum(requests_without_equivalent), currency FROM {db}.{view} WHERE day >= {{since:Date}} AND day < {{until:Date}} "
         f"GROUP BY {keys} ORDER BY {keys}",
         parameters=params,
     ).result_rows
     return [
-        Comparison(g, m, h, int(t), Decimal(u), Decimal(a), None if e is None else Decimal(e), int(n), hours.get((g, m), 0))
-        for g, m, h, t, u, a, e, n in rows
+        Comparison(g, m, h, int(t), Decimal(u), Decimal(a), None if e is None else Decimal(e), int(n), hours.get((g, m, c), 0), currency=c)
+        for g, m, h, t, u, a, e, n, c in rows
     ]
 
 
@@ -147,10 +168,12 @@ def render(rows: list[Any], derived: tuple[str, ...], fmt: Format, title: str) -
         writer.writeheader()
         writer.writerows(records)
         return out.getvalue()
-    table = Table(title=title)
+    currencies = sorted({r.get("currency", "") for r in records} - {""})
+    caption = f"{len(currencies)} currencies ({', '.join(currencies)}): rows are grouped by currency, never added across" if len(currencies) > 1 else None
+    table = Table(title=title, caption=caption)
     columns = list(records[0]) if records else ["group"]
     for column in columns:
-        table.add_column(column.replace("_", " "), justify="left" if column in ("group", "llm_model", "hosting") else "right")
+        table.add_column(column.replace("_", " "), justify="left" if column in ("group", "llm_model", "hosting", "currency") else "right")
     for record in records:
         table.add_row(*(_short(record[c]) for c in columns))
     return table

@@ -26,8 +26,9 @@ from gpuledger.reference_import import (
     import_equivalents,
     import_prices,
 )
+from gpuledger.rollups import refresh_rollups
 from gpuledger.settings import Settings
-from gpuledger.unit_costs import comparisons, unit_costs
+from gpuledger.unit_costs import comparisons, render, unit_costs
 from schemas import InferenceUsage, LedgerLine, codec_for
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
 from tests.support import (
@@ -83,12 +84,14 @@ def ledger(stack_settings: Settings) -> Iterator[Settings]:
         LedgerLine(line_id="api:a", kind="api", event_time=W, org="support", team="chatbot", project="p", cost_centre="", model="gpt-4o-mini",
                    price_id="mini", gpu_seconds=Decimal(0), cost=Decimal("0.000315"), currency="USD", prompt_tokens=1200,
                    cached_prompt_tokens=1000, completion_tokens=350),
+        gpu_line("l", "labs", "x", "llama-3.1-70b-instruct", "0.004", share=0, prompt=400, completion=100),
     ]
     client.insert("ledger", [ledger_row(line, 1) for line in lines], column_names=list(LEDGER_COLUMNS))
     client.insert("usage_events", [
         usage_row("r-search", "search", "ranking", "llama-3.1-8b-instruct", 2000, 1000, "gpu", "0", "0.0009"),
         usage_row("r-support", "support", "chatbot", "llama-3.1-8b-instruct", 800, 200, "gpu", "0", "0.00024"),
         usage_row("r-api", "support", "chatbot", "gpt-4o-mini", 1200, 350, "api", "0.000315", "0.000315"),
+        usage_row("r-labs", "labs", "x", "llama-3.1-70b-instruct", 400, 100, "gpu", "0", None),
     ], column_names=list(USAGE_COLUMNS))
     yield settings
 
@@ -120,11 +123,32 @@ def test_self_hosted_vs_api_with_break_even_and_headroom(ledger: Settings) -> No
     assert (model.allocation_cost, model.api_equivalent_cost, model.ratio) == (Decimal("0.0415"), Decimal("0.00114"), Decimal("36.4035"))
 
 
+def test_a_model_without_an_equivalent_is_listed_as_such(ledger: Settings) -> None:
+    labs = {(r.group, r.llm_model): r for r in comparisons(ledger, *DAY, "org")}[("labs", "llama-3.1-70b-instruct")]
+    assert (labs.tokens, labs.allocation_cost, labs.api_equivalent_cost, labs.requests_without_equivalent) == (500, Decimal("0.004"), None, 1)
+    assert (labs.ratio, labs.break_even_tokens_per_hour, labs.headroom) == (None, None, None)
+
+
 def test_views_never_divide_by_zero(ledger: Settings) -> None:
     client = connect(ledger.clickhouse)
     client.insert("ledger", [ledger_row(gpu_line("z", "finance", "ops", "llama-3.1-70b-instruct", "0.001", share=0), 1)], column_names=list(LEDGER_COLUMNS))
     rows = client.query("SELECT llm_model, tokens, usd_per_mtok_usage FROM unit_costs_daily WHERE org = 'finance'").result_rows
     assert rows == [("llama-3.1-70b-instruct", 0, None)]
+
+
+def test_currencies_are_never_added_together_and_the_dashboards_rollup_agrees(ledger: Settings) -> None:
+    """emea pays gpt-4o-mini in dollars (0.25) and in euros (0.50): two rows, never 0.75 of anything."""
+    client = connect(ledger.clickhouse)
+    client.insert("ledger", [ledger_row(LedgerLine(
+        line_id=f"api:{currency}", kind="api", event_time=W, org="emea", team="x", project="p", cost_centre="", model="gpt-4o-mini",
+        price_id="mini", gpu_seconds=Decimal(0), cost=Decimal(cost), currency=currency, prompt_tokens=1000), 1)
+        for currency, cost in (("USD", "0.25"), ("EUR", "0.5"))], column_names=list(LEDGER_COLUMNS))
+    rows = [(r.llm_model, r.currency, r.usage_cost, r.per_mtok_usage) for r in unit_costs(ledger, *DAY, "org") if r.group == "emea"]
+    assert rows == [("gpt-4o-mini", "EUR", Decimal("0.5"), Decimal(500)), ("gpt-4o-mini", "USD", Decimal("0.25"), Decimal(250))]
+    table = render(unit_costs(ledger, *DAY, "org"), ("per_mtok_usage",), "table", "t")
+    assert table.caption == "2 currencies (EUR, USD): rows are grouped by currency, never added across"
+    refresh_rollups(client)
+    assert comparisons(ledger, *DAY, "team", client, rollup=True) == comparisons(ledger, *DAY, "team", client)
 
 
 def test_cli_formats_and_bad_ranges(ledger: Settings, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ works on an air-gapped network and a page cannot be made to call elsewhere.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
 from gpuledger.ui import queries
-from gpuledger.ui.auth import COOKIE, Refused, authenticate, from_token
+from gpuledger.ui.auth import COOKIE, Refused, authenticate, from_token, is_https
 from gpuledger.ui.filters import BadFilter, Filters
 from gpuledger.ui.tables import Table
 
@@ -102,8 +103,8 @@ def create_app(settings: Settings) -> Starlette:
         name, table_name = request.path_params["page"], request.path_params["table"]
         if name not in queries.PAGES:
             return PlainTextResponse(f"no page {name!r}", 404)
-        builder = (lambda ctx: queries.lines(ctx, queries.LINES_CSV)) if name == "lines" else queries.PAGES[name]
-        _, page = await build(request, builder)
+        page_of = queries.PAGES[name]
+        _, page = await build(request, lambda ctx: page_of(replace(ctx, row_limit=queries.LINES_CSV)))
         try:
             table = page.table(table_name)
         except StopIteration:
@@ -121,12 +122,12 @@ def create_app(settings: Settings) -> Starlette:
         except Refused as exc:
             return HTMLResponse(env.get_template("login.html").render(error=str(exc)), exc.status)
         response = RedirectResponse("/", 303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=is_https(request, settings.ui))
         return response
 
     async def logout(request: Request) -> Response:
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=is_https(request, settings.ui))
         return response
 
     async def refused(request: Request, exc: Exception) -> Response:

@@ -89,6 +89,18 @@ def _from_proxy(request: Request, user: str, ui: UISettings) -> Viewer:
     return Viewer(user, orgs)
 
 
+def is_https(request: Request, ui: UISettings) -> bool:
+    """Whether the browser reached us over TLS: our own scheme, or ``X-Forwarded-Proto: https`` from a trusted proxy.
+
+    A TLS ingress talks plain HTTP to the app, so without this the sign-in cookie would lose its Secure flag;
+    the header is believed only from ``ui.trusted_proxies`` (anyone else could send it to downgrade or spoof).
+    """
+    if request.url.scheme == "https":
+        return True
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return forwarded == "https" and _trusted(request.client.host if request.client else None, ui)
+
+
 def authenticate(request: Request, ui: UISettings) -> Viewer:
     """The viewer behind ``request``, or ``Refused``."""
     user = request.headers.get(ui.proxy_user_header)

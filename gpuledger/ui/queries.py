@@ -2,9 +2,10 @@
 
 Every query goes through ``scope()``, which always restricts an org-scoped viewer to its orgs
 and refuses (``Refused``, 403) an org filter outside them, so an edited URL cannot reach
-another org's figures, whatever the page or endpoint. Aggregates read the rollup views
-(``spend_by_org_daily``, ``unit_costs_daily``, ``self_hosted_vs_api_daily``); the ledger itself
-is read only where lines or columns the rollups do not keep are needed. Ratios and the spend
+another org's figures, whatever the page or endpoint. Aggregates read rollups (``spend_daily`` and
+``spend_by_org_daily`` over it; migration 0026's ``gpu_daily``, ``gpu_utilization_hourly``,
+``self_hosted_vs_api_rollup``, ``serving_hours``), so a page's time does not grow with the ledger; the
+ledger itself is read only for the lines page's listing (and its totals under basis / node / GPU filters). Ratios and the spend
 bridge come from ``gpuledger.unit_costs`` and ``gpuledger.trends``, not re-derived here.
 """
 
@@ -40,6 +41,7 @@ class Ctx:
     viewer: Viewer
     filters: Filters
     state: dict[str, Any] = field(default_factory=dict)  # the app's, shared by every request (the budget standings cache)
+    row_limit: int = LINES_SHOWN  # rows a long table reads: those a page shows, or LINES_CSV for a download
 
     @property
     def db(self) -> str:
@@ -52,6 +54,7 @@ class Page:
     tables: list[Table]
     charts: dict[str, Any] = field(default_factory=dict)
     crumbs: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str, str]] = field(default_factory=list)  # (anchor, heading, text): a section with no table yet
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
@@ -80,7 +83,7 @@ def visible_orgs(ctx: Ctx) -> list[str]:
     """Orgs with spend that the viewer may see (for the org picker)."""
     if ctx.viewer.orgs is not None:
         return sorted(ctx.viewer.orgs)
-    return [r[0] for r in ctx.client.query(f"SELECT DISTINCT org FROM {ctx.db}.spend_by_org_daily ORDER BY org").result_rows]
+    return [r[0] for r in ctx.client.query(f"SELECT DISTINCT org FROM {ctx.db}.spend_daily ORDER BY org").result_rows]
 
 
 # ---------------------------------------------------------------- overview
@@ -94,7 +97,7 @@ def overview(ctx: Ctx) -> Page:
         orgs.links[(i, "group")] = f.url("/drill", org=row["group"])
     movers = _period_table(ctx, "movers", f"Top movers by team this {f.period}", ("org", "team"), previous, start, end)
     movers.rows = sorted(movers.rows, key=lambda r: -abs(r["change"]))[:10]
-    _add_bridge(ctx, movers, previous, end)
+    _add_bridge(ctx, movers, start, end)
     jevons, chart = _jevons(ctx, end)
     return Page("Overview", [orgs, jevons, movers], charts={"jevons": chart})
 
@@ -131,14 +134,14 @@ def _elapsed_fraction(start: date, end: date) -> Decimal:
     return Decimal(max((now - begin).total_seconds(), 1)) / Decimal((finish - begin).total_seconds())
 
 
-def _add_bridge(ctx: Ctx, movers: Table, previous: date, end: date) -> None:
-    """Volume / price / mix / other for each mover, from ``gpuledger trends`` (teams with spend in both periods)."""
-    bridges = {b.group: b for b in tr.trends(ctx.settings, previous, end, "team", ctx.filters.period, ctx.client)
+def _add_bridge(ctx: Ctx, movers: Table, start: date, end: date) -> None:
+    """Volume / price / mix / other for each mover this period against the one before, from ``gpuledger trends``."""
+    bridges = {(b.group, b.currency): b for b in tr.trends(ctx.settings, start, end, "team", ctx.filters.period, ctx.client)
                if ctx.viewer.may_see(b.group.split("/")[0])}
     movers.columns[4:4] = [Column("volume", "volume", "money"), Column("price", "price", "money"), Column("mix", "mix", "money"),
                            Column("other", "other (no tokens)", "money"), Column("jevons", "unit cost down, spend up")]
     for row in movers.rows:
-        bridge = bridges.get(row["group"])
+        bridge = bridges.get((row["group"], row["currency"]))
         if bridge is not None:
             row.update(volume=bridge.volume, price=bridge.price, mix=bridge.mix, other=bridge.other, jevons="yes" if bridge.jevons else "no")
 
@@ -153,7 +156,7 @@ def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
         f"SELECT toStartOfMonth(day) AS m, currency, sum(total_cost) FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY m, currency",
         parameters=params).result_rows}
     units = {(m, c): uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a)) for m, c, t, u, a in ctx.client.query(
-        f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.unit_costs_daily"
+        f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.self_hosted_vs_api_rollup"
         f" WHERE {where} GROUP BY m, currency", parameters=params).result_rows}
     table = Table("jevons", "Unit cost vs total spend by month (why spend rises while unit prices fall)", [
         Column("month", "month", "date"), Column("spend", "total spend", "money", True), Column("tokens", "tokens", "int", True),
@@ -189,15 +192,19 @@ SPEND_COLUMNS = [Column("api", "API", "money", True), Column("gpu", "GPU", "mone
                  Column("tokens", "tokens", "int", True), Column("currency", "currency"), Column("lines", "ledger lines")]
 
 
+# spend_daily or spend_hourly with spend_by_org_daily's one model name per row (the LLM, else the GPU): the same filters apply
+SPEND_ROLLUP = "(SELECT *, if(llm_model != '', llm_model, gpu_model) AS model FROM {db}.{table})"
+
+
 def drill(ctx: Ctx) -> Page:
     """Spend one level below the filters (org → team → project → model → key), split API / GPU / idle."""
     f = ctx.filters
     level = next((d for d in DIMENSIONS if getattr(f, d) is None), "key_id")
-    if level == "key_id":  # the rollups do not keep keys: read the ledger
-        where, params = scope(ctx, "event_time", DIMENSIONS)
+    if level == "key_id":  # spend_by_org_daily has no keys: the rollup under it does
+        where, params = scope(ctx, "day", DIMENSIONS)
         sql = (f"SELECT key_id, currency, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),"
                f" sumIf(cost, kind = 'adjustment'), sum(cost), sum(prompt_tokens + completion_tokens)"
-               f" FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
+               f" FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
     else:
         where, params = scope(ctx, "day")
         sql = (f"SELECT {level}, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(adjustment_cost), sum(total_cost), sum(tokens)"
@@ -228,20 +235,68 @@ LINE_COLUMNS = [Column("line_id", "line id"), Column("kind", "kind"), Column("ev
                 Column("currency", "currency")]
 
 
-def lines(ctx: Ctx, limit: int = LINES_SHOWN) -> Page:
-    """The ledger lines behind a figure: ids, events, prices, windows; the total covers every matching line."""
+def lines(ctx: Ctx, limit: int | None = None) -> Page:
+    """The ledger lines behind a figure: ids, events, prices, windows; the total covers every matching line.
+
+    Where the filters are ones ``spend_daily`` keeps (not basis, node or GPU), the totals come from it and the ledger is
+    read only over the newest days that hold ``limit`` matching lines, so a page never scans a whole month of ledger.
+    """
+    limit = limit or ctx.row_limit
     where, params = scope(ctx, "event_time", DIMENSIONS + LINE_FILTERS)
-    totals = ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
-                              parameters=params).result_rows or [(ctx.settings.currency, 0, 0)]
+    rolled = all(getattr(ctx.filters, d) is None for d in LINE_FILTERS if d != "kind")
+    newest: datetime | None = None
+    if rolled:
+        day_where, day_params = scope(ctx, "day", (*DIMENSIONS, "kind"))
+        per_day = ctx.client.query(f"SELECT day, currency, sum(lines), sum(cost) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {day_where}"
+                                   " GROUP BY day, currency ORDER BY day DESC, currency", parameters=day_params).result_rows
+        by_currency: dict[str, list[Any]] = {}
+        for _, currency, n, cost in per_day:
+            total = by_currency.setdefault(currency, [currency, 0, Decimal(0)])
+            total[1], total[2] = total[1] + int(n), total[2] + Decimal(cost)
+        totals: list[Any] = [tuple(by_currency[c]) for c in sorted(by_currency)]
+        newest = _newest(ctx, limit, [(day, int(n)) for day, _, n, _ in per_day])
+    else:
+        totals = list(ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
+                                       parameters=params).result_rows)
+    totals = totals or [(ctx.settings.currency, 0, 0)]
     count = sum(int(n) for _, n, _ in totals)
     keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
-    rows = ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {where} ORDER BY event_time DESC, line_id LIMIT {int(limit)}",
-                            parameters=params).result_rows
+
+    def listing(condition: str) -> list[Any]:
+        # pick the lines on the few columns that order and filter them, then read those lines whole by primary key
+        picked = f"SELECT toDate(event_time), line_id FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}"
+        return list(ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} AND (toDate(event_time), line_id) IN ({picked})"
+                                     " ORDER BY event_time DESC, line_id", parameters={**params, "newest": newest}).result_rows)
+
+    rows = listing(f"{where} AND event_time >= {{newest:DateTime64(6, 'UTC')}}" if newest else where)
+    if newest is not None and len(rows) < limit:  # the rollup was behind the ledger: read the whole range after all
+        rows = listing(where)
     summary = Table("summary", "Matching ledger lines", [Column("lines", "lines", "int"), Column("cost", "total cost", "money"), Column("currency", "currency")],
                     [{"lines": int(n), "cost": Decimal(total), "currency": currency} for currency, n, total in totals])
     table = Table("lines", f"Ledger lines, newest first ({min(count, limit):,} of {count:,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS))
     table.rows = [{c.key: (Decimal(v) if c.key == "cost" else v) for c, v in zip(LINE_COLUMNS, row, strict=True)} for row in rows]
     return Page("Ledger lines", [summary, table])
+
+
+def _newest(ctx: Ctx, limit: int, per_day: list[tuple[date, int]]) -> datetime | None:
+    """The start of the newest hours that hold ``limit`` matching lines (from ``spend_daily``'s, newest first, then
+    ``spend_hourly``), or None when the whole range holds fewer: the lines page reads the ledger from there on."""
+    seen = 0
+    for day, n in per_day:
+        seen += n
+        if seen >= limit:
+            break
+    else:
+        return None
+    # a day earlier: spend_daily's days are in the reporting time zone, spend_hourly's hours in UTC
+    where, params = scope(ctx, "hour", (*DIMENSIONS, "kind"), since=day - timedelta(days=1))
+    seen = 0
+    for hour, n in ctx.client.query(f"SELECT hour, sum(lines) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_hourly')}"
+                                    f" WHERE {where} GROUP BY hour ORDER BY hour DESC", parameters=params).result_rows:
+        seen += int(n)
+        if seen >= limit:
+            return hour.replace(tzinfo=UTC) if hour.tzinfo is None else hour
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=1)
 
 
 # ---------------------------------------------------------------- budgets
@@ -323,16 +378,27 @@ HEAT_HOURS = 24
 
 
 def gpus(ctx: Ctx) -> Page:
-    """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why."""
+    """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why.
+
+    Reads the GPU rollups of migration 0026 (``gpu_daily``, ``gpu_utilization_hourly``), never the ledger; the heatmap
+    follows the org, node and GPU filters (a GPU's utilization is the whole GPU's, not a team's or project's).
+    """
     f = ctx.filters
-    where, params = scope(ctx, "event_time", ("org", "team", "project", "node", "gpu_uuid"))
-    # the heatmap reads only the last HEAT_HOURS of the range (a month of windows would be one query too many)
+    where, params = scope(ctx, "day", ("org", "team", "project", "node", "gpu_uuid"))
+    # the heatmap shows the range's last HEAT_HOURS: the GPUs (filtered by node / GPU) that the viewer's orgs (or the org filter) used
     last = min(datetime(f.until.year, f.until.month, f.until.day, tzinfo=UTC), datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
-    heat_params = {**params, "heat_from": last - timedelta(hours=HEAT_HOURS)}
-    cells = ctx.client.query(
-        f"SELECT node, gpu_uuid, toStartOfHour(event_time) AS hour, avg(u) FROM (SELECT node, gpu_uuid, event_time, max(utilization_pct) AS u"
-        f" FROM {ctx.db}.ledger FINAL WHERE {where} AND event_time >= {{heat_from:DateTime64(6, 'UTC')}} AND kind IN ('gpu', 'idle')"
-        " AND gpu_uuid != '' GROUP BY node, gpu_uuid, event_time) GROUP BY node, gpu_uuid, hour ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
+    heat_params: dict[str, Any] = {"heat_from": max(last - timedelta(hours=HEAT_HOURS), datetime(f.since.year, f.since.month, f.since.day, tzinfo=UTC)),
+                                   "heat_to": last}
+    heat_where = ["hour >= {heat_from:DateTime}", "hour < {heat_to:DateTime}"]
+    if ctx.viewer.orgs is not None:
+        heat_where.append("hasAny(orgs, {scope_orgs:Array(String)})")
+        heat_params["scope_orgs"] = sorted(ctx.viewer.orgs)
+    for dim, condition in (("org", "has(orgs, {f_org:String})"), ("node", "node = {f_node:String}"), ("gpu_uuid", "gpu_uuid = {f_gpu_uuid:String}")):
+        if getattr(f, dim) is not None:
+            heat_where.append(condition)
+            heat_params[f"f_{dim}"] = getattr(f, dim)
+    cells = ctx.client.query(f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE {' AND '.join(heat_where)}"
+                             " ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
     hours = sorted({c[2] for c in cells})
     heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
                  [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))])
@@ -346,19 +412,25 @@ def gpus(ctx: Ctx) -> Page:
         idle.links[(i, "cost")] = f.url("/lines", kind="idle", node=row["node"], org=row["org"], team=row["team"])
     booked = _grouped(ctx, "attribution", "What each GPU's cost was booked to, and on which basis (largest first)",
                       ("node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project"),
-                      "kind IN ('gpu', 'idle', 'adjustment') AND gpu_uuid != ''", where, params)
+                      "gpu_uuid != ''", where, params)
     for i, row in enumerate(booked.rows):
         booked.links[(i, "cost")] = f.url("/lines", gpu_uuid=row["gpu_uuid"], kind=row["kind"], basis=row["basis"], org=row["org"], team=row["team"], project=row["project"])
     return Page("GPUs", [heat, idle, booked])
 
 
 def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
+    """The largest ``ctx.row_limit`` groups of ``gpu_daily`` (by cost), with totals over every group."""
+    source = f"FROM {ctx.db}.gpu_daily WHERE {where} AND {condition}"
     rows = ctx.client.query(
-        f"SELECT {', '.join(keys)}, currency, count(), sum(gpu_seconds), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} AND {condition}"
-        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)}", parameters=params).result_rows
+        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) {source}"
+        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)} LIMIT {int(ctx.row_limit)}", parameters=params).result_rows
+    totals = ctx.client.query(f"SELECT currency, sum(lines), sum(gpu_seconds), sum(cost) {source} GROUP BY currency ORDER BY currency",
+                              parameters=params).result_rows
     columns = [*(Column(k, k.replace("_", " ")) for k in keys), Column("lines", "lines", "int", True),
                Column("gpu_seconds", "GPU seconds", "int", True), Column("cost", "cost", "money", True), Column("currency", "currency")]
-    return Table(name, title, columns, [dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True)) for r in rows])
+    return Table(name, f"{title} (up to {ctx.row_limit:,} rows; CSV up to {LINES_CSV:,}; totals cover all)", columns,
+                 [dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True)) for r in rows],
+                 exact_totals=[{"currency": c, "lines": int(n), "gpu_seconds": Decimal(g), "cost": Decimal(t)} for c, n, g, t in totals])
 
 
 # ---------------------------------------------------------------- models
@@ -369,7 +441,7 @@ def models(ctx: Ctx) -> Page:
     if f.org is not None:
         ctx.viewer.check(f.org)
     company = ctx.viewer.admin and f.org is None
-    rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org", ctx.client)
+    rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org", ctx.client, rollup=True)
     if not company:
         rows = [r for r in rows if ctx.viewer.may_see(r.group) and (f.org is None or r.group == f.org)]
     table = Table("compare", f"Self-hosted vs API per model, {f.since} to {f.until} (exclusive)", [
@@ -383,8 +455,45 @@ def models(ctx: Ctx) -> Page:
     for r in rows:
         unit = uc.UnitCost(r.group, r.llm_model, r.hosting, r.tokens, r.usage_cost, r.allocation_cost)
         table.rows.append({**r.__dict__, "group": r.group or "all", "ratio": r.ratio, "break_even_tokens_per_hour": r.break_even_tokens_per_hour,
-                           "headroom": r.headroom, "per_mtok_allocation": unit.per_mtok_allocation, "currency": ctx.settings.currency})
-    return Page("Models", [table])
+                           "headroom": r.headroom, "per_mtok_allocation": unit.per_mtok_allocation})
+    page = Page("Models", [table])
+    for anchor, heading in MODEL_SLOTS:
+        _slot(ctx, page, anchor, heading)
+    return page
+
+
+# Routing savings and cost per outcome: views other work adds (issue 14). Until a view whose name starts with the
+# slot's anchor exists in the database, the page says so in a marked section; once it does, its rows are shown
+# (scoped to the viewer's orgs and the date range where the view has `org` and `day` columns).
+MODEL_SLOTS = (("routing_savings", "Routing savings"), ("cost_per_outcome", "Cost per outcome"))
+SLOT_KINDS = {"Decimal": "money", "Int": "int", "UInt": "int", "Date": "date", "DateTime": "time"}
+
+
+def _slot(ctx: Ctx, page: Page, anchor: str, heading: str) -> None:
+    found = ctx.client.query("SELECT name FROM system.tables WHERE database = {db:String} AND startsWith(name, {prefix:String}) ORDER BY name LIMIT 1",
+                             parameters={"db": ctx.db, "prefix": anchor}).result_rows
+    if not found:
+        page.notes.append((anchor, heading, f"Not available yet: this database has no {anchor}* view (it appears here once added)."))
+        return
+    view = found[0][0]
+    columns = ctx.client.query("SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {view:String} ORDER BY position",
+                               parameters={"db": ctx.db, "view": view}).result_rows
+    names = [n for n, _ in columns]
+    if "org" not in names and not ctx.viewer.admin:
+        page.notes.append((anchor, heading, f"{view} has no org column, so it is shown to admins only."))
+        return
+    if "day" in names:  # the range, the viewer's orgs and the org filter
+        where, params = scope(ctx, "day", ("org",) if "org" in names else ())
+    elif ctx.viewer.orgs is not None:
+        where, params = "org IN {scope_orgs:Array(String)}", {"scope_orgs": sorted(ctx.viewer.orgs)}
+    else:
+        where, params = "1", {}
+    kinds = [next((k for prefix, k in SLOT_KINDS.items() if t.removeprefix("Nullable(").startswith(prefix)), "text") for _, t in columns]
+    rows = ctx.client.query(f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {ctx.db}.`{view}` WHERE {where} LIMIT {LINES_SHOWN}",
+                            parameters=params).result_rows
+    page.tables.append(Table(anchor, f"{heading} ({view}), {ctx.filters.since} to {ctx.filters.until} (exclusive)",
+                             [Column(n, n.replace("_", " "), k) for n, k in zip(names, kinds, strict=True)],  # type: ignore[arg-type]
+                             [dict(zip(names, r, strict=True)) for r in rows]))
 
 
 PAGES = {"overview": overview, "drill": drill, "lines": lines, "budgets": budgets, "gpus": gpus, "models": models}

@@ -37,9 +37,12 @@ class Table:
     rows: list[dict[str, Any]] = field(default_factory=list)
     links: dict[tuple[int, str], str] = field(default_factory=dict)
     shown: int = 500  # rows rendered on the page; the total and the CSV cover every row
+    exact_totals: list[dict[str, Any]] | None = None  # totals computed where the rows are (when ``rows`` holds only the largest)
 
     def totals(self) -> list[dict[str, Any]]:
         """One total row per currency (a ledger may hold several); empty when no column is summed."""
+        if self.exact_totals is not None:
+            return self.exact_totals
         summed = [c.key for c in self.columns if c.total]
         if not summed or not self.rows:
             return []

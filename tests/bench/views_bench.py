@@ -3,7 +3,7 @@
 Fills a synthetic ledger server-side (``INSERT ... SELECT FROM numbers``: 30 days, 50 orgs x 10 teams,
 20 models; 40 % API lines, 40 % GPU token shares, 20 % idle) with half as many usage events, then times,
 at each size, the plain spend-by-org query (the baseline, measured in the same run) and the queries behind
-`gpuledger report`, `unit-costs`, `compare` and `trends`. Medians of --runs runs; ratios against the baseline.
+`gpuledger report`, `unit-costs`, `compare` and `trends`, and the `spend_bridge` view. Medians of --runs runs; ratios against the baseline.
 Its own ClickHouse (no Kafka), on ports below the ephemeral range.
 
 Usage: .venv/bin/python tests/bench/views_bench.py [--sizes 1000000,10000000,30000000] [--runs 3]
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from gpuledger.clickhouse import connect  # noqa: E402
 from gpuledger.migrate import apply_migrations  # noqa: E402
 from gpuledger.report import spend_by_org_model  # noqa: E402
+from gpuledger.rollups import refresh_rollups, stop_rollups  # noqa: E402
 from gpuledger.settings import Settings, StackSettings  # noqa: E402
 from gpuledger.stack import clickhouse, local  # noqa: E402
 from gpuledger.trends import trends  # noqa: E402
@@ -89,14 +90,15 @@ def main() -> None:
     client.command("DROP DATABASE IF EXISTS bench_views")
     apply_migrations(settings)
     client = connect(settings.clickhouse)
-    for view in ("spend_hourly_refresh", "spend_daily_refresh"):
-        client.command(f"SYSTEM STOP VIEW {view}")  # the refreshes would compete with the timed queries
+    stop_rollups(client)  # the refreshes would compete with the timed queries
     queries: dict[str, Callable[[], object]] = {
         "spend by org (baseline)": lambda: client.query("SELECT org, sum(cost) FROM ledger FINAL GROUP BY org").result_rows,
         "report (spend by org and model)": lambda: spend_by_org_model(settings),
         "unit-costs --by team": lambda: unit_costs(settings, START, END, "team"),
         "compare --by model": lambda: comparisons(settings, START, END, "model"),
         "trends --period week --by org": lambda: trends(settings, START, END, "org", "week"),
+        "spend_bridge view (weeks, by org)": lambda: client.query(
+            "SELECT * FROM spend_bridge WHERE period_kind = 'week' AND period >= {s:Date} AND period < {e:Date}", parameters={"s": START, "e": END}).result_rows,
     }
     table = Table(title=f"analyst views: median of {args.runs} runs, seconds (x baseline)")
     table.add_column("query")
@@ -108,6 +110,7 @@ def main() -> None:
             client.command(LEDGER_FILL.format(offset=filled, count=size - filled), settings={"max_execution_time": 0})
             client.command(USAGE_FILL.format(offset=filled // 2, count=(size - filled) // 2), settings={"max_execution_time": 0})
             client.command("OPTIMIZE TABLE ledger FINAL", settings={"max_execution_time": 0})
+            refresh_rollups(client, stopped=True)  # trends and the spend_bridge view read the rollups
             filled = size
         table.add_column(f"{size:,} lines", justify="right")
         baseline = 0.0

@@ -88,3 +88,20 @@ def test_the_dashboards_clickhouse_connection_cannot_write(settings: Settings) -
     assert readonly.query("SELECT getSetting('readonly')").result_rows == [(1,)]
     with pytest.raises(Exception, match="readonly"):
         readonly.command("CREATE TABLE ui_must_not_write (a UInt8) ENGINE = Memory")
+
+
+def test_the_sign_in_cookie_is_secure_behind_a_tls_ingress_only_when_the_proxy_says_so(settings: Settings) -> None:
+    """A TLS ingress forwards plain HTTP with ``X-Forwarded-Proto: https``: believed from the configured proxy only."""
+    def cookie(peer: str, headers: dict[str, str]) -> str:
+        with client(settings, peer) as c:
+            response = c.post("/login", data={"token": "s3cret"}, headers=headers)
+            assert response.status_code == 303
+            return response.headers["set-cookie"].lower()
+
+    https = {"X-Forwarded-Proto": "https"}
+    assert "; secure" in cookie("10.0.0.7", https)  # the trusted proxy terminated TLS
+    assert "; secure" not in cookie("10.0.0.7", {})  # plain HTTP all the way (a local install)
+    assert "; secure" not in cookie("192.0.2.9", https)  # anyone else's header is ignored
+    assert "; secure" not in cookie("10.0.0.7", {"X-Forwarded-Proto": "http"})
+    with client(settings, "10.0.0.7") as c:
+        assert "; secure" in c.get("/logout", headers=https).headers["set-cookie"].lower()

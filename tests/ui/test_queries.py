@@ -14,6 +14,7 @@ import pytest
 
 from gpuledger.clickhouse import connect
 from gpuledger.reference_import import publish
+from gpuledger.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.ui import queries
 from gpuledger.ui.auth import Refused, Viewer
@@ -46,8 +47,7 @@ def two_currencies(stack_settings: Settings) -> Iterator[Settings]:
         line("n1", NOV, "USD", "api", "9", 3_000_000), line("n2", NOV, "USD", "idle", "21"),
     ]
     client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
-    client.command("SYSTEM REFRESH VIEW spend_daily_refresh")
-    client.command("SYSTEM WAIT VIEW spend_daily_refresh")
+    refresh_rollups(client)
     yield settings
 
 
@@ -71,6 +71,9 @@ def test_the_lines_summary_totals_each_currency(two_currencies: Settings) -> Non
     assert page.table("summary").rows == [{"lines": 2, "cost": Decimal(20), "currency": "EUR"},
                                           {"lines": 4, "cost": Decimal(40), "currency": "USD"}]
     assert "(6 of 6 shown;" in page.table("lines").title  # counted over both currencies
+    newest = queries.lines(ctx(two_currencies, since="2026-10-01", until="2026-12-01"), limit=2)  # the ledger read from the newest hour on
+    assert [r["line_id"] for r in newest.table("lines").rows] == ["n1", "n2"] and "(2 of 6 shown;" in newest.table("lines").title
+    assert queries._newest(ctx(two_currencies, since="2026-10-01", until="2026-12-01"), 2, [(NOV.replace(day=10), 2)]) == datetime(2026, 11, 10, tzinfo=UTC)
     empty = queries.lines(ctx(two_currencies, since="2025-01-01", until="2025-02-01"))
     assert empty.table("summary").rows == [{"lines": 0, "cost": Decimal(0), "currency": "USD"}]
 
@@ -92,3 +95,43 @@ def test_budgets_refuses_a_foreign_org_before_reading_anything(two_currencies: S
     monkeypatch.setattr(queries, "budget_standings", lambda c: pytest.fail("read budgets for a refused org"))
     with pytest.raises(Refused):
         queries.budgets(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), org="support"))
+
+
+def test_the_models_page_marks_routing_savings_and_cost_per_outcome_until_their_views_exist(two_currencies: Settings) -> None:
+    """Marked sections while the views are missing; a view's rows (scoped to the viewer's orgs and the range) once one exists."""
+    page = queries.models(ctx(two_currencies, since="2026-10-01", until="2026-12-01"))
+    assert [(a, "Not available yet" in text) for a, _, text in page.notes] == [("routing_savings", True), ("cost_per_outcome", True)]
+    client = connect(two_currencies.clickhouse)
+    client.command("CREATE VIEW IF NOT EXISTS routing_savings_daily AS SELECT toDate(d) AS day, o AS org, toDecimal128(s, 9) AS savings, 'USD' AS currency"
+                   " FROM values('d String, o String, s String', ('2026-10-05', 'research', '1.5'), ('2026-10-06', 'support', '2'), ('2025-01-01', 'research', '9'))")
+    try:
+        page = queries.models(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), since="2026-10-01", until="2026-12-01"))
+        assert [a for a, _, _ in page.notes] == ["cost_per_outcome"]
+        assert [(r["org"], r["savings"]) for r in page.table("routing_savings").rows] == [("research", Decimal("1.5"))]
+    finally:
+        client.command("DROP VIEW routing_savings_daily")
+
+
+def test_the_gpus_page_reads_its_rollups(stack_settings: Settings) -> None:
+    """GPU-1 (node n1): a 10:00 window at 80 % (research share 0.30, idle 0.10), a 10:30 window at 40 % (research 0.20);
+    GPU-2 (node n2): support at 10 %. Heatmap GPU-1 10h = (80 + 40) / 2 = 60; research's viewer sees GPU-1 only."""
+    settings = isolated(stack_settings, "ui_gpus")
+    t = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+
+    def gpu(line_id: str, minute: int, gpu_uuid: str, org: str, kind: str, cost: str, util: float) -> LedgerLine:
+        return LedgerLine(line_id=line_id, kind=kind, event_time=t.replace(minute=minute), org=org, team="t", project="p", cost_centre="",
+                          model="m", price_id="x", gpu_seconds=Decimal(60), cost=Decimal(cost), currency="USD", gpu_uuid=gpu_uuid,
+                          node="n1" if gpu_uuid == "GPU-1" else "n2", utilization_pct=util, basis="tokens" if kind == "gpu" else "remainder")
+
+    client = connect(settings.clickhouse)
+    lines = [gpu("a", 0, "GPU-1", "research", "gpu", "0.3", 80), gpu("b", 0, "GPU-1", "research", "idle", "0.1", 80),
+             gpu("c", 30, "GPU-1", "research", "gpu", "0.2", 40), gpu("d", 0, "GPU-2", "support", "gpu", "0.7", 10)]
+    client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
+    refresh_rollups(client)
+    page = queries.gpus(ctx(settings, since="2026-11-02", until="2026-11-03"))
+    assert [(r["gpu_uuid"], r["h0"]) for r in page.table("heatmap").rows] == [("GPU-1", Decimal(60)), ("GPU-2", Decimal(10))]
+    assert [(r["node"], r["org"], r["cost"]) for r in page.table("idle").rows] == [("n1", "research", Decimal("0.1"))]
+    assert {t["currency"]: t["cost"] for t in page.table("attribution").totals()} == {"USD": Decimal("1.3")}
+    research = queries.gpus(ctx(settings, Viewer("research-lead", frozenset({"research"})), since="2026-11-02", until="2026-11-03"))
+    assert [r["gpu_uuid"] for r in research.table("heatmap").rows] == ["GPU-1"]
+    assert {r["org"] for r in research.table("attribution").rows} == {"research"}
