@@ -4,7 +4,8 @@ Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
 - ``usage`` agent: decode InferenceUsage, join the org directory and price list,
   store the enriched event and, for API models, its cost line;
 - ``samples`` agent: decode GpuSample, store it with its node's owner;
-- ``allocate`` timer (leader only): re-derive GPU window lines from stored rows;
+- ``allocate`` timer (every worker): re-derive the GPU window lines of the GPUs whose
+  samples partitions this worker consumes (``streams.ownership``) from stored rows;
 - ``budgets`` timer (leader only): measure every budget on the ledger, raise alerts,
   publish each budget's standing (see ``streams.budgets.evaluator``).
 Every event ends stored or in the dead-letter topic with its reason and origin
@@ -34,6 +35,7 @@ from streams.batching import EventBatcher
 from streams.budgets.evaluator import BudgetEvaluator, Topics
 from streams.enrich import price_usage, resolve_payer
 from streams.ingest import DeadLetters, Ingest, Rows
+from streams.ownership import consumer_ownership
 from streams.pricing import EquivalentBook, PriceBook
 from streams.shutdown import GracefulWorker
 from streams.sink import (
@@ -189,9 +191,12 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         window_seconds=w.gpu_window_seconds, restate_hours=w.restate_hours, owners=lookup, prices=price_book,
         unassigned=w.unassigned_org, idle_policy=w.idle_policy,
         label_keys=LabelKeys.of(w),
+        ownership=consumer_ownership(
+            lambda: app.consumer.assignment(), lambda: app.consumer.topic_partitions(settings.topics.gpu_samples), settings.topics.gpu_samples
+        ),
     )
 
-    @app.timer(w.allocate_every_seconds, on_leader=True, name="allocate")
+    @app.timer(w.allocate_every_seconds, name="allocate")
     async def allocate() -> None:
         try:
             await reference_loaded()
