@@ -10,6 +10,10 @@ from clickhouse_connect.driver.client import Client
 from gpuledger.settings import ClickHouseSettings
 
 
+# On a cluster an insert into a Distributed table returns once every shard has stored its rows (not a local spool).
+CLUSTER_WRITES = {"distributed_foreground_insert": 1}
+
+
 def connect(ch: ClickHouseSettings, *, database: str | None = "") -> Client:
     """A client for ``ch``; ``database=None`` connects without selecting one (before migrations)."""
     url = urlparse(ch.url)
@@ -25,5 +29,5 @@ def connect(ch: ClickHouseSettings, *, database: str | None = "") -> Client:
         ca_cert=str(ch.ca_cert) if ch.ca_cert else None,
         compress=False,
         autogenerate_session_id=False,  # the worker inserts from several threads at once
-        settings={"readonly": 1} if ch.readonly else None,
+        settings={"readonly": 1} if ch.readonly else CLUSTER_WRITES if ch.cluster else None,
     )

@@ -26,8 +26,8 @@ def up(stack: StackSettings) -> list[EngineStatus]:
 
 def down(stack: StackSettings) -> list[str]:
     """Stop only the processes this stack started (by pid file); returns the names stopped."""
-    return [m.name for m in (clickhouse.managed(stack), kafka.managed(stack)) if m.stop()]
+    return [m.name for m in (*clickhouse.servers(stack), *kafka.nodes(stack)) if m.stop()]
 
 
 def status(stack: StackSettings) -> list[EngineStatus]:
-    return [EngineStatus(m.name, m.pid(), m.port, str(m.log_file)) for m in (kafka.managed(stack), clickhouse.managed(stack))]
+    return [EngineStatus(m.name, m.pid(), m.port, str(m.log_file)) for m in (*kafka.nodes(stack), *clickhouse.servers(stack))]
