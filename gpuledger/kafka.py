@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, TopicAlreadyExistsError
 
 from gpuledger.settings import KafkaSettings, Settings
 from schemas import DecodeError, codec_for
@@ -107,8 +107,24 @@ def declared_topics(settings: Settings) -> list[NewTopic]:
     ]
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing topics (idempotent); returns the names created now."""
+async def ensure_topics(settings: Settings, attempts: int = 5) -> list[str]:
+    """Create missing topics (idempotent); returns the names created now.
+
+    On a cluster the admin client asks a random known broker, which may be one that is down:
+    the request is tried again (on another) a few times before giving up.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _ensure_topics(settings)
+        except (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("a broker did not answer while creating topics; trying again", error=str(exc), attempt=attempt)
+            await asyncio.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _ensure_topics(settings: Settings) -> list[str]:
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
