@@ -9,7 +9,6 @@ from clickhouse_connect.driver.client import Client
 
 from gpuledger.settings import ClickHouseSettings
 
-
 # On a cluster an insert into a Distributed table returns once every shard has stored its rows (not a local spool).
 CLUSTER_WRITES = {"distributed_foreground_insert": 1}
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from importlib import resources
 
 import structlog
-
 from clickhouse_connect.driver.client import Client
 
 from gpuledger.clickhouse import connect

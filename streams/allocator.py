@@ -105,6 +105,7 @@ class GpuAllocator:
         self.margin = timedelta(seconds=margin_seconds)
         self.ownership = ownership
         self.watermarks = Watermarks()
+        self.owned: OwnedPartitions | None = None
 
     def _query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         return self.client.query(sql, parameters=params).result_rows
@@ -253,6 +254,9 @@ class GpuAllocator:
         """One allocation pass; returns how many ledger rows it wrote."""
         prices = self.prices()  # read the price list on the event loop (where it is updated), query ClickHouse off it
         view = self.ownership()
+        if view != self.owned:
+            log.info("gpu allocation ownership", partitions=sorted(view.owned) if view else [])
+            self.owned = view
         if view is None:
             return 0  # no samples partition assigned (yet): every unit belongs to another worker
         now, rows = await asyncio.to_thread(self.plan, prices, view)

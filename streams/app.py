@@ -191,8 +191,8 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         window_seconds=w.gpu_window_seconds, restate_hours=w.restate_hours, owners=lookup, prices=price_book,
         unassigned=w.unassigned_org, idle_policy=w.idle_policy,
         label_keys=LabelKeys.of(w),
-        ownership=consumer_ownership(
-            lambda: app.consumer.assignment(), lambda: app.consumer.topic_partitions(settings.topics.gpu_samples), settings.topics.gpu_samples
+        ownership=consumer_ownership(  # the consumer's own metadata and partitioner say where a GPU's samples go
+            lambda: app.consumer.assignment(), lambda topic, key: app.consumer.key_partition(topic, key), settings.topics.gpu_samples
         ),
     )
 

@@ -29,26 +29,35 @@ def partition_of(key: str, partitions: int) -> int:
 
 @dataclass(frozen=True)
 class OwnedPartitions:
-    """The samples topic's partition count and the partitions this worker consumes now."""
+    """The samples partitions this worker consumes now, and where a GPU's samples go (None: topic unknown yet)."""
 
-    count: int
     owned: frozenset[int]
+    partition_of: Callable[[str], int | None] = field(compare=False)
 
     def owns(self, unit: str) -> bool:
-        return partition_of(unit, self.count) in self.owned
+        return self.partition_of(unit) in self.owned
 
 
-EVERYTHING: Callable[[], OwnedPartitions | None] = lambda: OwnedPartitions(1, frozenset({0}))  # noqa: E731 - one worker owns all
+def _everything() -> OwnedPartitions:
+    return OwnedPartitions(frozenset({0}), lambda unit: 0)
+
+
+EVERYTHING: Callable[[], OwnedPartitions | None] = _everything
 """Ownership of a lone allocator (tools, tests, a single worker without a consumer group)."""
 
 
-def consumer_ownership(assignment: Callable[[], set[tuple[str, int]]], partitions: Callable[[], int | None], topic: str) -> Callable[[], OwnedPartitions | None]:
-    """Ownership read from a consumer's live assignment of ``topic`` (None while it has none or no metadata)."""
+def consumer_ownership(
+    assignment: Callable[[], set[tuple[str, int]]], key_partition: Callable[[str, bytes], int | None], topic: str
+) -> Callable[[], OwnedPartitions | None]:
+    """Ownership read from a consumer's live assignment of ``topic`` (None while it has none).
+
+    ``key_partition`` is the consumer's own partitioner over its cluster metadata (Faust's
+    ``Consumer.key_partition``), so every member agrees with the producers on where a key goes.
+    """
 
     def current() -> OwnedPartitions | None:
-        count = partitions()
         owned = frozenset(p for t, p in assignment() if t == topic)
-        return OwnedPartitions(count, owned) if count and owned else None
+        return OwnedPartitions(owned, lambda unit: key_partition(topic, unit.encode())) if owned else None
 
     return current
 
@@ -60,19 +69,15 @@ class Watermarks:
     A partition this worker has never allocated has no watermark, so its first pass looks back
     over the whole restatement horizon: whatever its previous owner had not allocated yet is
     found again. A watermark survives a revocation (everything ingested after it is re-read on
-    the next pass anyway), and all are dropped when the partition count changes.
+    the next pass anyway). Watermarks live in memory: a restarted worker looks back again.
     """
 
-    count: int = 0
     passed: dict[int, datetime] = field(default_factory=dict)
 
     def since(self, view: OwnedPartitions, horizon: datetime) -> datetime:
         """The earliest ingestion time the next pass over ``view`` must look at."""
-        if view.count != self.count:
-            self.count, self.passed = view.count, {}
         return min((self.passed.get(p, horizon) for p in view.owned), default=horizon)
 
     def advance(self, view: OwnedPartitions, moment: datetime) -> None:
         """Record a successful pass over ``view`` that started at ``moment``."""
-        if view.count == self.count:
-            self.passed.update(dict.fromkeys(view.owned, moment))
+        self.passed.update(dict.fromkeys(view.owned, moment))

@@ -18,7 +18,13 @@ from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
 from schemas import GpuSample, Price
 from streams.allocator import GpuAllocator
-from streams.ownership import EVERYTHING, OwnedPartitions, Watermarks, consumer_ownership, partition_of
+from streams.ownership import (
+    EVERYTHING,
+    OwnedPartitions,
+    Watermarks,
+    consumer_ownership,
+    partition_of,
+)
 from streams.pricing import PriceBook
 from streams.sink import LEDGER_COLUMNS, SAMPLE_COLUMNS, ClickHouseSink, sample_row
 from streams.workloads import LabelKeys
@@ -34,8 +40,13 @@ def test_partition_of_is_kafkas_default_partitioner() -> None:
         assert partition_of(gpu, 8) == DefaultPartitioner()(gpu.encode(), list(range(8)), list(range(8)))
 
 
+def _view(owned: frozenset[int]) -> OwnedPartitions:
+    """Eight partitions, ``owned`` of them this worker's, keys placed by Kafka's default partitioner."""
+    return OwnedPartitions(owned, lambda unit: partition_of(unit, 8))
+
+
 def test_every_unit_has_exactly_one_owner_and_the_split_is_not_lopsided() -> None:
-    views = [OwnedPartitions(8, owned) for owned in SPLIT]
+    views = [_view(owned) for owned in SPLIT]
     owners = [[i for i, view in enumerate(views) if view.owns(gpu)] for gpu in GPUS]
     assert all(len(o) == 1 for o in owners)
     assert {o[0] for o in owners} == {0, 1, 2}
@@ -43,27 +54,35 @@ def test_every_unit_has_exactly_one_owner_and_the_split_is_not_lopsided() -> Non
 
 def test_consumer_ownership_reads_only_the_samples_topic_and_owns_nothing_before_assignment() -> None:
     assignment: set[tuple[str, int]] = set()
-    count: list[int | None] = [None]
-    view = consumer_ownership(lambda: assignment, lambda: count[0], "samples")
+    asked: list[tuple[str, bytes]] = []
+
+    def key_partition(topic: str, key: bytes) -> int | None:
+        asked.append((topic, key))
+        return None if key == b"unknown" else partition_of(key.decode(), 8)
+
+    view = consumer_ownership(lambda: assignment, key_partition, "samples")
     assert view() is None
     assignment.update({("samples", 1), ("usage", 2)})
-    assert view() is None  # no metadata yet: the partition count is unknown
-    count[0] = 8
-    assert view() == OwnedPartitions(8, frozenset({1}))
+    current = view()
+    assert current is not None and current.owned == frozenset({1})
+    mine = [gpu for gpu in GPUS if partition_of(gpu, 8) == 1]
+    assert mine and [gpu for gpu in GPUS if current.owns(gpu)] == mine
+    assert not current.owns("unknown")  # topic not in the consumer's metadata yet: owned by nobody here
+    assert {topic for topic, _ in asked} == {"samples"}
 
 
 def test_watermarks_look_back_over_the_horizon_for_a_gained_partition() -> None:
     horizon, first, later = (datetime(2026, 1, 1, h, tzinfo=UTC) for h in (0, 5, 6))
     marks = Watermarks()
-    one = OwnedPartitions(8, frozenset({0}))
+    one = _view(frozenset({0}))
     assert marks.since(one, horizon) == horizon
     marks.advance(one, first)
     assert marks.since(one, horizon) == first
-    two = OwnedPartitions(8, frozenset({0, 1}))  # partition 1 handed over by a rebalance
+    two = _view(frozenset({0, 1}))  # partition 1 handed over by a rebalance
     assert marks.since(two, horizon) == horizon
     marks.advance(two, later)
     assert marks.since(two, horizon) == later
-    assert marks.since(OwnedPartitions(12, frozenset({0})), horizon) == horizon  # partitions added: start over
+    assert marks.since(_view(frozenset({1})), horizon) == later  # kept across a revocation: re-read from there
 
 
 def _samples(window: datetime) -> list[GpuSample]:
@@ -98,7 +117,7 @@ def test_three_owners_write_exactly_the_lines_of_one_allocator(stack_settings: S
     assert lone[1] == []
     single = {row[0]: row for row in _rows(_allocator(settings, None))}
     assert len(single) == len(GPUS)  # one idle line per GPU window
-    parts = [{row[0]: row for row in _rows(_allocator(settings, OwnedPartitions(8, owned)))} for owned in SPLIT]
+    parts = [{row[0]: row for row in _rows(_allocator(settings, _view(owned)))} for owned in SPLIT]
     assert all(parts), "every worker owns some of the forty GPUs"
     assert sum(len(p) for p in parts) == len(single)  # no line derived twice
     cost = LEDGER_COLUMNS.index("cost")
@@ -106,7 +125,7 @@ def test_three_owners_write_exactly_the_lines_of_one_allocator(stack_settings: S
     assert merged == {lid: row[cost] for lid, row in single.items()}
 
     # The split allocators store their lines; a second pass (nothing new) writes nothing, and the ledger holds each line once.
-    workers = [_allocator(settings, OwnedPartitions(8, owned)) for owned in SPLIT]
+    workers = [_allocator(settings, _view(owned)) for owned in SPLIT]
     assert sum(asyncio.run(w.run_once()) for w in workers) == len(GPUS)
     assert sum(asyncio.run(w.run_once()) for w in workers) == 0
     assert client.query("SELECT count(), sum(cost) FROM ledger FINAL").result_rows[0] == (len(GPUS), sum(merged.values()))

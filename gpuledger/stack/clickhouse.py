@@ -11,6 +11,7 @@ directory; a never-ending query keeps that process serving. See ``../shared/INFR
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -73,7 +74,7 @@ def start(stack: StackSettings) -> None:
         server.workdir.mkdir(parents=True, exist_ok=True)
         (server.workdir / "config.xml").write_text(config(stack, shard))
         proc = server.start([sys.executable, "-m", "gpuledger.stack.clickhouse", str((server.workdir / "data").resolve())], cwd=server.workdir)
-        server.wait_ready(proc, lambda port=server.port: ping(port), stack.start_timeout_seconds)
+        server.wait_ready(proc, partial(ping, server.port), stack.start_timeout_seconds)
 
 
 def serve(data_dir: Path) -> None:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import uuid
+from functools import partial
 from pathlib import Path
 
 from gpuledger.settings import StackSettings
@@ -167,7 +168,7 @@ def start(stack: StackSettings) -> None:
     jars = ensure_jars(stack)
     launched = [(node, start_node(stack, node, java, jars)) for node in range(stack.kafka_brokers) if managed(stack, node).pid() is None]
     for node, proc in launched:
-        managed(stack, node).wait_ready(proc, lambda node=node: _broker_answers(ports(stack, node)[0]), stack.start_timeout_seconds)
+        managed(stack, node).wait_ready(proc, partial(_broker_answers, ports(stack, node)[0]), stack.start_timeout_seconds)
 
 
 def start_node(stack: StackSettings, node: int, java: str, jars: Path) -> subprocess.Popen[bytes]:
