@@ -1,6 +1,6 @@
 """Scale-out benchmark: usage events per second into ClickHouse with 1, 2 and 3 worker processes.
 
-Runs on its own local stack (ports 26xxx; ``--cluster`` for 3 Kafka nodes and 2 ClickHouse shards), several
+Runs on its own local stack (ports from ``GPULEDGER_TEST_PORT_BASE`` + 600, default 26600; ``--cluster`` for 3 Kafka nodes and 2 ClickHouse shards), several
 runs per worker count, and prints medians. Each run has a fresh namespace with eight partitions; the
 workers are started and the group is waited for until it is stable with all of them, then a backlog of N
 events is published and timed from the first stored row to the last. The bare consume rate of the same
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -39,12 +40,13 @@ from tests.bench.pipeline_bench import DEMO, bare_consume, publish  # noqa: E402
 from tests.support import WorkerProcess, isolated, wait_until  # noqa: E402
 
 PARTITIONS = 8
+PORTS = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "26000")) + 600
 
 
 def stack(cluster: bool) -> StackSettings:
     sizes = {"kafka_brokers": 3, "clickhouse_shards": 2} if cluster else {}
-    return StackSettings(data_dir=ROOT / ".gpuledger" / f"scale-bench{'-cluster' if cluster else ''}", kafka_port=26092,
-                         kafka_controller_port=26093, clickhouse_http_port=26123, clickhouse_tcp_port=26000, **sizes)
+    return StackSettings(data_dir=ROOT / ".gpuledger" / f"scale-bench{'-cluster' if cluster else ''}", kafka_port=PORTS + 92,
+                         kafka_controller_port=PORTS + 93, clickhouse_http_port=PORTS + 23, clickhouse_tcp_port=PORTS, **sizes)
 
 
 async def group_members(settings: Settings) -> int:
