@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -55,6 +56,9 @@ async def group_members(settings: Settings) -> int:
     await admin.start()
     try:
         (response,) = await admin.describe_consumer_groups([settings.worker.app_id])
+    except KafkaError:  # no coordinator for the group yet: nobody has joined
+        return 0
+    else:
         _error, _group, state, _kind, _protocol, members, *_ = response.groups[0]
         return len(members) if state == "Stable" else 0
     finally:
@@ -98,18 +102,17 @@ def main() -> None:
         local.up(engines)
     base = Settings(stack=engines).with_stack_endpoints()
     counts = [int(n) for n in args.workers.split(",")]
-    medians: dict[int, dict[str, float]] = {}
+    results: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for workers in counts:
-                results = []
-                for run in range(1, args.runs + 1):
+            for run in range(1, args.runs + 1):  # worker counts interleaved, so a change in machine load hits them all
+                for workers in counts:
                     with console.status(f"{workers} worker(s), run {run}/{args.runs}: {args.events:,} events..."):
-                        results.append(one_run(base, workers, run, args.events, Path(tmp)))
-                    console.print(f"{workers} worker(s), run {run}: " + ", ".join(f"{k}={v:,.0f}" for k, v in results[-1].items()))
-                medians[workers] = {k: statistics.median(r[k] for r in results) for k in results[0]}
+                        results[workers].append(one_run(base, workers, run, args.events, Path(tmp)))
+                    console.print(f"{workers} worker(s), run {run}: " + ", ".join(f"{k}={v:,.0f}" for k, v in results[workers][-1].items()))
     finally:
         local.down(engines)
+    medians = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
     shape = "3 Kafka nodes, 2 ClickHouse shards" if args.cluster else "1 Kafka node, 1 ClickHouse"
     table = Table(title=f"scale-out: medians of {args.runs} runs, {args.events:,} usage events, {PARTITIONS} partitions, {shape}")
     for column in ("workers", "events/s", "vs 1 worker", "bare consume, events/s", "worker / bare"):
