@@ -77,17 +77,30 @@ def _settings() -> Settings:
 
 
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(
+    kafka_brokers: Annotated[int | None, typer.Option(min=1, max=9, help="Kafka nodes (default: stack.kafka_brokers); 3 gives replication factor 3, min.insync.replicas 2.")] = None,
+    clickhouse_shards: Annotated[int | None, typer.Option(min=1, max=9, help="ClickHouse servers, one shard each (default: stack.clickhouse_shards).")] = None,
+) -> None:
     """Start Kafka and ClickHouse (idempotent) and wait until both answer."""
     from gpuledger.stack import local
     from gpuledger.stack.processes import StackError
 
+    settings = _settings()
+    sizes = {k: v for k, v in (("kafka_brokers", kafka_brokers), ("clickhouse_shards", clickhouse_shards)) if v is not None}
+    stack = settings.stack.model_copy(update=sizes)
     with console.status("starting Kafka and ClickHouse (the first start downloads Kafka's jars)..."):
         try:
-            engines = local.up(_settings().stack)
+            engines = local.up(stack)
         except StackError as exc:
             raise fail(str(exc)) from exc
     _print_status(engines)
+    if stack.kafka_brokers > 1 or stack.clickhouse_shards > 1:
+        target = settings.model_copy(update={"stack": stack}).with_stack_endpoints()
+        console.print("Point every gpuledger command at this cluster with (README, Scale-out):")
+        console.print(f"  GPULEDGER_STACK__KAFKA_BROKERS={stack.kafka_brokers} GPULEDGER_STACK__CLICKHOUSE_SHARDS={stack.clickhouse_shards}")
+        console.print(f"  GPULEDGER_KAFKA__BOOTSTRAP_SERVERS={target.kafka.bootstrap_servers} GPULEDGER_TOPICS__REPLICATION_FACTOR={target.topics.replication_factor}")
+        if target.clickhouse.cluster:
+            console.print(f"  GPULEDGER_CLICKHOUSE__CLUSTER={target.clickhouse.cluster} GPULEDGER_CLICKHOUSE__NODE_URLS='{json.dumps(target.clickhouse.node_urls)}'")
 
 
 @stack_app.command("down")

@@ -9,6 +9,9 @@ from clickhouse_connect.driver.client import Client
 
 from gpuledger.settings import ClickHouseSettings
 
+# On a cluster an insert into a Distributed table returns once every shard has stored its rows (not a local spool).
+CLUSTER_WRITES = {"distributed_foreground_insert": 1}
+
 
 def connect(ch: ClickHouseSettings, *, database: str | None = "") -> Client:
     """A client for ``ch``; ``database=None`` connects without selecting one (before migrations)."""
@@ -25,5 +28,5 @@ def connect(ch: ClickHouseSettings, *, database: str | None = "") -> Client:
         ca_cert=str(ch.ca_cert) if ch.ca_cert else None,
         compress=False,
         autogenerate_session_id=False,  # the worker inserts from several threads at once
-        settings={"readonly": 1} if ch.readonly else None,
+        settings={"readonly": 1} if ch.readonly else CLUSTER_WRITES if ch.cluster else None,
     )

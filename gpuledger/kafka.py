@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+)
 
 from gpuledger.retry import Backoff
 from gpuledger.settings import KafkaSettings, Settings
@@ -157,8 +163,21 @@ def declared_topics(settings: Settings) -> list[NewTopic]:
     ]
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing topics (idempotent); returns the names created now."""
+async def ensure_topics(settings: Settings, attempts: int = 5) -> list[str]:
+    """Create missing topics (idempotent); returns the names created now.
+
+    On a cluster the admin client asks a random known broker, which may be one that is down:
+    the request is tried again (on another) a few times before giving up.
+    """
+    def retried(exc: BaseException, wait: float) -> None:
+        log.warning("a broker did not answer while creating topics; trying again", error=str(exc), retry_in=round(wait, 2))
+
+    unanswered = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)
+    return await Backoff(first_s=0.5, max_s=4.0, attempts=attempts).call(
+        lambda: _ensure_topics(settings), retry_if=lambda exc: isinstance(exc, unanswered), on_retry=retried)
+
+
+async def _ensure_topics(settings: Settings) -> list[str]:
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:

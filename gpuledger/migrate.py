@@ -3,6 +3,10 @@
 Applied versions are recorded with a checksum in ``schema_migrations``; editing an
 applied migration is refused (add a new one instead), so every environment's schema
 has the same history.
+
+On a ClickHouse cluster (``clickhouse.cluster``) each statement is applied in its cluster
+form (``gpuledger.cluster_ddl``): with ``ON CLUSTER`` through the entry node, or on every
+node of ``clickhouse.node_urls`` in turn where no Keeper runs distributed DDL.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from dataclasses import dataclass
 from importlib import resources
 
 import structlog
+from clickhouse_connect.driver.client import Client
 
 from gpuledger.clickhouse import connect
-from gpuledger.settings import Settings
+from gpuledger.cluster_ddl import ClusterForm, render
+from gpuledger.settings import ClickHouseSettings, Settings
 
 log = structlog.get_logger()
 FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -56,11 +62,22 @@ def load_migrations() -> list[Migration]:
     return found
 
 
+def _nodes(ch: ClickHouseSettings) -> tuple[list[Client], ClusterForm | None]:
+    """The servers each DDL statement runs on, and the cluster form it is rendered in (None: one server)."""
+    if not ch.cluster:
+        return [connect(ch, database=None)], None
+    urls = ch.node_urls or [ch.url]
+    form = ClusterForm(ch.cluster, on_cluster=not ch.node_urls, replicated=ch.keeper)
+    return [connect(ch.model_copy(update={"url": url}), database=None) for url in urls], form
+
+
 def apply_migrations(settings: Settings) -> list[Migration]:
     """Create the database if needed and apply pending migrations; returns those applied now."""
     db = settings.clickhouse.database
     admin = connect(settings.clickhouse, database=None)
-    admin.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    nodes, form = _nodes(settings.clickhouse)
+    for node in nodes:
+        node.command(f"CREATE DATABASE IF NOT EXISTS {db}" + (f" ON CLUSTER {form.cluster}" if form and form.on_cluster else ""))
     admin.command(
         f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
         "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
@@ -77,7 +94,9 @@ def apply_migrations(settings: Settings) -> list[Migration]:
                 )
             continue
         for statement in migration.statements(db, {"reporting_timezone": settings.reporting_timezone}):
-            admin.command(statement)
+            for rendered in render(statement, form) if form else [statement]:
+                for node in nodes:
+                    node.command(rendered)
         admin.insert(f"{db}.schema_migrations", [[migration.version, migration.name, migration.checksum]], column_names=["version", "name", "checksum"])
         log.info("migration applied", version=migration.version, name=migration.name)
         done.append(migration)

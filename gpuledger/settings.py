@@ -62,6 +62,9 @@ class ClickHouseSettings(Section):
     verify_tls: bool = True
     ca_cert: Path | None = None
     readonly: bool = Field(False, description="Send readonly=1 with every query (the dashboard sets it; also give it a read-only ClickHouse user).")
+    cluster: str | None = Field(None, description="A `remote_servers` cluster: migrations create local tables on every node and `Distributed` ledger, usage_events and gpu_samples sharded by line, event and sample id.")
+    node_urls: list[str] = Field([], description="With `cluster` and no Keeper: HTTP URLs of every node, migrations are applied node by node; empty: they run once with `ON CLUSTER` (distributed DDL, needs a Keeper).")
+    keeper: bool = Field(False, description="With `cluster`: a Keeper is configured, so tables use Replicated*MergeTree engines (paths /clickhouse/tables/{shard}/<db>/<table>, macros shard and replica).")
 
 
 class TopicSettings(Section):
@@ -135,6 +138,17 @@ class StackSettings(Section):
     kafka_heap: str = "512m"
     clickhouse_max_memory_bytes: int = 4_000_000_000
     start_timeout_seconds: float = 120.0
+    kafka_brokers: int = Field(1, ge=1, le=9, description="Kafka nodes (combined broker+controller); node n listens on kafka_port + 10*(n-1), its controller on kafka_controller_port + 10*(n-1).")
+    clickhouse_shards: int = Field(1, ge=1, le=9, description="ClickHouse servers, one shard each, in the cluster `clickhouse_cluster`; shard n listens on the ports + 10*(n-1).")
+    clickhouse_cluster: str = Field("gpuledger", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name of the local ClickHouse cluster (remote_servers) when clickhouse_shards > 1.")
+
+    def kafka_ports(self, node: int) -> tuple[int, int]:
+        """(client, controller) ports of Kafka node ``node`` (0-based)."""
+        return self.kafka_port + 10 * node, self.kafka_controller_port + 10 * node
+
+    def clickhouse_ports(self, shard: int) -> tuple[int, int]:
+        """(HTTP, native TCP) ports of ClickHouse shard ``shard`` (0-based)."""
+        return self.clickhouse_http_port + 10 * shard, self.clickhouse_tcp_port + 10 * shard
 
 
 def _known_zone(name: str) -> str:
@@ -211,11 +225,17 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, EnvAliases(settings_cls), Mapping(settings_cls, chosen[1]))
 
     def with_stack_endpoints(self) -> Settings:
-        """Point Kafka and ClickHouse at this settings' local stack ports."""
+        """Point Kafka and ClickHouse at this settings' local stack ports (all its nodes when it is a cluster)."""
+        stack = self.stack
+        brokers = ",".join(f"127.0.0.1:{stack.kafka_ports(n)[0]}" for n in range(stack.kafka_brokers))
+        urls = [f"http://127.0.0.1:{stack.clickhouse_ports(n)[0]}" for n in range(stack.clickhouse_shards)]
+        sharded = {"cluster": stack.clickhouse_cluster, "node_urls": urls} if stack.clickhouse_shards > 1 else {}
+        replicated = {"replication_factor": min(3, stack.kafka_brokers)} if stack.kafka_brokers > 1 else {}
         return self.model_copy(
             update={
-                "kafka": self.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{self.stack.kafka_port}"}),
-                "clickhouse": self.clickhouse.model_copy(update={"url": f"http://127.0.0.1:{self.stack.clickhouse_http_port}"}),
+                "kafka": self.kafka.model_copy(update={"bootstrap_servers": brokers}),
+                "clickhouse": self.clickhouse.model_copy(update={"url": urls[0], **sharded}),
+                "topics": self.topics.model_copy(update=replicated),
             }
         )
 

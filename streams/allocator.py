@@ -12,6 +12,9 @@ the allocator finds the windows with rows ingested since its last pass and re-de
 
 A MIG instance is allocated together with its siblings (the unit is the parent GPU), so the
 parent's free slices can be booked as idle in the same pass.
+
+Several workers share the work without a leader: each allocates only the units whose samples
+partition it consumes (``streams.ownership``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from streams.gpu_cost import (
     mig_free_line,
     window_cost,
 )
+from streams.ownership import EVERYTHING, OwnedPartitions, Watermarks
 from streams.pricing import ZERO, PriceBook
 from streams.sink import LEDGER_COLUMNS, ClickHouseSink, ledger_row, version_now
 from streams.workloads import LabelKeys, Workload, collect_workloads, resolve_payer
@@ -90,6 +94,7 @@ class GpuAllocator:
         self, *, client: Client, sink: ClickHouseSink, database: str, window_seconds: int, restate_hours: float,
         owners: OrgLookup, prices: Callable[[], PriceBook], unassigned: str, idle_policy: IdlePolicy = "workload",
         label_keys: LabelKeys, margin_seconds: float = 15.0,
+        ownership: Callable[[], OwnedPartitions | None] = EVERYTHING,
     ) -> None:
         self.client, self.sink, self.db = client, sink, database
         self.window = window_seconds
@@ -98,7 +103,9 @@ class GpuAllocator:
         self.policy: IdlePolicy = idle_policy
         self.label_keys = label_keys
         self.margin = timedelta(seconds=margin_seconds)
-        self.last_pass: datetime | None = None
+        self.ownership = ownership
+        self.watermarks = Watermarks()
+        self.owned: OwnedPartitions | None = None
 
     def _query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         return self.client.query(sql, parameters=params).result_rows
@@ -246,19 +253,28 @@ class GpuAllocator:
     async def run_once(self) -> int:
         """One allocation pass; returns how many ledger rows it wrote."""
         prices = self.prices()  # read the price list on the event loop (where it is updated), query ClickHouse off it
-        now, rows = await asyncio.to_thread(self.plan, prices)
+        view = self.ownership()
+        if view != self.owned:
+            log.info("gpu allocation ownership", partitions=sorted(view.owned) if view else [])
+            self.owned = view
+        if view is None:
+            return 0  # no samples partition assigned (yet): every unit belongs to another worker
+        now, rows = await asyncio.to_thread(self.plan, prices, view)
         await self.sink.insert("ledger", LEDGER_COLUMNS, rows)
-        self.last_pass = now
+        self.watermarks.advance(view, now - self.margin)
         if rows:
             log.info("gpu windows allocated", rows=len(rows))
         return len(rows)
 
-    def plan(self, prices: PriceBook) -> tuple[datetime, list[list[Any]]]:
-        """The ledger rows that bring every changed window up to date, and the pass's start time."""
+    def plan(self, prices: PriceBook, view: OwnedPartitions | None = None) -> tuple[datetime, list[list[Any]]]:
+        """The ledger rows that bring every changed window of the units in ``view`` up to date, and the pass's start time."""
+        view = view or EVERYTHING()
+        assert view is not None
+        # Taken before reading: of two workers deriving one window during a handover, the later reader wins.
+        version = version_now()
         now = _utc(self.client.query("SELECT now64(3)").result_rows[0][0])
         open_from = now - self.restate
-        since = open_from if self.last_pass is None else self.last_pass - self.margin
-        dirty = self.dirty_units(since)
+        dirty = {(unit, w) for unit, w in self.dirty_units(self.watermarks.since(view, open_from)) if view.owns(unit)}
         if not dirty:
             return now, []
         units = sorted({unit for unit, _ in dirty})
@@ -271,7 +287,6 @@ class GpuAllocator:
         gpus = sorted({gpu for gpu, _ in raw} | set(units))
         tokens = self.token_groups(gpus, start, end)
         booked = self.booked_lines(gpus, start, end)
-        version = version_now()
         rows: list[list[Any]] = []
         late: list[tuple[datetime, list[LedgerLine], dict[str, dict[str, Any]]]] = []
         for unit, window in sorted(dirty):

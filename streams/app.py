@@ -5,7 +5,8 @@ Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
   store the enriched event and, for API models, its cost line (``streams.handlers.UsageRows``);
 - ``samples`` batches: decode GpuSample, store it with its node's owner (``SampleRows``);
   Faust's consumer hands both topics' fetches to their ``RecordBatcher`` whole (``streams.consume``);
-- ``allocate`` timer (leader only): re-derive GPU window lines from stored rows;
+- ``allocate`` timer (every worker): re-derive the GPU window lines of the GPUs whose
+  samples partitions this worker consumes (``streams.ownership``) from stored rows;
 - ``budgets`` timer (leader only): measure every budget on the ledger, raise alerts,
   publish each budget's standing (see ``streams.budgets.evaluator``).
 Every event ends stored or in the dead-letter topic with its reason and origin
@@ -38,6 +39,7 @@ from streams.consume import BatchingConsumer
 from streams.handlers import EventChecks, GuardedPass, ReferenceData, ReferenceRejects, SampleRows, UsageRows, settled_after
 from streams.ingest import DeadLetters, Ingest
 from streams.outcomes import OUTCOME_COLUMNS, OutcomeRows
+from streams.ownership import consumer_ownership
 from streams.shutdown import GracefulWorker
 from streams.sink import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS, ClickHouseSink
 from streams.validation import TimeWindow
@@ -108,6 +110,9 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,
         window_seconds=w.gpu_window_seconds, restate_hours=w.restate_hours, owners=reference.lookup, prices=reference.price_book,
         unassigned=w.unassigned_org, idle_policy=w.idle_policy, label_keys=LabelKeys.of(w),
+        ownership=consumer_ownership(  # the consumer's own metadata and partitioner say where a GPU's samples go
+            lambda: app.consumer.assignment(), lambda topic, key: app.consumer.key_partition(topic, key), topics.gpu_samples
+        ),
     )
     evaluator = BudgetEvaluator(
         client=connect(settings.clickhouse), database=settings.clickhouse.database, budgets=reference.budgets.values,
@@ -116,7 +121,7 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     )
     app.task(_named("follow_reference", lambda: asyncio.gather(*(table.view.run() for table in reference.tables))))
     app.timer(1.0, name="reference-dead-letters")(rejects.settle)
-    app.timer(w.allocate_every_seconds, on_leader=True, name="allocate")(GuardedPass("allocate", allocator.run_once, reference.loaded))
+    app.timer(w.allocate_every_seconds, name="allocate")(GuardedPass("allocate", allocator.run_once, reference.loaded))
     app.timer(settings.budgets.evaluate_every_seconds, on_leader=True, name="budgets")(GuardedPass("budgets", evaluator.run_once, reference.loaded))
     if health is not None:  # /healthz reads the reference tables; consumer lag only while the CLI serves /metrics
         health.views.update({table.view.topic: table.view for table in reference.tables})

@@ -30,12 +30,12 @@ DEMO = ROOT / "gpuledger" / "data" / "demo"
 T = TypeVar("T")
 
 
-def isolated(base: Settings, name: str) -> Settings:
+def isolated(base: Settings, name: str, partitions: int = 2) -> Settings:
     """Settings with their own topics, consumer group and database, so tests never see each other's data."""
     settings = base.model_copy(
         update={
             "topics": base.topics.model_copy(update={"gpu_samples": f"{name}.samples", "inference_usage": f"{name}.usage", "dead_letter": f"{name}.dlq",
-                                                     "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": 2,
+                                                     "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": partitions,
                                                      "outcomes": f"{name}.outcomes",
                                                      **{table: f"gpl-{name}-{table}-changelog" for table in REFERENCE_TABLES}}),
             "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
@@ -61,6 +61,8 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_TOPICS__OUTCOMES": settings.topics.outcomes,
         "GPULEDGER_TOPICS__PARTITIONS": str(settings.topics.partitions),
         **{f"GPULEDGER_TOPICS__{table.upper()}": getattr(settings.topics, table) for table in REFERENCE_TABLES},
+        "GPULEDGER_TOPICS__REPLICATION_FACTOR": str(settings.topics.replication_factor),
+        **({"GPULEDGER_CLICKHOUSE__CLUSTER": settings.clickhouse.cluster} if settings.clickhouse.cluster else {}),
         "GPULEDGER_WORKER__APP_ID": settings.worker.app_id,
         "GPULEDGER_WORKER__ALLOCATE_EVERY_SECONDS": str(settings.worker.allocate_every_seconds),
         "GPULEDGER_WORKER__RESTATE_HOURS": str(settings.worker.restate_hours),

@@ -3,11 +3,15 @@
 chdb's clickhouse-local path opens ClickHouse's own listeners when asked with
 ``SYSTEM START LISTEN QUERIES ALL`` and reads ``config.xml`` from its working
 directory; a never-ending query keeps that process serving. See ``../shared/INFRA.md``.
+
+``stack.clickhouse_shards`` > 1 starts one such server per shard, each with the same
+``remote_servers`` entry naming them all (one replica per shard: chdb runs no Keeper).
 """
 
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -20,9 +24,13 @@ CONFIG = """<clickhouse>
   <http_port>{http_port}</http_port>
   <tcp_port>{tcp_port}</tcp_port>
   <max_server_memory_usage>{max_memory}</max_server_memory_usage>
-  <logger><level>warning</level><console>1</console></logger>
+  <logger><level>warning</level><console>1</console></logger>{cluster}
 </clickhouse>
 """
+CLUSTER = """
+  <remote_servers><{name}>{shards}</{name}></remote_servers>
+  <macros><shard>{shard}</shard><replica>r1</replica></macros>"""
+SHARD = "<shard><internal_replication>true</internal_replication><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"
 
 # Runs inside the server process: the first (and only) chdb query in it becomes the server.
 SERVE = (
@@ -31,8 +39,23 @@ SERVE = (
 )
 
 
-def managed(stack: StackSettings) -> Managed:
-    return Managed("clickhouse", stack.data_dir / "clickhouse", stack.clickhouse_http_port)
+def managed(stack: StackSettings, shard: int = 0) -> Managed:
+    name = "clickhouse" if shard == 0 else f"clickhouse-{shard + 1}"
+    return Managed(name, stack.data_dir / name, stack.clickhouse_ports(shard)[0])
+
+
+def servers(stack: StackSettings) -> list[Managed]:
+    return [managed(stack, shard) for shard in range(stack.clickhouse_shards)]
+
+
+def config(stack: StackSettings, shard: int) -> str:
+    """config.xml of shard ``shard``: its listeners, memory cap and, for a cluster, every shard's native port."""
+    http_port, tcp_port = stack.clickhouse_ports(shard)
+    cluster = ""
+    if stack.clickhouse_shards > 1:
+        shards = "".join(SHARD.format(port=stack.clickhouse_ports(n)[1]) for n in range(stack.clickhouse_shards))
+        cluster = CLUSTER.format(name=stack.clickhouse_cluster, shards=shards, shard=shard + 1)
+    return CONFIG.format(http_port=http_port, tcp_port=tcp_port, max_memory=stack.clickhouse_max_memory_bytes, cluster=cluster)
 
 
 def ping(port: int) -> bool:
@@ -40,20 +63,18 @@ def ping(port: int) -> bool:
 
 
 def start(stack: StackSettings) -> None:
-    """Start ClickHouse unless ours is already running; block until ``/ping`` answers."""
-    server = managed(stack)
-    if server.pid() is not None:
-        return
+    """Start every ClickHouse server of the stack not already running; block until each answers ``/ping``."""
     try:
         import chdb  # noqa: F401
     except ImportError as exc:
         raise StackError("the local ClickHouse needs the chdb-core wheel: pip install 'gpuledger[local]'") from exc
-    server.workdir.mkdir(parents=True, exist_ok=True)
-    (server.workdir / "config.xml").write_text(
-        CONFIG.format(http_port=stack.clickhouse_http_port, tcp_port=stack.clickhouse_tcp_port, max_memory=stack.clickhouse_max_memory_bytes)
-    )
-    proc = server.start([sys.executable, "-m", "gpuledger.stack.clickhouse", str((server.workdir / "data").resolve())], cwd=server.workdir)
-    server.wait_ready(proc, lambda: ping(stack.clickhouse_http_port), stack.start_timeout_seconds)
+    for shard, server in enumerate(servers(stack)):
+        if server.pid() is not None:
+            continue
+        server.workdir.mkdir(parents=True, exist_ok=True)
+        (server.workdir / "config.xml").write_text(config(stack, shard))
+        proc = server.start([sys.executable, "-m", "gpuledger.stack.clickhouse", str((server.workdir / "data").resolve())], cwd=server.workdir)
+        server.wait_ready(proc, partial(ping, server.port), stack.start_timeout_seconds)
 
 
 def serve(data_dir: Path) -> None:

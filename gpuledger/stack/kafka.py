@@ -1,4 +1,9 @@
-"""The local Kafka: Apache Kafka in KRaft mode, jars resolved from Maven Central by the pom shipped in ``gpuledger/data/kafka/``."""
+"""The local Kafka: Apache Kafka in KRaft mode, jars resolved from Maven Central by the pom shipped in ``gpuledger/data/kafka/``.
+
+One node by default; ``stack.kafka_brokers`` > 1 starts a cluster of combined broker+controller
+nodes (a KRaft quorum of all of them) with replication factor min(3, nodes) and
+``min.insync.replicas`` one less (2 on 3 nodes) for every topic, internal ones included.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import uuid
+from functools import partial
 from pathlib import Path
 
 from gpuledger.data import KAFKA_POM
@@ -17,8 +23,8 @@ POM = KAFKA_POM
 
 SERVER_PROPERTIES = """\
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
@@ -26,13 +32,14 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs={log_dir}
 num.partitions=1
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-min.insync.replicas=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
@@ -56,8 +63,28 @@ Configuration:
 """
 
 
-def managed(stack: StackSettings) -> Managed:
-    return Managed("kafka", stack.data_dir / "kafka", stack.kafka_port)
+def ports(stack: StackSettings, node: int) -> tuple[int, int]:
+    """(client port, controller port) of node ``node`` (0-based): the configured ports, plus 10 per node."""
+    return stack.kafka_ports(node)
+
+
+def managed(stack: StackSettings, node: int = 0) -> Managed:
+    name = "kafka" if node == 0 else f"kafka-{node + 1}"
+    return Managed(name, stack.data_dir / name, ports(stack, node)[0])
+
+
+def nodes(stack: StackSettings) -> list[Managed]:
+    return [managed(stack, node) for node in range(stack.kafka_brokers)]
+
+
+def bootstrap_servers(stack: StackSettings) -> str:
+    return ",".join(f"127.0.0.1:{ports(stack, node)[0]}" for node in range(stack.kafka_brokers))
+
+
+def replication(stack: StackSettings) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of the stack's topics: one broker may fail without refusing writes."""
+    replicas = min(3, stack.kafka_brokers)
+    return replicas, max(1, replicas - 1)
 
 
 def _require(tool: str, why: str) -> str:
@@ -103,11 +130,20 @@ def tool_command(stack: StackSettings, tool: str, args: list[str], bootstrap_ser
     return [java, "-Xmx256m", "-cp", f"{jars}/*", TOOLS[tool], *target, *args]
 
 
-def _format_storage(java: str, jars: Path, workdir: Path) -> None:
+def _cluster_id(stack: StackSettings) -> str:
+    """One id for every node of the stack's cluster, chosen at its first start."""
+    path = stack.data_dir / "kafka-cluster-id"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(uuid.uuid4().hex[:22])
+    return path.read_text().strip()
+
+
+def _format_storage(java: str, jars: Path, workdir: Path, cluster_id: str) -> None:
     if (workdir / "data" / "meta.properties").exists():
         return
     result = subprocess.run(
-        [java, "-cp", f"{jars}/*", "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22],
+        [java, "-cp", f"{jars}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id,
          "-c", str(workdir / "server.properties"), "--ignore-formatted"],
         capture_output=True, text=True,
     )
@@ -125,21 +161,32 @@ def _broker_answers(port: int) -> bool:
 
 
 def start(stack: StackSettings) -> None:
-    """Start Kafka unless ours is already running; block until it answers ApiVersions."""
-    broker = managed(stack)
-    if broker.pid() is not None:
-        return
+    """Start every Kafka node of the stack not already running; block until each answers ApiVersions.
+
+    All nodes are launched before any is waited for: a KRaft quorum elects no leader until most of its voters run.
+    """
     java = _require("java", "the Kafka broker needs Java 17 or newer")
     jars = ensure_jars(stack)
+    launched = [(node, start_node(stack, node, java, jars)) for node in range(stack.kafka_brokers) if managed(stack, node).pid() is None]
+    for node, proc in launched:
+        managed(stack, node).wait_ready(proc, partial(_broker_answers, ports(stack, node)[0]), stack.start_timeout_seconds)
+
+
+def start_node(stack: StackSettings, node: int, java: str, jars: Path) -> subprocess.Popen[bytes]:
+    """Write node ``node``'s configuration, format its storage once and launch it (without waiting)."""
+    broker = managed(stack, node)
     broker.workdir.mkdir(parents=True, exist_ok=True)
-    (broker.workdir / "server.properties").write_text(
-        SERVER_PROPERTIES.format(port=stack.kafka_port, controller_port=stack.kafka_controller_port, log_dir=(broker.workdir / "data").resolve())
-    )
+    port, controller_port = ports(stack, node)
+    replicas, min_isr = replication(stack)
+    voters = ",".join(f"{n + 1}@127.0.0.1:{ports(stack, n)[1]}" for n in range(stack.kafka_brokers))
+    (broker.workdir / "server.properties").write_text(SERVER_PROPERTIES.format(
+        node_id=node + 1, voters=voters, port=port, controller_port=controller_port, replicas=replicas, min_isr=min_isr,
+        log_dir=(broker.workdir / "data").resolve(),
+    ))
     (broker.workdir / "log4j2.yaml").write_text(LOG4J2)
-    _format_storage(java, jars, broker.workdir)
-    proc = broker.start(
+    _format_storage(java, jars, broker.workdir, _cluster_id(stack))
+    return broker.start(
         [java, f"-Xmx{stack.kafka_heap}", f"-Xms{stack.kafka_heap}", "-XX:+UseG1GC",
          f"-Dlog4j2.configurationFile={broker.workdir / 'log4j2.yaml'}", "-cp", f"{jars}/*", "kafka.Kafka", "server.properties"],
         cwd=broker.workdir,
     )
-    broker.wait_ready(proc, lambda: _broker_answers(stack.kafka_port), stack.start_timeout_seconds)

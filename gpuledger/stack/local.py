@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from gpuledger.settings import StackSettings
@@ -26,8 +27,11 @@ def up(stack: StackSettings) -> list[EngineStatus]:
 
 def down(stack: StackSettings) -> list[str]:
     """Stop only the processes this stack started (by pid file); returns the names stopped."""
-    return [m.name for m in (clickhouse.managed(stack), kafka.managed(stack)) if m.stop()]
+    servers = [*clickhouse.servers(stack), *kafka.nodes(stack)]
+    with ThreadPoolExecutor(len(servers)) as pool:  # a cluster's nodes shut down side by side
+        stopped = list(pool.map(lambda m: m.stop(), servers))
+    return [m.name for m, was_running in zip(servers, stopped, strict=True) if was_running]
 
 
 def status(stack: StackSettings) -> list[EngineStatus]:
-    return [EngineStatus(m.name, m.pid(), m.port, str(m.log_file)) for m in (kafka.managed(stack), clickhouse.managed(stack))]
+    return [EngineStatus(m.name, m.pid(), m.port, str(m.log_file)) for m in (*kafka.nodes(stack), *clickhouse.servers(stack))]
