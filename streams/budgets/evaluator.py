@@ -145,8 +145,8 @@ class BudgetEvaluator:
             return []
         probes, n = [d[0] for d in due], self.settings.top_n
         top_models, top_keys = await asyncio.gather(
-            asyncio.to_thread(top_spenders, self.client, self.database, probes, "model", n),
-            asyncio.to_thread(top_spenders, self.client, self.database, probes, "key_id", n),
+            asyncio.to_thread(top_spenders, self.client, self.database, probes, "model", n, now),
+            asyncio.to_thread(top_spenders, self.client, self.database, probes, "key_id", n, now),
         )
         alerts = [
             BudgetAlert(
