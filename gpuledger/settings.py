@@ -93,6 +93,7 @@ class WorkerSettings(BaseModel):
         9403, ge=0, le=65535, description="Port of the worker's Prometheus /metrics and /healthz (lag, dead letters, poison rows, retries); 0 turns them off."
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics and /healthz (0.0.0.0 to be scraped from other hosts).")
+    rollup_every_seconds: float = Field(10.0, gt=0, description="How often the leader brings spend_hourly / spend_daily up to date with the ledger rows stored since its last pass.")
 
 
 class BudgetSettings(BaseModel):

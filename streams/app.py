@@ -6,7 +6,9 @@ Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
 - ``samples`` agent: decode GpuSample, store it with its node's owner;
 - ``allocate`` timer (leader only): re-derive GPU window lines from stored rows;
 - ``budgets`` timer (leader only): measure every budget on the ledger, raise alerts,
-  publish each budget's standing (see ``streams.budgets.evaluator``).
+  publish each budget's standing (see ``streams.budgets.evaluator``);
+- ``rollups`` timer (leader only): bring ``spend_hourly`` / ``spend_daily`` up to date with the
+  ledger rows stored since the last pass (see ``streams.store.rollups``).
 Every event ends stored or in the dead-letter topic with its reason and origin
 (``streams.ingest``: undecodable, out of range, unpriceable, refused by ClickHouse);
 offsets are acknowledged only after that (at-least-once), and storage is idempotent,
@@ -36,6 +38,7 @@ from streams.enrich import price_usage, resolve_payer
 from streams.ingest import DeadLetters, Ingest, Rows
 from streams.pricing import EquivalentBook, PriceBook
 from streams.shutdown import GracefulWorker
+from streams.store import rollups
 from streams.sink import (
     LEDGER_COLUMNS,
     SAMPLE_COLUMNS,
@@ -214,6 +217,16 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
                 await evaluator.run_once()
         except Exception:  # retried on the next tick; ledger and raised alerts are in ClickHouse
             log.exception("budget evaluation failed")
+
+    rollup_client = connect(settings.clickhouse)
+
+    @app.timer(w.rollup_every_seconds, on_leader=True, name="rollups")
+    async def maintain_rollups() -> None:
+        try:
+            with metrics.timed(metrics.PASS_SECONDS, metrics.PASS_FAILURES, "rollups"):
+                await asyncio.to_thread(rollups.maintain, rollup_client, settings.clickhouse.database)
+        except Exception:  # the next pass starts from the same watermark, so nothing is lost
+            log.exception("rollup pass failed")
 
     return app
 

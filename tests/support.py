@@ -36,7 +36,7 @@ def isolated(base: Settings, name: str) -> Settings:
             "topics": base.topics.model_copy(update={"gpu_samples": f"{name}.samples", "inference_usage": f"{name}.usage", "dead_letter": f"{name}.dlq",
                                                      "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": 2}),
             "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
-            "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0}),
+            "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0, "rollup_every_seconds": 1.0}),
         }
     )
     asyncio.run(ensure_topics(settings))
@@ -62,6 +62,7 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_WORKER__IDLE_POLICY": settings.worker.idle_policy,
         "GPULEDGER_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
         "GPULEDGER_WORKER__SHUTDOWN_GRACE_SECONDS": str(settings.worker.shutdown_grace_seconds),
+        "GPULEDGER_WORKER__ROLLUP_EVERY_SECONDS": str(settings.worker.rollup_every_seconds),
         "GPULEDGER_STACK__DATA_DIR": str(data_dir),
         "GPULEDGER_LOG_FORMAT": "json",
     }

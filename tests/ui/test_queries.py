@@ -21,6 +21,7 @@ from gpuledger.ui.filters import Filters
 from schemas import Budget, LedgerLine, codec_for
 from schemas.keys import budget_key
 from streams.sink import LEDGER_COLUMNS, ledger_row
+from streams.store import rollups
 from tests.support import isolated
 
 pytestmark = pytest.mark.engines
@@ -46,8 +47,7 @@ def two_currencies(stack_settings: Settings) -> Iterator[Settings]:
         line("n1", NOV, "USD", "api", "9", 3_000_000), line("n2", NOV, "USD", "idle", "21"),
     ]
     client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
-    client.command("SYSTEM REFRESH VIEW spend_daily_refresh")
-    client.command("SYSTEM WAIT VIEW spend_daily_refresh")
+    rollups.maintain(client, settings.clickhouse.database)  # no worker here: run the rollup pass ourselves
     yield settings
 
 
