@@ -130,7 +130,7 @@ def test_budget_spend_from_rollups_equals_the_ledger_whether_or_not_the_rollup_c
     now = T0 + timedelta(hours=30, minutes=17)
     lines = [line(f"api:{i}", T0 + timedelta(minutes=37 * i), f"{i % 7}.000000003", team=f"t{i % 2}") for i in range(60)]
     write(ledger, lines, 1)
-    budget = Budget(budget_id="b", org="o", team="t1", amount=Decimal(1000), currency="USD", period="daily", timezone=ZONE,
+    budget = Budget(budget_id="b", org="o", team="t1", amount=Decimal(1000), currency="USD", period="day", timezone=ZONE,
                     updated_at=T0)
     # A period cut on the half hour (a Kolkata day), so rollup hours and ledger edges meet inside an hour.
     probe = Probe(budget, datetime(2026, 10, 5, 18, 30, tzinfo=UTC), datetime(2026, 10, 6, 18, 30, tzinfo=UTC))

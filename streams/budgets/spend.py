@@ -47,12 +47,9 @@ def measure(client: Client, database: str, probes: list[Probe], now: datetime, *
     dirty = _dirty_hours(client, database, earliest(probes, now, forecast_window, baseline))
     hours = ledger_hours(window_boundaries(probes, now, forecast_window, baseline), dirty, now)
     sql, params = measure_sql(database, probes, now, hours, forecast_window=forecast_window, baseline=baseline)
-    row = client.query(sql, parameters=params).result_rows[0]
-    figures = []
-    for i, probe in enumerate(probes):
-        spend, recent, last_hour, base = (Decimal(v) for v in row[4 * i : 4 * i + 4])
-        figures.append(Figures(probe.period_start, probe.period_end, spend, recent, last_hour, base))
-    return figures
+    measured = {i: [Decimal(v) for v in sums] for i, *sums in client.query(sql, parameters=params).result_rows}
+    zero = [Decimal(0)] * 4  # a probe without any line in scope has no row
+    return [Figures(p.period_start, p.period_end, *measured.get(i, zero)) for i, p in enumerate(probes)]
 
 
 def top_spenders(client: Client, database: str, probes: list[Probe], column: str, limit: int, now: datetime) -> list[list[SpendShare]]:

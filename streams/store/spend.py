@@ -91,24 +91,41 @@ def window_boundaries(probes: Sequence[Probe], now: datetime, forecast_window: t
     return [t for p in probes for t in (p.period_start, p.period_end)] + [now, now - forecast_window, now - HOUR, now - baseline - HOUR]
 
 
+def probes_table(probes: Sequence[Probe], params: dict[str, Any]) -> str:
+    """The probes as a small table (i, org, currency, team, project, model, ps, pe) from bound arrays; '' matches any."""
+    params["n"] = len(probes)
+    columns = {
+        "org": ("String", [p.budget.org for p in probes]), "currency": ("String", [p.budget.currency for p in probes]),
+        "team": ("String", [p.budget.team for p in probes]), "project": ("String", [p.budget.project for p in probes]),
+        "model": ("String", [p.budget.model or "" for p in probes]),
+        "ps": ("DateTime64(6, 'UTC')", [p.period_start for p in probes]), "pe": ("DateTime64(6, 'UTC')", [p.period_end for p in probes]),
+    }
+    selected = []
+    for name, (kind, values) in columns.items():
+        params[f"p_{name}"] = values
+        selected.append(f"{{p_{name}:Array({kind})}}[i + 1] AS {name}")
+    return f"SELECT arrayJoin(range({{n:UInt32}})) AS i, {', '.join(selected)}"
+
+
 def measure_sql(database: str, probes: Sequence[Probe], now: datetime, hours: list[datetime], *,
                 forecast_window: timedelta, baseline: timedelta) -> tuple[str, dict[str, Any]]:
-    """One scan: per probe, spend in its period, in the forecast window, in the last hour and in the spike baseline."""
-    params: dict[str, Any] = {"now": now}
-    columns: list[str] = []
-    for i, probe in enumerate(probes):
-        scope = _scope_condition(probe.budget, i, params)
-        params[f"ps{i}"], params[f"pe{i}"] = probe.period_start, probe.period_end
-        period = f"event_time >= {{ps{i}:DateTime64(6, 'UTC')}} AND event_time < {{pe{i}:DateTime64(6, 'UTC')}}"
-        columns += [
-            f"sumIf(cost, {scope} AND {period})",
-            f"sumIf(cost, {scope} AND event_time >= {{now:DateTime64(6, 'UTC')}} - INTERVAL {int(forecast_window.total_seconds())} SECOND)",
-            f"sumIf(cost, {scope} AND event_time >= {{now:DateTime64(6, 'UTC')}} - INTERVAL 3600 SECOND)",
-            f"sumIf(cost, {scope} AND event_time >= {{now:DateTime64(6, 'UTC')}} - INTERVAL {int((baseline + HOUR).total_seconds())} SECOND"
-            f" AND event_time < {{now:DateTime64(6, 'UTC')}} - INTERVAL 3600 SECOND)",
-        ]
-    params["earliest"] = earliest(probes, now, forecast_window, baseline)
-    sql = f"SELECT {', '.join(columns)} FROM ({spend_source(database, hours, now, params)})"
+    """One scan: per probe (i), spend in its period, in the forecast window, in the last hour and in the spike baseline.
+
+    Each line meets only the probes of its org and currency (a hash join), so the cost grows with
+    lines x budgets per org, not lines x budgets.
+    """
+    params: dict[str, Any] = {"now": now, "earliest": earliest(probes, now, forecast_window, baseline)}
+    since = "s.event_time >= {now:DateTime64(6, 'UTC')} - INTERVAL"
+    sql = (
+        f"SELECT p.i, sumIf(s.cost, s.event_time >= p.ps AND s.event_time < p.pe),"
+        f" sumIf(s.cost, {since} {int(forecast_window.total_seconds())} SECOND),"
+        f" sumIf(s.cost, {since} 3600 SECOND),"
+        f" sumIf(s.cost, {since} {int((baseline + HOUR).total_seconds())} SECOND AND s.event_time < {{now:DateTime64(6, 'UTC')}} - INTERVAL 3600 SECOND)"
+        f" FROM ({spend_source(database, hours, now, params)}) AS s"
+        f" INNER JOIN ({probes_table(probes, params)}) AS p ON s.org = p.org AND s.currency = p.currency"
+        f" WHERE (p.team = '' OR s.team = p.team) AND (p.project = '' OR s.project = p.project) AND (p.model = '' OR s.model = p.model)"
+        f" GROUP BY p.i"
+    )
     return sql, params
 
 

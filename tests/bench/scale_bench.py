@@ -1,0 +1,162 @@
+"""Scale benchmark (issue 15's table): budget spend, evaluator pass, rollup upkeep and `gpuledger report` as the ledger grows.
+
+Fills the same synthetic ledger as ``views_bench.py`` (30 days in October 2026, 50 orgs x 10 teams, 20
+models) and, at each size, times with the clock set to 30 Oct 23:40 UTC (inside the data):
+- the budget spend query for 100 budgets (50 org monthly, 30 team daily, 20 org+model weekly) and one
+  full evaluator pass over them (Kafka publishing replaced by a no-op; no alert is due);
+- rollup upkeep: on a tree with refreshable views (before issue 15) one refresh of each; on a tree with
+  incremental rollups the first (full) build once, then an incremental pass after each increment of
+  ~10 s of traffic (1,000 new lines in the last 40 min, 100 restated and 10 withdrawn lines of the last 6 h);
+- ``gpuledger report`` (spend by org and model).
+Medians of --runs runs. Runs against whichever tree it sits in (copy it into an older checkout to
+measure "before"); its own ClickHouse, on ports below the ephemeral range.
+
+Usage: .venv/bin/python tests/bench/scale_bench.py [--sizes 1000000,10000000,30000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from gpuledger.clickhouse import connect  # noqa: E402
+from gpuledger.migrate import apply_migrations  # noqa: E402
+from gpuledger.report import spend_by_org_model  # noqa: E402
+from gpuledger.settings import BudgetSettings, Settings, StackSettings  # noqa: E402
+from gpuledger.stack import clickhouse, local  # noqa: E402
+from schemas import Budget  # noqa: E402
+from streams.budgets.evaluator import BudgetEvaluator, Topics  # noqa: E402
+from streams.budgets.spend import measure  # noqa: E402
+from tests.bench.views_bench import LEDGER_FILL, USAGE_FILL, timed  # noqa: E402
+
+try:
+    from streams.store import rollups
+except ImportError:  # a tree from before issue 15: refreshable views
+    rollups = None  # type: ignore[assignment]
+
+STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-scale", clickhouse_http_port=27523, clickhouse_tcp_port=27500,
+                      clickhouse_max_memory_bytes=8_000_000_000)
+NOW = datetime(2026, 10, 30, 23, 40, tzinfo=UTC)
+LONG = {"max_execution_time": 0}
+INCREMENT = """
+INSERT INTO ledger (line_id, kind, event_time, window_seconds, org, team, project, cost_centre, model, key_id, gpu_uuid, price_id,
+                    prompt_tokens, completion_tokens, cost, currency, gpu_model, basis, version, is_deleted)
+SELECT if(number < 1000, concat('inc:{run}:', toString(number)), concat('restated:', toString(number))) AS line_id, 'api',
+       {{now:DateTime64(6, 'UTC')}} - toIntervalSecond(if(number < 1000, number % 2400, (number - 1000) * 197)),
+       0, concat('org', toString(number % 50)), concat('team', toString(number % 500)), 'p', concat('CC-', toString(number % 50)),
+       concat('model-', toString(number % 20)), concat('key-', toString(number % 500)), '', 'bench', 300, 100,
+       toDecimal128(((number + {run}) % 997) / 1000000, 9), 'USD', '', '', 1 + {run}, toUInt8(number >= 1100 AND {run} % 2 = 0)
+FROM numbers(1110)
+"""  # 1,000 new lines in the last 40 min; 110 lines of the last 6 h rewritten every run (the last 10 withdrawn every other run)
+
+
+def budgets() -> list[Budget]:
+    at = datetime(2026, 9, 1, tzinfo=UTC)
+    big = Decimal(10) ** 9  # never crossed: the pass measures and publishes standings, no alert is due
+    out = [Budget(budget_id=f"org{i}", org=f"org{i}", period="month", amount=big, currency="USD", updated_at=at) for i in range(50)]
+    out += [Budget(budget_id=f"team{i}", org=f"org{i % 50}", team=f"team{i}", period="day", amount=big, currency="USD", updated_at=at)
+            for i in range(30)]
+    out += [Budget(budget_id=f"model{i}", org=f"org{i}", model=f"model-{i}", period="week", amount=big, currency="USD", updated_at=at)
+            for i in range(20)]
+    return out
+
+
+async def _no_publish(topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000000,10000000,30000000", help="ledger lines at each step (cumulative fill)")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    console = Console()
+    with console.status("starting the benchmark ClickHouse..."):
+        local.down(STACK)
+        clickhouse.start(STACK)
+    settings = Settings(stack=STACK).with_stack_endpoints()
+    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": "bench_scale"})})
+    connect(settings.clickhouse, database=None).command("DROP DATABASE IF EXISTS bench_scale")
+    apply_migrations(settings)
+    client = connect(settings.clickhouse)
+    db = settings.clickhouse.database
+    if rollups is None:
+        for view in ("spend_hourly_refresh", "spend_daily_refresh"):
+            client.command(f"SYSTEM STOP VIEW {view}")  # refreshed on demand below, so they do not compete
+    tree = "incremental rollups" if rollups else "refreshable views"
+    evaluator = BudgetEvaluator(client, db, budgets, _no_publish, Topics("alerts", "status"), BudgetSettings(), clock=lambda: NOW)
+    probes = evaluator._probes([b for b in budgets()], NOW)
+    figures: dict[str, list[str]] = {}
+    filled, run = 0, 0
+
+    def record(name: str, seconds: float) -> None:
+        figures.setdefault(name, []).append(f"{seconds:.3f}")
+        console.print(f"{filled:,} lines, {name}: {seconds:.3f} s")
+
+    def increment() -> None:
+        nonlocal run
+        run += 1
+        client.command(INCREMENT.format(run=run), parameters={"now": NOW}, settings=LONG)
+
+    def refresh(view: str) -> Callable[[], object]:
+        def run() -> None:  # a stopped view does not refresh: started for the refresh, stopped again after
+            client.command(f"SYSTEM START VIEW {view}")
+            client.command(f"SYSTEM REFRESH VIEW {view}")
+            client.command(f"SYSTEM WAIT VIEW {view}", settings=LONG)
+            client.command(f"SYSTEM STOP VIEW {view}")
+        return run
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for size in sizes:
+        with console.status(f"filling the ledger to {size:,} lines..."):
+            client.command(LEDGER_FILL.format(offset=filled, count=size - filled), settings=LONG)
+            client.command(USAGE_FILL.format(offset=filled // 2, count=(size - filled) // 2), settings=LONG)
+            client.command("OPTIMIZE TABLE ledger FINAL", settings=LONG)
+            filled = size
+        if rollups:
+            began = time.perf_counter()
+            rollups.maintain(client, db)  # the fill: every hour dirty (once; a live system never rescans)
+            record("rollups: pass after the bulk fill (all hours)", time.perf_counter() - began)
+            time.sleep(max(0.0, rollups.OVERLAP.total_seconds() + 1 - (time.perf_counter() - began)))  # the fill leaves the overlap
+            rollups.maintain(client, db)
+            samples = []
+            for _ in range(args.runs):
+                increment()
+                began = time.perf_counter()
+                rollups.maintain(client, db)
+                samples.append(time.perf_counter() - began)
+            record("rollups: incremental pass (1,110 changed lines)", statistics.median(samples))
+        else:
+            increment()
+            record("spend_hourly refresh", timed(refresh("spend_hourly_refresh"), args.runs))
+            record("spend_daily refresh", timed(refresh("spend_daily_refresh"), args.runs))
+        asyncio.run(evaluator.run_once())  # mirrors the budgets once
+        record("budget spend query, 100 budgets", timed(lambda: measure(client, db, probes, NOW, forecast_window=timedelta(hours=1),
+                                                                         baseline_hours=24), args.runs))
+        record("one evaluator pass", timed(lambda: asyncio.run(evaluator.run_once()), args.runs))
+        record("gpuledger report", timed(lambda: spend_by_org_model(settings), args.runs))
+    table = Table(title=f"{tree}: median of {args.runs} runs, seconds")
+    table.add_column("figure")
+    for size in sizes:
+        table.add_column(f"{size:,} lines", justify="right")
+    for name, cells in figures.items():
+        table.add_row(name, *cells)
+    console.print(table)
+    local.down(STACK)
+
+
+if __name__ == "__main__":
+    main()
