@@ -41,17 +41,12 @@ from streams.budgets.rules import (
 )
 from streams.budgets.spend import Probe, measure, top_spenders
 from streams.sink import ClickHouseSink, version_now
+from streams.store.tables import ALERT_COLUMNS, BUDGET_COLUMNS
 
 log = structlog.get_logger()
 Publish = Callable[[str, list[tuple[bytes, bytes | None]]], Awaitable[None]]  # topic, [(key, value or None: tombstone)]; returns once acked
 CENT = Decimal("0.01")
 STATUS_REFRESH = timedelta(seconds=10)
-
-BUDGET_COLUMNS = ("budget_id", "org", "team", "project", "model", "period", "timezone", "amount", "currency", "thresholds", "mode", "updated_at", "version", "is_deleted")
-ALERT_COLUMNS = (
-    "alert_id", "budget_id", "scope", "kind", "threshold_pct", "mode", "period_start", "period_end", "spend", "budget_amount",
-    "currency", "raised_at", "projected_breach", "top_models", "top_keys", "message",
-)
 
 
 @dataclass(frozen=True, slots=True)
