@@ -115,9 +115,9 @@ def test_rollups_equal_a_full_recomputation_after_every_kind_of_change(ledger: C
 
 def measure_hours(client: Client, now: datetime) -> list[datetime]:
     """The closed hours the spend source reads from the ledger because they changed since the watermark."""
-    from streams.budgets.spend import _dirty_hours
+    from streams.store.spend import read_hours
 
-    return [h for h in _dirty_hours(client, client.database, now - timedelta(days=3)) if h < now.replace(minute=0, second=0, microsecond=0)]
+    return read_hours(client, client.database, [], now - timedelta(days=3), now)
 
 
 def direct(client: Client, budget: Budget, start: datetime, end: datetime) -> Decimal:

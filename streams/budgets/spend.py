@@ -11,15 +11,14 @@ forecasts and spikes need, with ``sumIf`` columns over a single pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from clickhouse_connect.driver.client import Client
 
 from schemas import Budget, SpendShare
 from streams.budgets.rules import Figures
-from streams.store import rollups
-from streams.store.spend import dirty_hours_sql, earliest, ledger_hours, measure_sql, top_spenders_sql, window_boundaries
+from streams.store.spend import earliest, measure_sql, read_hours, top_spenders_sql, window_boundaries
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,21 +30,12 @@ class Probe:
     period_end: datetime
 
 
-def _dirty_hours(client: Client, database: str, since_earliest: datetime) -> list[datetime]:
-    """Hours from ``since_earliest`` with ledger rows the rollup may not hold yet (the watermark is read first)."""
-    state = rollups.read_state(client, database)
-    since = max(state.watermark - rollups.OVERLAP, rollups.EPOCH)
-    rows = client.query(dirty_hours_sql(database), parameters={"since": since, "earliest": since_earliest}).result_rows
-    return [row[0].replace(tzinfo=UTC) for row in rows]
-
-
 def measure(client: Client, database: str, probes: list[Probe], now: datetime, *, forecast_window: timedelta, baseline_hours: int) -> list[Figures]:
     """The ``Figures`` of every probe, in order."""
     if not probes:
         return []
     baseline = timedelta(hours=baseline_hours)
-    dirty = _dirty_hours(client, database, earliest(probes, now, forecast_window, baseline))
-    hours = ledger_hours(window_boundaries(probes, now, forecast_window, baseline), dirty, now)
+    hours = read_hours(client, database, window_boundaries(probes, now, forecast_window, baseline), earliest(probes, now, forecast_window, baseline), now)
     sql, params = measure_sql(database, probes, now, hours, forecast_window=forecast_window, baseline=baseline)
     measured = {i: [Decimal(v) for v in sums] for i, *sums in client.query(sql, parameters=params).result_rows}
     zero = [Decimal(0)] * 4  # a probe without any line in scope has no row
@@ -56,8 +46,7 @@ def top_spenders(client: Client, database: str, probes: list[Probe], column: str
     """Each probe's largest spenders in its period by ``model`` or ``key_id``, biggest first ('' shows as '(none)')."""
     if not probes:
         return []
-    dirty = _dirty_hours(client, database, min(p.period_start for p in probes))
-    hours = ledger_hours([t for p in probes for t in (p.period_start, p.period_end)], dirty, now)
+    hours = read_hours(client, database, [t for p in probes for t in (p.period_start, p.period_end)], min(p.period_start for p in probes), now)
     sql, params = top_spenders_sql(database, probes, column, limit, now, hours)
     shares: list[list[SpendShare]] = [[] for _ in probes]
     for probe, name, spent in client.query(sql, parameters=params).result_rows:

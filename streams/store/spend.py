@@ -15,7 +15,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from clickhouse_connect.driver.client import Client
+
 from schemas import Budget
+from streams.store import rollups
 
 if TYPE_CHECKING:
     from streams.budgets.spend import Probe
@@ -34,14 +37,19 @@ def _scope_condition(budget: Budget, i: int, params: dict[str, Any]) -> str:
     return " AND ".join(parts)
 
 
+def as_utc(t: datetime) -> datetime:
+    """``t`` in UTC; a naive time is taken as UTC (as ClickHouse reads it against the UTC ledger columns)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 def floor_hour(t: datetime) -> datetime:
-    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return as_utc(t).replace(minute=0, second=0, microsecond=0)
 
 
 def ledger_hours(boundaries: Iterable[datetime], dirty: Iterable[datetime], now: datetime) -> list[datetime]:
     """Hours before the open one to read from the ledger: those written since the watermark and those a boundary cuts."""
     open_hour = floor_hour(now)
-    cut = {floor_hour(b) for b in boundaries if b != floor_hour(b)}
+    cut = {floor_hour(b) for b in boundaries if as_utc(b) != floor_hour(b)}
     return sorted(h for h in cut | {floor_hour(d) for d in dirty} if h < open_hour)
 
 
@@ -59,7 +67,7 @@ def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
 def spend_source(database: str, hours: list[datetime], now: datetime, params: dict[str, Any]) -> str:
     """The union of clean rollup hours and ledger lines from ``{earliest}`` on (see the module docstring).
 
-    Columns: event_time, org, team, project, model, key_id, currency, cost, lines.
+    Columns: event_time, org, team, project, model, key_id, kind, currency, cost, lines.
     """
     params["open"], params["ledger_hours"] = floor_hour(now), hours
     ranges = ["event_time >= {open:DateTime64(6, 'UTC')}"]
@@ -67,12 +75,12 @@ def spend_source(database: str, hours: list[datetime], now: datetime, params: di
         params[f"lo{n}"], params[f"hi{n}"] = start, end
         ranges.append(f"(event_time >= {{lo{n}:DateTime64(6, 'UTC')}} AND event_time < {{hi{n}:DateTime64(6, 'UTC')}})")
     rollup = (
-        f"SELECT toDateTime64(hour, 6, 'UTC') AS event_time, org, team, project, model, key_id, currency, cost, lines"
+        f"SELECT toDateTime64(hour, 6, 'UTC') AS event_time, org, team, project, model, key_id, kind, currency, cost, lines"
         f" FROM {database}.spend_hourly WHERE hour >= {{earliest:DateTime64(6, 'UTC')}} AND hour < {{open:DateTime64(6, 'UTC')}}"
         f" AND hour NOT IN {{ledger_hours:Array(DateTime('UTC'))}}"
     )
     ledger = (
-        f"SELECT event_time, org, team, project, model, key_id, currency, cost, toInt64(1) AS lines"
+        f"SELECT event_time, org, team, project, model, key_id, kind, currency, cost, toInt64(1) AS lines"
         f" FROM {database}.ledger FINAL WHERE event_time >= {{earliest:DateTime64(6, 'UTC')}} AND ({' OR '.join(ranges)})"
     )
     return f"{rollup} UNION ALL {ledger}"
@@ -84,6 +92,15 @@ def dirty_hours_sql(database: str) -> str:
         f"SELECT DISTINCT toStartOfHour(event_time) FROM {database}.ledger"
         f" WHERE ingested_at >= {{since:DateTime64(6, 'UTC')}} AND event_time >= {{earliest:DateTime64(6, 'UTC')}}"
     )
+
+
+def read_hours(client: Client, database: str, boundaries: Iterable[datetime], since_earliest: datetime, now: datetime) -> list[datetime]:
+    """The closed hours a spend source must read from the ledger (``ledger_hours``); the rollup's watermark is read first,
+    so a pass that lands meanwhile has inserted its deltas before the watermark we see."""
+    state = rollups.read_state(client, database)
+    since = max(state.watermark - rollups.OVERLAP, rollups.EPOCH)
+    rows = client.query(dirty_hours_sql(database), parameters={"since": since, "earliest": since_earliest}).result_rows
+    return ledger_hours(boundaries, [row[0].replace(tzinfo=UTC) for row in rows], now)
 
 
 def window_boundaries(probes: Sequence[Probe], now: datetime, forecast_window: timedelta, baseline: timedelta) -> list[datetime]:
@@ -151,3 +168,14 @@ def top_spenders_sql(database: str, probes: Sequence[Probe], column: str, limit:
         f" GROUP BY probe, {column} HAVING sum(lines) != 0 ORDER BY probe, spent DESC, {column} LIMIT {{n:UInt32}} BY probe"
     )
     return sql, params
+
+
+def spend_by_org_model_sql(database: str, hours: list[datetime], now: datetime, params: dict[str, Any]) -> str:
+    """``gpuledger report``: cost by kind and lines per org and model between ``{since}`` and ``{until}``."""
+    params["earliest"] = params["since"]
+    where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
+    return (
+        f"SELECT org, model, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'), "
+        f"sumIf(cost, kind = 'adjustment'), sum(lines) "
+        f"FROM ({spend_source(database, hours, now, params)}) WHERE {where} GROUP BY org, model HAVING sum(lines) != 0 ORDER BY org, model"
+    )

@@ -28,6 +28,10 @@ def test_the_ledger_is_read_for_hours_a_boundary_cuts_and_hours_changed_since_th
     assert spend.ledger_hours([cut, aligned, NOW], dirty, NOW) == [datetime(2026, 10, 12, 5, 0, tzinfo=UTC), cut - timedelta(minutes=30)]
 
 
+def test_a_naive_boundary_is_utc() -> None:
+    assert spend.ledger_hours([datetime(2026, 10, 1), datetime(2026, 10, 2, 5, 30)], [], NOW) == [datetime(2026, 10, 2, 5, tzinfo=UTC)]
+
+
 def test_consecutive_hours_become_one_range() -> None:
     hours = [OPEN - 5 * H, OPEN - 4 * H, OPEN - 3 * H, OPEN - H]
     assert spend._runs(hours) == [(OPEN - 5 * H, OPEN - 2 * H), (OPEN - H, OPEN)]
