@@ -18,7 +18,13 @@ from clickhouse_connect.driver.client import Client
 
 from schemas import Budget, SpendShare
 from streams.budgets.rules import Figures
-from streams.store.spend import earliest, measure_sql, read_hours, top_spenders_sql, window_boundaries
+from streams.store.spend import (
+    earliest,
+    measure_sql,
+    read_hours,
+    top_spenders_sql,
+    window_boundaries,
+)
 
 
 @dataclass(frozen=True, slots=True)
