@@ -89,3 +89,13 @@ def test_each_table_declares_its_columns_once() -> None:
     from streams.budgets import evaluator
 
     assert sink.LEDGER_COLUMNS is tables.LEDGER_COLUMNS and evaluator.BUDGET_COLUMNS is tables.BUDGET_COLUMNS
+
+
+def test_the_allocator_reads_every_ledger_column_but_version_and_tombstone_and_its_own_window() -> None:
+    from streams.store import allocator
+
+    booked = allocator.booked_lines("db")
+    assert "version" not in booked.replace("_version", "") and "is_deleted" not in booked and "adjusts_window" in booked
+    assert booked.split("FROM")[0].count(",") == len(tables.LEDGER_COLUMNS) - 3  # 31 columns
+    assert "INTERVAL 60 SECOND" in allocator.dirty_units("db", 60) and "INTERVAL 300 SECOND" in allocator.token_groups("db", 300)
+    assert "{since:DateTime64(3)}" in allocator.dirty_units("db", 60) and "FROM db.ledger FINAL" in allocator.prior_adjustments("db")
