@@ -370,9 +370,9 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
 def _show_alerts(settings: Settings) -> None:
     """The budget alerts the worker raised (the notifier would post them; none is configured in the demo)."""
     from gpuledger.clickhouse import connect
+    from streams.store.budgets import ALERTS_RAISED as sql
 
     client = connect(settings.clickhouse)
-    sql = "SELECT budget_id, kind, threshold_pct, spend, budget_amount, currency, message FROM budget_alerts FINAL ORDER BY raised_at, threshold_pct"
     deadline = time.monotonic() + 15
     rows = client.query(sql).result_rows
     while not rows and time.monotonic() < deadline:

@@ -41,6 +41,7 @@ from streams.budgets.rules import (
 )
 from streams.budgets.spend import Probe, measure, top_spenders
 from streams.sink import ClickHouseSink, version_now
+from streams.store import budgets as store
 from streams.store.tables import ALERT_COLUMNS, BUDGET_COLUMNS
 
 log = structlog.get_logger()
@@ -131,8 +132,7 @@ class BudgetEvaluator:
         return due
 
     def _raised_since(self, earliest: datetime) -> set[str]:
-        sql = f"SELECT alert_id FROM {self.database}.budget_alerts WHERE period_start >= {{earliest:DateTime64(6, 'UTC')}}"
-        return {row[0] for row in self.client.query(sql, parameters={"earliest": earliest}).result_rows}
+        return {row[0] for row in self.client.query(store.raised_since(self.database), parameters={"earliest": earliest}).result_rows}
 
     async def _raise(self, due: list[tuple[Probe, Figures, str, str, int, datetime | None]], now: datetime) -> list[BudgetAlert]:
         """Build, publish (acked) and then record the due alerts, all in one batch."""
@@ -174,7 +174,7 @@ class BudgetEvaluator:
     async def _mirror(self, budgets: list[Budget]) -> None:
         """Write changed budgets, and tombstones for deleted ones, into ClickHouse; withdraw deleted budgets' status."""
         if self._mirrored is None:
-            result = await asyncio.to_thread(self.client.query, f"SELECT budget_id, updated_at FROM {self.database}.budgets FINAL")
+            result = await asyncio.to_thread(self.client.query, store.mirrored(self.database))
             self._mirrored = {bid: at.replace(tzinfo=UTC) for bid, at in result.result_rows}
         mirrored = self._mirrored
         version = version_now()
