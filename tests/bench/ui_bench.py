@@ -30,6 +30,7 @@ from gpuledger.clickhouse import connect  # noqa: E402
 from gpuledger.migrate import apply_migrations  # noqa: E402
 from gpuledger.settings import Settings, UISettings  # noqa: E402
 from gpuledger.ui.app import create_app  # noqa: E402
+from streams.store import rollups  # noqa: E402
 
 PAGES = ["/", "/drill", "/drill?org=research&team=team1&project=p1&model=claude", "/lines?org=research", "/budgets", "/gpus", "/models"]
 FILL = """
@@ -61,9 +62,7 @@ def main() -> None:
     apply_migrations(settings)
     began = time.monotonic()
     admin.command(FILL.format(db="bench_ui", lines=args.lines))
-    for view in ("spend_hourly", "spend_daily"):
-        admin.command(f"SYSTEM REFRESH VIEW bench_ui.{view}")
-        admin.command(f"SYSTEM WAIT VIEW bench_ui.{view}")
+    rollups.maintain(connect(settings.clickhouse), "bench_ui")
     console = Console()
     console.print(f"{args.lines:,} ledger lines generated and rolled up in {time.monotonic() - began:.1f} s")
     table = Table("page", "median ms", "p95 ms", "max ms", title=f"server time per page, {args.lines:,} ledger lines, {args.requests} requests each")
