@@ -16,7 +16,6 @@ Usage: .venv/bin/python tests/bench/scale_bench.py [--sizes 1000000,10000000,300
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -33,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
-from gpuledger.migrate import apply_migrations  # noqa: E402
 from gpuledger.report import spend_by_org_model  # noqa: E402
-from gpuledger.settings import BudgetSettings, Settings, StackSettings  # noqa: E402
-from gpuledger.stack import clickhouse, local  # noqa: E402
+from gpuledger.settings import BudgetSettings, StackSettings  # noqa: E402
+from gpuledger.stack import local  # noqa: E402
 from schemas import Budget  # noqa: E402
 from streams.budgets.evaluator import BudgetEvaluator, Topics  # noqa: E402
 from streams.budgets.spend import measure  # noqa: E402
+from tests.bench.bench_stack import arguments, fresh_database  # noqa: E402
 from tests.bench.views_bench import LEDGER_FILL, USAGE_FILL, timed  # noqa: E402
 
 try:
@@ -79,18 +78,9 @@ async def _no_publish(topic: str, records: list[tuple[bytes, bytes | None]]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000000,10000000,30000000", help="ledger lines at each step (cumulative fill)")
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = arguments(__doc__)
     console = Console()
-    with console.status("starting the benchmark ClickHouse..."):
-        local.down(STACK)
-        clickhouse.start(STACK)
-    settings = Settings(stack=STACK).with_stack_endpoints()
-    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": "bench_scale"})})
-    connect(settings.clickhouse, database=None).command("DROP DATABASE IF EXISTS bench_scale")
-    apply_migrations(settings)
+    settings = fresh_database(STACK, "bench_scale", console)
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
     if rollups is None:
