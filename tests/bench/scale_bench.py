@@ -107,6 +107,10 @@ def main() -> None:
             client.command(f"SYSTEM REFRESH VIEW {view}")
             client.command(f"SYSTEM WAIT VIEW {view}", settings=LONG)
             client.command(f"SYSTEM STOP VIEW {view}")
+            error, read = client.query("SELECT exception, read_rows FROM system.view_refreshes WHERE database = currentDatabase()"
+                                       " AND view = {v:String}", parameters={"v": view}).result_rows[0]
+            if error or read < filled:
+                raise RuntimeError(f"{view} did not refresh over the whole ledger (read {read:,} rows): {error}")
         return run
 
     sizes = [int(s) for s in args.sizes.split(",")]
