@@ -87,19 +87,20 @@ def spend_source(database: str, hours: list[datetime], now: datetime, params: di
 
 
 def dirty_hours_sql(database: str) -> str:
-    """Hours (from ``{earliest}``) of ledger rows stored since ``{since}``: not yet, or not surely, in the rollup."""
+    """Hours (from ``{earliest}``) of ledger rows stored since the rollup's watermark less its overlap: not yet, or not
+    surely, in the rollup. The watermark is read first (a scalar subquery); no state means every hour."""
+    watermark = f"(SELECT max(watermark) FROM {database}.rollup_state FINAL WHERE name = '{rollups.STATE}')"
     return (
         f"SELECT DISTINCT toStartOfHour(event_time) FROM {database}.ledger"
-        f" WHERE ingested_at >= {{since:DateTime64(6, 'UTC')}} AND event_time >= {{earliest:DateTime64(6, 'UTC')}}"
+        f" WHERE ingested_at >= ifNull({watermark}, toDateTime64(0, 6, 'UTC')) - INTERVAL {int(rollups.OVERLAP.total_seconds())} SECOND"
+        f" AND event_time >= {{earliest:DateTime64(6, 'UTC')}}"
     )
 
 
 def read_hours(client: Client, database: str, boundaries: Iterable[datetime], since_earliest: datetime, now: datetime) -> list[datetime]:
-    """The closed hours a spend source must read from the ledger (``ledger_hours``); the rollup's watermark is read first,
-    so a pass that lands meanwhile has inserted its deltas before the watermark we see."""
-    state = rollups.read_state(client, database)
-    since = max(state.watermark - rollups.OVERLAP, rollups.EPOCH)
-    rows = client.query(dirty_hours_sql(database), parameters={"since": since, "earliest": since_earliest}).result_rows
+    """The closed hours a spend source must read from the ledger (``ledger_hours``). The rollup's watermark is read
+    before the spend query runs, so a pass that lands meanwhile has inserted its deltas before the watermark we saw."""
+    rows = client.query(dirty_hours_sql(database), parameters={"earliest": since_earliest}).result_rows
     return ledger_hours(boundaries, [row[0].replace(tzinfo=UTC) for row in rows], now)
 
 
