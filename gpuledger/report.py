@@ -61,7 +61,7 @@ def spend_by_org_model(settings: Settings, since: datetime | None = None, until:
     where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
     now = datetime.now(UTC)
     hours = store.read_hours(client, db, [bounds["since"], bounds["until"]], bounds["since"], now)
-    costs = client.query(store.spend_by_org_model_sql(db, hours, now, bounds), parameters=bounds).result_rows
+    costs = client.query(store.spend_by_org_model_sql(db, hours, now, bounds), parameters=bounds, settings=store.SETTINGS).result_rows
     tokens = {
         (org, model): int(count)
         for org, model, count in client.query(

@@ -19,6 +19,7 @@ from clickhouse_connect.driver.client import Client
 from schemas import Budget, SpendShare
 from streams.budgets.rules import Figures
 from streams.store.spend import (
+    SETTINGS,
     earliest,
     measure_sql,
     read_hours,
@@ -43,7 +44,7 @@ def measure(client: Client, database: str, probes: list[Probe], now: datetime, *
     baseline = timedelta(hours=baseline_hours)
     hours = read_hours(client, database, window_boundaries(probes, now, forecast_window, baseline), earliest(probes, now, forecast_window, baseline), now)
     sql, params = measure_sql(database, probes, now, hours, forecast_window=forecast_window, baseline=baseline)
-    measured = {i: [Decimal(v) for v in sums] for i, *sums in client.query(sql, parameters=params).result_rows}
+    measured = {i: [Decimal(v) for v in sums] for i, *sums in client.query(sql, parameters=params, settings=SETTINGS).result_rows}
     zero = [Decimal(0)] * 4  # a probe without any line in scope has no row
     return [Figures(p.period_start, p.period_end, *measured.get(i, zero)) for i, p in enumerate(probes)]
 
@@ -55,6 +56,6 @@ def top_spenders(client: Client, database: str, probes: list[Probe], column: str
     hours = read_hours(client, database, [t for p in probes for t in (p.period_start, p.period_end)], min(p.period_start for p in probes), now)
     sql, params = top_spenders_sql(database, probes, column, limit, now, hours)
     shares: list[list[SpendShare]] = [[] for _ in probes]
-    for probe, name, spent in client.query(sql, parameters=params).result_rows:
+    for probe, name, spent in client.query(sql, parameters=params, settings=SETTINGS).result_rows:
         shares[probe].append(SpendShare(name=name or "(none)", spend=Decimal(spent)))
     return shares
