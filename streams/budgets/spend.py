@@ -5,7 +5,7 @@ as they stream past is what makes the figures immune to replays, retries and GPU
 restatements. Hours written since the rollup's last pass are read from the ledger, so the
 figures never wait for the rollup; the SQL is built in ``streams.store.spend``. One query per
 evaluation computes, for every (budget, period), the period spend and the recent windows that
-forecasts and spikes need, with ``sumIf`` columns over a single pass.
+forecasts and spikes need: each line joined to the budgets of its org, summed per budget.
 """
 
 from __future__ import annotations
