@@ -392,6 +392,8 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
             time.sleep(STATUS_REFRESH.total_seconds() + 2)  # a standing whose spend moved is republished within this
         _show_alerts(settings)
         list_budgets()
+        proc.terminate()  # before the summary brings the rollups up to date: one rollup pass at a time
+        proc.wait(30)
         _cfo_summary(settings)
     finally:
         proc.terminate()
@@ -404,7 +406,7 @@ def _cfo_summary(settings: Settings) -> None:
 
     from gpuledger.cfo_summary import render, summary
     from gpuledger.clickhouse import connect
-    from gpuledger.rollups import refresh_rollups
+    from streams.store.rollups import refresh_rollups
 
     client = connect(settings.clickhouse)
     refresh_rollups(client)
@@ -415,9 +417,9 @@ def _cfo_summary(settings: Settings) -> None:
 def _show_alerts(settings: Settings) -> None:
     """The budget alerts the worker raised (the notifier would post them; none is configured in the demo)."""
     from gpuledger.clickhouse import connect
+    from streams.store.budgets import ALERTS_RAISED as sql
 
     client = connect(settings.clickhouse)
-    sql = "SELECT budget_id, kind, threshold_pct, spend, budget_amount, currency, message FROM budget_alerts FINAL ORDER BY raised_at, threshold_pct"
     deadline = time.monotonic() + 15
     rows = client.query(sql).result_rows
     while not rows and time.monotonic() < deadline:

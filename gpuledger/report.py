@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from rich.table import Table
 
 from gpuledger.clickhouse import connect
 from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import Settings
+from streams.store import spend as store
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,19 @@ class GpuTeamRow:
 
 
 def spend_by_org_model(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> list[SpendRow]:
-    """Ledger totals straight from the deduplicated ledger (always current, no rollup lag).
+    """Ledger totals: closed hours from the hourly rollup, the open hour and hours it has not caught up with from
+    the deduplicated ledger (``streams.store.spend``), so always current, with no rollup lag.
 
     Tokens come from the usage events, not the ledger: a request served by two GPUs
     has a line on each, but its tokens are counted once.
     """
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
-    bounds = {"since": since or datetime(1970, 1, 2), "until": until or datetime(2999, 1, 1)}
+    bounds: dict[str, Any] = {"since": since or datetime(1970, 1, 2, tzinfo=UTC), "until": until or datetime(2999, 1, 1, tzinfo=UTC)}
     where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
-    costs = client.query(
-        f"SELECT org, model, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'), "
-        f"sumIf(cost, kind = 'adjustment'), count() "
-        f"FROM {db}.ledger FINAL WHERE {where} GROUP BY org, model ORDER BY org, model",
-        parameters=bounds,
-    ).result_rows
+    now = datetime.now(UTC)
+    hours = store.read_hours(client, db, [bounds["since"], bounds["until"]], bounds["since"], now)
+    costs = client.query(store.spend_by_org_model_sql(db, hours, now, bounds), parameters=bounds, settings=store.SETTINGS).result_rows
     tokens = {
         (org, model): int(count)
         for org, model, count in client.query(

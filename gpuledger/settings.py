@@ -111,6 +111,7 @@ class WorkerSettings(Section):
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics and /healthz (0.0.0.0 to be scraped from other hosts).")
     data_dir: Path = Field(Path(".gpuledger") / "worker", description="Faust's data folder (one subfolder per app_id); nothing there that Kafka cannot rebuild.")
+    rollup_every_seconds: float = Field(10.0, gt=0, description="How often the leader brings spend_hourly / spend_daily up to date with the ledger rows stored since its last pass.")
 
 
 class BudgetSettings(Section):

@@ -48,6 +48,7 @@ from streams.gpu_cost import (
 from streams.ownership import EVERYTHING, OwnedPartitions, Watermarks
 from streams.pricing import ZERO, PriceBook
 from streams.sink import LEDGER_COLUMNS, ClickHouseSink, ledger_row, version_now
+from streams.store import allocator as store
 from streams.workloads import LabelKeys, Workload, collect_workloads, resolve_payer
 
 log = structlog.get_logger()
@@ -118,45 +119,19 @@ class GpuAllocator:
 
     def dirty_units(self, since: datetime) -> set[tuple[str, datetime]]:
         """(unit, window start) pairs with rows ingested since ``since``; a MIG instance's unit is its parent GPU."""
-        rows = self._query(
-            f"""
-            SELECT unit, w FROM (
-                SELECT if(mig_parent_uuid != '', mig_parent_uuid, gpu_uuid) AS unit,
-                       toStartOfInterval(interval_start, INTERVAL {self.window} SECOND) AS w
-                FROM {self.db}.gpu_samples WHERE ingested_at >= {{since:DateTime64(3)}}
-                UNION ALL
-                SELECT arrayJoin(gpu_uuids) AS unit, toStartOfInterval(event_time, INTERVAL {self.window} SECOND) AS w
-                FROM {self.db}.usage_events WHERE priced_as = 'gpu' AND ingested_at >= {{since:DateTime64(3)}}
-            ) GROUP BY unit, w""",
-            since=since,
-        )
+        rows = self._query(store.dirty_units(self.db, self.window), since=since)
         dirty = {(unit, _utc(w)) for unit, w in rows}
-        parents = dict(self._query(
-            f"SELECT gpu_uuid, any(mig_parent_uuid) FROM {self.db}.gpu_samples "
-            "WHERE gpu_uuid IN {gpus:Array(String)} AND mig_parent_uuid != '' GROUP BY gpu_uuid",
-            gpus=sorted({unit for unit, _ in dirty}),
-        )) if dirty else {}
+        parents = dict(self._query(store.mig_parents(self.db), gpus=sorted({unit for unit, _ in dirty}))) if dirty else {}
         return {(parents.get(unit, unit), w) for unit, w in dirty}
 
     # ----- the inputs of the dirty windows -----
 
     def sample_windows(self, units: list[str], start: datetime, end: datetime) -> dict[tuple[str, datetime], SampleWindow]:
         """Samples of every GPU belonging to ``units`` (the GPUs themselves and their MIG instances) in [start, end)."""
-        instances = [gpu for (gpu,) in self._query(  # the bloom filter on mig_parent_uuid keeps this cheap
-            f"SELECT DISTINCT gpu_uuid FROM {self.db}.gpu_samples WHERE mig_parent_uuid IN {{units:Array(String)}} "
-            "AND interval_start >= {start:DateTime64(6)} AND interval_start < {end:DateTime64(6)}",
-            units=units, start=start, end=end,
-        )]
+        instances = [gpu for (gpu,) in self._query(store.mig_instances(self.db), units=units, start=start, end=end)]
         windows: dict[tuple[str, datetime], SampleWindow] = {}
         for gpu, interval_start, micros, util, processes, node, model, parent, profile, slices, parent_slices in self._query(
-            f"""
-            SELECT gpu_uuid, interval_start, dateDiff('microsecond', interval_start, interval_end), utilization_pct, processes,
-                   node, gpu_model, mig_parent_uuid, mig_profile, mig_slices, mig_parent_slices
-            FROM {self.db}.gpu_samples FINAL
-            WHERE gpu_uuid IN {{gpus:Array(String)}}
-              AND interval_start >= {{start:DateTime64(6)}} AND interval_start < {{end:DateTime64(6)}}
-            ORDER BY gpu_uuid, interval_start""",
-            gpus=sorted({*units, *instances}), start=start, end=end,
+            store.samples(self.db), gpus=sorted({*units, *instances}), start=start, end=end,
         ):
             key = (gpu, self._window_of(_utc(interval_start)))
             mig = MigSlice(parent, profile, int(slices), int(parent_slices)) if parent else None
@@ -169,15 +144,7 @@ class GpuAllocator:
         """Metered tokens per GPU window and caller group; request tokens counted once, on the request's first GPU."""
         groups: dict[tuple[str, datetime], dict[CallerGroup, Tokens]] = defaultdict(dict)
         for gpu, w, org, team, project, centre, model, key_id, share, prompt, cached, completion in self._query(
-            f"""
-            SELECT gpu, toStartOfInterval(event_time, INTERVAL {self.window} SECOND) AS w, org, team, project, cost_centre, model, key_id,
-                   sum(prompt_tokens + completion_tokens), sumIf(prompt_tokens, gpu = gpu_uuids[1]),
-                   sumIf(cached_prompt_tokens, gpu = gpu_uuids[1]), sumIf(completion_tokens, gpu = gpu_uuids[1])
-            FROM {self.db}.usage_events FINAL ARRAY JOIN gpu_uuids AS gpu
-            WHERE priced_as = 'gpu' AND gpu IN {{gpus:Array(String)}}
-              AND event_time >= {{start:DateTime64(6)}} AND event_time < {{end:DateTime64(6)}}
-            GROUP BY gpu, w, org, team, project, cost_centre, model, key_id""",
-            gpus=gpus, start=start, end=end,
+            store.token_groups(self.db, self.window), gpus=gpus, start=start, end=end,
         ):
             groups[(gpu, _utc(w))][CallerGroup(org, team, project, centre, model, key_id)] = Tokens(
                 int(share), int(prompt), int(cached), int(completion)
@@ -187,14 +154,7 @@ class GpuAllocator:
     def booked_lines(self, gpus: list[str], start: datetime, end: datetime) -> dict[tuple[str, datetime], dict[str, dict[str, Any]]]:
         """Stored gpu and idle lines by (gpu, window), each as a row dict by column name."""
         booked: dict[tuple[str, datetime], dict[str, dict[str, Any]]] = defaultdict(dict)
-        for row in self._named(
-            f"""
-            SELECT {", ".join(c for c in LEDGER_COLUMNS if c not in ("version", "is_deleted"))}
-            FROM {self.db}.ledger FINAL
-            WHERE kind IN ('gpu', 'idle') AND gpu_uuid IN {{gpus:Array(String)}}
-              AND event_time >= {{start:DateTime64(6)}} AND event_time < {{end:DateTime64(6)}}""",
-            gpus=gpus, start=start, end=end,
-        ):
+        for row in self._named(store.booked_lines(self.db), gpus=gpus, start=start, end=end):
             booked[(row["gpu_uuid"], _utc(row["event_time"]))][row["line_id"]] = row
         return booked
 
@@ -272,7 +232,7 @@ class GpuAllocator:
         assert view is not None
         # Taken before reading: of two workers deriving one window during a handover, the later reader wins.
         version = version_now()
-        now = _utc(self.client.query("SELECT now64(3)").result_rows[0][0])
+        now = _utc(self.client.query(store.NOW).result_rows[0][0])
         open_from = now - self.restate
         dirty = {(unit, w) for unit, w in self.dirty_units(self.watermarks.since(view, open_from)) if view.owns(unit)}
         if not dirty:
@@ -315,11 +275,7 @@ class GpuAllocator:
         ids = sorted(targets.keys() | booked.keys())
         prior = {
             lid: (int(count), Decimal(total))
-            for lid, count, total in self._query(
-                f"SELECT adjusts_line_id, count(), sum(cost) FROM {self.db}.ledger FINAL "
-                "WHERE kind = 'adjustment' AND adjusts_line_id IN {ids:Array(String)} GROUP BY adjusts_line_id",
-                ids=ids,
-            )
+            for lid, count, total in self._query(store.prior_adjustments(self.db), ids=ids)
         }
         rows = []
         for lid in ids:

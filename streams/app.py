@@ -8,7 +8,9 @@ Data path (after OpenMeter: Kafka -> sink worker -> ClickHouse):
 - ``allocate`` timer (every worker): re-derive the GPU window lines of the GPUs whose
   samples partitions this worker consumes (``streams.ownership``) from stored rows;
 - ``budgets`` timer (leader only): measure every budget on the ledger, raise alerts,
-  publish each budget's standing (see ``streams.budgets.evaluator``).
+  publish each budget's standing (see ``streams.budgets.evaluator``);
+- ``rollups`` timer (leader only): bring ``spend_hourly`` / ``spend_daily`` up to date with the
+  ledger rows stored since the last pass (see ``streams.store.rollups``).
 Every event ends stored or in the dead-letter topic with its reason and origin
 (``streams.ingest``: undecodable, out of range, unpriceable, refused by ClickHouse);
 offsets are acknowledged only after that (at-least-once), and storage is idempotent,
@@ -42,6 +44,7 @@ from streams.outcomes import OUTCOME_COLUMNS, OutcomeRows
 from streams.ownership import consumer_ownership
 from streams.shutdown import GracefulWorker
 from streams.sink import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS, ClickHouseSink
+from streams.store import rollups
 from streams.validation import TimeWindow
 from streams.workloads import LabelKeys
 
@@ -123,10 +126,17 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     app.timer(1.0, name="reference-dead-letters")(rejects.settle)
     app.timer(w.allocate_every_seconds, name="allocate")(GuardedPass("allocate", allocator.run_once, reference.loaded))
     app.timer(settings.budgets.evaluate_every_seconds, on_leader=True, name="budgets")(GuardedPass("budgets", evaluator.run_once, reference.loaded))
+    rollup_client = connect(settings.clickhouse)  # the next pass starts from the same watermark, so a failed one loses nothing
+    app.timer(w.rollup_every_seconds, on_leader=True, name="rollups")(
+        GuardedPass("rollups", lambda: asyncio.to_thread(rollups.maintain, rollup_client, settings.clickhouse.database), _ready))
     if health is not None:  # /healthz reads the reference tables; consumer lag only while the CLI serves /metrics
         health.views.update({table.view.topic: table.view for table in reference.tables})
         app.task(_named("consumer_lag", lambda: metrics.measure_lag(settings.kafka, w.app_id, [topics.inference_usage, topics.gpu_samples], health)))
     return app
+
+
+async def _ready() -> None:
+    """Rollups need no reference data."""
 
 
 def _named(name: str, start: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:

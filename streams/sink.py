@@ -24,29 +24,9 @@ from gpuledger.retry import Backoff
 from schemas import GpuSample, LedgerLine
 from streams import metrics
 from streams.enrich import PricedUsage
+from streams.store.tables import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS  # noqa: F401 (declared in the store layer; imported from here too)
 
 log = structlog.get_logger()
-
-USAGE_COLUMNS = (
-    "event_id", "request_start", "event_time", "key_id", "model", "backend", "deployment", "endpoint", "node",
-    "gpu_uuids", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "usage_estimated", "ttft_ms", "latency_ms", "status",
-    "org", "team", "project", "cost_centre", "priced_as", "price_id", "cost", "api_equivalent_cost", "api_equivalent_price_id",
-    "requested_model", "route_rule", "baseline_model", "client_request_id", "trace_id", "session_id",
-    "source_partition", "source_offset", "baseline_cost", "baseline_price_id",
-)
-SAMPLE_COLUMNS = (
-    "sample_id", "node", "gpu_uuid", "gpu_index", "gpu_model", "mig_instance", "mig_parent_uuid", "mig_profile", "mig_slices",
-    "mig_parent_slices", "interval_start", "interval_end",
-    "utilization_pct", "memory_utilization_pct", "memory_used_bytes", "memory_total_bytes", "power_watts",
-    "energy_joules", "sm_clock_mhz", "temperature_c", "xid_errors", "ecc_errors_corrected", "ecc_errors_uncorrected",
-    "processes", "owner_org", "source_partition", "source_offset",
-)
-LEDGER_COLUMNS = (
-    "line_id", "kind", "event_time", "window_seconds", "org", "team", "project", "cost_centre", "model", "key_id",
-    "event_id", "node", "gpu_uuid", "price_id", "prompt_tokens", "cached_prompt_tokens", "completion_tokens",
-    "window_tokens", "share_tokens", "gpu_seconds", "utilization_pct", "cost", "currency", "gpu_model", "workload", "basis", "idle_policy",
-    "mig_profile", "parent_gpu_uuid", "adjusts_line_id", "adjusts_window", "version", "is_deleted",
-)
 
 
 def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:

@@ -39,7 +39,7 @@ def isolated(base: Settings, name: str, partitions: int = 2) -> Settings:
                                                      "outcomes": f"{name}.outcomes",
                                                      **{table: f"gpl-{name}-{table}-changelog" for table in REFERENCE_TABLES}}),
             "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
-            "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0}),
+            "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0, "rollup_every_seconds": 1.0}),
         }
     )
     asyncio.run(ensure_topics(settings))
@@ -69,6 +69,7 @@ def settings_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "GPULEDGER_WORKER__IDLE_POLICY": settings.worker.idle_policy,
         "GPULEDGER_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
         "GPULEDGER_WORKER__SHUTDOWN_GRACE_SECONDS": str(settings.worker.shutdown_grace_seconds),
+        "GPULEDGER_WORKER__ROLLUP_EVERY_SECONDS": str(settings.worker.rollup_every_seconds),
         "GPULEDGER_STACK__DATA_DIR": str(data_dir),
         "GPULEDGER_WORKER__DATA_DIR": str(data_dir / "worker"),
         "GPULEDGER_LOG_FORMAT": "json",

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from gpuledger.cfo_summary import render, summary
 from gpuledger.clickhouse import connect
-from gpuledger.rollups import refresh_rollups
+from streams.store.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.trends import Bridge, ModelSpend, bridge, trends
 from gpuledger.unit_costs import div_half_even

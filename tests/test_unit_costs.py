@@ -26,7 +26,7 @@ from gpuledger.reference_import import (
     import_equivalents,
     import_prices,
 )
-from gpuledger.rollups import refresh_rollups
+from streams.store.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.unit_costs import comparisons, render, unit_costs
 from schemas import InferenceUsage, LedgerLine, codec_for

@@ -42,17 +42,13 @@ from streams.budgets.rules import (
 from streams.budgets.spend import Probe, measure, top_spenders
 from streams.budgets.unit import measure_all, measure_units, unit_message
 from streams.sink import ClickHouseSink, version_now
+from streams.store import budgets as store
+from streams.store.tables import ALERT_COLUMNS, BUDGET_COLUMNS
 
 log = structlog.get_logger()
 Publish = Callable[[str, list[tuple[bytes, bytes | None]]], Awaitable[None]]  # topic, [(key, value or None: tombstone)]; returns once acked
 CENT = Decimal("0.01")
 STATUS_REFRESH = timedelta(seconds=10)
-
-BUDGET_COLUMNS = ("budget_id", "org", "team", "project", "model", "period", "timezone", "amount", "currency", "thresholds", "mode", "updated_at", "version", "is_deleted")
-ALERT_COLUMNS = (
-    "alert_id", "budget_id", "scope", "kind", "threshold_pct", "mode", "period_start", "period_end", "spend", "budget_amount",
-    "currency", "raised_at", "projected_breach", "top_models", "top_keys", "message",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +135,7 @@ class BudgetEvaluator:
         return due
 
     def _raised_since(self, earliest: datetime) -> set[str]:
-        sql = f"SELECT alert_id FROM {self.database}.budget_alerts WHERE period_start >= {{earliest:DateTime64(6, 'UTC')}}"
-        return {row[0] for row in self.client.query(sql, parameters={"earliest": earliest}).result_rows}
+        return {row[0] for row in self.client.query(store.raised_since(self.database), parameters={"earliest": earliest}).result_rows}
 
     async def _raise(self, due: list[tuple[Probe, Figures, str, str, int, datetime | None]], now: datetime) -> list[BudgetAlert]:
         """Build, publish (acked) and then record the due alerts, all in one batch."""
@@ -148,8 +143,8 @@ class BudgetEvaluator:
             return []
         probes, n = [d[0] for d in due], self.settings.top_n
         top_models, top_keys = await asyncio.gather(
-            asyncio.to_thread(top_spenders, self.client, self.database, probes, "model", n),
-            asyncio.to_thread(top_spenders, self.client, self.database, probes, "key_id", n),
+            asyncio.to_thread(top_spenders, self.client, self.database, probes, "model", n, now),
+            asyncio.to_thread(top_spenders, self.client, self.database, probes, "key_id", n, now),
         )
         alerts = [
             BudgetAlert(
@@ -184,7 +179,7 @@ class BudgetEvaluator:
     async def _mirror(self, budgets: list[Budget]) -> None:
         """Write changed budgets, and tombstones for deleted ones, into ClickHouse; withdraw deleted budgets' status."""
         if self._mirrored is None:
-            result = await asyncio.to_thread(self.client.query, f"SELECT budget_id, updated_at FROM {self.database}.budgets FINAL")
+            result = await asyncio.to_thread(self.client.query, store.mirrored(self.database))
             self._mirrored = {bid: at.replace(tzinfo=UTC) for bid, at in result.result_rows}
         mirrored = self._mirrored
         version = version_now()

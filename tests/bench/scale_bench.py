@@ -1,31 +1,29 @@
-"""Scale-out benchmark: usage events per second into ClickHouse with 1, 2 and 3 worker processes.
+"""Scale benchmark (issue 15's table): budget spend, evaluator pass, rollup upkeep and `gpuledger report` as the ledger grows.
 
-Runs on its own local stack (ports from ``GPULEDGER_TEST_PORT_BASE`` + 600, default 26600; ``--cluster`` for 3 Kafka nodes and 2 ClickHouse shards), several
-runs per worker count, and prints medians. Each run has a fresh namespace with eight partitions; the
-workers are started and the group is waited for until it is stable with all of them, then a backlog of N
-events is published and timed from the first stored row to the last. The bare consume rate of the same
-topic (one aiokafka consumer, no decode, no storage) is measured in the same run, as a ceiling.
+Fills the same synthetic ledger as ``views_bench.py`` (30 days in October 2026, 50 orgs x 10 teams, 20
+models) and, at each size, times with the clock set to 30 Oct 23:40 UTC (inside the data):
+- the budget spend query for 100 budgets (50 org monthly, 30 team daily, 20 org+model weekly) and one
+  full evaluator pass over them (Kafka publishing replaced by a no-op; no alert is due);
+- rollup upkeep: on a tree with refreshable views (before issue 15) one refresh of each; on a tree with
+  incremental rollups the first (full) build once, then an incremental pass after each increment of
+  ~10 s of traffic (1,000 new lines in the last 40 min, 100 restated and 10 withdrawn lines of the last 6 h);
+- ``gpuledger report`` (spend by org and model).
+Medians of --runs runs. Runs against whichever tree it sits in (copy it into an older checkout to
+measure "before"); its own ClickHouse, on ports below the ephemeral range.
 
-On a machine with fewer cores than workers plus engines, more workers only share the same CPUs:
-the figures then show the cost of coordination, not a gain (see README, Scale-out).
-
-Usage: .venv/bin/python tests/bench/scale_bench.py [--runs 3] [--events 40000] [--workers 1,2,3] [--cluster]
+Usage: .venv/bin/python tests/bench/scale_bench.py [--sizes 1000000,10000000,30000000] [--runs 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -33,95 +31,124 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
-from gpuledger.kafka import client_options  # noqa: E402
-from gpuledger.reference_import import import_orgs, import_prices  # noqa: E402
-from gpuledger.settings import Settings, StackSettings  # noqa: E402
+from gpuledger.report import spend_by_org_model  # noqa: E402
+from gpuledger.settings import BudgetSettings, StackSettings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
-from tests.bench.pipeline_bench import DEMO, bare_consume, publish  # noqa: E402
-from tests.support import WorkerProcess, isolated, wait_until  # noqa: E402
+from schemas import Budget  # noqa: E402
+from streams.budgets.evaluator import BudgetEvaluator, Topics  # noqa: E402
+from streams.budgets.spend import measure  # noqa: E402
+from tests.bench.bench_stack import arguments, fresh_database  # noqa: E402
+from tests.bench.views_bench import LEDGER_FILL, USAGE_FILL, timed  # noqa: E402
 
-PARTITIONS = 8
-PORTS = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "26000")) + 600
+try:
+    from streams.store import rollups
+except ImportError:  # a tree from before issue 15: refreshable views
+    rollups = None  # type: ignore[assignment]
+
+STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-scale", clickhouse_http_port=27523, clickhouse_tcp_port=27500,
+                      clickhouse_max_memory_bytes=8_000_000_000)
+NOW = datetime(2026, 10, 30, 23, 40, tzinfo=UTC)
+LONG = {"max_execution_time": 0}
+INCREMENT = """
+INSERT INTO ledger (line_id, kind, event_time, window_seconds, org, team, project, cost_centre, model, key_id, gpu_uuid, price_id,
+                    prompt_tokens, completion_tokens, cost, currency, gpu_model, basis, version, is_deleted)
+SELECT if(number < 1000, concat('inc:{run}:', toString(number)), concat('restated:', toString(number))) AS line_id, 'api',
+       {{now:DateTime64(6, 'UTC')}} - toIntervalSecond(if(number < 1000, number % 2400, (number - 1000) * 197)),
+       0, concat('org', toString(number % 50)), concat('team', toString(number % 500)), 'p', concat('CC-', toString(number % 50)),
+       concat('model-', toString(number % 20)), concat('key-', toString(number % 500)), '', 'bench', 300, 100,
+       toDecimal128(((number + {run}) % 997) / 1000000, 9), 'USD', '', '', 1 + {run}, toUInt8(number >= 1100 AND {run} % 2 = 0)
+FROM numbers(1110)
+"""  # 1,000 new lines in the last 40 min; 110 lines of the last 6 h rewritten every run (the last 10 withdrawn every other run)
 
 
-def stack(cluster: bool) -> StackSettings:
-    sizes = {"kafka_brokers": 3, "clickhouse_shards": 2} if cluster else {}
-    return StackSettings(data_dir=ROOT / ".gpuledger" / f"scale-bench{'-cluster' if cluster else ''}", kafka_port=PORTS + 92,
-                         kafka_controller_port=PORTS + 93, clickhouse_http_port=PORTS + 23, clickhouse_tcp_port=PORTS, **sizes)
+def budgets() -> list[Budget]:
+    at = datetime(2026, 9, 1, tzinfo=UTC)
+    big = Decimal(10) ** 9  # never crossed: the pass measures and publishes standings, no alert is due
+    out = [Budget(budget_id=f"org{i}", org=f"org{i}", period="month", amount=big, currency="USD", updated_at=at) for i in range(50)]
+    out += [Budget(budget_id=f"team{i}", org=f"org{i % 50}", team=f"team{i}", period="day", amount=big, currency="USD", updated_at=at)
+            for i in range(30)]
+    out += [Budget(budget_id=f"model{i}", org=f"org{i}", model=f"model-{i}", period="week", amount=big, currency="USD", updated_at=at)
+            for i in range(20)]
+    return out
 
 
-async def group_members(settings: Settings) -> int:
-    """Members of the worker group once it is Stable (0 while it rebalances)."""
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
-    await admin.start()
-    try:
-        (response,) = await admin.describe_consumer_groups([settings.worker.app_id])
-    except KafkaError:  # no coordinator for the group yet: nobody has joined
-        return 0
-    else:
-        _error, _group, state, _kind, _protocol, members, *_ = response.groups[0]
-        return len(members) if state == "Stable" else 0
-    finally:
-        await admin.close()
-
-
-def one_run(base: Settings, workers: int, run: int, events: int, workdir: Path) -> dict[str, float]:
-    settings = isolated(base, f"scale{workers}_{run}_{uuid.uuid4().hex[:6]}", partitions=PARTITIONS)
-    asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
-    asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
-    client = connect(settings.clickhouse)
-    stored = lambda: client.query("SELECT count() FROM usage_events").result_rows[0][0]  # noqa: E731
-    procs = [WorkerProcess(settings, workdir / f"w{workers}-{run}-{i}").start() for i in range(workers)]
-    try:
-        wait_until(lambda: asyncio.run(group_members(settings)) == workers, 180, f"a stable group of {workers} workers")
-        asyncio.run(publish(settings, events, f"s{workers}-{run}"))
-        while stored() == 0:
-            time.sleep(0.05)
-        first = time.monotonic()
-        while (count := stored()) < events:
-            for proc in procs:
-                proc.assert_alive()
-            time.sleep(0.05)
-        throughput = count / (time.monotonic() - first)
-    finally:
-        for proc in procs:
-            proc.stop()
-    return {"baseline": asyncio.run(bare_consume(settings, events)), "throughput": throughput}
+async def _no_publish(topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    return None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--events", type=int, default=40_000)
-    parser.add_argument("--workers", default="1,2,3", help="comma-separated worker counts")
-    parser.add_argument("--cluster", action="store_true", help="3 Kafka nodes (RF 3, min ISR 2) and 2 ClickHouse shards")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     console = Console()
-    engines = stack(args.cluster)
-    with console.status("starting the benchmark stack..."):
-        local.up(engines)
-    base = Settings(stack=engines).with_stack_endpoints()
-    counts = [int(n) for n in args.workers.split(",")]
-    results: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for run in range(1, args.runs + 1):  # worker counts interleaved, so a change in machine load hits them all
-                for workers in counts:
-                    with console.status(f"{workers} worker(s), run {run}/{args.runs}: {args.events:,} events..."):
-                        results[workers].append(one_run(base, workers, run, args.events, Path(tmp)))
-                    console.print(f"{workers} worker(s), run {run}: " + ", ".join(f"{k}={v:,.0f}" for k, v in results[workers][-1].items()))
-    finally:
-        local.down(engines)
-    medians = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
-    shape = "3 Kafka nodes, 2 ClickHouse shards" if args.cluster else "1 Kafka node, 1 ClickHouse"
-    table = Table(title=f"scale-out: medians of {args.runs} runs, {args.events:,} usage events, {PARTITIONS} partitions, {shape}")
-    for column in ("workers", "events/s", "vs 1 worker", "bare consume, events/s", "worker / bare"):
-        table.add_column(column, justify="right")
-    one = medians[counts[0]]["throughput"]
-    for workers, med in medians.items():
-        table.add_row(str(workers), f"{med['throughput']:,.0f}", f"{med['throughput'] / one:.2f}", f"{med['baseline']:,.0f}",
-                      f"{med['throughput'] / med['baseline']:.2f}")
+    settings = fresh_database(STACK, "bench_scale", console)
+    client = connect(settings.clickhouse)
+    db = settings.clickhouse.database
+    if rollups is None:
+        for view in ("spend_hourly_refresh", "spend_daily_refresh"):
+            client.command(f"SYSTEM STOP VIEW {view}")  # refreshed on demand below, so they do not compete
+    tree = "incremental rollups" if rollups else "refreshable views"
+    evaluator = BudgetEvaluator(client, db, budgets, _no_publish, Topics("alerts", "status"), BudgetSettings(), clock=lambda: NOW)
+    probes = evaluator._probes([b for b in budgets()], NOW)
+    figures: dict[str, list[str]] = {}
+    filled, run = 0, 0
+
+    def record(name: str, seconds: float) -> None:
+        figures.setdefault(name, []).append(f"{seconds:.3f}")
+        console.print(f"{filled:,} lines, {name}: {seconds:.3f} s")
+
+    def increment() -> None:
+        nonlocal run
+        run += 1
+        client.command(INCREMENT.format(run=run), parameters={"now": NOW}, settings=LONG)
+
+    def refresh(view: str) -> float:
+        """One refresh of ``view``, as the server timed it (a stopped view is started for it and stopped again)."""
+        client.command(f"SYSTEM START VIEW {view}")
+        client.command(f"SYSTEM REFRESH VIEW {view}")
+        client.command(f"SYSTEM WAIT VIEW {view}", settings=LONG)
+        client.command(f"SYSTEM STOP VIEW {view}")
+        error, millis = client.query("SELECT exception, last_success_duration_ms FROM system.view_refreshes WHERE database = currentDatabase()"
+                                     " AND view = {v:String}", parameters={"v": view}).result_rows[0]
+        if error or millis is None:
+            raise RuntimeError(f"{view} did not refresh: {error}")
+        return int(millis) / 1000
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for size in sizes:
+        with console.status(f"filling the ledger to {size:,} lines..."):
+            client.command(LEDGER_FILL.format(offset=filled, count=size - filled), settings=LONG)
+            client.command(USAGE_FILL.format(offset=filled // 2, count=(size - filled) // 2), settings=LONG)
+            client.command("OPTIMIZE TABLE ledger FINAL", settings=LONG)
+            filled = size
+        if rollups:
+            began = time.perf_counter()
+            rollups.maintain(client, db)  # the fill: every hour dirty (once; a live system never rescans)
+            record("rollups: pass after the bulk fill (all hours)", time.perf_counter() - began)
+            time.sleep(max(0.0, rollups.OVERLAP.total_seconds() + 1 - (time.perf_counter() - began)))  # the fill leaves the overlap
+            rollups.maintain(client, db)
+            samples = []
+            for _ in range(args.runs):
+                increment()
+                began = time.perf_counter()
+                rollups.maintain(client, db)
+                samples.append(time.perf_counter() - began)
+            record("rollups: incremental pass (1,110 changed lines)", statistics.median(samples))
+        else:
+            increment()
+            for view in ("spend_hourly_refresh", "spend_daily_refresh"):
+                record(f"{view} (server time)", statistics.median(refresh(view) for _ in range(args.runs)))
+        asyncio.run(evaluator.run_once())  # mirrors the budgets once
+        record("budget spend query, 100 budgets", timed(lambda: measure(client, db, probes, NOW, forecast_window=timedelta(hours=1),
+                                                                         baseline_hours=24), args.runs))
+        record("one evaluator pass", timed(lambda: asyncio.run(evaluator.run_once()), args.runs))
+        record("gpuledger report", timed(lambda: spend_by_org_model(settings), args.runs))
+    table = Table(title=f"{tree}: median of {args.runs} runs, seconds")
+    table.add_column("figure")
+    for size in sizes:
+        table.add_column(f"{size:,} lines", justify="right")
+    for name, cells in figures.items():
+        table.add_row(name, *cells)
     console.print(table)
+    local.down(STACK)
 
 
 if __name__ == "__main__":

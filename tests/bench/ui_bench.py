@@ -112,7 +112,7 @@ def main() -> None:
     from gpuledger.clickhouse import connect
     from gpuledger.kafka import ensure_topics
     from gpuledger.migrate import apply_migrations
-    from gpuledger.rollups import refresh_rollups, stop_rollups
+    from streams.store.rollups import refresh_rollups, stop_rollups
     from gpuledger.settings import Settings, StackSettings
     from gpuledger.stack import local
 

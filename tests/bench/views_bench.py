@@ -11,7 +11,6 @@ Usage: .venv/bin/python tests/bench/views_bench.py [--sizes 1000000,10000000,300
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -26,13 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
-from gpuledger.migrate import apply_migrations  # noqa: E402
 from gpuledger.report import spend_by_org_model  # noqa: E402
-from gpuledger.rollups import refresh_rollups, stop_rollups  # noqa: E402
-from gpuledger.settings import Settings, StackSettings  # noqa: E402
-from gpuledger.stack import clickhouse, local  # noqa: E402
+from gpuledger.settings import StackSettings  # noqa: E402
+from gpuledger.stack import local  # noqa: E402
+from streams.store.rollups import refresh_rollups, stop_rollups  # noqa: E402
 from gpuledger.trends import trends  # noqa: E402
 from gpuledger.unit_costs import comparisons, unit_costs  # noqa: E402
+from streams.store import rollups  # noqa: E402
+from tests.bench.bench_stack import arguments, fresh_database  # noqa: E402
 
 STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-views", clickhouse_http_port=28123, clickhouse_tcp_port=28000,
                       clickhouse_max_memory_bytes=8_000_000_000)
@@ -76,19 +76,9 @@ def timed(work: Callable[[], object], runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000000,10000000,30000000", help="ledger lines at each step (cumulative fill)")
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = arguments(__doc__)
     console = Console()
-    with console.status("starting the benchmark ClickHouse..."):
-        local.down(STACK)
-        clickhouse.start(STACK)
-    settings = Settings(stack=STACK).with_stack_endpoints()
-    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": "bench_views"})})
-    client = connect(settings.clickhouse, database=None)
-    client.command("DROP DATABASE IF EXISTS bench_views")
-    apply_migrations(settings)
+    settings = fresh_database(STACK, "bench_views", console)
     client = connect(settings.clickhouse)
     stop_rollups(client)  # the refreshes would compete with the timed queries
     queries: dict[str, Callable[[], object]] = {
@@ -110,7 +100,7 @@ def main() -> None:
             client.command(LEDGER_FILL.format(offset=filled, count=size - filled), settings={"max_execution_time": 0})
             client.command(USAGE_FILL.format(offset=filled // 2, count=(size - filled) // 2), settings={"max_execution_time": 0})
             client.command("OPTIMIZE TABLE ledger FINAL", settings={"max_execution_time": 0})
-            refresh_rollups(client, stopped=True)  # trends and the spend_bridge view read the rollups
+            refresh_rollups(client, stopped=True)  # trends and the spend_bridge view read the rollups (no worker runs here)
             filled = size
         table.add_column(f"{size:,} lines", justify="right")
         baseline = 0.0
