@@ -1,6 +1,6 @@
 """``gpuledger outcomes report``: cost per outcome, per successful outcome, value per cost and coverage.
 
-Reads the views of migration 0015 (``outcome_costs``, ``request_outcome_costs``) and re-derives every
+Reads the views of migration 0011 (``outcome_costs``, ``request_outcome_costs``) and re-derives every
 ratio from the sums of the range asked for (a ratio of sums, never an average of daily ratios):
 
 - outcomes are those that *occurred* in [since, until); their cost is that of the requests linked to them;

@@ -12,7 +12,7 @@ For each group (an org, team or project, or the whole company), each currency an
 
 A period is bridged against the calendar period before it (one without spend counts as zero), for
 every period with spend in it or in the one before, up to the current period. Figures come from the
-``spend_daily`` rollup (days in the reporting time zone); migration 0025's ``spend_bridge`` view
+``spend_daily`` rollup (days in the reporting time zone); migration 0014's ``spend_bridge`` view
 computes the same rows in SQL. Each effect is rounded once, half-even to 9 places, from the exact
 quotient. The Jevons flag marks a period whose unit cost fell while its total spend rose.
 """

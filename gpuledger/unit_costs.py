@@ -115,7 +115,7 @@ def unit_costs(settings: Settings, since: date, until: date, by: By) -> list[Uni
     return [UnitCost(g, m, h, int(t), Decimal(u), Decimal(a), currency=c) for g, m, h, t, u, a, c in rows]
 
 
-# Where comparisons() reads: the live views (the CLI, always current) or the rollups of migration 0026 (the dashboard, fast).
+# Where comparisons() reads: the live views (the CLI, always current) or the rollups of migration 0015 (the dashboard, fast).
 COMPARISON_SOURCES = {
     False: ("self_hosted_vs_api_daily", ("model AS llm_model, currency, uniqExact(toStartOfHour(event_time)) FROM {db}.ledger FINAL"
                                         " WHERE kind = 'gpu' AND basis = 'tokens' AND event_time >= {{since:Date}} AND event_time < {{until:Date}}")),

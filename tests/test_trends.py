@@ -1,5 +1,5 @@
 """The spend bridge (README "Why spend rises while unit prices fall"): hand-computed, exact for any data,
-and the same rows from `gpuledger trends` (Python) and the `spend_bridge` views (SQL, migration 0025)."""
+and the same rows from `gpuledger trends` (Python) and the `spend_bridge` views (SQL, migration 0014)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every query goes through ``scope()``, which always restricts an org-scoped viewer to its orgs
 and refuses (``Refused``, 403) an org filter outside them, so an edited URL cannot reach
 another org's figures, whatever the page or endpoint. Aggregates read rollups (``spend_daily`` and
-``spend_by_org_daily`` over it; migration 0026's ``gpu_daily``, ``gpu_utilization_hourly``,
+``spend_by_org_daily`` over it; migration 0015's ``gpu_daily``, ``gpu_utilization_hourly``,
 ``self_hosted_vs_api_rollup``, ``serving_hours``), so a page's time does not grow with the ledger; the
 ledger itself is read only for the lines page's listing (and its totals under basis / node / GPU filters). Ratios and the spend
 bridge come from ``gpuledger.unit_costs`` and ``gpuledger.trends``, not re-derived here.
@@ -380,7 +380,7 @@ HEAT_HOURS = 24
 def gpus(ctx: Ctx) -> Page:
     """Utilization by node / GPU / hour, idle cost by node and owner, and what each GPU was booked to and why.
 
-    Reads the GPU rollups of migration 0026 (``gpu_daily``, ``gpu_utilization_hourly``), never the ledger; the heatmap
+    Reads the GPU rollups of migration 0015 (``gpu_daily``, ``gpu_utilization_hourly``), never the ledger; the heatmap
     follows the org, node and GPU filters (a GPU's utilization is the whole GPU's, not a team's or project's).
     """
     f = ctx.filters

@@ -1,6 +1,6 @@
 """Unit budgets: a cap on the cost per successful outcome of one kind (e.g. <= 0.40 USD per resolved ticket, weekly).
 
-Measured on the ``outcome_costs`` view (migration 0015): for the outcomes of the budget's kind and
+Measured on the ``outcome_costs`` view (migration 0011): for the outcomes of the budget's kind and
 scope that occurred in the period, the cost of their linked requests ÷ their successes, in the
 budget's currency. That figure stands in for "spend" in the evaluator, so thresholds, alert ids,
 the alerts topic and the notifier work unchanged and each alert is raised exactly once. Forecasts

@@ -1,7 +1,7 @@
 """The figures of one team's weekly digest, read from ClickHouse over exact instants [start, end).
 
 Spend and top models come from ``ledger FINAL`` (every cost line: API, GPU shares, idle, adjustments);
-routing savings from ``routing_savings_requests`` (migration 0021); cost per outcome from the outcomes
+routing savings from ``routing_savings_requests`` (migration 0013); cost per outcome from the outcomes
 view when one exists (it is optional: a tree without it, or with another shape, gives no section).
 """
 

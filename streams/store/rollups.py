@@ -147,7 +147,7 @@ def maintain(client: Client, database: str) -> Pass:
     return Pass(hours, days, now)
 
 
-# The dashboard's rollups that are still refreshable materialized views (migration 0026): each re-reads the ledger.
+# The dashboard's rollups that are still refreshable materialized views (migration 0015): each re-reads the ledger.
 REFRESHES = ("gpu_daily_refresh", "gpu_utilization_hourly_refresh", "self_hosted_vs_api_rollup_refresh", "serving_hours_refresh")
 
 

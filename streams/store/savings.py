@@ -1,4 +1,4 @@
-"""Reading routing savings from ClickHouse (the views of migration 0021), summed over a range of UTC days.
+"""Reading routing savings from ClickHouse (the views of migration 0013), summed over a range of UTC days.
 
 Sums only: every figure is re-added from the daily view's columns, so a range's savings equal the sum of its
 requests' savings (never an average of daily figures). Money stays Decimal.
