@@ -282,7 +282,7 @@ def _newest(ctx: Ctx, limit: int, per_day: list[tuple[date, int]]) -> datetime |
     """The start of the newest hours that hold ``limit`` matching lines (from ``spend_daily``'s, newest first, then
     ``spend_hourly``), or None when the whole range holds fewer: the lines page reads the ledger from there on."""
     seen = 0
-    for day, n in per_day:
+    for day, n in per_day:  # noqa: B007 - day is read after the loop
         seen += n
         if seen >= limit:
             break
