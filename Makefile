@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test bench down
+.PHONY: install demo lint test bench down
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ demo: install
 
 # deploy/test-tools.sh installs, once, what the tests use besides Python packages (Java, Maven, promtool, node,
 # chromium, helm, focus-validator) and prints helm's folder.
-test: install
+# ruff (lint + format) and mypy, configured in pyproject.toml; CI runs them through `make test`.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install lint
 	@mkdir -p .gpuledger && deploy/test-tools.sh >.gpuledger/test-tools.path  # its own line: a failed install stops here
 	PATH="$$(cat .gpuledger/test-tools.path):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
 

@@ -27,8 +27,8 @@ def run(
     from collectors.agent import Agent
     from collectors.metrics import PortUnavailable
     from collectors.sampler import NvmlUnavailable
-    from collectors.spool import SpoolUnavailable
     from collectors.settings import CollectorSettings
+    from collectors.spool import SpoolUnavailable
     from gpuledger.logs import configure_logging
     from gpuledger.settings import SettingsError, get_settings
 

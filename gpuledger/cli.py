@@ -8,9 +8,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -178,7 +179,9 @@ def _import(kind: str, path: Path) -> None:
     from gpuledger.kafka import PublishRefused
 
     try:
-        importer = {"orgs": ri.import_orgs, "prices": ri.import_prices, "equivalents": ri.import_equivalents}[kind]
+        importers: dict[str, Callable[[Settings, Path], Coroutine[Any, Any, Sequence[object]]]] = {
+            "orgs": ri.import_orgs, "prices": ri.import_prices, "equivalents": ri.import_equivalents}
+        importer = importers[kind]
         records = asyncio.run(importer(_settings(), path))
     except (ri.ReferenceFileError, PublishRefused) as exc:
         raise fail(str(exc)) from exc
@@ -299,8 +302,21 @@ def _show(output: object) -> None:
 
 Since = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First day (UTC), default: the 1st of this month.")]
 Until = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Day after the last (UTC), default: tomorrow.")]
-GroupBy = Enum("GroupBy", {name: name for name in ("org", "team", "project", "model")}, type=str)  # type: ignore[misc]
-OutputFormat = Enum("OutputFormat", {name: name for name in ("table", "csv", "json")}, type=str)  # type: ignore[misc]
+
+
+class GroupBy(StrEnum):
+    org = "org"
+    team = "team"
+    project = "project"
+    model = "model"
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
 ByOption = Annotated[GroupBy, typer.Option(help="Group by org, team, project (each with the model) or by model only.")]
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table, or csv / json with exact decimals.")]
 
@@ -325,7 +341,9 @@ def compare_command(since: Since = None, until: Until = None, by: ByOption = Gro
     _show(uc.render(rows, ("ratio", "break_even_tokens_per_hour", "headroom"), fmt.value, f"self-hosted vs API {start} to {end} (exclusive), per {_per(by.value)}"))
 
 
-PeriodOption = Enum("PeriodOption", {name: name for name in ("month", "week")}, type=str)  # type: ignore[misc]
+class PeriodOption(StrEnum):
+    month = "month"
+    week = "week"
 
 
 @app.command("trends")

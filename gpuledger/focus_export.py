@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.query import QueryResult
 
 from gpuledger.clickhouse import connect
 from gpuledger.focus_files import (
@@ -137,7 +138,7 @@ def ledger_lines(client: Client, db: str, start: datetime, end: datetime) -> Ite
     """The lines in [start, end) as blocks of dicts, streamed (ClickHouse sends blocks; none is kept)."""
     stream = client.query_row_block_stream(LINES_SQL.replace("{db}", db), parameters=_params(start, end))
     with stream:
-        names = stream.source.column_names
+        names = cast(QueryResult, stream.source).column_names  # a row block stream's source is its QueryResult
         for block in stream:
             for offset in range(0, len(block), BATCH):  # a block the server sent whole (sorted output) is cut small
                 yield [dict(zip(names, row, strict=True)) for row in block[offset:offset + BATCH]]

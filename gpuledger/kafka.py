@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import structlog
@@ -27,7 +27,7 @@ from gpuledger.settings import KafkaSettings, Settings
 from schemas import DecodeError, codec_for
 
 log = structlog.get_logger()
-R = TypeVar("R")
+R = TypeVar("R", bound=Hashable)  # as schemas.codec.R: codec_for caches on the record type
 VIEW_BACKOFF = Backoff(first_s=1.0, max_s=30.0)  # a compacted view reconnects until cancelled
 
 

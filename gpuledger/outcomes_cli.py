@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import UTC, date, datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +21,20 @@ from gpuledger.unit_costs import render
 
 app = typer.Typer(help="Business outcomes (resolved tickets, merged PRs) and what their requests cost.", no_args_is_help=True)
 console = Console(width=None if sys.stdout.isatty() else 160)
-ReportBy = Enum("ReportBy", {name: name for name in ("kind", "team", "project")}, type=str)  # type: ignore[misc]
-ReportFormat = Enum("ReportFormat", {name: name for name in ("table", "csv", "json")}, type=str)  # type: ignore[misc]
+
+
+class ReportBy(StrEnum):
+    kind = "kind"
+    team = "team"
+    project = "project"
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
 DERIVED = ("cost_per_outcome", "cost_per_success", "value_per_cost", "coverage")
 
 

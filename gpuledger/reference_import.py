@@ -163,7 +163,9 @@ def row_problems(where: str, exc: ValidationError) -> list[str]:
 
 def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | type[EquivalentRow]) -> list[Any]:
     """Every row as a typed record, or ReferenceFileError listing all bad rows."""
-    problems, records, first = [], [], {}
+    problems: list[str] = []
+    records: list[Any] = []
+    first: dict[str, int] = {}  # identity -> the line it first appeared on
     for number, (line, row) in enumerate(_read_rows(path, section), start=1):
         try:
             record = model.model_validate(row).record()

@@ -253,7 +253,7 @@ def ground_truth(fleet: Fleet, orgs: list[OrgDirectory], prices: list[Price], wi
             raw = (u.prompt_tokens - u.cached_prompt_tokens) * price.input_per_mtok + u.cached_prompt_tokens * cin + u.completion_tokens * price.output_per_mtok  # type: ignore[operator]
             book(payer, "api", _even(raw / Decimal(1_000_000)))
         else:
-            group = (payer["org"], payer["team"], payer["project"], payer["cost_centre"], u.model, u.key_id)
+            group: tuple[str, ...] = (payer["org"], payer["team"], payer["project"], payer["cost_centre"], u.model, u.key_id)
             for gpu in u.gpu_uuids:
                 tokens[(gpu, window_of(u.request_end))][group] += u.prompt_tokens + u.completion_tokens
 
@@ -269,15 +269,15 @@ def ground_truth(fleet: Fleet, orgs: list[OrgDirectory], prices: list[Price], wi
         node_entry = {"org": node.org if node else unassigned, "team": node.team if node else "",
                       "project": node.project if node else "", "cost_centre": node.cost_centre if node else ""}
         seconds = min(Decimal(sum(int((s.interval_end - s.interval_start).total_seconds() * 1_000_000) for s in samples)) / Decimal(1_000_000), Decimal(window_seconds))
-        util = (sum(min(max(Decimal(repr(s.utilization_pct)), Decimal(0)), Decimal(100)) for s in samples) / len(samples)).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
+        util = (sum((min(max(Decimal(repr(s.utilization_pct)), Decimal(0)), Decimal(100)) for s in samples), Decimal(0)) / len(samples)).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
         # 1. the window's cost
         if first.mig_profile:
             own = _price_at(prices, "gpu_hour", f"{first.gpu_model}/{first.mig_profile}", window)
-            parent = _price_at(prices, "gpu_hour", first.gpu_model, window)
+            parent_price = _price_at(prices, "gpu_hour", first.gpu_model, window)
             if own is not None:
                 cost = _even(own.per_hour * seconds / Decimal(3600))  # type: ignore[operator]
             else:
-                cost = _down(parent.per_hour * first.mig_slices * seconds / (first.mig_parent_slices * Decimal(3600)))  # type: ignore[union-attr,operator]
+                cost = _down(parent_price.per_hour * first.mig_slices * seconds / (first.mig_parent_slices * Decimal(3600)))  # type: ignore[union-attr,operator]
             key = (first.mig_parent_uuid or "", window)
             mig_costs[key] += cost
             mig_seconds[key] = max(mig_seconds[key], seconds)
@@ -355,7 +355,7 @@ async def publish_fleet(
     """Generate, write the ground truth, then publish every event and wait for each acknowledgement (``PublishRefused`` otherwise)."""
     from rich.progress import Progress
 
-    from gpuledger.kafka import AckedSender, ensure_topics
+    from gpuledger.kafka import AckedSender, Message, ensure_topics
     from gpuledger.reference_import import OrgRow, PriceRow, parse_rows
     from schemas import codec_for
 
@@ -364,8 +364,8 @@ async def publish_fleet(
     write_truth(truth_path, truth)
     await ensure_topics(settings)
     usage_codec, sample_codec = codec_for(InferenceUsage), codec_for(GpuSample)
-    samples = [(settings.topics.gpu_samples, s.gpu_uuid.encode(), sample_codec.encode(s), []) for s in fleet.samples]
-    usage = [(settings.topics.inference_usage, u.event_id.encode(), usage_codec.encode(u), []) for u in fleet.usage]
+    samples: list[Message] = [(settings.topics.gpu_samples, s.gpu_uuid.encode(), sample_codec.encode(s), []) for s in fleet.samples]
+    usage: list[Message] = [(settings.topics.inference_usage, u.event_id.encode(), usage_codec.encode(u), []) for u in fleet.usage]
     async with AckedSender(settings.kafka, linger_ms=20) as sender:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("publishing", total=len(samples) + len(usage))

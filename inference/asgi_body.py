@@ -47,7 +47,7 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     """A request header by lower-case name."""
     for key, value in scope["headers"]:
         if key == name:
-            return value  # type: ignore[no-any-return]
+            return value
     return None
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import structlog
+
 from gpuledger.kafka import CompactedView
 from gpuledger.settings import KafkaSettings
 from schemas import BudgetStatus, DecodeError, codec_for

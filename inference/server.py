@@ -69,6 +69,6 @@ def protocol_for(config: GatewayConfig) -> type[GuardedHttpToolsProtocol]:
 def uvicorn_config(app: Any, config: GatewayConfig, *, host: str, port: int, **extra: Any) -> uvicorn.Config:
     """The uvicorn configuration the gateway runs under (also used by the tests, so they test what runs)."""
     return uvicorn.Config(
-        app, host=host, port=port, http=protocol_for(config), timeout_keep_alive=config.idle_timeout_s,
+        app, host=host, port=port, http=protocol_for(config), timeout_keep_alive=config.idle_timeout_s,  # type: ignore[arg-type]  # uvicorn says int; it goes to loop.call_later (float)
         limit_concurrency=config.max_client_connections, log_level="warning", access_log=False, **extra,
     )

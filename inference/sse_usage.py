@@ -14,7 +14,16 @@ import re
 from typing import Any
 
 from inference.dialects import OPENAI, Dialect, dialect_for
-from inference.openai_usage import DECODER, USAGE_KEY, StreamUsage, Usage, estimated_prompt_tokens, find_usage, find_usage_dict, usage_from_dict
+from inference.openai_usage import (
+    DECODER,
+    USAGE_KEY,
+    StreamUsage,
+    Usage,
+    estimated_prompt_tokens,
+    find_usage,
+    find_usage_dict,
+    usage_from_dict,
+)
 
 _USAGE_MEMBER = b',"usage":'
 _LF_END = b"\n\n"

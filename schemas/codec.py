@@ -12,11 +12,12 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Hashable
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import fastavro
 
@@ -61,7 +62,7 @@ CURRENT: dict[type, int] = {
     records.OutcomeEvent: 17,
 }
 
-R = TypeVar("R")
+R = TypeVar("R", bound=Hashable)  # records are frozen dataclasses; the bound also lets mypy see type[R] as hashable for @cache
 
 
 class DecodeError(ValueError):
@@ -77,7 +78,7 @@ def parsed_schema(schema_id: int) -> dict[str, Any]:
     """The parsed Avro schema registered under ``schema_id``."""
     name = REGISTRY[schema_id]
     text = resources.files("schemas").joinpath("avro", f"{name}.avsc").read_text()
-    return fastavro.parse_schema(json.loads(text), _write_hint=False)
+    return cast(dict[str, Any], fastavro.parse_schema(json.loads(text), _write_hint=False))  # a record schema parses to a dict
 
 
 def _to_avro(value: Any) -> Any:
@@ -116,8 +117,8 @@ class Codec(Generic[R]):
         if fast is not None and data and data[: HEADER.size] == fast.header:
             record = fast.read(data)
             if record is not None:
-                return record  # type: ignore[no-any-return]
-        return self.record_type(**self.decode_dict(data))  # type: ignore[call-arg]
+                return record
+        return self.record_type(**self.decode_dict(data))
 
     def decode_dict(self, data: bytes | None, *, reader_id: int | None = None) -> dict[str, Any]:
         """Parse a framed message into a dict shaped by ``reader_id`` (default: the current version)."""
@@ -204,7 +205,7 @@ class _FastReader:
         try:
             body = io.BytesIO(data)
             body.seek(HEADER.size)
-            value = fastavro.schemaless_reader(body, self.schema, None)
+            value = cast(dict[str, Any], fastavro.schemaless_reader(body, self.schema, None))  # a record reads as a dict
         except Exception:
             return None
         if body.tell() != len(data):
@@ -214,7 +215,7 @@ class _FastReader:
             if micros is not None:
                 value[name] = _EPOCH + timedelta(microseconds=micros)
         value = _nested(self.record_type, value)
-        record = object.__new__(self.record_type)
+        record: Any = object.__new__(self.record_type)
         for name, set_slot in self.slots:
             set_slot(record, value[name])
         return record
@@ -232,4 +233,4 @@ def _fast_reader(record_type: type, schema_id: int) -> _FastReader | None:
     if [f["name"] for f in schema["fields"]] != names and sorted(f["name"] for f in schema["fields"]) != sorted(names):
         return None
     slots = tuple((name, getattr(record_type, name).__set__) for name in names)
-    return _FastReader(HEADER.pack(MAGIC, schema_id), fastavro.parse_schema(schema), timestamps, record_type, slots)
+    return _FastReader(HEADER.pack(MAGIC, schema_id), cast(dict[str, Any], fastavro.parse_schema(schema)), timestamps, record_type, slots)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from clickhouse_connect.driver.client import Client
@@ -109,7 +109,7 @@ class GpuAllocator:
         self.owned: OwnedPartitions | None = None
 
     def _query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        return self.client.query(sql, parameters=params).result_rows
+        return cast(list[tuple[Any, ...]], self.client.query(sql, parameters=params).result_rows)  # clickhouse_connect annotates Sequence[Sequence]
 
     def _named(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         result = self.client.query(sql, parameters=params)

@@ -105,7 +105,7 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     batchers = {topic: RecordBatcher(step.store, prepare=settled_after(reference.loaded, step.rows), size=w.batch_size, seconds=w.batch_seconds, name=name)
                 for topic, name, step in ((topics.inference_usage, "usage", usage), (topics.gpu_samples, "samples", samples),
                                                 (topics.outcomes, "outcomes", outcomes))}
-    app.transport.Consumer = BatchingConsumer.serving(batchers)  # Faust keeps the group; the batchers get whole fetches
+    app.transport.Consumer = BatchingConsumer.serving(batchers)  # type: ignore[misc]  # Faust types it a ClassVar; set on this app's transport only. Faust keeps the group; the batchers get whole fetches
     for topic in batchers:
         app.topics.add(app.topic(topic, value_serializer="raw", key_serializer="raw"))
 

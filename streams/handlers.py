@@ -64,7 +64,7 @@ class ReferenceData:
             await table.view.caught_up.wait()
 
     def lookup(self, kind: str, key: str) -> OrgDirectory | None:
-        return self.orgs.get(org_key(kind, key))  # type: ignore[no-any-return]
+        return self.orgs.get(org_key(kind, key))
 
     def price_book(self) -> PriceBook:
         return self.prices.derived(PriceBook)

@@ -73,7 +73,7 @@ def serve_http(host: str, port: int, health: Health, registry: Any = REGISTRY, *
             ok, detail = health()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [json.dumps(detail).encode()]
-        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        return metrics_app(environ, start_response)
 
     try:
         server = make_server(host, port, app, handler_class=_Quiet)

@@ -15,7 +15,7 @@ the newer version, which also saw the newer data).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -47,7 +47,7 @@ EVERYTHING: Callable[[], OwnedPartitions | None] = _everything
 
 
 def consumer_ownership(
-    assignment: Callable[[], set[tuple[str, int]]], key_partition: Callable[[str, bytes], int | None], topic: str
+    assignment: Callable[[], Set[tuple[str, int]]], key_partition: Callable[[str, bytes], int | None], topic: str
 ) -> Callable[[], OwnedPartitions | None]:
     """Ownership read from a consumer's live assignment of ``topic`` (None while it has none).
 

@@ -51,7 +51,7 @@ class EffectiveBook(Generic[T]):
 
 
 def _effective(item: Any) -> datetime:
-    return item.effective_from  # type: ignore[no-any-return]
+    return item.effective_from
 
 
 class PriceBook(EffectiveBook[Price]):

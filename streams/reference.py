@@ -53,7 +53,7 @@ class ReferenceTable:
         """``build(values())``, rebuilt only after the table changed: a price book per change, not per batch."""
         if self._derived is None or self._derived[0] != self._version:
             self._derived = (self._version, build(self.values()))
-        return self._derived[1]  # type: ignore[no-any-return]
+        return self._derived[1]
 
     def _changed(self, changes: dict[bytes, bytes | None]) -> None:
         self._version += 1

@@ -134,7 +134,10 @@ def test_effects_always_add_up_to_the_change_exactly(seed: int) -> None:
     before, after = period(), period()
     other_before, other_after = Decimal(rng.randrange(10**6)) / 1000, Decimal(rng.randrange(10**6)) / 1000
     volume, price, mix, other = bridge(before, after, other_before, other_after)
-    spend = lambda p: sum((m.spend for m in p.values()), Decimal(0))
+
+    def spend(p: dict[str, ModelSpend]) -> Decimal:
+        return sum((m.spend for m in p.values()), Decimal(0))
+
     assert volume + price + mix + other == spend(after) + other_after - spend(before) - other_before
 
 

@@ -81,7 +81,7 @@ def serve(data_dir: Path) -> None:
     """Become the ClickHouse server (this call never returns while serving)."""
     from chdb import _chdb
 
-    _chdb.query(SERVE, "TabSeparated", path=str(data_dir))
+    _chdb.query(SERVE, "TabSeparated", path=str(data_dir))  # type: ignore[attr-defined]  # chdb's _chdb stub omits query
 
 
 if __name__ == "__main__":

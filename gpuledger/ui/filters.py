@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import date, timedelta
-from typing import Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlencode
 
 DIMENSIONS = ("org", "team", "project", "model", "key_id")  # the drill-down path
@@ -52,7 +52,7 @@ class Filters:
 
     def url(self, path: str, **changes: str | None) -> str:
         """``path`` with these filters (and ``changes``) as its query string."""
-        target = replace(self, **changes) if changes else self
+        target = replace(self, **cast(dict[str, Any], changes)) if changes else self  # changes name str-valued filters only
         query = {f.name: getattr(target, f.name) for f in fields(target)}
         query = {k: v.isoformat() if isinstance(v, date) else v for k, v in query.items() if v is not None}
         if query.get("period") == "month":

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from clickhouse_connect.driver.client import Client
 
@@ -282,7 +282,7 @@ def _newest(ctx: Ctx, limit: int, per_day: list[tuple[date, int]]) -> datetime |
     """The start of the newest hours that hold ``limit`` matching lines (from ``spend_daily``'s, newest first, then
     ``spend_hourly``), or None when the whole range holds fewer: the lines page reads the ledger from there on."""
     seen = 0
-    for day, n in per_day:
+    for day, n in per_day:  # noqa: B007 - day is read after the loop
         seen += n
         if seen >= limit:
             break
@@ -354,9 +354,9 @@ ALERTS_FROM = ("(SELECT *, splitByChar('/', splitByChar(' ', scope)[1])[1] AS or
 
 def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
     where, params = scope(ctx, "raised_at", ("org",), since=datetime.now(UTC).date() - timedelta(days=31), until=datetime.now(UTC).date() + timedelta(days=1))
-    return dict(ctx.client.query(
+    return dict(cast(list[tuple[str, datetime]], ctx.client.query(  # clickhouse_connect annotates rows as Sequence[Sequence]
         f"SELECT budget_id, argMax(projected_breach, raised_at) FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} AND kind = 'forecast'"
-        " AND period_end > now64() GROUP BY budget_id", parameters=params).result_rows)
+        " AND period_end > now64() GROUP BY budget_id", parameters=params).result_rows))
 
 
 def _alert_history(ctx: Ctx) -> Table:

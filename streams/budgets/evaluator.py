@@ -196,7 +196,7 @@ class BudgetEvaluator:
     def _status_changes(self, probes: list[Probe], figures: list[Figures], now: datetime, alerted: set[str]) -> list[tuple[bytes, bytes | None]]:
         """Standings of the current periods that changed, or whose spend moved and were last sent a while
         ago or just raised an alert (so `budgets list` agrees with the alert)."""
-        changes = []
+        changes: list[tuple[bytes, bytes | None]] = []
         for probe, f in zip(probes, figures, strict=True):
             b = probe.budget
             if probe.period_end <= now:

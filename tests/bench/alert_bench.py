@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from gpuledger.budgets import BudgetSpec, save  # noqa: E402
 from gpuledger.clickhouse import connect  # noqa: E402
 from gpuledger.kafka import new_producer  # noqa: E402
-from gpuledger.reference_import import import_orgs, import_prices, publish as publish_table  # noqa: E402
+from gpuledger.reference_import import import_orgs, import_prices  # noqa: E402
+from gpuledger.reference_import import publish as publish_table  # noqa: E402
 from gpuledger.settings import Settings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
 from schemas import InferenceUsage, OrgDirectory, codec_for  # noqa: E402
@@ -47,7 +48,8 @@ from schemas.keys import org_key  # noqa: E402
 from tests.bench.pipeline_bench import STACK, event  # noqa: E402
 from tests.budgets.conftest import noon_zone  # noqa: E402
 from tests.notifier.fake_slack import FakeSlack  # noqa: E402
-from tests.support import ROOT as REPO, WorkerProcess, isolated, settings_env  # noqa: E402
+from tests.support import ROOT as REPO  # noqa: E402
+from tests.support import WorkerProcess, isolated, settings_env  # noqa: E402
 
 DEMO = REPO / "gpuledger" / "data" / "demo"
 TEAMS = 20

@@ -7,7 +7,6 @@ the file itself, so they need no Helm.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any
 

@@ -25,7 +25,16 @@ from gpuledger.settings import Settings, load_settings
 from gpuledger.ui.app import create_app, ui_settings
 from gpuledger.ui.auth import from_token
 from tests.deploy.chart import (
-    ALL_ON, CHART, ROOT, container_env, gpuledger_containers, helm, pod_specs, render, setting_env_names, tool,
+    ALL_ON,
+    CHART,
+    ROOT,
+    container_env,
+    gpuledger_containers,
+    helm,
+    pod_specs,
+    render,
+    setting_env_names,
+    tool,
 )
 
 SHARED = setting_env_names(Settings, "GPULEDGER_", "__")  # one tree: every component reads every section

@@ -141,7 +141,7 @@ async def middleware_cost(settings: Settings, n: int, reps: int) -> dict[str, fl
         async def send(_: Any) -> None:
             return None
 
-        async def run(app: Any) -> float:
+        async def run(app: Any, raw: bytes = raw, scope: dict[str, Any] = scope) -> float:  # bound now: B023
             started = time.perf_counter()
             for _ in range(n):
                 sent = False
