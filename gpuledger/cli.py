@@ -386,6 +386,7 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
                     raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
                 time.sleep(2)
         report(truth=truth)
+        _outcomes_and_savings(settings, json.loads(truth.read_text()), minutes, proc, log_path)
         from streams.budgets.evaluator import STATUS_REFRESH
 
         with console.status("waiting for the worker's next budget evaluations..."):
@@ -398,6 +399,18 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _outcomes_and_savings(settings: Settings, truth: dict[str, Any], minutes: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Cost per outcome and routing savings of the simulated days, checked against the simulation's truth."""
+    from gpuledger.demo_outcomes import show
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
+
+    now = datetime.now(UTC)
+    show(settings, truth, (now - timedelta(minutes=minutes + 2)).date(), now.date() + timedelta(days=1), console, alive)
 
 
 def _cfo_summary(settings: Settings) -> None:
