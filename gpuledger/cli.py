@@ -224,7 +224,9 @@ def simulate(
                                            truth_path=truth, console=console))
     except PublishRefused as exc:
         raise fail(str(exc)) from exc
-    console.print(f"published {result['usage_events']:,} usage events and {result['gpu_samples']:,} GPU samples; expected total {result['total']} -> {truth}")
+    outcomes = sum(k["outcomes"] for k in result["outcomes"].values())
+    console.print(f"published {result['usage_events']:,} usage events, {result['gpu_samples']:,} GPU samples and {outcomes:,} outcomes; "
+                  f"expected total {result['total']}, routing savings {result['routing_savings']['savings']} -> {truth}")
 
 
 def _minute_floor(t: datetime) -> datetime:
