@@ -19,16 +19,22 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import replace
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
-from schemas import GpuProcess, GpuSample, InferenceUsage, OrgDirectory, OutcomeEvent, Price
+from schemas import (
+    GpuProcess,
+    GpuSample,
+    InferenceUsage,
+    OrgDirectory,
+    OutcomeEvent,
+    Price,
+)
 
 NANO = Decimal("0.000000001")
 SAMPLE_SECONDS = 5
@@ -131,6 +137,7 @@ def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fl
                 for gpu in gpus:
                     load[(gpu.uuid, minute)] += prompt + completion
                 counter += 1
+                alias, rule, baseline = _route(caller.key_id, model, context)
                 fleet.usage.append(InferenceUsage(
                     event_id=f"sim-{seed}-{counter:08d}", request_start=end - timedelta(milliseconds=latency), request_end=end,
                     key_id=caller.key_id, model=model, backend="vllm" if gpus else ("openai" if model.startswith("gpt") else "anthropic"),
@@ -138,7 +145,7 @@ def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fl
                     prompt_tokens=prompt, completion_tokens=completion, cached_prompt_tokens=cached,
                     ttft_ms=round(latency * rng.uniform(0.05, 0.2), 3), latency_ms=round(latency, 3), status="ok",
                     endpoint="chat.completions", client_request_id=f"req-{seed}-{counter:08d}",
-                    **_route(caller.key_id, model, context),
+                    requested_model=alias, route_rule=rule, baseline_model=baseline,
                 ))
     for gpu in FLEET:
         for minute in range(minutes):
@@ -159,12 +166,12 @@ def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fl
     return fleet
 
 
-def _route(key_id: str, model: str, context: random.Random) -> dict[str, str]:
-    """The routing fields of a request the alias served (none for the rest)."""
+def _route(key_id: str, model: str, context: random.Random) -> tuple[str, str, str]:
+    """(requested_model, route_rule, baseline_model) of a request the alias served; empty for the rest."""
     share, rule = ROUTES.get((key_id, model), (0.0, ""))
     if not share or context.random() >= share:
-        return {}
-    return {"requested_model": ALIAS, "route_rule": rule, "baseline_model": BASELINE}
+        return "", "", ""
+    return ALIAS, rule, BASELINE
 
 
 def _add_outcomes(fleet: Fleet, seed: int, context: random.Random) -> None:

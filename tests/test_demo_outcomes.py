@@ -18,7 +18,14 @@ import pytest
 from gpuledger.demo_outcomes import mismatches, read
 from gpuledger.settings import Settings
 from gpuledger.simulate import publish_fleet
-from tests.support import ROOT, WorkerProcess, demo_worker, expected_totals, org_totals, wait_until
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    demo_worker,
+    expected_totals,
+    org_totals,
+    wait_until,
+)
 
 DEMO = ROOT / "gpuledger" / "data" / "demo"
 pytestmark = pytest.mark.engines
