@@ -227,7 +227,9 @@ def simulate(
                                            truth_path=truth, console=console))
     except PublishRefused as exc:
         raise fail(str(exc)) from exc
-    console.print(f"published {result['usage_events']:,} usage events and {result['gpu_samples']:,} GPU samples; expected total {result['total']} -> {truth}")
+    outcomes = sum(k["outcomes"] for k in result["outcomes"].values())
+    console.print(f"published {result['usage_events']:,} usage events, {result['gpu_samples']:,} GPU samples and {outcomes:,} outcomes; "
+                  f"expected total {result['total']}, routing savings {result['routing_savings']['savings']} -> {truth}")
 
 
 def _minute_floor(t: datetime) -> datetime:
@@ -404,6 +406,7 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
                     raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
                 time.sleep(2)
         report(truth=truth)
+        _outcomes_and_savings(settings, json.loads(truth.read_text()), minutes, proc, log_path)
         from streams.budgets.evaluator import STATUS_REFRESH
 
         with console.status("waiting for the worker's next budget evaluations..."):
@@ -416,6 +419,18 @@ def demo(minutes: Annotated[int, typer.Option(min=1, help="Simulated minutes.")]
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _outcomes_and_savings(settings: Settings, truth: dict[str, Any], minutes: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Cost per outcome and routing savings of the simulated days, checked against the simulation's truth."""
+    from gpuledger.demo_outcomes import show
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise fail(f"the worker exited with code {proc.returncode}; see {log_path}")
+
+    now = datetime.now(UTC)
+    show(settings, truth, (now - timedelta(minutes=minutes + 2)).date(), now.date() + timedelta(days=1), console, alive)
 
 
 def _cfo_summary(settings: Settings) -> None:

@@ -6,9 +6,11 @@ small, one caller missing from the directory, one team paying from two cost cent
 A third node runs what tokens never show: a training job on two GPUs, two notebook pods
 sharing one GPU, and an A100 split into MIG instances (a notebook, a pod assigned a slice
 it does not use, an instance nobody holds, and a free slice). GPU utilization follows the
-load. The expected ledger is computed here independently of the stream worker, by the
-cost model's written rules (README), so end-to-end tests and the demo can check the
-pipeline against it to the cent.
+load. Part of the API traffic goes through a routing alias (``auto``, baseline ``gpt-4o``) and
+support tickets / processed invoices are reported as business outcomes naming their requests;
+neither changes any cost. The expected ledger, routing savings and cost per successful outcome
+are computed here independently of the stream worker, by the written rules (README), so
+end-to-end tests and the demo can check the pipeline against them to the cent.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
-from schemas import GpuProcess, GpuSample, InferenceUsage, OrgDirectory, Price
+from schemas import (
+    GpuProcess,
+    GpuSample,
+    InferenceUsage,
+    OrgDirectory,
+    OutcomeEvent,
+    Price,
+)
 
 NANO = Decimal("0.000000001")
 SAMPLE_SECONDS = 5
@@ -76,12 +85,26 @@ MIG_INSTANCES: list[tuple[str, int, tuple[str, str, bool] | None]] = [
     ("2g.20gb", 2, ("finance-jobs", "ocr-batch-0", False)),  # assigned by the kubelet, nothing running (pid 0)
     ("1g.10gb", 1, None),  # an instance nobody holds; the 7th slice has no instance at all
 ]
+# Routing: (caller, served API model) -> (share of its requests through the alias, the rule that chose the model).
+# The alias ``auto`` would send everything to its baseline without tiering; fallback:1 is a dearer model than it.
+ALIAS, BASELINE = "auto", "gpt-4o"
+ROUTES: dict[tuple[str, str], tuple[float, str]] = {
+    ("key-support-bot", "gpt-4o-mini"): (1.0, "default"),
+    ("key-finance-ops", "gpt-4o-mini"): (1.0, "short-ops"),
+    ("key-research-agents", "claude-sonnet-4"): (0.3, "fallback:1"),
+}
+# Outcomes: caller -> (kind, org, team, project, requests per outcome, success rate, value when valued).
+OUTCOMES: dict[str, tuple[str, str, str, str, tuple[int, int], float, Decimal]] = {
+    "key-support-bot": ("ticket_resolved", "support", "chatbot", "helpdesk", (2, 4), 0.8, Decimal("12.50")),
+    "key-finance-ops": ("invoice_processed", "finance", "ops", "invoice-ocr", (1, 2), 0.9, Decimal("3.20")),
+}
 
 
 @dataclass
 class Fleet:
     usage: list[InferenceUsage] = field(default_factory=list)
     samples: list[GpuSample] = field(default_factory=list)
+    outcomes: list[OutcomeEvent] = field(default_factory=list)
 
 
 def _rate(caller: Caller, minute: int, minutes: int, rng: random.Random) -> int:
@@ -96,6 +119,7 @@ def _rate(caller: Caller, minute: int, minutes: int, rng: random.Random) -> int:
 def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fleet:
     """The same seed, start and length always produce the same events."""
     rng = random.Random(seed)
+    context = random.Random(f"{seed}/context")  # routing and outcomes: their own stream, so the traffic is the same with or without them
     fleet = Fleet()
     load: dict[tuple[str, int], int] = defaultdict(int)  # (gpu uuid, minute) -> tokens
     counter = 0
@@ -113,13 +137,15 @@ def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fl
                 for gpu in gpus:
                     load[(gpu.uuid, minute)] += prompt + completion
                 counter += 1
+                alias, rule, baseline = _route(caller.key_id, model, context)
                 fleet.usage.append(InferenceUsage(
                     event_id=f"sim-{seed}-{counter:08d}", request_start=end - timedelta(milliseconds=latency), request_end=end,
                     key_id=caller.key_id, model=model, backend="vllm" if gpus else ("openai" if model.startswith("gpt") else "anthropic"),
                     deployment=model if gpus else "", node=gpus[0].node if gpus else None, gpu_uuids=[g.uuid for g in gpus],
                     prompt_tokens=prompt, completion_tokens=completion, cached_prompt_tokens=cached,
                     ttft_ms=round(latency * rng.uniform(0.05, 0.2), 3), latency_ms=round(latency, 3), status="ok",
-                    endpoint="chat.completions",
+                    endpoint="chat.completions", client_request_id=f"req-{seed}-{counter:08d}",
+                    requested_model=alias, route_rule=rule, baseline_model=baseline,
                 ))
     for gpu in FLEET:
         for minute in range(minutes):
@@ -136,7 +162,35 @@ def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fl
                     processes=[GpuProcess(pid=4242, command="vllm", namespace="inference", pod=f"vllm-{gpu.node}-{gpu.index // 2}", gpu_memory_bytes=38 * 2**30)],
                 ))
     fleet.samples.extend(_workload_samples(start, minutes, rng))
+    _add_outcomes(fleet, seed, context)
     return fleet
+
+
+def _route(key_id: str, model: str, context: random.Random) -> tuple[str, str, str]:
+    """(requested_model, route_rule, baseline_model) of a request the alias served; empty for the rest."""
+    share, rule = ROUTES.get((key_id, model), (0.0, ""))
+    if not share or context.random() >= share:
+        return "", "", ""
+    return ALIAS, rule, BASELINE
+
+
+def _add_outcomes(fleet: Fleet, seed: int, context: random.Random) -> None:
+    """Group each outcome caller's API requests, in order, into outcomes naming them by client request id (one session each)."""
+    for key_id, (kind, org, team, project, (low, high), success_rate, value) in OUTCOMES.items():
+        positions = [i for i, u in enumerate(fleet.usage) if u.key_id == key_id and not u.gpu_uuids]
+        while positions:
+            size = context.randint(low, high)
+            taken, positions = positions[:size], positions[size:]
+            outcome_id = f"{kind}-{seed}-{len(fleet.outcomes) + 1:06d}"
+            for i in taken:
+                fleet.usage[i] = replace(fleet.usage[i], session_id=outcome_id)
+            success = context.random() < success_rate
+            fleet.outcomes.append(OutcomeEvent(
+                outcome_id=outcome_id, kind=kind, org=org, team=team, project=project, success=success,
+                occurred_at=max(fleet.usage[i].request_end for i in taken) + timedelta(seconds=1),
+                value=value if success and context.random() < 0.5 else None, currency="USD",
+                request_ids=[fleet.usage[i].client_request_id for i in taken], key_id=key_id,
+            ))
 
 
 def _mig_uuid(profile: str) -> str:
@@ -206,6 +260,13 @@ def _even(value: Decimal) -> Decimal:
     return value.quantize(NANO, ROUND_HALF_EVEN)
 
 
+def _token_cost(u: InferenceUsage, price: Price) -> Decimal:
+    """A request's tokens at a token price: uncached and cached prompt and completion per million, half-even to 9 places."""
+    cin = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+    raw = (u.prompt_tokens - u.cached_prompt_tokens) * price.input_per_mtok + u.cached_prompt_tokens * cin + u.completion_tokens * price.output_per_mtok  # type: ignore[operator]
+    return _even(raw / Decimal(1_000_000))
+
+
 def _who_pays(process: GpuProcess, node_entry: dict[str, str], by_key: dict[tuple[str, str], OrgDirectory]) -> dict[str, str]:
     """Labels naming an org, else the namespace's directory entry, else the node owner; labels refine the rest."""
     labels = process.labels or {}
@@ -249,9 +310,7 @@ def ground_truth(fleet: Fleet, orgs: list[OrgDirectory], prices: list[Price], wi
                  "project": entry.project if entry else "", "cost_centre": entry.cost_centre if entry else ""}
         price = _price_at(prices, "token", u.model, u.request_end)
         if price is not None:
-            cin = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
-            raw = (u.prompt_tokens - u.cached_prompt_tokens) * price.input_per_mtok + u.cached_prompt_tokens * cin + u.completion_tokens * price.output_per_mtok  # type: ignore[operator]
-            book(payer, "api", _even(raw / Decimal(1_000_000)))
+            book(payer, "api", _token_cost(u, price))
         else:
             group: tuple[str, ...] = (payer["org"], payer["team"], payer["project"], payer["cost_centre"], u.model, u.key_id)
             for gpu in u.gpu_uuids:
@@ -339,6 +398,40 @@ def ground_truth(fleet: Fleet, orgs: list[OrgDirectory], prices: list[Price], wi
     }
 
 
+def _api_cost(u: InferenceUsage, sku: str, prices: list[Price]) -> Decimal:
+    """``sku``'s token price on the request's tokens; the simulator routes and links API requests only."""
+    price = _price_at(prices, "token", sku, u.request_end)
+    if price is None:
+        raise ValueError(f"{u.event_id}: {sku} has no token price (the simulator routes and links API requests only)")
+    return _token_cost(u, price)
+
+
+def savings_truth(fleet: Fleet, prices: list[Price]) -> dict[str, Any]:
+    """Expected routing savings (README "Routing savings"): per request, its tokens at the baseline's price minus its cost."""
+    by_rule: dict[str, Decimal] = defaultdict(Decimal)
+    requests: dict[str, int] = defaultdict(int)
+    for u in fleet.usage:
+        if u.baseline_model:
+            by_rule[u.route_rule] += _api_cost(u, u.baseline_model, prices) - _api_cost(u, u.model, prices)
+            requests[u.route_rule] += 1
+    return {"savings": str(sum(by_rule.values(), Decimal(0))), "requests": sum(requests.values()),
+            "by_rule": {rule: {"requests": requests[rule], "savings": str(v)} for rule, v in sorted(by_rule.items())}}
+
+
+def outcome_truth(fleet: Fleet, prices: list[Price]) -> dict[str, Any]:
+    """Expected cost per outcome kind (README "Cost per outcome"): its requests' cost ÷ its successes, half-even to 9 places."""
+    by_id = {u.client_request_id: u for u in fleet.usage}
+    kinds: dict[str, dict[str, Any]] = defaultdict(lambda: {"outcomes": 0, "successes": 0, "requests": 0, "cost": Decimal(0)})
+    for o in fleet.outcomes:
+        kind = kinds[o.kind]
+        kind["outcomes"] += 1
+        kind["successes"] += o.success
+        kind["requests"] += len(o.request_ids)
+        kind["cost"] += sum((_api_cost(by_id[r], by_id[r].model, prices) for r in o.request_ids), Decimal(0))
+    return {k: {**v, "cost": str(v["cost"]), "cost_per_success": str(_even(v["cost"] / v["successes"])) if v["successes"] else None}
+            for k, v in sorted(kinds.items())}
+
+
 def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -360,16 +453,20 @@ async def publish_fleet(
     from schemas import codec_for
 
     fleet = generate(seed, start, minutes, scale)
-    truth = ground_truth(fleet, parse_rows(orgs, "orgs", OrgRow), parse_rows(prices, "prices", PriceRow), settings.worker.gpu_window_seconds, settings.worker.unassigned_org)
+    price_list = parse_rows(prices, "prices", PriceRow)
+    truth = ground_truth(fleet, parse_rows(orgs, "orgs", OrgRow), price_list, settings.worker.gpu_window_seconds, settings.worker.unassigned_org)
+    truth |= {"routing_savings": savings_truth(fleet, price_list), "outcomes": outcome_truth(fleet, price_list)}
     write_truth(truth_path, truth)
     await ensure_topics(settings)
     usage_codec, sample_codec = codec_for(InferenceUsage), codec_for(GpuSample)
     samples: list[Message] = [(settings.topics.gpu_samples, s.gpu_uuid.encode(), sample_codec.encode(s), []) for s in fleet.samples]
     usage: list[Message] = [(settings.topics.inference_usage, u.event_id.encode(), usage_codec.encode(u), []) for u in fleet.usage]
+    outcome_codec = codec_for(OutcomeEvent)
+    outcomes: list[Message] = [(settings.topics.outcomes, o.outcome_id.encode(), outcome_codec.encode(o), []) for o in fleet.outcomes]
     async with AckedSender(settings.kafka, linger_ms=20) as sender:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("publishing", total=len(samples) + len(usage))
-            for chunk in batches(samples + usage, 2000):  # each chunk acknowledged before the next: progress is what Kafka holds
+            task = progress.add_task("publishing", total=len(samples) + len(usage) + len(outcomes))
+            for chunk in batches(samples + usage + outcomes, 2000):  # each chunk acknowledged before the next: progress is what Kafka holds
                 await sender.send_with_headers(chunk)
                 progress.advance(task, len(chunk))
     return truth
