@@ -38,7 +38,7 @@ async def _small_topic(settings: Settings, topic: str, max_bytes: int) -> None:
 
 def test_a_record_kafka_refuses_fails_the_import_with_exit_1(stack_settings: Settings, tmp_path: Path) -> None:
     name = f"acked{uuid.uuid4().hex[:8]}"
-    settings = stack_settings.model_copy(update={"worker": stack_settings.worker.model_copy(update={"app_id": name})})
+    settings = stack_settings.model_copy(update={"topics": stack_settings.topics.model_copy(update={"orgs": f"gpl-{name}-orgs-changelog"})})
     topic = table_topic(settings, "orgs")
     asyncio.run(_small_topic(settings, topic, 2048))  # ensure_topics leaves an existing topic as it is
     orgs = tmp_path / "orgs.yaml"

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from gpuledger.kafka import client_options, new_producer
 from gpuledger.settings import Settings
 from schemas import BudgetAlert, InferenceUsage, codec_for
+from schemas.codec import REGISTRY
 from tests.support import ROOT
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -60,7 +61,7 @@ def test_tail_decodes_avro_and_shows_dead_letter_headers(stack_settings: Setting
     assert result.returncode == 0, result.stderr
     lines = {json.loads(line)["key"]: json.loads(line) for line in result.stdout.splitlines()}
     assert set(lines) == {"k1", "k2", "k3"}
-    assert lines["k1"]["schema"] == "inference_usage.v3" and lines["k1"]["value"]["prompt_tokens"] == 7 and lines["k1"]["value"]["request_start"] == T0.isoformat()
+    assert lines["k1"]["schema"] == REGISTRY[codec_for(InferenceUsage).writer_id] and lines["k1"]["value"]["prompt_tokens"] == 7 and lines["k1"]["value"]["request_start"] == T0.isoformat()
     assert lines["k2"]["headers"] == {"x-reason": "unknown schema id 999", "x-origin-topic": "gpuledger.inference-usage.v1", "x-origin-offset": "41"}
     assert lines["k2"]["error"].startswith("unknown schema id 999") and lines["k2"]["raw_hex"].startswith("00000003e7")
     assert lines["k3"]["schema"] == "budget_alert.v2" and lines["k3"]["value"]["spend"] == "12.345000000" and lines["k3"]["value"]["timezone"] == "UTC"

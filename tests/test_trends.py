@@ -19,12 +19,13 @@ from rich.console import Console
 
 from gpuledger.cfo_summary import render, summary
 from gpuledger.clickhouse import connect
-from streams.store.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.trends import Bridge, ModelSpend, bridge, trends
 from gpuledger.unit_costs import div_half_even
 from schemas import LedgerLine
 from streams.sink import LEDGER_COLUMNS, ledger_row
+from streams.store import rollups
+from streams.store.rollups import refresh_rollups
 from tests.support import ROOT, isolated, settings_env
 
 
@@ -39,8 +40,7 @@ def write(settings: Settings, lines: list[LedgerLine]) -> Client:
     """Insert ``lines`` and roll them up (the bridge reads `spend_daily`)."""
     client = connect(settings.clickhouse)
     client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
-    client.command("SYSTEM REFRESH VIEW spend_daily_refresh")
-    client.command("SYSTEM WAIT VIEW spend_daily_refresh")
+    rollups.maintain(client, settings.clickhouse.database)  # no worker here: the rollup pass, run by hand
     return client
 
 

@@ -26,11 +26,11 @@ from gpuledger.reference_import import (
     import_equivalents,
     import_prices,
 )
-from streams.store.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.unit_costs import comparisons, render, unit_costs
 from schemas import InferenceUsage, LedgerLine, codec_for
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
+from streams.store.rollups import refresh_rollups
 from tests.support import (
     DEMO,
     ROOT,

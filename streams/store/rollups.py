@@ -159,7 +159,7 @@ def refresh_rollups(client: Client, stopped: bool = False, spend: bool = True) -
     (a benchmark, so they do not compete with what it times); each is started for its refresh and stopped again.
     """
     if spend:
-        maintain(client, client.database)
+        maintain(client, str(client.database))
     present = {r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
     for view in REFRESHES:
         if view in present:

@@ -112,9 +112,9 @@ def main() -> None:
     from gpuledger.clickhouse import connect
     from gpuledger.kafka import ensure_topics
     from gpuledger.migrate import apply_migrations
-    from streams.store.rollups import refresh_rollups, stop_rollups
     from gpuledger.settings import Settings, StackSettings
     from gpuledger.stack import local
+    from streams.store.rollups import refresh_rollups, stop_rollups
 
     console = Console(width=160)
     stack = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-ui", kafka_port=args.port_base + 92, kafka_controller_port=args.port_base + 93,

@@ -28,10 +28,9 @@ from gpuledger.clickhouse import connect  # noqa: E402
 from gpuledger.report import spend_by_org_model  # noqa: E402
 from gpuledger.settings import StackSettings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
-from streams.store.rollups import refresh_rollups, stop_rollups  # noqa: E402
 from gpuledger.trends import trends  # noqa: E402
 from gpuledger.unit_costs import comparisons, unit_costs  # noqa: E402
-from streams.store import rollups  # noqa: E402
+from streams.store.rollups import refresh_rollups, stop_rollups  # noqa: E402
 from tests.bench.bench_stack import arguments, fresh_database  # noqa: E402
 
 STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-views", clickhouse_http_port=28123, clickhouse_tcp_port=28000,

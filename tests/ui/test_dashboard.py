@@ -28,10 +28,10 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from gpuledger.budgets import parse_specs, save
 from gpuledger.clickhouse import connect
 from gpuledger.reference_import import import_equivalents, import_orgs, import_prices
-from streams.store.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.simulate import publish_fleet
 from gpuledger.ui.auth import token_digest
+from streams.store.rollups import refresh_rollups
 from tests.conftest import BASE
 from tests.support import (
     ROOT,

@@ -14,7 +14,6 @@ import pytest
 
 from gpuledger.clickhouse import connect
 from gpuledger.reference_import import publish
-from streams.store.rollups import refresh_rollups
 from gpuledger.settings import Settings
 from gpuledger.ui import queries
 from gpuledger.ui.auth import Refused, Viewer
@@ -22,7 +21,7 @@ from gpuledger.ui.filters import Filters
 from schemas import Budget, LedgerLine, codec_for
 from schemas.keys import budget_key
 from streams.sink import LEDGER_COLUMNS, ledger_row
-from streams.store import rollups
+from streams.store.rollups import refresh_rollups
 from tests.support import isolated
 
 pytestmark = pytest.mark.engines
