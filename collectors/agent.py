@@ -38,21 +38,29 @@ def make_nvml(cfg: CollectorSettings, clock: Callable[[], float] = time.time) ->
 class Agent:
     """Wires sampler, attributor, publisher and the HTTP endpoints together."""
 
-    def __init__(self, cfg: CollectorSettings, settings: Settings, *, nvml: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: CollectorSettings, settings: Settings, *, nvml: Any = None, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
         self.sampler = NvmlSampler(nvml if nvml is not None else make_nvml(cfg, clock), cfg.node, clock=clock)
         pods = None
         if cfg.pod_list_url:
             sa = cfg.service_account_dir
-            pods = PodDirectory(cfg.pod_list_url.replace("{node}", cfg.node), label_names=cfg.label_map(),
-                                refresh_seconds=cfg.pod_list_refresh_seconds, token_file=sa / "token", ca_file=sa / "ca.crt")
+            pods = PodDirectory(
+                cfg.pod_list_url.replace("{node}", cfg.node),
+                label_names=cfg.label_map(),
+                refresh_seconds=cfg.pod_list_refresh_seconds,
+                token_file=sa / "token",
+                ca_file=sa / "ca.crt",
+            )
         real_devices = cfg.source == "nvml" or nvml is not None  # simulated GPUs have no host pids nor kubelet assignments
         pod_resources = None
         if real_devices and cfg.pod_resources_socket is not None:
-            pod_resources = PodResourcesClient(cfg.pod_resources_socket, timeout_seconds=cfg.pod_resources_timeout_seconds,
-                                               max_age_seconds=cfg.pod_resources_max_age_seconds, clock=clock)
+            pod_resources = PodResourcesClient(
+                cfg.pod_resources_socket,
+                timeout_seconds=cfg.pod_resources_timeout_seconds,
+                max_age_seconds=cfg.pod_resources_max_age_seconds,
+                clock=clock,
+            )
         self.attributor = Attributor(cfg.proc_root if real_devices else None, pods, pod_resources)
         self.spool = Spool(cfg.spool_dir, max_bytes=cfg.spool_max_bytes, segment_bytes=cfg.spool_segment_bytes)
         self.publisher = Publisher(settings.kafka, settings.topics.gpu_samples, self.spool)
@@ -99,8 +107,14 @@ class Agent:
                 pass
         server = server_task = None
         if self.cfg.metrics_port:
-            app = build_app(self.sampler, self.publisher, self.attributor, nvml_stale_after=3 * max(self.cfg.interval_seconds, self.cfg.poll_seconds),
-                            kafka_fresh_seconds=self.cfg.kafka_fresh_seconds, gpus=self.gpus)
+            app = build_app(
+                self.sampler,
+                self.publisher,
+                self.attributor,
+                nvml_stale_after=3 * max(self.cfg.interval_seconds, self.cfg.poll_seconds),
+                kafka_fresh_seconds=self.cfg.kafka_fresh_seconds,
+                gpus=self.gpus,
+            )
             server, server_task = await serve(app, self.cfg.metrics_host, self.cfg.metrics_port)
         try:
             await self._loop(once, max_intervals)

@@ -66,8 +66,12 @@ class Attributor:
         info = self._proc(proc.pid)
         ref = self.pods.lookup(info.container_id, info.pod_uid) if self.pods is not None else None
         return replace(
-            proc, command=info.command, user=info.user, container_id=info.container_id,
-            pod=ref.pod if ref else None, namespace=ref.namespace if ref else None,
+            proc,
+            command=info.command,
+            user=info.user,
+            container_id=info.container_id,
+            pod=ref.pod if ref else None,
+            namespace=ref.namespace if ref else None,
             labels=dict(ref.labels) if ref else {},
         )
 
@@ -76,8 +80,9 @@ class Attributor:
             self.pod_resources.close()
 
 
-def placeholders(processes: list[GpuProcess], holders: list[DeviceAssignment],
-                 pods_by_name: dict[tuple[str, str], PodRef]) -> list[GpuProcess]:
+def placeholders(
+    processes: list[GpuProcess], holders: list[DeviceAssignment], pods_by_name: dict[tuple[str, str], PodRef]
+) -> list[GpuProcess]:
     """One pid-0 process per pod holding the device that has no process of its own on it."""
     present = {(p.namespace, p.pod) for p in processes}
     out = []

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="GPU collector agent: samples GPUs via NVML and publishes GpuSample events to Kafka.",
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="GPU collector agent: samples GPUs via NVML and publishes GpuSample events to Kafka.", pretty_exceptions_enable=False
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -35,15 +36,28 @@ def run(
     def say(message: str) -> None:
         typer.echo(message, err=True)
 
-    overrides: dict[str, Any] = {k: v for k, v in {
-        "source": source, "interval_seconds": interval, "simulated_gpus": gpus, "metrics_port": metrics_port,
-        "metrics_host": metrics_host, "spool_dir": spool_dir, "node": node,
-    }.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "source": source,
+            "interval_seconds": interval,
+            "simulated_gpus": gpus,
+            "metrics_port": metrics_port,
+            "metrics_host": metrics_host,
+            "spool_dir": spool_dir,
+            "node": node,
+        }.items()
+        if v is not None
+    }
     if source is not None and source not in ("nvml", "simulated"):
         raise typer.BadParameter("must be 'nvml' or 'simulated'", param_hint="--source")
     try:
         settings = get_settings()
-        cfg = CollectorSettings.model_validate({**settings.collector.model_dump(exclude_unset=True), **overrides}) if overrides else settings.collector
+        cfg = (
+            CollectorSettings.model_validate({**settings.collector.model_dump(exclude_unset=True), **overrides})
+            if overrides
+            else settings.collector
+        )
     except (SettingsError, ValueError) as exc:
         say(f"error: invalid configuration: {exc}")
         raise typer.Exit(2) from exc
@@ -59,8 +73,10 @@ def run(
         raise typer.Exit(5) from None
     if once:
         left = len(agent.spool)
-        say(f"{intervals} interval(s), {agent.sampler.stats.samples} sample(s) taken; "
-                      f"published {agent.publisher.stats.published}, spooled {left} (Kafka {'reached' if not left else 'unreachable'})")
+        say(
+            f"{intervals} interval(s), {agent.sampler.stats.samples} sample(s) taken; "
+            f"published {agent.publisher.stats.published}, spooled {left} (Kafka {'reached' if not left else 'unreachable'})"
+        )
         if left:
             raise typer.Exit(4)
 

@@ -45,7 +45,9 @@ def index_pod_list(pod_list: dict[str, Any], label_names: dict[str, str]) -> tup
         meta = item.get("metadata") or {}
         pod_labels = meta.get("labels") or {}
         ref = PodRef(
-            pod=meta.get("name", ""), namespace=meta.get("namespace", ""), uid=meta.get("uid", ""),
+            pod=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
+            uid=meta.get("uid", ""),
             labels={ours: pod_labels[theirs] for ours, theirs in label_names.items() if theirs in pod_labels},
         )
         if ref.uid:
@@ -61,8 +63,16 @@ def index_pod_list(pod_list: dict[str, Any], label_names: dict[str, str]) -> tup
 class PodDirectory:
     """Cached view of this node's pods; refreshed on a timer and (rate-limited) on a cache miss."""
 
-    def __init__(self, url: str | None, *, label_names: dict[str, str], refresh_seconds: float = 30.0,
-                 token_file: Path | None = None, ca_file: Path | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        label_names: dict[str, str],
+        refresh_seconds: float = 30.0,
+        token_file: Path | None = None,
+        ca_file: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url
         self.label_names = label_names
         self.refresh_seconds = refresh_seconds
@@ -114,4 +124,3 @@ class PodDirectory:
                 return ref
             self.refresh(force=True)
         return None
-

@@ -61,9 +61,19 @@ def encode_samples(samples: list[GpuSample], stats: PublisherStats) -> list[Reco
 class Publisher:
     """Memory queue -> Kafka, with the spool as the fallback and the ordering barrier."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str, spool: Spool, *, request_timeout_ms: int = 5000,
-                 send_timeout: float = 10.0, retry_seconds: float = 1.0, max_retry_seconds: float = 15.0, max_queue: int = 10_000,
-                 producer_factory: Callable[[], AIOKafkaProducer] | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        spool: Spool,
+        *,
+        request_timeout_ms: int = 5000,
+        send_timeout: float = 10.0,
+        retry_seconds: float = 1.0,
+        max_retry_seconds: float = 15.0,
+        max_queue: int = 10_000,
+        producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
         self.topic = topic
         self.spool = spool
         self.send_timeout = send_timeout

@@ -178,8 +178,10 @@ class NvmlSampler:
         parent_total = nvml.nvmlDeviceGetMemoryInfo(handle).total or 1
         parent_slices = gpu_slice_count(nvml, handle)
         if not parent_slices:
-            log.warning("MIG parent's slice count unreadable (nvmlDeviceGetGpuInstanceProfileInfo); its instances carry mig_parent_slices=0",
-                        gpu_uuid=uuid)
+            log.warning(
+                "MIG parent's slice count unreadable (nvmlDeviceGetGpuInstanceProfileInfo); its instances carry mig_parent_slices=0",
+                gpu_uuid=uuid,
+            )
         migs = []
         for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
             try:
@@ -192,8 +194,21 @@ class NvmlSampler:
             profile, slices = mig_profile(nvml, mig, parent_total)
             if profile is None:
                 log.warning("MIG instance attributes unreadable (nvmlDeviceGetAttributes); no profile or slice count", gpu_uuid=mig_uuid)
-            migs.append(Entity(mig, mig_uuid, index, model, parent=handle, mig_instance=f"{uuid}/gi{gi}/ci{ci}", share=share,
-                               mig_parent_uuid=uuid, mig_profile=profile, mig_slices=slices, mig_parent_slices=parent_slices))
+            migs.append(
+                Entity(
+                    mig,
+                    mig_uuid,
+                    index,
+                    model,
+                    parent=handle,
+                    mig_instance=f"{uuid}/gi{gi}/ci{ci}",
+                    share=share,
+                    mig_parent_uuid=uuid,
+                    mig_profile=profile,
+                    mig_slices=slices,
+                    mig_parent_slices=parent_slices,
+                )
+            )
         return migs
 
     def _register_xid(self, entity: Entity) -> None:
@@ -309,19 +324,33 @@ class NvmlSampler:
         proc_util = self._process_utilization(e, self.interval_start, end)
         corrected, uncorrected = self._ecc_delta(e)
         processes = [
-            GpuProcess(pid=pid, gpu_memory_bytes=mem, sm_utilization_pct=proc_util.get(pid))
-            for pid, mem in sorted(acc.processes.items())
+            GpuProcess(pid=pid, gpu_memory_bytes=mem, sm_utilization_pct=proc_util.get(pid)) for pid, mem in sorted(acc.processes.items())
         ]
         return GpuSample(
-            sample_id=sample_id(self.node, e.uuid, start_dt), node=self.node, gpu_uuid=e.uuid, gpu_index=e.index,
-            gpu_model=e.model, mig_instance=e.mig_instance, mig_parent_uuid=e.mig_parent_uuid, mig_profile=e.mig_profile,
-            mig_slices=e.mig_slices, mig_parent_slices=e.mig_parent_slices, interval_start=start_dt, interval_end=end_dt,
-            utilization_pct=round(util, 3), memory_utilization_pct=round(_mean(acc.mem_util), 3),
-            memory_used_bytes=acc.memory_used, memory_total_bytes=acc.memory_total,
+            sample_id=sample_id(self.node, e.uuid, start_dt),
+            node=self.node,
+            gpu_uuid=e.uuid,
+            gpu_index=e.index,
+            gpu_model=e.model,
+            mig_instance=e.mig_instance,
+            mig_parent_uuid=e.mig_parent_uuid,
+            mig_profile=e.mig_profile,
+            mig_slices=e.mig_slices,
+            mig_parent_slices=e.mig_parent_slices,
+            interval_start=start_dt,
+            interval_end=end_dt,
+            utilization_pct=round(util, 3),
+            memory_utilization_pct=round(_mean(acc.mem_util), 3),
+            memory_used_bytes=acc.memory_used,
+            memory_total_bytes=acc.memory_total,
             power_watts=round(_mean(acc.power_w), 3),
             energy_counter_mj=e.last_counter_mj if e.parent is None else None,
-            energy_joules=round(acc.energy_j, 3), sm_clock_mhz=acc.sm_clock, temperature_c=acc.temperature,
-            xid_errors=self._drain_xids(e), ecc_errors_corrected=corrected, ecc_errors_uncorrected=uncorrected,
+            energy_joules=round(acc.energy_j, 3),
+            sm_clock_mhz=acc.sm_clock,
+            temperature_c=acc.temperature,
+            xid_errors=self._drain_xids(e),
+            ecc_errors_corrected=corrected,
+            ecc_errors_uncorrected=uncorrected,
             processes=processes,
         )
 

@@ -48,8 +48,12 @@ if TYPE_CHECKING:
 
 # GPU-instance profile id -> compute slices, for a 7-slice GPU (A100, H100, H200); pynvml's NVML_GPU_INSTANCE_PROFILE_*.
 A100_GI_PROFILES = {
-    pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1, pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2, pynvml.NVML_GPU_INSTANCE_PROFILE_3_SLICE: 3,
-    pynvml.NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4, pynvml.NVML_GPU_INSTANCE_PROFILE_7_SLICE: 7, pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: 1,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_3_SLICE: 3,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_7_SLICE: 7,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: 1,
 }
 
 
@@ -114,15 +118,27 @@ def split_mig(parent: DeviceState, profiles: list[str], *, uuid_prefix: str | No
             raise ValueError(f"MIG profile {name!r}: expected '<slices>g.<GB>gb' or '<c>c.<slices>g.<GB>gb', e.g. '3g.40gb'")
         ci, gi, gb = int(match[1] or match[2]), int(match[2]), int(match[3])
         if gi not in parent.gi_profiles.values() or ci > gi:
-            raise ValueError(f"MIG profile {name!r} does not exist on {parent.name} (GPU-instance slice counts: {sorted(set(parent.gi_profiles.values()))})")
+            raise ValueError(
+                f"MIG profile {name!r} does not exist on {parent.name} (GPU-instance slice counts: {sorted(set(parent.gi_profiles.values()))})"
+            )
         slices.append((ci, gi, gb))
     if sum(gi for _, gi, _ in slices) > total:
         raise ValueError(f"MIG layout {profiles} needs {sum(gi for _, gi, _ in slices)} slices; {parent.name} has {total}")
     prefix = uuid_prefix or f"MIG-{parent.uuid.removeprefix('GPU-')}"
     parent.mig = [
-        DeviceState(uuid=f"{prefix}-{k}", name=parent.name, index=parent.index, memory_total=int(gb * 1024 * 0.98) * 2**20,
-                    gi=k + 1, ci=0, parent=parent, gi_slices=gi, ci_slices=ci, memory_size_mb=int(gb * 1024 * 0.98),
-                    unsupported=set(MIG_UNSUPPORTED))
+        DeviceState(
+            uuid=f"{prefix}-{k}",
+            name=parent.name,
+            index=parent.index,
+            memory_total=int(gb * 1024 * 0.98) * 2**20,
+            gi=k + 1,
+            ci=0,
+            parent=parent,
+            gi_slices=gi,
+            ci_slices=ci,
+            memory_size_mb=int(gb * 1024 * 0.98),
+            unsupported=set(MIG_UNSUPPORTED),
+        )
         for k, (ci, gi, gb) in enumerate(slices)
     ]
     return parent.mig
@@ -225,8 +241,12 @@ class NvmlDouble:
         dev = self._dev(handle, "nvmlDeviceGetAttributes")
         if dev.parent is None:
             raise NVMLError_NotSupported()
-        return c_nvmlDeviceAttributes(multiprocessorCount=14 * dev.ci_slices, gpuInstanceSliceCount=dev.gi_slices,
-                                      computeInstanceSliceCount=dev.ci_slices, memorySizeMB=dev.memory_size_mb)
+        return c_nvmlDeviceAttributes(
+            multiprocessorCount=14 * dev.ci_slices,
+            gpuInstanceSliceCount=dev.gi_slices,
+            computeInstanceSliceCount=dev.ci_slices,
+            memorySizeMB=dev.memory_size_mb,
+        )
 
     nvmlDeviceGetAttributes = nvmlDeviceGetAttributes_v2
 
@@ -313,7 +333,6 @@ class NvmlDouble:
             raise NVMLError_NotFound()
         return out
 
-
     # -- events (XID) -------------------------------------------------------------------------
     def nvmlEventSetCreate(self) -> list[str]:
         self.calls += 1
@@ -340,7 +359,11 @@ class NvmlDouble:
 # ---------------------------------------------------------------------------------------------
 
 MIG_MODELS = {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
-MODELS = [("NVIDIA H100 80GB HBM3", 80 * 2**30, 700, 1980), ("NVIDIA L40S", 48 * 2**30, 350, 2520), ("NVIDIA A100-SXM4-80GB", 80 * 2**30, 400, 1410)]
+MODELS = [
+    ("NVIDIA H100 80GB HBM3", 80 * 2**30, 700, 1980),
+    ("NVIDIA L40S", 48 * 2**30, 350, 2520),
+    ("NVIDIA A100-SXM4-80GB", 80 * 2**30, 400, 1410),
+]
 SAMPLE_PERIOD_US = 166_667  # the driver keeps ~6 utilization samples per second
 
 
@@ -359,13 +382,25 @@ class SimulatedNvml(NvmlDouble):
     each instance then runs its own workload phases and the parent's power follows their load by slices.
     """
 
-    def __init__(self, gpus: int = 8, *, seed: int = 7, node: str = "sim", clock: Callable[[], float] = time.time,
-                 mig: dict[int, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        gpus: int = 8,
+        *,
+        seed: int = 7,
+        node: str = "sim",
+        clock: Callable[[], float] = time.time,
+        mig: dict[int, list[str]] | None = None,
+    ) -> None:
         self.rng = random.Random(f"{seed}/{node}")
         model, mem, tdp, clk = MODELS[self.rng.randrange(len(MODELS))]
         devices = [
-            DeviceState(uuid=f"GPU-{uuid.UUID(int=self.rng.getrandbits(128))}", name=model, index=i, memory_total=mem,
-                        gi_profiles=dict(A100_GI_PROFILES) if model in MIG_MODELS else {})
+            DeviceState(
+                uuid=f"GPU-{uuid.UUID(int=self.rng.getrandbits(128))}",
+                name=model,
+                index=i,
+                memory_total=mem,
+                gi_profiles=dict(A100_GI_PROFILES) if model in MIG_MODELS else {},
+            )
             for i in range(gpus)
         ]
         for index, profiles in (mig or {}).items():
@@ -448,8 +483,17 @@ class SimulatedNvml(NvmlDouble):
         self._now = now
 
 
-def simulated_samples(node: str, gpus: int, start: float, intervals: int, *, interval_seconds: float = 5.0,
-                      polls_per_interval: int = 5, seed: int = 7, mig: dict[int, list[str]] | None = None) -> list[GpuSample]:
+def simulated_samples(
+    node: str,
+    gpus: int,
+    start: float,
+    intervals: int,
+    *,
+    interval_seconds: float = 5.0,
+    polls_per_interval: int = 5,
+    seed: int = 7,
+    mig: dict[int, list[str]] | None = None,
+) -> list[GpuSample]:
     """A reproducible GPU trace for ``node`` as the real collector would publish it (same sampler code,
     simulated clock): for the fleet simulator and for tests. ``start`` is epoch seconds."""
     from collectors.sampler import NvmlSampler

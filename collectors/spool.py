@@ -37,7 +37,7 @@ def read_segment(path: Path) -> list[Record]:
     out, pos = [], 0
     while pos + FRAME.size <= len(data):
         length, crc, key_len = FRAME.unpack_from(data, pos)
-        body = data[pos + FRAME.size: pos + FRAME.size + length]
+        body = data[pos + FRAME.size : pos + FRAME.size + length]
         if len(body) != length or zlib.crc32(body) != crc:
             log.warning("spool segment has a torn tail; ignoring it", segment=path.name, offset=pos)
             break
@@ -66,8 +66,10 @@ class Spool:
             for leftover in directory.glob("*.tmp"):
                 leftover.unlink()
         except OSError as exc:
-            raise SpoolUnavailable(f"spool directory {directory} is not writable ({exc.strerror or exc}); "
-                                   "point --spool-dir / GPULEDGER_COLLECTOR__SPOOL_DIR at a writable directory") from None
+            raise SpoolUnavailable(
+                f"spool directory {directory} is not writable ({exc.strerror or exc}); "
+                "point --spool-dir / GPULEDGER_COLLECTOR__SPOOL_DIR at a writable directory"
+            ) from None
         existing = self.segments()
         self._next = (int(existing[-1].stem) + 1) if existing else 0
         self._active: Path | None = None

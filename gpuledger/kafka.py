@@ -124,7 +124,9 @@ class AckedSender:
             except KafkaError as exc:
                 refused.append((topic, key, exc))
         results = await asyncio.gather(*(ack for _, _, ack in pending), return_exceptions=True)
-        refused += [(topic, key, result) for (topic, key, _), result in zip(pending, results, strict=True) if isinstance(result, BaseException)]
+        refused += [
+            (topic, key, result) for (topic, key, _), result in zip(pending, results, strict=True) if isinstance(result, BaseException)
+        ]
         if refused:
             raise PublishRefused(refused, len(items))
 
@@ -169,12 +171,14 @@ async def ensure_topics(settings: Settings, attempts: int = 5) -> list[str]:
     On a cluster the admin client asks a random known broker, which may be one that is down:
     the request is tried again (on another) a few times before giving up.
     """
+
     def retried(exc: BaseException, wait: float) -> None:
         log.warning("a broker did not answer while creating topics; trying again", error=str(exc), retry_in=round(wait, 2))
 
     unanswered = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)
     return await Backoff(first_s=0.5, max_s=4.0, attempts=attempts).call(
-        lambda: _ensure_topics(settings), retry_if=lambda exc: isinstance(exc, unanswered), on_retry=retried)
+        lambda: _ensure_topics(settings), retry_if=lambda exc: isinstance(exc, unanswered), on_retry=retried
+    )
 
 
 async def _ensure_topics(settings: Settings) -> list[str]:

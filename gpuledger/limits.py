@@ -48,8 +48,10 @@ def price_problem(value: Decimal | None) -> str | None:
     if value < 0:
         return f"{value} is negative"
     if value > MAX_PRICE:
-        return (f"{value} is above the largest accepted price {MAX_PRICE:,} (with up to {MAX_TOKENS:,} tokens per "
-                f"request, a larger one could overflow the ledger's Decimal(38, 9))")
+        return (
+            f"{value} is above the largest accepted price {MAX_PRICE:,} (with up to {MAX_TOKENS:,} tokens per "
+            f"request, a larger one could overflow the ledger's Decimal(38, 9))"
+        )
     return None
 
 

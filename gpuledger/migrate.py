@@ -97,7 +97,11 @@ def apply_migrations(settings: Settings) -> list[Migration]:
             for rendered in render(statement, form) if form else [statement]:
                 for node in nodes:
                     node.command(rendered)
-        admin.insert(f"{db}.schema_migrations", [[migration.version, migration.name, migration.checksum]], column_names=["version", "name", "checksum"])
+        admin.insert(
+            f"{db}.schema_migrations",
+            [[migration.version, migration.name, migration.checksum]],
+            column_names=["version", "name", "checksum"],
+        )
         log.info("migration applied", version=migration.version, name=migration.name)
         done.append(migration)
     return done

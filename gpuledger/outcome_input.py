@@ -46,8 +46,9 @@ class OutcomeIn(BaseModel):
     project: str = Field("", max_length=MAX_ID)
     value: Annotated[Decimal, Field(allow_inf_nan=False), AfterValidator(_fits_ledger)] | None = None
     currency: str = Field("", pattern=r"^([A-Z]{3})?$", description="ISO 4217 code of value, e.g. USD.")
-    request_ids: list[Identifier] = Field(default_factory=list, max_length=MAX_REQUEST_IDS,
-                                          description="Usage event ids or the clients' request ids (x-request-id).")
+    request_ids: list[Identifier] = Field(
+        default_factory=list, max_length=MAX_REQUEST_IDS, description="Usage event ids or the clients' request ids (x-request-id)."
+    )
     trace_id: str = Field("", pattern=r"^([0-9a-f]{32})?$", description="W3C trace id: 32 lower-case hex digits.")
     session_id: str = Field("", max_length=MAX_ID, description="The x-gpuledger-session-id its requests carried.")
 
@@ -64,9 +65,19 @@ class OutcomeIn(BaseModel):
     def record(self, *, key_id: str = "") -> OutcomeEvent:
         """The contract record; request ids keep their order, each once."""
         return OutcomeEvent(
-            outcome_id=self.outcome_id, kind=self.kind, org=self.org, team=self.team, project=self.project,
-            occurred_at=self.occurred_at, success=self.success, value=self.value, currency=self.currency,
-            request_ids=list(dict.fromkeys(self.request_ids)), trace_id=self.trace_id, session_id=self.session_id, key_id=key_id,
+            outcome_id=self.outcome_id,
+            kind=self.kind,
+            org=self.org,
+            team=self.team,
+            project=self.project,
+            occurred_at=self.occurred_at,
+            success=self.success,
+            value=self.value,
+            currency=self.currency,
+            request_ids=list(dict.fromkeys(self.request_ids)),
+            trace_id=self.trace_id,
+            session_id=self.session_id,
+            key_id=key_id,
         )
 
 

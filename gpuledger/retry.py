@@ -103,8 +103,14 @@ class Backoff:
         state.attempt_number = attempt
         return float(self.wait()(state))
 
-    def retrying(self, *, retry_if: Callable[[BaseException], bool] = is_transient, sleep: Sleep = asyncio.sleep,
-                 on_retry: OnRetry | None = None, asked_wait: Callable[[BaseException], float | None] | None = None) -> AsyncRetrying:
+    def retrying(
+        self,
+        *,
+        retry_if: Callable[[BaseException], bool] = is_transient,
+        sleep: Sleep = asyncio.sleep,
+        on_retry: OnRetry | None = None,
+        asked_wait: Callable[[BaseException], float | None] | None = None,
+    ) -> AsyncRetrying:
         """A tenacity ``AsyncRetrying``: ``await policy.retrying()(fn, *args)``, or ``async for attempt in ...: with attempt:``.
 
         What ``retry_if`` rejects (and the last error once ``attempts`` are spent) is raised as itself. ``sleep``

@@ -33,8 +33,20 @@ from gpuledger.sections.notifier import NotifierSettings
 from gpuledger.settings_sources import EnvAliases, Mapping, SettingsError, describe, read_yaml, settings_file
 
 __all__ = [
-    "COST_CENTRE_LABELS", "ORG_LABELS", "PROJECT_LABELS", "TEAM_LABELS", "CollectorSettings", "GatewayConfig", "MeterSettings",
-    "NotifierSettings", "Settings", "SettingsError", "config_file", "get_settings", "load_settings", "use_config_file",
+    "COST_CENTRE_LABELS",
+    "ORG_LABELS",
+    "PROJECT_LABELS",
+    "TEAM_LABELS",
+    "CollectorSettings",
+    "GatewayConfig",
+    "MeterSettings",
+    "NotifierSettings",
+    "Settings",
+    "SettingsError",
+    "config_file",
+    "get_settings",
+    "load_settings",
+    "use_config_file",
     "use_subcommand_config",
 ]
 
@@ -61,10 +73,21 @@ class ClickHouseSettings(Section):
     database: str = "gpuledger"
     verify_tls: bool = True
     ca_cert: Path | None = None
-    readonly: bool = Field(False, description="Send readonly=1 with every query (the dashboard sets it; also give it a read-only ClickHouse user).")
-    cluster: str | None = Field(None, description="A `remote_servers` cluster: migrations create local tables on every node and `Distributed` ledger, usage_events and gpu_samples sharded by line, event and sample id.")
-    node_urls: list[str] = Field([], description="With `cluster` and no Keeper: HTTP URLs of every node, migrations are applied node by node; empty: they run once with `ON CLUSTER` (distributed DDL, needs a Keeper).")
-    keeper: bool = Field(False, description="With `cluster`: a Keeper is configured, so tables use Replicated*MergeTree engines (paths /clickhouse/tables/{shard}/<db>/<table>, macros shard and replica).")
+    readonly: bool = Field(
+        False, description="Send readonly=1 with every query (the dashboard sets it; also give it a read-only ClickHouse user)."
+    )
+    cluster: str | None = Field(
+        None,
+        description="A `remote_servers` cluster: migrations create local tables on every node and `Distributed` ledger, usage_events and gpu_samples sharded by line, event and sample id.",
+    )
+    node_urls: list[str] = Field(
+        [],
+        description="With `cluster` and no Keeper: HTTP URLs of every node, migrations are applied node by node; empty: they run once with `ON CLUSTER` (distributed DDL, needs a Keeper).",
+    )
+    keeper: bool = Field(
+        False,
+        description="With `cluster`: a Keeper is configured, so tables use Replicated*MergeTree engines (paths /clickhouse/tables/{shard}/<db>/<table>, macros shard and replica).",
+    )
 
 
 class TopicSettings(Section):
@@ -74,15 +97,22 @@ class TopicSettings(Section):
     inference_usage: str = "gpuledger.inference-usage.v1"
     dead_letter: str = "gpuledger.dead-letter.v1"
     budget_alerts: str = Field("gpuledger.budget-alerts.v1", description="Alerts the worker raises and the notifier posts.")
-    budget_status: str = Field("gpuledger.budget-status.v1", description="Compacted: each budget's standing, read by the gateway to enforce hard budgets.")
-    outcomes: str = Field("gpuledger.outcomes.v1", description="Business outcomes (OutcomeEvent) sent through the gateway or `gpuledger outcomes import`.")
+    budget_status: str = Field(
+        "gpuledger.budget-status.v1", description="Compacted: each budget's standing, read by the gateway to enforce hard budgets."
+    )
+    outcomes: str = Field(
+        "gpuledger.commands.outcomes.v1",
+        description="Business outcomes (OutcomeEvent) sent through the gateway or `gpuledger outcomes import`.",
+    )
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
     # The reference data (compacted, one partition). The defaults are the names they had when they were derived from the
     # default worker.app_id, so existing data is found; set them explicitly if you ran with another app_id.
     orgs: str = Field("gpuledger-orgs-changelog", description="Compacted: the org directory (`gpuledger orgs import`).")
     prices: str = Field("gpuledger-prices-changelog", description="Compacted: the effective-dated price list (`gpuledger prices import`).")
-    equivalents: str = Field("gpuledger-equivalents-changelog", description="Compacted: API equivalents of self-hosted models (`gpuledger equivalents import`).")
+    equivalents: str = Field(
+        "gpuledger-equivalents-changelog", description="Compacted: API equivalents of self-hosted models (`gpuledger equivalents import`)."
+    )
     budgets: str = Field("gpuledger-budgets-changelog", description="Compacted: the budgets (`gpuledger budgets set`).")
 
 
@@ -94,33 +124,58 @@ class WorkerSettings(Section):
     batch_seconds: float = Field(0.25, gt=0, description="Longest wait to fill a batch.")
     gpu_window_seconds: int = Field(60, ge=10, le=3600, description="GPU cost allocation window.")
     allocate_every_seconds: float = Field(5.0, gt=0, description="How often GPU windows are (re)allocated.")
-    restate_hours: float = Field(6.0, gt=0, description="Windows younger than this are rewritten when late events arrive; older (closed) ones are corrected by adjustment lines in the open period.")
+    restate_hours: float = Field(
+        6.0,
+        gt=0,
+        description="Windows younger than this are rewritten when late events arrive; older (closed) ones are corrected by adjustment lines in the open period.",
+    )
     unassigned_org: str = Field("unassigned", description="Org booked for identities missing from the directory.")
     idle_policy: Literal["workload", "node", "callers"] = Field(
-        "workload", description="Where the idle part of a GPU serving metered inference goes: the serving workload's owner, the node owner, or the callers by token share (fully loaded)."
+        "workload",
+        description="Where the idle part of a GPU serving metered inference goes: the serving workload's owner, the node owner, or the callers by token share (fully loaded).",
     )
     org_labels: list[str] = Field(list(ORG_LABELS), description="Pod label keys naming the paying org (first present wins).")
     team_labels: list[str] = Field(list(TEAM_LABELS), description="Pod label keys naming the team.")
     project_labels: list[str] = Field(list(PROJECT_LABELS), description="Pod label keys naming the project.")
     cost_centre_labels: list[str] = Field(list(COST_CENTRE_LABELS), description="Pod label keys naming the cost centre.")
-    session_timeout_seconds: float = Field(10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on).")
-    max_future_skew_seconds: float = Field(300.0, ge=0, description="Events dated further than this in the future are dead-lettered (clock skew allowance).")
-    shutdown_grace_seconds: float = Field(20.0, gt=0, description="After SIGTERM the worker exits within this long, whatever it is doing (exit code 6 if it had to force it).")
+    session_timeout_seconds: float = Field(
+        10.0, ge=3, description="A worker that stops heartbeating is replaced after this long (a killed worker's partitions move on)."
+    )
+    max_future_skew_seconds: float = Field(
+        300.0, ge=0, description="Events dated further than this in the future are dead-lettered (clock skew allowance)."
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0, gt=0, description="After SIGTERM the worker exits within this long, whatever it is doing (exit code 6 if it had to force it)."
+    )
     metrics_port: int = Field(
-        9403, ge=0, le=65535, description="Port of the worker's Prometheus /metrics and /healthz (lag, dead letters, poison rows, retries); 0 turns them off."
+        9403,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus /metrics and /healthz (lag, dead letters, poison rows, retries); 0 turns them off.",
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics and /healthz (0.0.0.0 to be scraped from other hosts).")
-    data_dir: Path = Field(Path(".gpuledger") / "worker", description="Faust's data folder (one subfolder per app_id); nothing there that Kafka cannot rebuild.")
-    rollup_every_seconds: float = Field(10.0, gt=0, description="How often the leader brings spend_hourly / spend_daily up to date with the ledger rows stored since its last pass.")
+    data_dir: Path = Field(
+        Path(".gpuledger") / "worker",
+        description="Faust's data folder (one subfolder per app_id); nothing there that Kafka cannot rebuild.",
+    )
+    rollup_every_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often the leader brings spend_hourly / spend_daily up to date with the ledger rows stored since its last pass.",
+    )
 
 
 class BudgetSettings(Section):
     """Budget evaluation in the worker: how often, and when forecast and spike alerts fire."""
 
     evaluate_every_seconds: float = Field(1.0, gt=0, description="How often the leader worker re-evaluates every budget.")
-    late_grace_hours: float = Field(6.0, ge=0, description="After a period ends it is still evaluated this long, so late events can still cross its thresholds.")
+    late_grace_hours: float = Field(
+        6.0, ge=0, description="After a period ends it is still evaluated this long, so late events can still cross its thresholds."
+    )
     forecast_window_minutes: int = Field(60, ge=1, description="Run rate for forecasts = spend in this trailing window / its length.")
-    forecast_min_pct: float = Field(10.0, ge=0, le=100, description="No forecast alert before spend reaches this % of the budget (too little data).")
+    forecast_min_pct: float = Field(
+        10.0, ge=0, le=100, description="No forecast alert before spend reaches this % of the budget (too little data)."
+    )
     spike_factor: float = Field(3.0, gt=1, description="Spike: spend in the last hour >= this many times the trailing hourly baseline.")
     spike_baseline_hours: int = Field(24, ge=1, description="Trailing window (before the last hour) the spike baseline is averaged over.")
     spike_min_pct: float = Field(1.0, ge=0, le=100, description="Spikes smaller than this % of the budget are ignored.")
@@ -131,7 +186,9 @@ class StackSettings(Section):
     """The local stack started by ``gpuledger stack up``."""
 
     data_dir: Path = Field(Path(".gpuledger"), description="The engines' data, pids and logs.")
-    jars_dir: Path = Field(Path.home() / ".cache" / "gpuledger" / "kafka-jars", description="Kafka jars, shared by every stack on this machine.")
+    jars_dir: Path = Field(
+        Path.home() / ".cache" / "gpuledger" / "kafka-jars", description="Kafka jars, shared by every stack on this machine."
+    )
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
     clickhouse_http_port: int = 18123
@@ -139,9 +196,23 @@ class StackSettings(Section):
     kafka_heap: str = "512m"
     clickhouse_max_memory_bytes: int = 4_000_000_000
     start_timeout_seconds: float = 120.0
-    kafka_brokers: int = Field(1, ge=1, le=9, description="Kafka nodes (combined broker+controller); node n listens on kafka_port + 10*(n-1), its controller on kafka_controller_port + 10*(n-1).")
-    clickhouse_shards: int = Field(1, ge=1, le=9, description="ClickHouse servers, one shard each, in the cluster `clickhouse_cluster`; shard n listens on the ports + 10*(n-1).")
-    clickhouse_cluster: str = Field("gpuledger", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name of the local ClickHouse cluster (remote_servers) when clickhouse_shards > 1.")
+    kafka_brokers: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Kafka nodes (combined broker+controller); node n listens on kafka_port + 10*(n-1), its controller on kafka_controller_port + 10*(n-1).",
+    )
+    clickhouse_shards: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="ClickHouse servers, one shard each, in the cluster `clickhouse_cluster`; shard n listens on the ports + 10*(n-1).",
+    )
+    clickhouse_cluster: str = Field(
+        "gpuledger",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the local ClickHouse cluster (remote_servers) when clickhouse_shards > 1.",
+    )
 
     def kafka_ports(self, node: int) -> tuple[int, int]:
         """(client, controller) ports of Kafka node ``node`` (0-based)."""
@@ -175,9 +246,14 @@ class UISettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8088, ge=1, le=65535)
     refresh_seconds: float = Field(5.0, ge=1, description="How often pages re-read their figures (JSON from the same origin).")
-    anonymous: Literal["refuse", "admin"] = Field("refuse", description="Requests without a token or proxy identity: refused, or admin (only allowed when bound to a loopback address).")
+    anonymous: Literal["refuse", "admin"] = Field(
+        "refuse",
+        description="Requests without a token or proxy identity: refused, or admin (only allowed when bound to a loopback address).",
+    )
     tokens: list[UIToken] = Field([], description="Hashed access tokens for small installs.")
-    trusted_proxies: list[str] = Field([], description="Addresses / networks of the authenticating reverse proxy; identity headers from anywhere else are refused.")
+    trusted_proxies: list[str] = Field(
+        [], description="Addresses / networks of the authenticating reverse proxy; identity headers from anywhere else are refused."
+    )
     proxy_user_header: str = Field("X-Forwarded-User", description="Header carrying the signed-in user, set by the proxy.")
     proxy_groups_header: str = Field("X-Forwarded-Groups", description="Header carrying the user's groups (comma-separated).")
     group_orgs: dict[str, list[str]] = Field({}, description="Proxy group -> orgs its members may see.")
@@ -195,7 +271,8 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     currency: str = "USD"
     reporting_timezone: Annotated[str, AfterValidator(_known_zone)] = Field(
-        "UTC", description="IANA zone the daily rollups (spend_daily, spend_by_org_daily) count days in; fixed when migration 0008 is applied."
+        "UTC",
+        description="IANA zone the daily rollups (spend_daily, spend_by_org_daily) count days in; fixed when migration 0008 is applied.",
     )
     kafka: KafkaSettings = KafkaSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
@@ -206,7 +283,9 @@ class Settings(BaseSettings):
     ui: UISettings = UISettings()
     collector: CollectorSettings = Field(default_factory=CollectorSettings, description="The GPU collector agent (`gpuledger collector`).")
     meter: MeterSettings = Field(default_factory=MeterSettings, description="The usage middleware inside vLLM.")
-    gateway: GatewayConfig | None = Field(None, description="The metering gateway (`gpuledger gateway`): backends, models, aliases, virtual keys.")
+    gateway: GatewayConfig | None = Field(
+        None, description="The metering gateway (`gpuledger gateway`): backends, models, aliases, virtual keys."
+    )
     notifier: NotifierSettings = Field(default_factory=NotifierSettings, description="The budget-alert notifier (`gpuledger notifier`).")
 
     @classmethod
@@ -280,7 +359,9 @@ def use_subcommand_config(path: Path | None) -> Settings:
     """
     if path is not None:
         if _config_file is not None and _config_file.resolve() != path.resolve():
-            raise SettingsError(f"--config given twice with different files: {_config_file} and {path}; give it once (`gpuledger --config FILE <command>`)")
+            raise SettingsError(
+                f"--config given twice with different files: {_config_file} and {path}; give it once (`gpuledger --config FILE <command>`)"
+            )
         use_config_file(path)
     return get_settings()
 

@@ -43,7 +43,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsError(f"{path}: expected a mapping of settings (log_level:, kafka:, worker:, gateway:, ...) at the top, found a {type(data).__name__}")
+        raise SettingsError(
+            f"{path}: expected a mapping of settings (log_level:, kafka:, worker:, gateway:, ...) at the top, found a {type(data).__name__}"
+        )
     return data
 
 
@@ -69,7 +71,7 @@ class EnvAliases(Mapping):
         for prefix, section in ENV_ALIASES.items():
             fields = settings_cls.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
             for name, value in os.environ.items():
-                field = name[len(prefix):].lower() if name.startswith(prefix) else ""
+                field = name[len(prefix) :].lower() if name.startswith(prefix) else ""
                 if field in fields:
                     found.setdefault(section, {})[field] = value
         super().__init__(settings_cls, found)
@@ -100,6 +102,10 @@ def describe(exc: ValidationError, path: Path | None, data: dict[str, Any]) -> s
     for error in exc.errors():
         loc = tuple(error["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
-        message = "unknown key, not a setting (the README's configuration reference lists them all)" if error["type"] == "extra_forbidden" else error["msg"]
+        message = (
+            "unknown key, not a setting (the README's configuration reference lists them all)"
+            if error["type"] == "extra_forbidden"
+            else error["msg"]
+        )
         problems.append(f"{key}: {message} ({_origin(loc, path, data)})")
     return "invalid settings:\n  " + "\n  ".join(problems)

@@ -54,12 +54,31 @@ from streams.workloads import LabelKeys, Workload, collect_workloads, resolve_pa
 log = structlog.get_logger()
 MICROS = Decimal(1_000_000)
 UTIL_PLACES = Decimal("0.0001")
-LATE_WINDOWS = Counter("gpuledger_late_windows", "Closed GPU windows (older than restate_hours) that received data and were corrected by adjustment lines.")
+LATE_WINDOWS = Counter(
+    "gpuledger_late_windows", "Closed GPU windows (older than restate_hours) that received data and were corrected by adjustment lines."
+)
 LATE_ADJUSTMENTS = Counter("gpuledger_late_adjustment_lines", "Adjustment lines booked in the open period for closed GPU windows.")
 # Columns that make a stored GPU line different from a freshly derived one (compared by name).
 COMPARED = (
-    "org", "team", "project", "cost_centre", "model", "key_id", "price_id", "cost", "gpu_seconds", "window_tokens", "share_tokens",
-    "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "utilization_pct", "gpu_model", "workload", "basis", "idle_policy",
+    "org",
+    "team",
+    "project",
+    "cost_centre",
+    "model",
+    "key_id",
+    "price_id",
+    "cost",
+    "gpu_seconds",
+    "window_tokens",
+    "share_tokens",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "utilization_pct",
+    "gpu_model",
+    "workload",
+    "basis",
+    "idle_policy",
 )
 
 
@@ -92,9 +111,19 @@ class GpuAllocator:
     """Re-derives the gpu and idle ledger lines of windows whose inputs changed."""
 
     def __init__(
-        self, *, client: Client, sink: ClickHouseSink, database: str, window_seconds: int, restate_hours: float,
-        owners: OrgLookup, prices: Callable[[], PriceBook], unassigned: str, idle_policy: IdlePolicy = "workload",
-        label_keys: LabelKeys, margin_seconds: float = 15.0,
+        self,
+        *,
+        client: Client,
+        sink: ClickHouseSink,
+        database: str,
+        window_seconds: int,
+        restate_hours: float,
+        owners: OrgLookup,
+        prices: Callable[[], PriceBook],
+        unassigned: str,
+        idle_policy: IdlePolicy = "workload",
+        label_keys: LabelKeys,
+        margin_seconds: float = 15.0,
         ownership: Callable[[], OwnedPartitions | None] = EVERYTHING,
     ) -> None:
         self.client, self.sink, self.db = client, sink, database
@@ -109,7 +138,9 @@ class GpuAllocator:
         self.owned: OwnedPartitions | None = None
 
     def _query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        return cast(list[tuple[Any, ...]], self.client.query(sql, parameters=params).result_rows)  # clickhouse_connect annotates Sequence[Sequence]
+        return cast(
+            list[tuple[Any, ...]], self.client.query(sql, parameters=params).result_rows
+        )  # clickhouse_connect annotates Sequence[Sequence]
 
     def _named(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         result = self.client.query(sql, parameters=params)
@@ -131,7 +162,10 @@ class GpuAllocator:
         instances = [gpu for (gpu,) in self._query(store.mig_instances(self.db), units=units, start=start, end=end)]
         windows: dict[tuple[str, datetime], SampleWindow] = {}
         for gpu, interval_start, micros, util, processes, node, model, parent, profile, slices, parent_slices in self._query(
-            store.samples(self.db), gpus=sorted({*units, *instances}), start=start, end=end,
+            store.samples(self.db),
+            gpus=sorted({*units, *instances}),
+            start=start,
+            end=end,
         ):
             key = (gpu, self._window_of(_utc(interval_start)))
             mig = MigSlice(parent, profile, int(slices), int(parent_slices)) if parent else None
@@ -144,7 +178,10 @@ class GpuAllocator:
         """Metered tokens per GPU window and caller group; request tokens counted once, on the request's first GPU."""
         groups: dict[tuple[str, datetime], dict[CallerGroup, Tokens]] = defaultdict(dict)
         for gpu, w, org, team, project, centre, model, key_id, share, prompt, cached, completion in self._query(
-            store.token_groups(self.db, self.window), gpus=gpus, start=start, end=end,
+            store.token_groups(self.db, self.window),
+            gpus=gpus,
+            start=start,
+            end=end,
         ):
             groups[(gpu, _utc(w))][CallerGroup(org, team, project, centre, model, key_id)] = Tokens(
                 int(share), int(prompt), int(cached), int(completion)
@@ -169,9 +206,16 @@ class GpuAllocator:
     def window_facts(self, gpu: str, window: datetime, raw: SampleWindow, groups: dict[CallerGroup, Tokens]) -> WindowFacts:
         covered = min(sum(m for m, _, _ in raw.samples), self.window * 1_000_000)
         return WindowFacts(
-            gpu=gpu, window=window, window_seconds=self.window, node=raw.node, gpu_model=raw.gpu_model,
-            gpu_seconds=Decimal(covered) / MICROS, utilization=utilization_of(raw.samples), groups=groups,
-            workloads=collect_workloads((m, procs) for m, _, procs in raw.samples), mig=raw.mig,
+            gpu=gpu,
+            window=window,
+            window_seconds=self.window,
+            node=raw.node,
+            gpu_model=raw.gpu_model,
+            gpu_seconds=Decimal(covered) / MICROS,
+            utilization=utilization_of(raw.samples),
+            groups=groups,
+            workloads=collect_workloads((m, procs) for m, _, procs in raw.samples),
+            mig=raw.mig,
         )
 
     def derive_unit(self, members: list[WindowFacts], prices: PriceBook) -> list[LedgerLine]:
@@ -181,8 +225,12 @@ class GpuAllocator:
         for facts in members:
             rate = gpu_rate(facts, prices.at)
             if rate is None:
-                log.warning("no gpu_hour price for GPU model; window left unpriced", gpu_model=facts.gpu_model,
-                            mig_profile=facts.mig.profile if facts.mig else None, window=facts.window.isoformat())
+                log.warning(
+                    "no gpu_hour price for GPU model; window left unpriced",
+                    gpu_model=facts.gpu_model,
+                    mig_profile=facts.mig.profile if facts.mig else None,
+                    window=facts.window.isoformat(),
+                )
                 continue
             owner = self._node_owner(facts.node)
 
@@ -199,9 +247,15 @@ class GpuAllocator:
             parent_price = prices.at("gpu_hour", first.gpu_model, first.window)
             if parent_price is not None and parent_price.per_hour is not None:
                 free = mig_free_line(
-                    parent=first.mig.parent_uuid, window=first.window, window_seconds=self.window, node=first.node,
-                    gpu_model=first.gpu_model, parent_price=parent_price, parent_seconds=max(f.gpu_seconds for f in migs),
-                    instance_costs=instance_costs, node_owner=self._node_owner(first.node),
+                    parent=first.mig.parent_uuid,
+                    window=first.window,
+                    window_seconds=self.window,
+                    node=first.node,
+                    gpu_model=first.gpu_model,
+                    parent_price=parent_price,
+                    parent_seconds=max(f.gpu_seconds for f in migs),
+                    instance_costs=instance_costs,
+                    node_owner=self._node_owner(first.node),
                 )
                 if free.cost == 0 and instance_costs > 0 and all(f.mig and f.mig.profile for f in migs):
                     log.warning("MIG profile prices add up to more than the parent GPU's price", parent=first.mig.parent_uuid)
@@ -252,7 +306,8 @@ class GpuAllocator:
         for unit, window in sorted(dirty):
             members = [
                 self.window_facts(gpu, window, raw[(gpu, window)], tokens.get((gpu, window), {}))
-                for gpu in sorted(members_of.get(unit, ())) if (gpu, window) in raw
+                for gpu in sorted(members_of.get(unit, ()))
+                if (gpu, window) in raw
             ]
             if not members:
                 continue  # no samples: no evidence the GPU existed in this window
@@ -268,15 +323,14 @@ class GpuAllocator:
             rows.extend(self.adjustments(late, now, version))
         return now, rows
 
-    def adjustments(self, late: list[tuple[datetime, list[LedgerLine], dict[str, dict[str, Any]]]], now: datetime, version: int) -> list[list[Any]]:
+    def adjustments(
+        self, late: list[tuple[datetime, list[LedgerLine], dict[str, dict[str, Any]]]], now: datetime, version: int
+    ) -> list[list[Any]]:
         """Adjustment lines (dated ``now``) that bring closed windows to what their inputs now say."""
         targets = {line.line_id: line for _, fresh, _ in late for line in fresh}
         booked = {lid: row for _, _, stored in late for lid, row in stored.items()}
         ids = sorted(targets.keys() | booked.keys())
-        prior = {
-            lid: (int(count), Decimal(total))
-            for lid, count, total in self._query(store.prior_adjustments(self.db), ids=ids)
-        }
+        prior = {lid: (int(count), Decimal(total)) for lid, count, total in self._query(store.prior_adjustments(self.db), ids=ids)}
         rows = []
         for lid in ids:
             count, adjusted = prior.get(lid, (0, ZERO))
@@ -285,15 +339,29 @@ class GpuAllocator:
             delta = target.cost - have
             if delta == 0:
                 continue
-            rows.append(ledger_row(replace(
-                target, line_id=adjustment_line_id(lid, count + 1), kind="adjustment", event_time=now, cost=delta,
-                adjusts_line_id=lid, adjusts_window=target.event_time,
-            ), version))
+            rows.append(
+                ledger_row(
+                    replace(
+                        target,
+                        line_id=adjustment_line_id(lid, count + 1),
+                        kind="adjustment",
+                        event_time=now,
+                        cost=delta,
+                        adjusts_line_id=lid,
+                        adjusts_window=target.event_time,
+                    ),
+                    version,
+                )
+            )
         if rows:
             LATE_WINDOWS.inc(len(late))
             LATE_ADJUSTMENTS.inc(len(rows))
-            log.warning("late data for closed GPU windows booked as adjustments in the open period",
-                        windows=len(late), adjustment_lines=len(rows), oldest=min(w for w, _, _ in late).isoformat())
+            log.warning(
+                "late data for closed GPU windows booked as adjustments in the open period",
+                windows=len(late),
+                adjustment_lines=len(rows),
+                oldest=min(w for w, _, _ in late).isoformat(),
+            )
         return rows
 
 

@@ -55,8 +55,10 @@ def _broker_credentials(settings: Settings) -> Any:
     options = client_options(settings.kafka)
     if settings.kafka.sasl_mechanism:
         return faust.SASLCredentials(
-            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
-            mechanism=settings.kafka.sasl_mechanism, ssl_context=options.get("ssl_context"),
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=settings.kafka.sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
         )
     if "ssl_context" in options:
         return faust.SSLCredentials(options["ssl_context"])
@@ -89,49 +91,95 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     )
     sender = AckedSender(settings.kafka)
     rejects = ReferenceRejects(DeadLetters(sender, topics.dead_letter))
-    reference = ReferenceData(*(make(settings, rejects) for make in (
-        reference_tables.org_table, reference_tables.price_table, reference_tables.budget_table, reference_tables.equivalent_table)))
+    reference = ReferenceData(
+        *(
+            make(settings, rejects)
+            for make in (
+                reference_tables.org_table,
+                reference_tables.price_table,
+                reference_tables.budget_table,
+                reference_tables.equivalent_table,
+            )
+        )
+    )
     sink = ClickHouseSink(connect(settings.clickhouse), settings.clickhouse.database)  # times and counts every insert attempt
-    checks = EventChecks(TimeWindow(future_skew=timedelta(seconds=w.max_future_skew_seconds), max_age=timedelta(days=PARAMETERS["raw_retention_days"])))
+    checks = EventChecks(
+        TimeWindow(future_skew=timedelta(seconds=w.max_future_skew_seconds), max_age=timedelta(days=PARAMETERS["raw_retention_days"]))
+    )
 
     def ingest(**steps: Any) -> Ingest:
         return Ingest(sink=sink, refuse=DeadLetters(sender, topics.dead_letter), **steps)
 
-    usage = ingest(decode=codec_for(InferenceUsage).decode, check=checks.usage, prepare=UsageRows(reference.lookup, w.unassigned_org),
-                   begin=reference.books, tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)))
-    samples = ingest(decode=codec_for(GpuSample).decode, check=checks.sample, prepare=SampleRows(reference.lookup, w.unassigned_org),
-                     tables=(("gpu_samples", SAMPLE_COLUMNS),))
-    outcomes = ingest(decode=codec_for(OutcomeEvent).decode, check=checks.outcome, prepare=OutcomeRows(), tables=(("outcomes", OUTCOME_COLUMNS),))
-    batchers = {topic: RecordBatcher(step.store, prepare=settled_after(reference.loaded, step.rows), size=w.batch_size, seconds=w.batch_seconds, name=name)
-                for topic, name, step in ((topics.inference_usage, "usage", usage), (topics.gpu_samples, "samples", samples),
-                                                (topics.outcomes, "outcomes", outcomes))}
+    usage = ingest(
+        decode=codec_for(InferenceUsage).decode,
+        check=checks.usage,
+        prepare=UsageRows(reference.lookup, w.unassigned_org),
+        begin=reference.books,
+        tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)),
+    )
+    samples = ingest(
+        decode=codec_for(GpuSample).decode,
+        check=checks.sample,
+        prepare=SampleRows(reference.lookup, w.unassigned_org),
+        tables=(("gpu_samples", SAMPLE_COLUMNS),),
+    )
+    outcomes = ingest(
+        decode=codec_for(OutcomeEvent).decode, check=checks.outcome, prepare=OutcomeRows(), tables=(("outcomes", OUTCOME_COLUMNS),)
+    )
+    batchers = {
+        topic: RecordBatcher(
+            step.store, prepare=settled_after(reference.loaded, step.rows), size=w.batch_size, seconds=w.batch_seconds, name=name
+        )
+        for topic, name, step in (
+            (topics.inference_usage, "usage", usage),
+            (topics.gpu_samples, "samples", samples),
+            (topics.outcomes, "outcomes", outcomes),
+        )
+    }
     app.transport.Consumer = BatchingConsumer.serving(batchers)  # type: ignore[misc]  # Faust types it a ClassVar; set on this app's transport only. Faust keeps the group; the batchers get whole fetches
     for topic in batchers:
         app.topics.add(app.topic(topic, value_serializer="raw", key_serializer="raw"))
 
     allocator = GpuAllocator(
-        client=connect(settings.clickhouse), sink=sink, database=settings.clickhouse.database,
-        window_seconds=w.gpu_window_seconds, restate_hours=w.restate_hours, owners=reference.lookup, prices=reference.price_book,
-        unassigned=w.unassigned_org, idle_policy=w.idle_policy, label_keys=LabelKeys.of(w),
+        client=connect(settings.clickhouse),
+        sink=sink,
+        database=settings.clickhouse.database,
+        window_seconds=w.gpu_window_seconds,
+        restate_hours=w.restate_hours,
+        owners=reference.lookup,
+        prices=reference.price_book,
+        unassigned=w.unassigned_org,
+        idle_policy=w.idle_policy,
+        label_keys=LabelKeys.of(w),
         ownership=consumer_ownership(  # the consumer's own metadata and partitioner say where a GPU's samples go
             lambda: app.consumer.assignment(), lambda topic, key: app.consumer.key_partition(topic, key), topics.gpu_samples
         ),
     )
     evaluator = BudgetEvaluator(
-        client=connect(settings.clickhouse), database=settings.clickhouse.database, budgets=reference.budgets.values,
+        client=connect(settings.clickhouse),
+        database=settings.clickhouse.database,
+        budgets=reference.budgets.values,
         publish=AckedSender(settings.kafka).send_all,
-        topics=Topics(alerts=topics.budget_alerts, status=topics.budget_status), settings=settings.budgets,
+        topics=Topics(alerts=topics.budget_alerts, status=topics.budget_status),
+        settings=settings.budgets,
     )
     app.task(_named("follow_reference", lambda: asyncio.gather(*(table.view.run() for table in reference.tables))))
     app.timer(1.0, name="reference-dead-letters")(rejects.settle)
     app.timer(w.allocate_every_seconds, name="allocate")(GuardedPass("allocate", allocator.run_once, reference.loaded))
-    app.timer(settings.budgets.evaluate_every_seconds, on_leader=True, name="budgets")(GuardedPass("budgets", evaluator.run_once, reference.loaded))
+    app.timer(settings.budgets.evaluate_every_seconds, on_leader=True, name="budgets")(
+        GuardedPass("budgets", evaluator.run_once, reference.loaded)
+    )
     rollup_client = connect(settings.clickhouse)  # the next pass starts from the same watermark, so a failed one loses nothing
     app.timer(w.rollup_every_seconds, on_leader=True, name="rollups")(
-        GuardedPass("rollups", lambda: asyncio.to_thread(rollups.maintain, rollup_client, settings.clickhouse.database), _ready))
+        GuardedPass("rollups", lambda: asyncio.to_thread(rollups.maintain, rollup_client, settings.clickhouse.database), _ready)
+    )
     if health is not None:  # /healthz reads the reference tables; consumer lag only while the CLI serves /metrics
         health.views.update({table.view.topic: table.view for table in reference.tables})
-        app.task(_named("consumer_lag", lambda: metrics.measure_lag(settings.kafka, w.app_id, [topics.inference_usage, topics.gpu_samples], health)))
+        app.task(
+            _named(
+                "consumer_lag", lambda: metrics.measure_lag(settings.kafka, w.app_id, [topics.inference_usage, topics.gpu_samples], health)
+            )
+        )
     return app
 
 

@@ -41,9 +41,17 @@ class RecordBatcher:
     ``store(prepare(batch))``; without ``prepare``, ``store(batch)``.
     """
 
-    def __init__(self, store: Callable[[Any], Awaitable[None]], *, prepare: Callable[[list[Any]], Awaitable[Any]] = _as_is,
-                 size: int, seconds: float, name: str = "batch", max_backoff: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Callable[[Any], Awaitable[None]],
+        *,
+        prepare: Callable[[list[Any]], Awaitable[Any]] = _as_is,
+        size: int,
+        seconds: float,
+        name: str = "batch",
+        max_backoff: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store, self.prepare, self.size, self.seconds, self.name = store, prepare, size, seconds, name
         self.max_backoff, self.clock = max_backoff, clock
         self.pending: list[Any] = []
@@ -112,6 +120,12 @@ class RecordBatcher:
 
         def retried(exc: BaseException, wait: float) -> None:
             metrics.BATCH_RETRIES.labels(self.name).inc()
-            log.error("batch could not be settled; retrying it (nothing acked)", batcher=self.name, events=events,
-                      retry_in=round(wait, 2), exc_info=exc)
+            log.error(
+                "batch could not be settled; retrying it (nothing acked)",
+                batcher=self.name,
+                events=events,
+                retry_in=round(wait, 2),
+                exc_info=exc,
+            )
+
         return retried

@@ -53,7 +53,10 @@ class BatchingConsumer(Consumer):
         if not self.batchers:
             await super()._drain_messages(fetcher)
             return
-        stopped: tuple[type[BaseException], ...] = (*self.consumer_stopped_errors, asyncio.CancelledError)  # mypy joins the unpacked tuple to type
+        stopped: tuple[type[BaseException], ...] = (
+            *self.consumer_stopped_errors,
+            asyncio.CancelledError,
+        )  # mypy joins the unpacked tuple to type
         try:
             await self._drain_batches(fetcher)
         except stopped:

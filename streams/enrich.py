@@ -46,17 +46,50 @@ def price_usage(usage: InferenceUsage, payer: OrgDirectory, prices: PriceBook, e
     if price is not None:
         cost, price_id = api_cost(usage, price), price.price_id  # price_id formats a timestamp: once per event
         line = LedgerLine(
-            line_id=api_line_id(usage.event_id), kind="api", event_time=usage.request_end,
-            org=payer.org, team=payer.team, project=payer.project, cost_centre=payer.cost_centre,
-            model=usage.model, key_id=usage.key_id, event_id=usage.event_id, node=usage.node or "",
-            gpu_uuid=",".join(usage.gpu_uuids), price_id=price_id,
-            prompt_tokens=usage.prompt_tokens, cached_prompt_tokens=usage.cached_prompt_tokens,
-            completion_tokens=usage.completion_tokens, gpu_seconds=ZERO, cost=cost, currency=price.currency,
+            line_id=api_line_id(usage.event_id),
+            kind="api",
+            event_time=usage.request_end,
+            org=payer.org,
+            team=payer.team,
+            project=payer.project,
+            cost_centre=payer.cost_centre,
+            model=usage.model,
+            key_id=usage.key_id,
+            event_id=usage.event_id,
+            node=usage.node or "",
+            gpu_uuid=",".join(usage.gpu_uuids),
+            price_id=price_id,
+            prompt_tokens=usage.prompt_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            gpu_seconds=ZERO,
+            cost=cost,
+            currency=price.currency,
         )
-        return PricedUsage(usage, payer, "api", price_id, cost, line, cost, price_id,
-                           baseline_cost=counterfactual, baseline_price_id=counterfactual_price_id)
+        return PricedUsage(
+            usage,
+            payer,
+            "api",
+            price_id,
+            cost,
+            line,
+            cost,
+            price_id,
+            baseline_cost=counterfactual,
+            baseline_price_id=counterfactual_price_id,
+        )
     equivalent = equivalents.at(usage.model, usage.request_end) if equivalents is not None else None
     reference = prices.at("token", equivalent.api_sku, usage.request_end) if equivalent is not None else None
     compared, compared_id = (api_cost(usage, reference), reference.price_id) if reference is not None else (None, "")
-    return PricedUsage(usage, payer, "gpu" if usage.gpu_uuids else "unpriced", "", ZERO, None, compared, compared_id,
-                       baseline_cost=counterfactual, baseline_price_id=counterfactual_price_id)
+    return PricedUsage(
+        usage,
+        payer,
+        "gpu" if usage.gpu_uuids else "unpriced",
+        "",
+        ZERO,
+        None,
+        compared,
+        compared_id,
+        baseline_cost=counterfactual,
+        baseline_price_id=counterfactual_price_id,
+    )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal, localcontext
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from gpuledger.limits import MONEY_CONTEXT
 from schemas import LedgerLine, OrgDirectory, Price
@@ -147,24 +147,40 @@ def workload_weights(workloads: Mapping[str, Workload]) -> tuple[str, dict[str, 
     return basis, {name: 1 for name in workloads}
 
 
-def derive_lines(
-    facts: WindowFacts, rate: Rate, *, policy: IdlePolicy, node_owner: OrgDirectory, payer_of: PayerOf
-) -> list[LedgerLine]:
+def derive_lines(facts: WindowFacts, rate: Rate, *, policy: IdlePolicy, node_owner: OrgDirectory, payer_of: PayerOf) -> list[LedgerLine]:
     """The window's lines; their costs always add up to ``window_cost(rate, facts.gpu_seconds)``."""
     cost = window_cost(rate, facts.gpu_seconds)
     stamp = int(facts.window.timestamp())
     window_tokens = sum(t.share for t in facts.groups.values())
-    common = dict(
-        event_time=facts.window, window_seconds=facts.window_seconds, node=facts.node, gpu_uuid=facts.gpu,
-        price_id=rate.price_id, window_tokens=window_tokens, gpu_seconds=facts.gpu_seconds,
-        utilization_pct=float(facts.utilization), currency=rate.currency, idle_policy=policy, gpu_model=facts.gpu_model,
-        mig_profile=facts.mig.profile if facts.mig else "", parent_gpu_uuid=facts.mig.parent_uuid if facts.mig else "",
+    common: dict[str, Any] = dict(
+        event_time=facts.window,
+        window_seconds=facts.window_seconds,
+        node=facts.node,
+        gpu_uuid=facts.gpu,
+        price_id=rate.price_id,
+        window_tokens=window_tokens,
+        gpu_seconds=facts.gpu_seconds,
+        utilization_pct=float(facts.utilization),
+        currency=rate.currency,
+        idle_policy=policy,
+        gpu_model=facts.gpu_model,
+        mig_profile=facts.mig.profile if facts.mig else "",
+        parent_gpu_uuid=facts.mig.parent_uuid if facts.mig else "",
     )
 
-    def line(line_id: str, kind: str, payer: OrgDirectory, model: str, amount: Decimal, basis: str, **extra: object) -> LedgerLine:
+    def line(line_id: str, kind: str, payer: OrgDirectory, model: str, amount: Decimal, basis: str, **extra: Any) -> LedgerLine:
         return LedgerLine(
-            line_id=line_id, kind=kind, org=payer.org, team=payer.team, project=payer.project, cost_centre=payer.cost_centre,
-            model=model, cost=amount, basis=basis, **common, **extra,  # type: ignore[arg-type]
+            line_id=line_id,
+            kind=kind,
+            org=payer.org,
+            team=payer.team,
+            project=payer.project,
+            cost_centre=payer.cost_centre,
+            model=model,
+            cost=amount,
+            basis=basis,
+            **common,
+            **extra,
         )
 
     lines: list[LedgerLine] = []
@@ -175,42 +191,106 @@ def derive_lines(
         token_shares = {group: tokens.share for group, tokens in facts.groups.items()}
         for group, amount in sorted(split_down(busy, token_shares).items()):
             tokens = facts.groups[group]
-            lines.append(line(
-                gpu_share_line_id(facts.gpu, stamp, *group.parts), "gpu", _payer(group), group.model, amount, "tokens",
-                key_id=group.key_id, share_tokens=tokens.share, prompt_tokens=tokens.prompt, cached_prompt_tokens=tokens.cached,
-                completion_tokens=tokens.completion,
-            ))
+            lines.append(
+                line(
+                    gpu_share_line_id(facts.gpu, stamp, *group.parts),
+                    "gpu",
+                    _payer(group),
+                    group.model,
+                    amount,
+                    "tokens",
+                    key_id=group.key_id,
+                    share_tokens=tokens.share,
+                    prompt_tokens=tokens.prompt,
+                    cached_prompt_tokens=tokens.cached,
+                    completion_tokens=tokens.completion,
+                )
+            )
         if policy == "callers":
             for group, amount in sorted(split_down(idle, token_shares).items()):
-                lines.append(line(idle_line_id(facts.gpu, stamp, *group.parts), "idle", _payer(group), facts.gpu_model, amount, "tokens", key_id=group.key_id))
+                lines.append(
+                    line(
+                        idle_line_id(facts.gpu, stamp, *group.parts),
+                        "idle",
+                        _payer(group),
+                        facts.gpu_model,
+                        amount,
+                        "tokens",
+                        key_id=group.key_id,
+                    )
+                )
         elif policy == "workload" and facts.workloads:
             basis, weights = workload_weights(facts.workloads)
             for name, amount in sorted(split_down(idle, weights).items()):
-                lines.append(line(idle_line_id(facts.gpu, stamp, name), "idle", payer_of(facts.workloads[name]), facts.gpu_model, amount, basis, workload=name))
+                lines.append(
+                    line(
+                        idle_line_id(facts.gpu, stamp, name),
+                        "idle",
+                        payer_of(facts.workloads[name]),
+                        facts.gpu_model,
+                        amount,
+                        basis,
+                        workload=name,
+                    )
+                )
     elif facts.workloads:
         basis, weights = workload_weights(facts.workloads)
         for name, amount in sorted(split_down(cost, weights).items()):
-            lines.append(line(workload_line_id(facts.gpu, stamp, name), "gpu", payer_of(facts.workloads[name]), facts.gpu_model, amount, basis, workload=name))
+            lines.append(
+                line(
+                    workload_line_id(facts.gpu, stamp, name),
+                    "gpu",
+                    payer_of(facts.workloads[name]),
+                    facts.gpu_model,
+                    amount,
+                    basis,
+                    workload=name,
+                )
+            )
     remainder = cost - sum((entry.cost for entry in lines), ZERO)
     lines.append(line(idle_line_id(facts.gpu, stamp), "idle", node_owner, facts.gpu_model, remainder, "remainder"))
     return lines
 
 
 def mig_free_line(
-    *, parent: str, window: datetime, window_seconds: int, node: str, gpu_model: str, parent_price: Price,
-    parent_seconds: Decimal, instance_costs: Decimal, node_owner: OrgDirectory,
+    *,
+    parent: str,
+    window: datetime,
+    window_seconds: int,
+    node: str,
+    gpu_model: str,
+    parent_price: Price,
+    parent_seconds: Decimal,
+    instance_costs: Decimal,
+    node_owner: OrgDirectory,
 ) -> LedgerLine:
     """The parent's window cost that no instance carries (free slices and rounding residue), as the node owner's idle."""
     assert parent_price.per_hour is not None
     with localcontext(MONEY_CONTEXT):
         parent_cost = money(parent_price.per_hour * parent_seconds / SECONDS_PER_HOUR)
     return LedgerLine(
-        line_id=mig_free_line_id(parent, int(window.timestamp())), kind="idle", event_time=window, window_seconds=window_seconds,
-        org=node_owner.org, team=node_owner.team, project=node_owner.project, cost_centre=node_owner.cost_centre,
-        model=gpu_model, gpu_model=gpu_model, node=node, gpu_uuid=parent, parent_gpu_uuid=parent, price_id=parent_price.price_id,
-        gpu_seconds=parent_seconds, cost=max(parent_cost - instance_costs, ZERO), currency=parent_price.currency, basis="mig-free",
+        line_id=mig_free_line_id(parent, int(window.timestamp())),
+        kind="idle",
+        event_time=window,
+        window_seconds=window_seconds,
+        org=node_owner.org,
+        team=node_owner.team,
+        project=node_owner.project,
+        cost_centre=node_owner.cost_centre,
+        model=gpu_model,
+        gpu_model=gpu_model,
+        node=node,
+        gpu_uuid=parent,
+        parent_gpu_uuid=parent,
+        price_id=parent_price.price_id,
+        gpu_seconds=parent_seconds,
+        cost=max(parent_cost - instance_costs, ZERO),
+        currency=parent_price.currency,
+        basis="mig-free",
     )
 
 
 def _payer(group: CallerGroup) -> OrgDirectory:
-    return OrgDirectory(kind="api_key", key=group.key_id, org=group.org, team=group.team, project=group.project, cost_centre=group.cost_centre)
+    return OrgDirectory(
+        kind="api_key", key=group.key_id, org=group.org, team=group.team, project=group.project, cost_centre=group.cost_centre
+    )

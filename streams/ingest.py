@@ -101,7 +101,9 @@ class Ingest:
         try:
             return self.prepare(event, record, context)
         except Exception as exc:  # defensive: a price that passed import must not stop the partition
-            log.exception("pricing failed; dead-lettering the event", event_id=getattr(record, "event_id", None) or getattr(record, "sample_id", None))
+            log.exception(
+                "pricing failed; dead-lettering the event", event_id=getattr(record, "event_id", None) or getattr(record, "sample_id", None)
+            )
             return "pricing", f"{type(exc).__name__}: {exc}"
 
 
@@ -129,7 +131,9 @@ class DeadLetters:
     def __call__(self, message: Message, stage: str, reason: str) -> None:
         self.add(message.topic, message.partition, message.offset, message.key, message.value, stage, reason)
 
-    def add(self, topic: str, partition: int | None, offset: int | None, key: bytes | None, value: bytes | None, stage: str, reason: str) -> None:
+    def add(
+        self, topic: str, partition: int | None, offset: int | None, key: bytes | None, value: bytes | None, stage: str, reason: str
+    ) -> None:
         log.warning("message sent to dead-letter topic", topic=topic, partition=partition, offset=offset, stage=stage, reason=reason[:500])
         headers = [("x-reason", f"{stage}: {reason}".encode()), ("x-stage", stage.encode()), ("x-origin-topic", topic.encode())]
         if partition is not None and offset is not None:

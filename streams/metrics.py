@@ -33,22 +33,46 @@ log = structlog.get_logger()
 LAG_EVERY_S = 10.0
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-CONSUMER_LAG = Gauge("gpuledger_worker_consumer_lag_messages", "Messages not yet committed by the worker's consumer group, per partition.", ["topic", "partition"])
-BATCH_SECONDS = Histogram("gpuledger_worker_batch_store_duration_seconds", "Decoding, pricing and storing one batch, by agent (usage, samples).", ["agent"], buckets=_BUCKETS)
-BATCH_RETRIES = Counter("gpuledger_worker_batch_retries", "Batches whose handling failed as a whole and were retried (nothing acked), by agent.", ["agent"])
+CONSUMER_LAG = Gauge(
+    "gpuledger_worker_consumer_lag_messages",
+    "Messages not yet committed by the worker's consumer group, per partition.",
+    ["topic", "partition"],
+)
+BATCH_SECONDS = Histogram(
+    "gpuledger_worker_batch_store_duration_seconds",
+    "Decoding, pricing and storing one batch, by agent (usage, samples).",
+    ["agent"],
+    buckets=_BUCKETS,
+)
+BATCH_RETRIES = Counter(
+    "gpuledger_worker_batch_retries", "Batches whose handling failed as a whole and were retried (nothing acked), by agent.", ["agent"]
+)
 ROWS_INSERTED = Counter("gpuledger_worker_rows_inserted", "Rows stored in ClickHouse, by table.", ["table"])
-INSERT_SECONDS = Histogram("gpuledger_worker_insert_duration_seconds", "One successful ClickHouse insert, by table.", ["table"], buckets=_BUCKETS)
-INSERT_RETRIES = Counter("gpuledger_worker_insert_retries", "ClickHouse insert attempts that failed transiently (the sink retries them), by table.", ["table"])
-POISON_ROWS = Counter("gpuledger_worker_poison_rows", "Rows ClickHouse refused for their content (isolated by bisection, dead-lettered).", ["table"])
+INSERT_SECONDS = Histogram(
+    "gpuledger_worker_insert_duration_seconds", "One successful ClickHouse insert, by table.", ["table"], buckets=_BUCKETS
+)
+INSERT_RETRIES = Counter(
+    "gpuledger_worker_insert_retries", "ClickHouse insert attempts that failed transiently (the sink retries them), by table.", ["table"]
+)
+POISON_ROWS = Counter(
+    "gpuledger_worker_poison_rows", "Rows ClickHouse refused for their content (isolated by bisection, dead-lettered).", ["table"]
+)
 DEAD_LETTERS = Counter(
-    "gpuledger_worker_dead_letters", "Messages sent to the dead-letter topic, by origin topic and stage (decode, invalid, pricing, store, reference).",
+    "gpuledger_worker_dead_letters",
+    "Messages sent to the dead-letter topic, by origin topic and stage (decode, invalid, pricing, store, reference).",
     ["topic", "stage"],
 )
 REFERENCE_REJECTED = Counter(
-    "gpuledger_worker_reference_rejected", "Reference records (orgs, prices, budgets, equivalents) skipped as undecodable or invalid.", ["table"],
+    "gpuledger_worker_reference_rejected",
+    "Reference records (orgs, prices, budgets, equivalents) skipped as undecodable or invalid.",
+    ["table"],
 )
-REFERENCE_CAUGHT_UP = Gauge("gpuledger_worker_reference_caught_up", "1 once a reference topic (orgs, prices, budgets, equivalents) was read to its end.", ["topic"])
-PASS_SECONDS = Histogram("gpuledger_worker_pass_duration_seconds", "One pass of a periodic task (allocate, budgets).", ["task"], buckets=_BUCKETS)
+REFERENCE_CAUGHT_UP = Gauge(
+    "gpuledger_worker_reference_caught_up", "1 once a reference topic (orgs, prices, budgets, equivalents) was read to its end.", ["topic"]
+)
+PASS_SECONDS = Histogram(
+    "gpuledger_worker_pass_duration_seconds", "One pass of a periodic task (allocate, budgets).", ["task"], buckets=_BUCKETS
+)
 PASS_FAILURES = Counter("gpuledger_worker_pass_failures", "Passes of a periodic task that failed (retried next tick).", ["task"])
 LAG_CHECK_FAILURES = Counter("gpuledger_worker_lag_check_failures", "Consumer lag measurements that could not reach Kafka.")
 

@@ -16,15 +16,41 @@ from schemas import OutcomeEvent
 from streams.validation import TimeWindow
 
 OUTCOME_COLUMNS = (
-    "outcome_id", "kind", "org", "team", "project", "occurred_at", "success", "value", "currency", "request_ids",
-    "trace_id", "session_id", "key_id", "source_partition", "source_offset",
+    "outcome_id",
+    "kind",
+    "org",
+    "team",
+    "project",
+    "occurred_at",
+    "success",
+    "value",
+    "currency",
+    "request_ids",
+    "trace_id",
+    "session_id",
+    "key_id",
+    "source_partition",
+    "source_offset",
 )
 
 
 def outcome_row(o: OutcomeEvent, partition: int, offset: int) -> list[Any]:
     return [
-        o.outcome_id, o.kind, o.org, o.team, o.project, o.occurred_at, o.success, o.value, o.currency, list(dict.fromkeys(o.request_ids)),
-        o.trace_id, o.session_id, o.key_id, partition, offset,
+        o.outcome_id,
+        o.kind,
+        o.org,
+        o.team,
+        o.project,
+        o.occurred_at,
+        o.success,
+        o.value,
+        o.currency,
+        list(dict.fromkeys(o.request_ids)),
+        o.trace_id,
+        o.session_id,
+        o.key_id,
+        partition,
+        offset,
     ]
 
 

@@ -72,8 +72,13 @@ class ReferenceTable:
                 self._records[key] = record
                 continue
             metrics.REFERENCE_REJECTED.labels(self.name).inc()
-            log.error("reference record skipped", table=self.name, key=key.decode(errors="replace")[:200], reason=problem,
-                      kept_previous=key in self._records)
+            log.error(
+                "reference record skipped",
+                table=self.name,
+                key=key.decode(errors="replace")[:200],
+                reason=problem,
+                kept_previous=key in self._records,
+            )
             if self._on_reject is not None:
                 self._on_reject(self.view.topic, key, raw, problem)
 

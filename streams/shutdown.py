@@ -35,8 +35,11 @@ class GracefulWorker(faust.Worker):
 
     def _arm_deadline(self, signal_name: str) -> None:
         def force() -> None:
-            log.error("worker did not stop within its grace period; exiting now (uncommitted events are read again)",
-                      signal=signal_name, grace_seconds=self.grace)
+            log.error(
+                "worker did not stop within its grace period; exiting now (uncommitted events are read again)",
+                signal=signal_name,
+                grace_seconds=self.grace,
+            )
             os._exit(EXIT_FORCED)
 
         timer = threading.Timer(self.grace, force)

@@ -35,7 +35,9 @@ class TimeWindow:
         if when > now + self.future_skew:
             return f"{name} {when.isoformat()} is more than {self.future_skew} in the future (clock skew limit)"
         if when < now - self.max_age:
-            return f"{name} {when.isoformat()} is older than the raw tables' retention ({self.max_age.days} days); it would be deleted at once"
+            return (
+                f"{name} {when.isoformat()} is older than the raw tables' retention ({self.max_age.days} days); it would be deleted at once"
+            )
         return None
 
 
@@ -70,11 +72,19 @@ def _finite(name: str, value: float | None, low: float | None = None, high: floa
 def _usage_fine(u: InferenceUsage, now: datetime, times: TimeWindow) -> bool:
     """The common case in one cheap expression (tens of thousands of events a second); the reasons are only worked out on failure."""
     return (
-        bool(u.event_id.strip()) and len(u.event_id) <= MAX_TEXT and len(u.key_id) <= MAX_TEXT and len(u.model) <= MAX_TEXT
-        and (u.node is None or len(u.node) <= MAX_TEXT) and all(g.strip() and len(g) <= MAX_TEXT for g in u.gpu_uuids)
-        and 0 <= u.prompt_tokens <= MAX_TOKENS and 0 <= u.cached_prompt_tokens <= MAX_TOKENS and 0 <= u.completion_tokens <= MAX_TOKENS
-        and 0 <= u.latency_ms < math.inf and (u.ttft_ms is None or 0 <= u.ttft_ms < math.inf)
-        and u.request_start <= u.request_end and now - times.max_age <= u.request_end <= now + times.future_skew
+        bool(u.event_id.strip())
+        and len(u.event_id) <= MAX_TEXT
+        and len(u.key_id) <= MAX_TEXT
+        and len(u.model) <= MAX_TEXT
+        and (u.node is None or len(u.node) <= MAX_TEXT)
+        and all(g.strip() and len(g) <= MAX_TEXT for g in u.gpu_uuids)
+        and 0 <= u.prompt_tokens <= MAX_TOKENS
+        and 0 <= u.cached_prompt_tokens <= MAX_TOKENS
+        and 0 <= u.completion_tokens <= MAX_TOKENS
+        and 0 <= u.latency_ms < math.inf
+        and (u.ttft_ms is None or 0 <= u.ttft_ms < math.inf)
+        and u.request_start <= u.request_end
+        and now - times.max_age <= u.request_end <= now + times.future_skew
     )
 
 
@@ -82,38 +92,59 @@ def usage_problem(u: InferenceUsage, now: datetime, times: TimeWindow) -> str | 
     """Why an InferenceUsage cannot be booked, or None."""
     if _usage_fine(u, now, times):
         return None
-    return _first(iter((
-        _text("event_id", u.event_id, required=True),
-        _text("key_id", u.key_id), _text("model", u.model), _text("node", u.node),
-        *(_text("gpu_uuids[]", g, required=True) for g in u.gpu_uuids),
-        _count("prompt_tokens", u.prompt_tokens, MAX_TOKENS),
-        _count("cached_prompt_tokens", u.cached_prompt_tokens, MAX_TOKENS),
-        _count("completion_tokens", u.completion_tokens, MAX_TOKENS),
-        _finite("latency_ms", u.latency_ms, 0), _finite("ttft_ms", u.ttft_ms, 0),
-        f"request_end {u.request_end.isoformat()} is before request_start {u.request_start.isoformat()}" if u.request_end < u.request_start else None,
-        times.problem("request_end", u.request_end, now),
-    )))
+    return _first(
+        iter(
+            (
+                _text("event_id", u.event_id, required=True),
+                _text("key_id", u.key_id),
+                _text("model", u.model),
+                _text("node", u.node),
+                *(_text("gpu_uuids[]", g, required=True) for g in u.gpu_uuids),
+                _count("prompt_tokens", u.prompt_tokens, MAX_TOKENS),
+                _count("cached_prompt_tokens", u.cached_prompt_tokens, MAX_TOKENS),
+                _count("completion_tokens", u.completion_tokens, MAX_TOKENS),
+                _finite("latency_ms", u.latency_ms, 0),
+                _finite("ttft_ms", u.ttft_ms, 0),
+                f"request_end {u.request_end.isoformat()} is before request_start {u.request_start.isoformat()}"
+                if u.request_end < u.request_start
+                else None,
+                times.problem("request_end", u.request_end, now),
+            )
+        )
+    )
 
 
 def sample_problem(s: GpuSample, now: datetime, times: TimeWindow) -> str | None:
     """Why a GpuSample cannot be stored or priced, or None."""
     length = s.interval_end - s.interval_start
-    return _first(iter((
-        _text("sample_id", s.sample_id, required=True),
-        _text("gpu_uuid", s.gpu_uuid, required=True), _text("node", s.node, required=True), _text("gpu_model", s.gpu_model),
-        _count("gpu_index", s.gpu_index, UINT16_MAX),
-        _count("memory_used_bytes", s.memory_used_bytes, INT64_MAX), _count("memory_total_bytes", s.memory_total_bytes, INT64_MAX),
-        _count("sm_clock_mhz", s.sm_clock_mhz, UINT32_MAX),
-        _count("xid_errors", s.xid_errors, INT64_MAX), _count("ecc_errors_corrected", s.ecc_errors_corrected, INT64_MAX),
-        _count("ecc_errors_uncorrected", s.ecc_errors_uncorrected, INT64_MAX),
-        _finite("utilization_pct", s.utilization_pct, 0, 100), _finite("memory_utilization_pct", s.memory_utilization_pct, 0, 100),
-        _finite("power_watts", s.power_watts, 0), _finite("energy_joules", s.energy_joules, 0),
-        *(_finite("processes[].sm_utilization_pct", p.sm_utilization_pct, 0, 100) for p in s.processes),
-        *(_count("processes[].gpu_memory_bytes", p.gpu_memory_bytes, INT64_MAX) for p in s.processes),
-        f"interval_end {s.interval_end.isoformat()} is not after interval_start {s.interval_start.isoformat()}" if length <= timedelta(0) else None,
-        f"interval of {length} is longer than {MAX_SAMPLE_INTERVAL}" if length > MAX_SAMPLE_INTERVAL else None,
-        times.problem("interval_start", s.interval_start, now),
-    )))
+    return _first(
+        iter(
+            (
+                _text("sample_id", s.sample_id, required=True),
+                _text("gpu_uuid", s.gpu_uuid, required=True),
+                _text("node", s.node, required=True),
+                _text("gpu_model", s.gpu_model),
+                _count("gpu_index", s.gpu_index, UINT16_MAX),
+                _count("memory_used_bytes", s.memory_used_bytes, INT64_MAX),
+                _count("memory_total_bytes", s.memory_total_bytes, INT64_MAX),
+                _count("sm_clock_mhz", s.sm_clock_mhz, UINT32_MAX),
+                _count("xid_errors", s.xid_errors, INT64_MAX),
+                _count("ecc_errors_corrected", s.ecc_errors_corrected, INT64_MAX),
+                _count("ecc_errors_uncorrected", s.ecc_errors_uncorrected, INT64_MAX),
+                _finite("utilization_pct", s.utilization_pct, 0, 100),
+                _finite("memory_utilization_pct", s.memory_utilization_pct, 0, 100),
+                _finite("power_watts", s.power_watts, 0),
+                _finite("energy_joules", s.energy_joules, 0),
+                *(_finite("processes[].sm_utilization_pct", p.sm_utilization_pct, 0, 100) for p in s.processes),
+                *(_count("processes[].gpu_memory_bytes", p.gpu_memory_bytes, INT64_MAX) for p in s.processes),
+                f"interval_end {s.interval_end.isoformat()} is not after interval_start {s.interval_start.isoformat()}"
+                if length <= timedelta(0)
+                else None,
+                f"interval of {length} is longer than {MAX_SAMPLE_INTERVAL}" if length > MAX_SAMPLE_INTERVAL else None,
+                times.problem("interval_start", s.interval_start, now),
+            )
+        )
+    )
 
 
 def equivalent_record_problem(e: ModelEquivalent) -> str | None:

@@ -85,9 +85,7 @@ def _label(labels: dict[str, str], keys: tuple[str, ...]) -> str | None:
     return next((labels[k] for k in keys if labels.get(k)), None)
 
 
-def resolve_payer(
-    workload: Workload, node_owner: OrgDirectory, lookup: OrgLookup, keys: LabelKeys
-) -> tuple[OrgDirectory, str]:
+def resolve_payer(workload: Workload, node_owner: OrgDirectory, lookup: OrgLookup, keys: LabelKeys) -> tuple[OrgDirectory, str]:
     """The directory entry billed for ``workload`` and where it came from (label | namespace | node)."""
     labels = workload.labels
     org = _label(labels, keys.org)
@@ -99,8 +97,11 @@ def resolve_payer(
         entry, source = node_owner, "node"
     refined = {
         name: value
-        for name, value in (("team", _label(labels, keys.team)), ("project", _label(labels, keys.project)),
-                            ("cost_centre", _label(labels, keys.cost_centre)))
+        for name, value in (
+            ("team", _label(labels, keys.team)),
+            ("project", _label(labels, keys.project)),
+            ("cost_centre", _label(labels, keys.cost_centre)),
+        )
         if value
     }
     return (replace(entry, **refined) if refined else entry), source

@@ -41,7 +41,14 @@ def fill_ledger(client: Client, lines: int) -> None:
 
 def peak_rss_mib(env: dict[str, str], *args: str) -> int:
     """Run ``gpuledger export focus *args`` in a fresh process (settings from ``env``) and return its peak RSS."""
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "gpuledger.cli", "export", "focus", *args],
-                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "gpuledger.commands.cli", "export", "focus", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return int(done.stdout.strip())

@@ -34,12 +34,22 @@ def isolated(base: Settings, name: str, partitions: int = 2) -> Settings:
     """Settings with their own topics, consumer group and database, so tests never see each other's data."""
     settings = base.model_copy(
         update={
-            "topics": base.topics.model_copy(update={"gpu_samples": f"{name}.samples", "inference_usage": f"{name}.usage", "dead_letter": f"{name}.dlq",
-                                                     "budget_alerts": f"{name}.alerts", "budget_status": f"{name}.status", "partitions": partitions,
-                                                     "outcomes": f"{name}.outcomes",
-                                                     **{table: f"gpl-{name}-{table}-changelog" for table in REFERENCE_TABLES}}),
+            "topics": base.topics.model_copy(
+                update={
+                    "gpu_samples": f"{name}.samples",
+                    "inference_usage": f"{name}.usage",
+                    "dead_letter": f"{name}.dlq",
+                    "budget_alerts": f"{name}.alerts",
+                    "budget_status": f"{name}.status",
+                    "partitions": partitions,
+                    "outcomes": f"{name}.outcomes",
+                    **{table: f"gpl-{name}-{table}-changelog" for table in REFERENCE_TABLES},
+                }
+            ),
             "clickhouse": base.clickhouse.model_copy(update={"database": f"t_{name}"}),
-            "worker": base.worker.model_copy(update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0, "rollup_every_seconds": 1.0}),
+            "worker": base.worker.model_copy(
+                update={"app_id": f"gpl-{name}", "allocate_every_seconds": 1.0, "metrics_port": 0, "rollup_every_seconds": 1.0}
+            ),
         }
     )
     asyncio.run(ensure_topics(settings))
@@ -89,7 +99,9 @@ class WorkerProcess:
         env = {**os.environ, **settings_env(self.settings, self.data_dir)}
         env.pop("GPULEDGER_CONFIG", None)
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gpuledger.commands.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         return self
 
     def kill(self) -> None:
@@ -162,7 +174,7 @@ def caught_up(settings: Settings) -> bool:
 @contextmanager
 def demo_worker(base: Settings, name: str, data_dir: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
     """An isolated namespace with the demo's org directory and prices loaded, and a running worker process."""
-    from gpuledger.reference_import import import_orgs, import_prices
+    from gpuledger.commands.reference_import import import_orgs, import_prices
 
     settings = isolated(base, name)
     asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))

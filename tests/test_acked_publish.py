@@ -42,14 +42,22 @@ def test_a_record_kafka_refuses_fails_the_import_with_exit_1(stack_settings: Set
     topic = table_topic(settings, "orgs")
     asyncio.run(_small_topic(settings, topic, 2048))  # ensure_topics leaves an existing topic as it is
     orgs = tmp_path / "orgs.yaml"
-    orgs.write_text("orgs:\n"
-                    "  - {kind: api_key, key: small, org: acme}\n"
-                    f"  - {{kind: api_key, key: huge, org: acme, cost_centre: '{secrets.token_urlsafe(6000)}'}}\n")
+    orgs.write_text(
+        "orgs:\n"
+        "  - {kind: api_key, key: small, org: acme}\n"
+        f"  - {{kind: api_key, key: huge, org: acme, cost_centre: '{secrets.token_urlsafe(6000)}'}}\n"
+    )
 
     env = {**os.environ, **settings_env(settings, tmp_path / "data")}
     env.pop("GPULEDGER_CONFIG", None)
-    done = subprocess.run([sys.executable, "-m", "gpuledger.cli", "orgs", "import", str(orgs)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "gpuledger.commands.cli", "orgs", "import", str(orgs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
     out = " ".join((done.stdout + done.stderr).split())  # rich wraps long lines
     assert done.returncode == 1, out

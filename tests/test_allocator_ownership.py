@@ -88,21 +88,47 @@ def test_watermarks_look_back_over_the_horizon_for_a_gained_partition() -> None:
 def _samples(window: datetime) -> list[GpuSample]:
     return [
         GpuSample(
-            sample_id=f"own/{gpu}/{i}", node="gpu-node-a", gpu_uuid=gpu, gpu_index=n % 8, gpu_model="NVIDIA H100 80GB HBM3",
-            interval_start=window + timedelta(seconds=5 * i), interval_end=window + timedelta(seconds=5 * (i + 1)),
-            utilization_pct=float(10 + n), memory_used_bytes=0, memory_total_bytes=80 * 2**30, power_watts=300.0,
+            sample_id=f"own/{gpu}/{i}",
+            node="gpu-node-a",
+            gpu_uuid=gpu,
+            gpu_index=n % 8,
+            gpu_model="NVIDIA H100 80GB HBM3",
+            interval_start=window + timedelta(seconds=5 * i),
+            interval_end=window + timedelta(seconds=5 * (i + 1)),
+            utilization_pct=float(10 + n),
+            memory_used_bytes=0,
+            memory_total_bytes=80 * 2**30,
+            power_watts=300.0,
         )
-        for n, gpu in enumerate(GPUS) for i in range(12)
+        for n, gpu in enumerate(GPUS)
+        for i in range(12)
     ]
 
 
 def _allocator(settings: Settings, view: OwnedPartitions | None) -> GpuAllocator:
-    prices = PriceBook([Price(sku="NVIDIA H100 80GB HBM3", kind="gpu_hour", currency="USD", effective_from=datetime(2026, 1, 1, tzinfo=UTC), per_hour=Decimal("2.49"))])
+    prices = PriceBook(
+        [
+            Price(
+                sku="NVIDIA H100 80GB HBM3",
+                kind="gpu_hour",
+                currency="USD",
+                effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+                per_hour=Decimal("2.49"),
+            )
+        ]
+    )
     client = connect(settings.clickhouse)
     return GpuAllocator(
-        client=client, sink=ClickHouseSink(client, settings.clickhouse.database), database=settings.clickhouse.database,
-        window_seconds=60, restate_hours=6, owners=lambda kind, key: None, prices=lambda: prices, unassigned="unassigned",
-        label_keys=LabelKeys.of(settings.worker), ownership=(lambda: view) if view else EVERYTHING,
+        client=client,
+        sink=ClickHouseSink(client, settings.clickhouse.database),
+        database=settings.clickhouse.database,
+        window_seconds=60,
+        restate_hours=6,
+        owners=lambda kind, key: None,
+        prices=lambda: prices,
+        unassigned="unassigned",
+        label_keys=LabelKeys.of(settings.worker),
+        ownership=(lambda: view) if view else EVERYTHING,
     )
 
 
@@ -111,7 +137,9 @@ def test_three_owners_write_exactly_the_lines_of_one_allocator(stack_settings: S
     settings = isolated(stack_settings, "allocator_split")
     client = connect(settings.clickhouse)
     window = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
-    client.insert("gpu_samples", [sample_row(s, "platform", 0, i) for i, s in enumerate(_samples(window))], column_names=list(SAMPLE_COLUMNS))
+    client.insert(
+        "gpu_samples", [sample_row(s, "platform", 0, i) for i, s in enumerate(_samples(window))], column_names=list(SAMPLE_COLUMNS)
+    )
 
     lone = _allocator(settings, None).plan(PriceBook([]))  # no price: nothing derivable, nothing written
     assert lone[1] == []

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from gpuledger.clickhouse import connect
-from gpuledger.reference_import import import_orgs, import_prices
+from gpuledger.commands.reference_import import import_orgs, import_prices
+from gpuledger.commands.simulate import publish_fleet
 from gpuledger.settings import Settings, StackSettings
-from gpuledger.simulate import publish_fleet
 from gpuledger.stack import kafka, local
 from tests.conftest import BASE, ROOT
 from tests.support import DEMO, WorkerProcess, isolated, org_totals, wait_until
@@ -35,9 +35,14 @@ from tests.support import DEMO, WorkerProcess, isolated, org_totals, wait_until
 pytestmark = pytest.mark.engines
 CLUSTER_STACK = StackSettings(
     data_dir=ROOT / ".gpuledger" / f"test-cluster-{BASE}",
-    kafka_port=BASE + 392, kafka_controller_port=BASE + 393,  # nodes at +10 and +20
-    clickhouse_http_port=BASE + 323, clickhouse_tcp_port=BASE + 300,  # shard 2 at +10
-    kafka_brokers=3, clickhouse_shards=2, kafka_heap="384m", clickhouse_max_memory_bytes=1_500_000_000,
+    kafka_port=BASE + 392,
+    kafka_controller_port=BASE + 393,  # nodes at +10 and +20
+    clickhouse_http_port=BASE + 323,
+    clickhouse_tcp_port=BASE + 300,  # shard 2 at +10
+    kafka_brokers=3,
+    clickhouse_shards=2,
+    kafka_heap="384m",
+    clickhouse_max_memory_bytes=1_500_000_000,
 )
 ROUNDS = 3  # fleets of two minutes each, published one after another while the workers restart
 
@@ -59,17 +64,28 @@ def test_cluster_settings_and_layout(cluster: Settings) -> None:
     for node in range(3):
         props = (kafka.managed(CLUSTER_STACK, node).workdir / "server.properties").read_text()
         assert "min.insync.replicas=2" in props and "offsets.topic.replication.factor=3" in props
-    hosts = connect(cluster.clickhouse, database=None).query(
-        "SELECT count() FROM system.clusters WHERE cluster = {c:String}", parameters={"c": cluster.clickhouse.cluster}
-    ).result_rows
+    hosts = (
+        connect(cluster.clickhouse, database=None)
+        .query("SELECT count() FROM system.clusters WHERE cluster = {c:String}", parameters={"c": cluster.clickhouse.cluster})
+        .result_rows
+    )
     assert hosts == [(2,)]
 
 
 def _publish(settings: Settings, tmp_path: Path, round_: int, start: datetime) -> dict:
-    return asyncio.run(publish_fleet(
-        settings, seed=100 + round_, start=start + timedelta(minutes=2 * round_), minutes=2, scale=0.5, orgs=DEMO / "orgs.yaml",
-        prices=DEMO / "prices.yaml", truth_path=tmp_path / f"truth-{round_}.json", console=None,
-    ))
+    return asyncio.run(
+        publish_fleet(
+            settings,
+            seed=100 + round_,
+            start=start + timedelta(minutes=2 * round_),
+            minutes=2,
+            scale=0.5,
+            orgs=DEMO / "orgs.yaml",
+            prices=DEMO / "prices.yaml",
+            truth_path=tmp_path / f"truth-{round_}.json",
+            console=None,
+        )
+    )
 
 
 def _kill_broker(node: int) -> None:

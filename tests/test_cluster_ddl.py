@@ -14,18 +14,27 @@ KEEPER = ClusterForm("c1", on_cluster=True, replicated=True)
 
 
 def test_a_sharded_table_becomes_local_tables_and_a_distributed_one_sharded_by_its_id() -> None:
-    local, distributed = render("CREATE TABLE IF NOT EXISTS db.ledger\n(line_id String)\nENGINE = ReplacingMergeTree(version, is_deleted)\nORDER BY line_id", NODES)
+    local, distributed = render(
+        "CREATE TABLE IF NOT EXISTS db.ledger\n(line_id String)\nENGINE = ReplacingMergeTree(version, is_deleted)\nORDER BY line_id", NODES
+    )
     assert local.startswith("CREATE TABLE IF NOT EXISTS db.ledger_local\n(line_id String)")
-    assert distributed == "CREATE TABLE IF NOT EXISTS db.ledger AS db.ledger_local ENGINE = Distributed(c1, db, ledger_local, cityHash64(line_id))"
+    assert (
+        distributed
+        == "CREATE TABLE IF NOT EXISTS db.ledger AS db.ledger_local ENGINE = Distributed(c1, db, ledger_local, cityHash64(line_id))"
+    )
 
 
 def test_keeper_form_replicates_and_runs_on_cluster() -> None:
-    local, distributed = render("CREATE TABLE IF NOT EXISTS db.usage_events (event_id String) ENGINE = ReplacingMergeTree(ingested_at) ORDER BY event_id", KEEPER)
+    local, distributed = render(
+        "CREATE TABLE IF NOT EXISTS db.usage_events (event_id String) ENGINE = ReplacingMergeTree(ingested_at) ORDER BY event_id", KEEPER
+    )
     assert local == (
         "CREATE TABLE IF NOT EXISTS db.usage_events_local ON CLUSTER c1 (event_id String) ENGINE = "
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/usage_events_local', '{replica}', ingested_at) ORDER BY event_id"
     )
-    assert distributed.endswith("ON CLUSTER c1 AS db.usage_events_local ENGINE = Distributed(c1, db, usage_events_local, cityHash64(event_id))")
+    assert distributed.endswith(
+        "ON CLUSTER c1 AS db.usage_events_local ENGINE = Distributed(c1, db, usage_events_local, cityHash64(event_id))"
+    )
     (small,) = render("CREATE TABLE IF NOT EXISTS db.budgets (id String) ENGINE = MergeTree ORDER BY id", KEEPER)
     assert "ON CLUSTER c1" in small and "ReplicatedMergeTree('/clickhouse/tables/{shard}/db/budgets', '{replica}')" in small
 
@@ -50,7 +59,9 @@ def test_clauses_split_at_top_level_commas_only() -> None:
 
 def test_every_shipped_migration_renders() -> None:
     """Each statement of every migration has a cluster form; the sharded tables get both their tables."""
-    rendered = [s for m in load_migrations() for statement in m.statements("db", {"reporting_timezone": "UTC"}) for s in render(statement, NODES)]
+    rendered = [
+        s for m in load_migrations() for statement in m.statements("db", {"reporting_timezone": "UTC"}) for s in render(statement, NODES)
+    ]
     for table in ("ledger", "usage_events", "gpu_samples"):
         assert any(s.startswith(f"CREATE TABLE IF NOT EXISTS db.{table}_local") for s in rendered)
         assert any(f"Distributed(c1, db, {table}_local" in s for s in rendered)

@@ -30,30 +30,96 @@ T1 = datetime(2026, 11, 1, 12, 0, 5, 250_000, tzinfo=UTC)
 
 EXAMPLES = [
     GpuSample(
-        sample_id="n1/GPU-1/1", node="n1", gpu_uuid="GPU-1", gpu_index=0, gpu_model="NVIDIA H100 80GB HBM3",
-        interval_start=T0, interval_end=T1, utilization_pct=63.5, memory_used_bytes=10, memory_total_bytes=20,
-        power_watts=300.5, mig_instance="MIG-1", energy_counter_mj=123_456_789, energy_joules=1500.25,
+        sample_id="n1/GPU-1/1",
+        node="n1",
+        gpu_uuid="GPU-1",
+        gpu_index=0,
+        gpu_model="NVIDIA H100 80GB HBM3",
+        interval_start=T0,
+        interval_end=T1,
+        utilization_pct=63.5,
+        memory_used_bytes=10,
+        memory_total_bytes=20,
+        power_watts=300.5,
+        mig_instance="MIG-1",
+        energy_counter_mj=123_456_789,
+        energy_joules=1500.25,
         processes=[GpuProcess(pid=7, container_id="abc", pod="p", namespace="ns", labels={"team": "t"}, gpu_memory_bytes=5)],
     ),
     InferenceUsage(
-        event_id="e1", request_start=T0, request_end=T1, key_id="k1", model="m", backend="vllm", prompt_tokens=10,
-        completion_tokens=5, latency_ms=12.5, status="ok", gpu_uuids=["GPU-1"], cached_prompt_tokens=4, ttft_ms=3.25, endpoint="chat.completions",
+        event_id="e1",
+        request_start=T0,
+        request_end=T1,
+        key_id="k1",
+        model="m",
+        backend="vllm",
+        prompt_tokens=10,
+        completion_tokens=5,
+        latency_ms=12.5,
+        status="ok",
+        gpu_uuids=["GPU-1"],
+        cached_prompt_tokens=4,
+        ttft_ms=3.25,
+        endpoint="chat.completions",
     ),
     OrgDirectory(kind="api_key", key="k1", org="o", team="t", project="p", cost_centre="cc"),
     Price(sku="m", kind="token", currency="USD", effective_from=T0, input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.6")),
     LedgerLine(
-        line_id="api:e1", kind="api", event_time=T1, org="o", team="t", project="p", cost_centre="cc", model="m", price_id="m@x",
-        gpu_seconds=Decimal("0"), cost=Decimal("0.000001234"), currency="USD",
+        line_id="api:e1",
+        kind="api",
+        event_time=T1,
+        org="o",
+        team="t",
+        project="p",
+        cost_centre="cc",
+        model="m",
+        price_id="m@x",
+        gpu_seconds=Decimal("0"),
+        cost=Decimal("0.000001234"),
+        currency="USD",
     ),
     BudgetAlert(
-        alert_id="a", budget_id="b", scope="o", kind="threshold", period_start=T0, period_end=T1, spend=Decimal("80.5"),
-        budget_amount=Decimal("100"), currency="USD", raised_at=T1, threshold_pct=80,
-        top_models=[SpendShare(name="m", spend=Decimal("80.5"))], top_keys=[SpendShare(name="k1", spend=Decimal("80.5"))], mode="hard",
+        alert_id="a",
+        budget_id="b",
+        scope="o",
+        kind="threshold",
+        period_start=T0,
+        period_end=T1,
+        spend=Decimal("80.5"),
+        budget_amount=Decimal("100"),
+        currency="USD",
+        raised_at=T1,
+        threshold_pct=80,
+        top_models=[SpendShare(name="m", spend=Decimal("80.5"))],
+        top_keys=[SpendShare(name="k1", spend=Decimal("80.5"))],
+        mode="hard",
     ),
-    Budget(budget_id="b", org="o", team="t", model="m", period="week", timezone="Europe/Berlin", amount=Decimal("100"), currency="USD",
-           thresholds=[25, 100], mode="hard", updated_at=T1),
-    BudgetStatus(budget_id="b", org="o", team="t", mode="hard", period_start=T0, period_end=T1, spend=Decimal("101"), amount=Decimal("100"),
-                 currency="USD", exhausted=True, evaluated_at=T1),
+    Budget(
+        budget_id="b",
+        org="o",
+        team="t",
+        model="m",
+        period="week",
+        timezone="Europe/Berlin",
+        amount=Decimal("100"),
+        currency="USD",
+        thresholds=[25, 100],
+        mode="hard",
+        updated_at=T1,
+    ),
+    BudgetStatus(
+        budget_id="b",
+        org="o",
+        team="t",
+        mode="hard",
+        period_start=T0,
+        period_end=T1,
+        spend=Decimal("101"),
+        amount=Decimal("100"),
+        currency="USD",
+        exhausted=True,
+        evaluated_at=T1,
+    ),
 ]
 
 
@@ -71,8 +137,19 @@ def test_every_registered_schema_parses() -> None:
 def test_old_producer_v1_is_read_by_new_reader_with_defaults() -> None:
     codec = codec_for(InferenceUsage)
     old = {
-        "event_id": "e-old", "request_start": T0, "request_end": T1, "key_id": "k", "model": "m", "backend": "vllm",
-        "deployment": "", "node": None, "gpu_uuids": [], "prompt_tokens": 3, "completion_tokens": 4, "latency_ms": 1.0, "status": "ok",
+        "event_id": "e-old",
+        "request_start": T0,
+        "request_end": T1,
+        "key_id": "k",
+        "model": "m",
+        "backend": "vllm",
+        "deployment": "",
+        "node": None,
+        "gpu_uuids": [],
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "latency_ms": 1.0,
+        "status": "ok",
     }
     record = codec.decode(codec.encode_dict(old, schema_id=2))
     assert record.event_id == "e-old" and record.prompt_tokens == 3
@@ -132,9 +209,20 @@ def test_budget_v1_reads_as_a_spending_budget_and_v2_keeps_its_outcome_kind() ->
     codec = codec_for(Budget)
     old = Budget(budget_id="b", org="o", period="week", amount=Decimal("1"), currency="USD", updated_at=T0)
     assert codec.decode(codec.encode(old, schema_id=8)) == old
-    unit = Budget(budget_id="u", org="o", team="t", period="week", amount=Decimal("0.40"), currency="USD", updated_at=T0, outcome_kind="ticket_resolved")
+    unit = Budget(
+        budget_id="u",
+        org="o",
+        team="t",
+        period="week",
+        amount=Decimal("0.40"),
+        currency="USD",
+        updated_at=T0,
+        outcome_kind="ticket_resolved",
+    )
     assert codec.decode(codec.encode(unit)) == unit
     assert unit.scope == "o/t per successful ticket_resolved"
+
+
 @pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: type(r).__name__)
 def test_hot_path_decode_equals_the_general_path(record: object) -> None:
     """The fast reader (timestamps read as longs, slots filled directly) gives the very record fastavro's logical path gives."""
@@ -143,7 +231,9 @@ def test_hot_path_decode_equals_the_general_path(record: object) -> None:
     general = type(record)(**codec.decode_dict(data))
     fast = codec.decode(data)
     assert fast == general == record
-    assert [type(getattr(fast, f.name)) for f in dataclasses.fields(fast)] == [type(getattr(general, f.name)) for f in dataclasses.fields(general)]
+    assert [type(getattr(fast, f.name)) for f in dataclasses.fields(fast)] == [
+        type(getattr(general, f.name)) for f in dataclasses.fields(general)
+    ]
 
 
 def test_hot_records_have_a_fast_reader_with_exact_microseconds() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuledger.demo_outcomes import mismatches, read
+from gpuledger.commands.demo_outcomes import mismatches, read
+from gpuledger.commands.simulate import publish_fleet
 from gpuledger.settings import Settings
-from gpuledger.simulate import publish_fleet
 from tests.support import (
     ROOT,
     WorkerProcess,
@@ -40,10 +40,19 @@ def pipeline(stack_settings: Settings, tmp_path: Path) -> Iterator[tuple[Setting
 def test_views_equal_the_oracles_routing_savings_and_cost_per_success(pipeline: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
     settings, worker = pipeline
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
-    truth = asyncio.run(publish_fleet(
-        settings, seed=28, start=start, minutes=2, scale=0.3, orgs=DEMO / "orgs.yaml", prices=DEMO / "prices.yaml",
-        truth_path=tmp_path / "truth.json", console=None,
-    ))
+    truth = asyncio.run(
+        publish_fleet(
+            settings,
+            seed=28,
+            start=start,
+            minutes=2,
+            scale=0.3,
+            orgs=DEMO / "orgs.yaml",
+            prices=DEMO / "prices.yaml",
+            truth_path=tmp_path / "truth.json",
+            console=None,
+        )
+    )
     # The oracle's figures are not trivial (seed 28 has them): savings from two cheap rules, a loss on the dearer fallback, failed outcomes.
     rules = {rule: Decimal(v["savings"]) for rule, v in truth["routing_savings"]["by_rule"].items()}
     assert rules["default"] > 0 and rules["short-ops"] > 0 and rules.get("fallback:1", Decimal(-1)) < 0, rules

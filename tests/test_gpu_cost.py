@@ -33,14 +33,18 @@ W = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PLATFORM = OrgDirectory(kind="node", key="gpu-node-a", org="platform", team="ml-infra", project="shared-gpus", cost_centre="CC-9000")
 DIRECTORY = {
-    ("namespace", "research-train"): OrgDirectory(kind="namespace", key="research-train", org="research", team="training", project="llama-ft", cost_centre="CC-3002"),
+    ("namespace", "research-train"): OrgDirectory(
+        kind="namespace", key="research-train", org="research", team="training", project="llama-ft", cost_centre="CC-3002"
+    ),
 }
-PRICES = PriceBook([
-    Price(sku="NVIDIA H100 80GB HBM3", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("2.49")),
-    Price(sku="NVIDIA L40S", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("0.89")),
-    Price(sku="NVIDIA A100-SXM4-80GB", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("2.10")),
-    Price(sku="NVIDIA A100-SXM4-80GB/3g.40gb", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("1.00")),
-])
+PRICES = PriceBook(
+    [
+        Price(sku="NVIDIA H100 80GB HBM3", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("2.49")),
+        Price(sku="NVIDIA L40S", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("0.89")),
+        Price(sku="NVIDIA A100-SXM4-80GB", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("2.10")),
+        Price(sku="NVIDIA A100-SXM4-80GB/3g.40gb", kind="gpu_hour", currency="USD", effective_from=T0, per_hour=Decimal("1.00")),
+    ]
+)
 SEARCH = CallerGroup("search", "ranking", "reranker", "CC-1001", "llama-3.1-8b-instruct", "key-search")
 SUPPORT = CallerGroup("support", "chatbot", "helpdesk", "CC-2001", "llama-3.1-8b-instruct", "key-support")
 MICROS = 60_000_000  # one whole 60 s window
@@ -54,16 +58,32 @@ def payer_of(workload: Workload) -> OrgDirectory:
     return resolve_payer(workload, PLATFORM, lookup, LabelKeys.of(WorkerSettings()))[0]
 
 
-def pod(namespace: str, name: str, *, sm: float | None = None, memory: int = 0, labels: dict[str, str] | None = None, pid: int = 42) -> dict:
+def pod(
+    namespace: str, name: str, *, sm: float | None = None, memory: int = 0, labels: dict[str, str] | None = None, pid: int = 42
+) -> dict:
     return {"pid": pid, "namespace": namespace, "pod": name, "labels": labels or {}, "sm_utilization_pct": sm, "gpu_memory_bytes": memory}
 
 
-def facts(model: str, util: str, *, groups: dict[CallerGroup, Tokens] | None = None, processes: list[dict] | None = None,
-          mig: MigSlice | None = None, gpu: str = "GPU-1") -> WindowFacts:
+def facts(
+    model: str,
+    util: str,
+    *,
+    groups: dict[CallerGroup, Tokens] | None = None,
+    processes: list[dict] | None = None,
+    mig: MigSlice | None = None,
+    gpu: str = "GPU-1",
+) -> WindowFacts:
     return WindowFacts(
-        gpu=gpu, window=W, window_seconds=60, node="gpu-node-a", gpu_model=model, gpu_seconds=Decimal(60),
-        utilization=Decimal(util), groups=groups or {},
-        workloads=collect_workloads([(MICROS, json.dumps(processes or []))]), mig=mig,
+        gpu=gpu,
+        window=W,
+        window_seconds=60,
+        node="gpu-node-a",
+        gpu_model=model,
+        gpu_seconds=Decimal(60),
+        utilization=Decimal(util),
+        groups=groups or {},
+        workloads=collect_workloads([(MICROS, json.dumps(processes or []))]),
+        mig=mig,
     )
 
 
@@ -81,7 +101,9 @@ def by_payer(lines: list[LedgerLine]) -> dict[tuple[str, str, str], Decimal]:
     return out
 
 
-INFERENCE = dict(groups={SEARCH: Tokens(3000, 2000, 0, 1000), SUPPORT: Tokens(1000, 800, 0, 200)}, processes=[pod("inference", "vllm-0", sm=70.0)])
+INFERENCE = dict(
+    groups={SEARCH: Tokens(3000, 2000, 0, 1000), SUPPORT: Tokens(1000, 800, 0, 200)}, processes=[pod("inference", "vllm-0", sm=70.0)]
+)
 
 
 def test_metered_inference_default_policy_idle_to_the_serving_workload() -> None:
@@ -89,11 +111,17 @@ def test_metered_inference_default_policy_idle_to_the_serving_workload() -> None
     # idle 0.010375 to the serving pod inference/vllm-0, whose namespace is not in the directory -> the node owner.
     lines = lines_of(facts("NVIDIA H100 80GB HBM3", "75", **INFERENCE))
     assert by_payer(lines) == {
-        ("gpu", "search", "tokens"): Decimal("0.02334375"), ("gpu", "support", "tokens"): Decimal("0.00778125"),
-        ("idle", "platform", "sm"): Decimal("0.010375"), ("idle", "platform", "remainder"): Decimal(0),
+        ("gpu", "search", "tokens"): Decimal("0.02334375"),
+        ("gpu", "support", "tokens"): Decimal("0.00778125"),
+        ("idle", "platform", "sm"): Decimal("0.010375"),
+        ("idle", "platform", "remainder"): Decimal(0),
     }
     idle = next(line for line in lines if line.basis == "sm")
-    assert (idle.workload, idle.idle_policy, idle.line_id) == ("inference/vllm-0", "workload", f"idle:GPU-1:{int(W.timestamp())}:inference%2Fvllm-0")
+    assert (idle.workload, idle.idle_policy, idle.line_id) == (
+        "inference/vllm-0",
+        "workload",
+        f"idle:GPU-1:{int(W.timestamp())}:inference%2Fvllm-0",
+    )
     assert sum(line.cost for line in lines) == Decimal("0.0415")
 
 
@@ -101,8 +129,10 @@ def test_idle_policy_callers_spreads_idle_by_token_share_fully_loaded() -> None:
     # README: idle 0.010375 split 3:1 -> search 0.00778125, support 0.00259375 (fully loaded: 0.0311250 and 0.0103750).
     lines = lines_of(facts("NVIDIA H100 80GB HBM3", "75", **INFERENCE), "callers")
     assert by_payer(lines) == {
-        ("gpu", "search", "tokens"): Decimal("0.02334375"), ("gpu", "support", "tokens"): Decimal("0.00778125"),
-        ("idle", "search", "tokens"): Decimal("0.00778125"), ("idle", "support", "tokens"): Decimal("0.00259375"),
+        ("gpu", "search", "tokens"): Decimal("0.02334375"),
+        ("gpu", "support", "tokens"): Decimal("0.00778125"),
+        ("idle", "search", "tokens"): Decimal("0.00778125"),
+        ("idle", "support", "tokens"): Decimal("0.00259375"),
         ("idle", "platform", "remainder"): Decimal(0),
     }
     assert {line.idle_policy for line in lines} == {"callers"}
@@ -125,7 +155,14 @@ def test_unmetered_training_pod_pays_the_whole_window_through_its_namespace_and_
     trainer = pod("research-train", "llama-ft-0", sm=93.5, labels={"cost-center": "CC-3009"})
     lines = lines_of(facts("NVIDIA H100 80GB HBM3", "92", processes=[trainer]))
     share = lines[0]
-    assert (share.kind, share.org, share.team, share.cost_centre, share.cost, share.basis) == ("gpu", "research", "training", "CC-3009", Decimal("0.0415"), "sm")
+    assert (share.kind, share.org, share.team, share.cost_centre, share.cost, share.basis) == (
+        "gpu",
+        "research",
+        "training",
+        "CC-3009",
+        Decimal("0.0415"),
+        "sm",
+    )
     assert share.workload == "research-train/llama-ft-0" and share.line_id.startswith("wl:GPU-1:")
     assert lines[1].cost == 0 and lines[1].basis == "remainder"
 
@@ -178,8 +215,17 @@ def test_mig_instances_and_free_slices_add_up_to_the_parent() -> None:
     assert gpu_rate(instance("2g.20gb", 2), PRICES.at).price_id == "NVIDIA A100-SXM4-80GB@2026-01-01T00:00:00+00:00*2/7"  # type: ignore[union-attr]
     parent = PRICES.at("gpu_hour", "NVIDIA A100-SXM4-80GB", W)
     assert parent is not None
-    free = mig_free_line(parent="GPU-A100", window=W, window_seconds=60, node="gpu-node-a", gpu_model="NVIDIA A100-SXM4-80GB",
-                         parent_price=parent, parent_seconds=Decimal(60), instance_costs=sum(costs.values()), node_owner=PLATFORM)
+    free = mig_free_line(
+        parent="GPU-A100",
+        window=W,
+        window_seconds=60,
+        node="gpu-node-a",
+        gpu_model="NVIDIA A100-SXM4-80GB",
+        parent_price=parent,
+        parent_seconds=Decimal(60),
+        instance_costs=sum(costs.values()),
+        node_owner=PLATFORM,
+    )
     assert (free.cost, free.org, free.basis, free.kind) == (Decimal("0.003333333"), "platform", "mig-free", "idle")
     assert free.cost + sum(costs.values()) == Decimal("0.035")
 
@@ -232,13 +278,28 @@ def test_random_windows_never_share_a_line_id_and_always_add_up(seed: int) -> No
     seen: dict[str, tuple] = {}
     for gpu in range(3):
         groups = {
-            CallerGroup(_name(rng), _name(rng), _name(rng), _name(rng), rng.choice(["m1", "m/2"]), _name(rng)): Tokens(rng.randrange(0, 5000))
+            CallerGroup(_name(rng), _name(rng), _name(rng), _name(rng), rng.choice(["m1", "m/2"]), _name(rng)): Tokens(
+                rng.randrange(0, 5000)
+            )
             for _ in range(rng.randrange(0, 6))
         }
-        processes = [pod(_name(rng), _name(rng) or "p", sm=rng.choice([None, rng.uniform(0.1, 100)]), memory=rng.randrange(0, 2**34),
-                         labels={rng.choice(["org", "team", "cost-center"]): _name(rng)}) for _ in range(rng.randrange(0, 4))]
-        window = facts(rng.choice(["NVIDIA L40S", "NVIDIA H100 80GB HBM3"]), str(Decimal(rng.randrange(0, 1_000_001)) / 10_000),
-                       groups=groups, processes=processes, gpu=f"GPU/{gpu}:{seed}")
+        processes = [
+            pod(
+                _name(rng),
+                _name(rng) or "p",
+                sm=rng.choice([None, rng.uniform(0.1, 100)]),
+                memory=rng.randrange(0, 2**34),
+                labels={rng.choice(["org", "team", "cost-center"]): _name(rng)},
+            )
+            for _ in range(rng.randrange(0, 4))
+        ]
+        window = facts(
+            rng.choice(["NVIDIA L40S", "NVIDIA H100 80GB HBM3"]),
+            str(Decimal(rng.randrange(0, 1_000_001)) / 10_000),
+            groups=groups,
+            processes=processes,
+            gpu=f"GPU/{gpu}:{seed}",
+        )
         for policy in ("workload", "node", "callers"):
             lines = lines_of(window, policy)
             rate = gpu_rate(window, PRICES.at)
@@ -246,6 +307,17 @@ def test_random_windows_never_share_a_line_id_and_always_add_up(seed: int) -> No
             assert sum(line.cost for line in lines) == window_cost(rate, window.gpu_seconds), policy
             assert all(line.cost >= 0 for line in lines)
             for line in lines:
-                identity = (line.gpu_uuid, line.event_time, line.kind, line.org, line.team, line.project, line.cost_centre,
-                            line.model, line.key_id, line.workload, line.basis)
+                identity = (
+                    line.gpu_uuid,
+                    line.event_time,
+                    line.kind,
+                    line.org,
+                    line.team,
+                    line.project,
+                    line.cost_centre,
+                    line.model,
+                    line.key_id,
+                    line.workload,
+                    line.basis,
+                )
                 assert seen.setdefault(line.line_id, identity) == identity, f"two different lines share {line.line_id!r}"

@@ -28,8 +28,15 @@ from streams.sink import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS
 from streams.validation import TimeWindow
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-MINI = Price(sku="gpt-4o-mini", kind="token", currency="USD", effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-             input_per_mtok=Decimal("0.15"), cached_input_per_mtok=Decimal("0.075"), output_per_mtok=Decimal("0.60"))
+MINI = Price(
+    sku="gpt-4o-mini",
+    kind="token",
+    currency="USD",
+    effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+    input_per_mtok=Decimal("0.15"),
+    cached_input_per_mtok=Decimal("0.075"),
+    output_per_mtok=Decimal("0.60"),
+)
 SEARCH = OrgDirectory(kind="api_key", key="key-search", org="search", team="ranking", project="web", cost_centre="CC-1")
 NODE = OrgDirectory(kind="node", key="gpu-node-1", org="platform")
 
@@ -44,24 +51,50 @@ class Origin:
 
 
 def usage(model: str = "gpt-4o-mini", key_id: str = "key-search", **changes: Any) -> InferenceUsage:
-    fields: dict[str, Any] = dict(event_id="e-1", request_start=NOW - timedelta(seconds=3), request_end=NOW - timedelta(seconds=1),
-                                  key_id=key_id, model=model, backend="openai", prompt_tokens=1200, cached_prompt_tokens=1000,
-                                  completion_tokens=350, latency_ms=2000.0, status="ok")
+    fields: dict[str, Any] = dict(
+        event_id="e-1",
+        request_start=NOW - timedelta(seconds=3),
+        request_end=NOW - timedelta(seconds=1),
+        key_id=key_id,
+        model=model,
+        backend="openai",
+        prompt_tokens=1200,
+        cached_prompt_tokens=1000,
+        completion_tokens=350,
+        latency_ms=2000.0,
+        status="ok",
+    )
     return InferenceUsage(**{**fields, **changes})
 
 
 def sample(node: str = "gpu-node-1") -> GpuSample:
-    return GpuSample(sample_id=f"{node}/GPU-1/1", node=node, gpu_uuid="GPU-1", gpu_index=0, gpu_model="NVIDIA H100 80GB HBM3",
-                     interval_start=NOW - timedelta(seconds=10), interval_end=NOW, utilization_pct=50.0, memory_used_bytes=1,
-                     memory_total_bytes=2, power_watts=300.0)
+    return GpuSample(
+        sample_id=f"{node}/GPU-1/1",
+        node=node,
+        gpu_uuid="GPU-1",
+        gpu_index=0,
+        gpu_model="NVIDIA H100 80GB HBM3",
+        interval_start=NOW - timedelta(seconds=10),
+        interval_end=NOW,
+        utilization_pct=50.0,
+        memory_used_bytes=1,
+        memory_total_bytes=2,
+        power_watts=300.0,
+    )
 
 
 def loaded_reference() -> ReferenceData:
     """The four tables, fed the way their compacted-topic views feed them."""
     settings = Settings()
-    data = ReferenceData(*(make(settings) for make in (reference.org_table, reference.price_table, reference.budget_table, reference.equivalent_table)))
-    data.orgs._changed({org_key("api_key", "key-search"): codec_for(OrgDirectory).encode(SEARCH),
-                        org_key("node", "gpu-node-1"): codec_for(OrgDirectory).encode(NODE)})
+    data = ReferenceData(
+        *(make(settings) for make in (reference.org_table, reference.price_table, reference.budget_table, reference.equivalent_table))
+    )
+    data.orgs._changed(
+        {
+            org_key("api_key", "key-search"): codec_for(OrgDirectory).encode(SEARCH),
+            org_key("node", "gpu-node-1"): codec_for(OrgDirectory).encode(NODE),
+        }
+    )
     data.prices._changed({price_key(MINI): codec_for(Price).encode(MINI)})
     llama = ModelEquivalent(model="llama-3.1-8b-instruct", api_sku="gpt-4o-mini", effective_from=datetime(2026, 1, 1, tzinfo=UTC))
     data.equivalents._changed({equivalent_key(llama): codec_for(ModelEquivalent).encode(llama)})
@@ -78,15 +111,27 @@ def test_usage_rows_price_an_api_request_for_its_payer() -> None:
     # README: (200 × 0.15 + 1,000 × 0.075 + 350 × 0.60) / 1,000,000 = 0.000315
     assert (event["org"], event["team"], event["cost"], event["priced_as"]) == ("search", "ranking", Decimal("0.000315"), "api")
     assert (event["source_partition"], event["source_offset"]) == (3, 41)
-    assert (line["line_id"], line["cost"], line["org"], line["event_time"]) == ("api:e-1", Decimal("0.000315"), "search", NOW - timedelta(seconds=1))
+    assert (line["line_id"], line["cost"], line["org"], line["event_time"]) == (
+        "api:e-1",
+        Decimal("0.000315"),
+        "search",
+        NOW - timedelta(seconds=1),
+    )
 
 
 def test_usage_rows_of_a_self_hosted_model_write_no_line_but_their_api_equivalent() -> None:
     data = loaded_reference()
-    rows = UsageRows(data.lookup, "unassigned")(Origin(), usage(model="llama-3.1-8b-instruct", key_id="nobody", gpu_uuids=["GPU-1"]), data.books())
+    rows = UsageRows(data.lookup, "unassigned")(
+        Origin(), usage(model="llama-3.1-8b-instruct", key_id="nobody", gpu_uuids=["GPU-1"]), data.books()
+    )
     event = dict(zip(USAGE_COLUMNS, rows["usage_events"][0], strict=True))
     assert "ledger" not in rows
-    assert (event["org"], event["priced_as"], event["cost"], event["api_equivalent_cost"]) == ("unassigned", "gpu", Decimal(0), Decimal("0.000315"))
+    assert (event["org"], event["priced_as"], event["cost"], event["api_equivalent_cost"]) == (
+        "unassigned",
+        "gpu",
+        Decimal(0),
+        Decimal("0.000315"),
+    )
 
 
 def test_sample_rows_name_the_node_owner_or_the_unassigned_org() -> None:
@@ -233,8 +278,15 @@ def test_record_batcher_prepares_the_next_batch_while_storing_and_acks_in_order(
         return steps.log
 
     assert asyncio.run(scenario()) == [
-        "prepared [1, 2, 3]", "prepared [4, 5, 6]", "stored [10, 20, 30]", "acked [1, 2, 3]",
-        "prepared [7, 8]", "stored [40, 50, 60]", "acked [4, 5, 6]", "stored [70, 80]", "acked [7, 8]",
+        "prepared [1, 2, 3]",
+        "prepared [4, 5, 6]",
+        "stored [10, 20, 30]",
+        "acked [1, 2, 3]",
+        "prepared [7, 8]",
+        "stored [40, 50, 60]",
+        "acked [4, 5, 6]",
+        "stored [70, 80]",
+        "acked [7, 8]",
     ]
 
 

@@ -21,8 +21,8 @@ import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 from prometheus_client import REGISTRY
 
-from gpuledger import dead_letters
 from gpuledger.clickhouse import connect
+from gpuledger.commands import dead_letters
 from gpuledger.kafka import AckedSender
 from gpuledger.settings import Settings
 from schemas import InferenceUsage, OrgDirectory, Price, codec_for
@@ -36,8 +36,18 @@ from tests.support import isolated
 
 pytestmark = pytest.mark.engines
 NOW = datetime.now(UTC).replace(microsecond=0)
-BOOK = PriceBook([Price(sku="gpt-4o-mini", kind="token", currency="USD", effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-                        input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"))])
+BOOK = PriceBook(
+    [
+        Price(
+            sku="gpt-4o-mini",
+            kind="token",
+            currency="USD",
+            effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+            input_per_mtok=Decimal("0.15"),
+            output_per_mtok=Decimal("0.60"),
+        )
+    ]
+)
 PAYER = OrgDirectory(kind="api_key", key="k", org="support")
 
 
@@ -98,8 +108,18 @@ def test_every_event_is_stored_or_dead_lettered_whatever_fails(stack_settings: S
 async def _scenario(settings: Settings) -> None:
     client = connect(settings.clickhouse)
     codec = codec_for(InferenceUsage)
-    base = InferenceUsage(event_id="x", request_start=NOW - timedelta(seconds=2), request_end=NOW - timedelta(seconds=1), key_id="k",
-                          model="gpt-4o-mini", backend="openai", prompt_tokens=1_000_000, completion_tokens=1_000_000, latency_ms=5.0, status="ok")
+    base = InferenceUsage(
+        event_id="x",
+        request_start=NOW - timedelta(seconds=2),
+        request_end=NOW - timedelta(seconds=1),
+        key_id="k",
+        model="gpt-4o-mini",
+        backend="openai",
+        prompt_tokens=1_000_000,
+        completion_tokens=1_000_000,
+        latency_ms=5.0,
+        status="ok",
+    )
     ids = [f"ev-{n}" for n in range(8)]
     events = [Message("ingestfail.usage", 0, n, None, codec.encode(replace(base, event_id=i))) for n, i in enumerate(ids)]
     events.insert(3, Message("ingestfail.usage", 0, 100, None, b"not avro"))  # decode
@@ -111,19 +131,28 @@ async def _scenario(settings: Settings) -> None:
             raise ArithmeticError("injected: pricing failed")
         priced = price_usage(record, PAYER, book)
         assert priced.line is not None
-        return {"usage_events": [usage_row(priced, event.partition, event.offset)],
-                "ledger": [ledger_row(priced.line, version_now())]}
+        return {"usage_events": [usage_row(priced, event.partition, event.offset)], "ledger": [ledger_row(priced.line, version_now())]}
 
     def stored() -> set[str]:
         return {r[0] for r in client.query("SELECT event_id FROM usage_events FINAL").result_rows}
 
     sink = ClickHouseSink(FlakyClient(client, failures=2), settings.clickhouse.database, max_backoff=0.2)  # type: ignore[arg-type]
     sender = FlakySender(settings.kafka)
-    ingest = Ingest(decode=codec.decode, check=lambda _: None, prepare=prepare, begin=lambda: BOOK,
-                    tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)), sink=sink,
-                    refuse=DeadLetters(sender, settings.topics.dead_letter))
-    retries = (_counter("gpuledger_worker_insert_retries_total", table="usage_events"), _counter("gpuledger_worker_batch_retries_total", agent="t"),
-               _counter("gpuledger_worker_poison_rows_total", table="usage_events"))
+    ingest = Ingest(
+        decode=codec.decode,
+        check=lambda _: None,
+        prepare=prepare,
+        begin=lambda: BOOK,
+        tables=(("usage_events", USAGE_COLUMNS), ("ledger", LEDGER_COLUMNS)),
+        sink=sink,
+        refuse=DeadLetters(sender, settings.topics.dead_letter),
+    )
+    retries = (
+        _counter("gpuledger_worker_insert_retries_total", table="usage_events"),
+        _counter("gpuledger_worker_batch_retries_total", agent="t"),
+        _counter("gpuledger_worker_poison_rows_total", table="usage_events"),
+    )
+
     async def ready() -> None:
         """The reference data is loaded (the book above)."""
 
@@ -149,7 +178,9 @@ async def _scenario(settings: Settings) -> None:
     assert {o: d.stage for o, d in letters.items()} == {100: "decode", 101: "pricing", 102: "store"}
     assert letters[100].reason.startswith("decode: unknown magic byte 110")
     assert letters[101].reason == "pricing: ArithmeticError: injected: pricing failed"
-    assert letters[102].reason.startswith("store: ClickHouse refused the usage_events row: DataError: Unable to create native array for column `prompt_tokens`")
+    assert letters[102].reason.startswith(
+        "store: ClickHouse refused the usage_events row: DataError: Unable to create native array for column `prompt_tokens`"
+    )
     assert _counter("gpuledger_worker_insert_retries_total", table="usage_events") >= retries[0] + 2
     assert _counter("gpuledger_worker_batch_retries_total", agent="t") == retries[1] + 1
     # The batch ran twice (its dead letters failed to send the first time), so the poison row was refused twice.

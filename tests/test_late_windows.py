@@ -34,9 +34,17 @@ def late(stack_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, W
 def samples(window: datetime) -> list[GpuSample]:
     return [
         GpuSample(
-            sample_id=f"gpu-node-a/{GPU}/{i}", node="gpu-node-a", gpu_uuid=GPU, gpu_index=0, gpu_model="NVIDIA H100 80GB HBM3",
-            interval_start=window + timedelta(seconds=5 * i), interval_end=window + timedelta(seconds=5 * (i + 1)),
-            utilization_pct=50.0, memory_used_bytes=0, memory_total_bytes=80 * 2**30, power_watts=300.0,
+            sample_id=f"gpu-node-a/{GPU}/{i}",
+            node="gpu-node-a",
+            gpu_uuid=GPU,
+            gpu_index=0,
+            gpu_model="NVIDIA H100 80GB HBM3",
+            interval_start=window + timedelta(seconds=5 * i),
+            interval_end=window + timedelta(seconds=5 * (i + 1)),
+            utilization_pct=50.0,
+            memory_used_bytes=0,
+            memory_total_bytes=80 * 2**30,
+            power_watts=300.0,
         )
         for i in range(12)
     ]
@@ -45,9 +53,18 @@ def samples(window: datetime) -> list[GpuSample]:
 def request(window: datetime) -> InferenceUsage:
     end = window + timedelta(seconds=30)
     return InferenceUsage(
-        event_id="late-request-1", request_start=end - timedelta(seconds=2), request_end=end, key_id="key-search-ranker",
-        model="llama-3.1-8b-instruct", backend="vllm", prompt_tokens=700, completion_tokens=300, latency_ms=2000.0,
-        status="ok", node="gpu-node-a", gpu_uuids=[GPU],
+        event_id="late-request-1",
+        request_start=end - timedelta(seconds=2),
+        request_end=end,
+        key_id="key-search-ranker",
+        model="llama-3.1-8b-instruct",
+        backend="vllm",
+        prompt_tokens=700,
+        completion_tokens=300,
+        latency_ms=2000.0,
+        status="ok",
+        node="gpu-node-a",
+        gpu_uuids=[GPU],
     )
 
 
@@ -58,7 +75,9 @@ async def publish(settings: Settings, sample_list: list[GpuSample], usage: list[
         for s in sample_list:
             await producer.send_and_wait(settings.topics.gpu_samples, key=s.gpu_uuid.encode(), value=codec_for(GpuSample).encode(s))
         for u in usage:
-            await producer.send_and_wait(settings.topics.inference_usage, key=u.event_id.encode(), value=codec_for(InferenceUsage).encode(u))
+            await producer.send_and_wait(
+                settings.topics.inference_usage, key=u.event_id.encode(), value=codec_for(InferenceUsage).encode(u)
+            )
     finally:
         await producer.stop()
 
@@ -79,7 +98,9 @@ def test_closed_window_first_seen_late_is_booked_as_adjustments_in_the_open_peri
     started = datetime.now(UTC)
     asyncio.run(publish(settings, samples(window), []))
     first = wait_until(lambda: adjustments(), 60, "the late window's adjustment", worker)
-    assert [(r[0], r[1], r[2], r[3]) for r in first] == [(f"adj:idle:{GPU}:{stamp}#1", "platform", Decimal("0.0415"), f"idle:{GPU}:{stamp}")]
+    assert [(r[0], r[1], r[2], r[3]) for r in first] == [
+        (f"adj:idle:{GPU}:{stamp}#1", "platform", Decimal("0.0415"), f"idle:{GPU}:{stamp}")
+    ]
     assert first[0][4].replace(tzinfo=UTC) == window and first[0][5].replace(tzinfo=UTC) >= started - timedelta(seconds=5)
     assert client.query("SELECT count() FROM ledger FINAL WHERE event_time < now() - INTERVAL 6 HOUR").result_rows[0][0] == 0
 

@@ -15,12 +15,12 @@ from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 
 from gpuledger.clickhouse import connect
+from gpuledger.commands.reference_import import import_prices
+from gpuledger.commands.report import org_totals as report_totals
+from gpuledger.commands.report import render, spend_by_org_model
+from gpuledger.commands.simulate import publish_fleet
 from gpuledger.kafka import client_options, new_producer
-from gpuledger.reference_import import import_prices
-from gpuledger.report import org_totals as report_totals
-from gpuledger.report import render, spend_by_org_model
 from gpuledger.settings import Settings
-from gpuledger.simulate import publish_fleet
 from schemas import InferenceUsage, codec_for
 from tests.support import (
     ROOT,
@@ -49,10 +49,19 @@ def fleet_start(minutes: int) -> datetime:
 
 
 def publish(settings: Settings, tmp_path: Path, *, seed: int, start: datetime, minutes: int, scale: float) -> dict:
-    return asyncio.run(publish_fleet(
-        settings, seed=seed, start=start, minutes=minutes, scale=scale, orgs=DEMO / "orgs.yaml",
-        prices=DEMO / "prices.yaml", truth_path=tmp_path / f"truth-{seed}.json", console=None,
-    ))
+    return asyncio.run(
+        publish_fleet(
+            settings,
+            seed=seed,
+            start=start,
+            minutes=minutes,
+            scale=scale,
+            orgs=DEMO / "orgs.yaml",
+            prices=DEMO / "prices.yaml",
+            truth_path=tmp_path / f"truth-{seed}.json",
+            console=None,
+        )
+    )
 
 
 def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple[Settings, WorkerProcess], tmp_path: Path) -> None:
@@ -81,9 +90,11 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
     assert {team: Decimal(v) for team, v in truth["teams"].items()} == teams
     # Each holder is charged on the basis the README names: training and notebooks by SM utilization, a MIG
     # notebook without SM readings by memory, a pod assigned a slice with nothing running by allocation.
-    holders = set(client.query(
-        "SELECT DISTINCT kind, basis, org, team, cost_centre, workload, mig_profile FROM ledger FINAL WHERE workload != '' OR basis = 'mig-free'"
-    ).result_rows)
+    holders = set(
+        client.query(
+            "SELECT DISTINCT kind, basis, org, team, cost_centre, workload, mig_profile FROM ledger FINAL WHERE workload != '' OR basis = 'mig-free'"
+        ).result_rows
+    )
     assert {
         ("gpu", "sm", "research", "training", "CC-3009", "research-train/llama-ft-0", ""),
         ("gpu", "sm", "research", "agents", "", "notebooks/alice-nb", ""),
@@ -93,7 +104,9 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
         ("idle", "mig-free", "platform", "ml-infra", "CC-9000", "", ""),
     } <= holders
     # A team paying from two cost centres keeps both shares (their line ids differ by cost centre).
-    centres = client.query("SELECT DISTINCT cost_centre FROM ledger FINAL WHERE kind = 'gpu' AND org = 'support' ORDER BY cost_centre").result_rows
+    centres = client.query(
+        "SELECT DISTINCT cost_centre FROM ledger FINAL WHERE kind = 'gpu' AND org = 'support' ORDER BY cost_centre"
+    ).result_rows
     assert centres == [("CC-2001",), ("CC-2002",)]
 
     # The analyst's view agrees with the ledger once the worker's rollup pass has run.
@@ -108,7 +121,10 @@ def test_ledger_equals_ground_truth_and_a_replay_changes_nothing(pipeline: tuple
     # The report shows the same totals, and counts each request's tokens once (even across two GPUs).
     rows = spend_by_org_model(settings)
     assert report_totals(rows) == expected
-    assert sum(r.tokens for r in rows) == client.query("SELECT sum(prompt_tokens + completion_tokens) FROM usage_events FINAL").result_rows[0][0]
+    assert (
+        sum(r.tokens for r in rows)
+        == client.query("SELECT sum(prompt_tokens + completion_tokens) FROM usage_events FINAL").result_rows[0][0]
+    )
     console = Console(width=200, record=True)
     console.print(render(rows, "USD"))
     assert f"{sum(expected.values()).quantize(Decimal('0.0001')):,}" in console.export_text()
@@ -166,8 +182,16 @@ async def _dead_letters(settings: Settings) -> list[tuple[bytes, dict[str, bytes
 
 def usage_event(event_id: str, when: datetime, *, key_id: str = "key-support-bot", model: str = "gpt-4o-mini") -> InferenceUsage:
     return InferenceUsage(
-        event_id=event_id, request_start=when - timedelta(seconds=1), request_end=when, key_id=key_id, model=model,
-        backend="openai", prompt_tokens=1_000_000, completion_tokens=1_000_000, latency_ms=1000.0, status="ok",
+        event_id=event_id,
+        request_start=when - timedelta(seconds=1),
+        request_end=when,
+        key_id=key_id,
+        model=model,
+        backend="openai",
+        prompt_tokens=1_000_000,
+        completion_tokens=1_000_000,
+        latency_ms=1000.0,
+        status="ok",
     )
 
 
@@ -178,7 +202,9 @@ def test_malformed_message_goes_to_dead_letter_and_unknown_caller_to_unassigned(
     client = connect(settings.clickhouse)
     line = wait_until(
         lambda: client.query("SELECT org, cost FROM ledger FINAL WHERE line_id = 'api:after-garbage'").result_rows,
-        60, "the valid message after the malformed one", worker,
+        60,
+        "the valid message after the malformed one",
+        worker,
     )
     assert line == [("unassigned", Decimal("0.75"))]  # 1M prompt at 0.15 + 1M completion at 0.60
     letters = asyncio.run(_dead_letters(settings))
@@ -204,8 +230,7 @@ def test_price_change_applies_from_its_effective_time_only(pipeline: tuple[Setti
     wait_until(lambda: len(priced()) == 1, 60, "the first event priced", worker)
     new_prices = tmp_path / "prices.csv"
     new_prices.write_text(
-        "sku,kind,currency,effective_from,input_per_mtok,output_per_mtok\n"
-        f"gpt-4o-mini,token,USD,{change.isoformat()},0.10,0.40\n"
+        f"sku,kind,currency,effective_from,input_per_mtok,output_per_mtok\ngpt-4o-mini,token,USD,{change.isoformat()},0.10,0.40\n"
     )
     asyncio.run(import_prices(settings, new_prices))
     time.sleep(2)  # the price is published ahead of the events it prices, as in production

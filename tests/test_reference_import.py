@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuledger.reference_import import OrgRow, PriceRow, ReferenceFileError, parse_rows
+from gpuledger.commands.reference_import import OrgRow, PriceRow, ReferenceFileError, parse_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "gpuledger" / "data" / "demo"
@@ -77,7 +77,9 @@ def test_duplicate_rows_are_refused_with_their_lines(tmp_path: Path) -> None:
     )
     assert "row 3 (line 4): duplicate token price for 'm' effective 2026-01-01T00:00:00+00:00 (already on line 2)" in _refusal(csv_file)
     orgs = tmp_path / "orgs.yaml"
-    orgs.write_text("orgs:\n  - {kind: api_key, key: k1, org: a}\n  - {kind: node, key: k1, org: a}\n  - {kind: api_key, key: k1, org: b}\n")
+    orgs.write_text(
+        "orgs:\n  - {kind: api_key, key: k1, org: a}\n  - {kind: node, key: k1, org: a}\n  - {kind: api_key, key: k1, org: b}\n"
+    )
     assert "row 3 (line 4): duplicate api_key 'k1' (already on line 2)" in _refusal(orgs, "orgs")
 
 
@@ -99,12 +101,15 @@ def test_duplicate_yaml_keys_binary_files_and_a_bom(tmp_path: Path) -> None:
     assert parse_rows(bom, "prices", PriceRow)[0].per_hour == Decimal("2.49")
 
 
-@pytest.mark.parametrize(("value", "why"), [
-    ("12345678901234567890123456789", "is above the largest accepted price 1,000,000,000"),
-    ("0.0000000001", "has more than 9 decimal places"),
-    ("NaN", "Input should be a finite number"),
-    ("Infinity", "Input should be a finite number"),
-])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("12345678901234567890123456789", "is above the largest accepted price 1,000,000,000"),
+        ("0.0000000001", "has more than 9 decimal places"),
+        ("NaN", "Input should be a finite number"),
+        ("Infinity", "Input should be a finite number"),
+    ],
+)
 def test_prices_the_ledger_cannot_hold_are_refused(tmp_path: Path, value: str, why: str) -> None:
     path = tmp_path / "prices.csv"
     path.write_text(f"sku,kind,effective_from,input_per_mtok,output_per_mtok\nm,token,2026-01-01T00:00:00Z,{value},1\n")
@@ -115,7 +120,13 @@ def test_the_cli_refuses_with_exit_code_1_and_no_traceback(tmp_path: Path) -> No
     binary = tmp_path / "prices.yaml"
     binary.write_bytes(bytes(range(256)))
     env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # refused before Kafka is needed
-    done = subprocess.run([sys.executable, "-m", "gpuledger.cli", "prices", "import", str(binary)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "gpuledger.commands.cli", "prices", "import", str(binary)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert done.returncode == 1, done
     assert "not a UTF-8 text file" in done.stdout and "Traceback" not in done.stdout + done.stderr

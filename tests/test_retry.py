@@ -45,36 +45,51 @@ def _http(status: int) -> httpx.HTTPStatusError:
     return httpx.HTTPStatusError("refused", request=request, response=httpx.Response(status, request=request))
 
 
-@pytest.mark.parametrize(("error", "transient"), [
-    # connection refused / reset, timeouts
-    (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), True),
-    (ConnectionResetError(errno.ECONNRESET, "reset by peer"), True),
-    (TimeoutError(), True),
-    (httpx.ConnectError("refused"), True),
-    (httpx.ReadTimeout("slow"), True),
-    # server overloaded or away
-    (_http(503), True), (_http(429), True), (_http(408), True), (_http(500), True),
-    (OperationalError("HTTPConnectionPool: Connection refused"), True),
-    (DatabaseError("Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)"), True),
-    (DatabaseError("Code: 241. DB::Exception: Memory limit exceeded (MEMORY_LIMIT_EXCEEDED)"), True),
-    (DatabaseError("Code: 159. DB::Exception: Timeout exceeded (TIMEOUT_EXCEEDED)"), True),
-    (DatabaseError("Code: 202. DB::Exception: Too many simultaneous queries"), True),
-    # Kafka: what aiokafka marks retriable, and its own timeouts
-    (KafkaConnectionError("broker away"), True), (KafkaTimeoutError(), True), (RequestTimedOutError(), True),
-    (NotEnoughReplicasError(), True), (UnknownTopicOrPartitionError(), True),
-    # permanent: schema, type, constraint, bad request, a record Kafka refuses
-    (DecodeError("schema id 99 is unknown"), False),
-    (_validation_error(), False),
-    (TypeError("unsupported operand"), False), (ValueError("cannot convert NaN to integer"), False), (OverflowError("int too big"), False),
-    (DataError("Unable to create native array for column"), False),
-    (DatabaseError("Code: 469. DB::Exception: Constraint `c` is violated (VIOLATED_CONSTRAINT)"), False),
-    (DatabaseError("Code: 53. DB::Exception: Type mismatch (TYPE_MISMATCH)"), False),
-    (_http(400), False), (_http(404), False), (_http(401), False),
-    (MessageSizeTooLargeError(), False), (TopicAuthorizationFailedError(), False),
-    # cancellation is never retried; anything unknown is waited out (a wrong "permanent" would drop good data)
-    (asyncio.CancelledError(), False), (KeyboardInterrupt(), False),
-    (RuntimeError("something else"), True),
-])
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        # connection refused / reset, timeouts
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), True),
+        (ConnectionResetError(errno.ECONNRESET, "reset by peer"), True),
+        (TimeoutError(), True),
+        (httpx.ConnectError("refused"), True),
+        (httpx.ReadTimeout("slow"), True),
+        # server overloaded or away
+        (_http(503), True),
+        (_http(429), True),
+        (_http(408), True),
+        (_http(500), True),
+        (OperationalError("HTTPConnectionPool: Connection refused"), True),
+        (DatabaseError("Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)"), True),
+        (DatabaseError("Code: 241. DB::Exception: Memory limit exceeded (MEMORY_LIMIT_EXCEEDED)"), True),
+        (DatabaseError("Code: 159. DB::Exception: Timeout exceeded (TIMEOUT_EXCEEDED)"), True),
+        (DatabaseError("Code: 202. DB::Exception: Too many simultaneous queries"), True),
+        # Kafka: what aiokafka marks retriable, and its own timeouts
+        (KafkaConnectionError("broker away"), True),
+        (KafkaTimeoutError(), True),
+        (RequestTimedOutError(), True),
+        (NotEnoughReplicasError(), True),
+        (UnknownTopicOrPartitionError(), True),
+        # permanent: schema, type, constraint, bad request, a record Kafka refuses
+        (DecodeError("schema id 99 is unknown"), False),
+        (_validation_error(), False),
+        (TypeError("unsupported operand"), False),
+        (ValueError("cannot convert NaN to integer"), False),
+        (OverflowError("int too big"), False),
+        (DataError("Unable to create native array for column"), False),
+        (DatabaseError("Code: 469. DB::Exception: Constraint `c` is violated (VIOLATED_CONSTRAINT)"), False),
+        (DatabaseError("Code: 53. DB::Exception: Type mismatch (TYPE_MISMATCH)"), False),
+        (_http(400), False),
+        (_http(404), False),
+        (_http(401), False),
+        (MessageSizeTooLargeError(), False),
+        (TopicAuthorizationFailedError(), False),
+        # cancellation is never retried; anything unknown is waited out (a wrong "permanent" would drop good data)
+        (asyncio.CancelledError(), False),
+        (KeyboardInterrupt(), False),
+        (RuntimeError("something else"), True),
+    ],
+)
 def test_classification(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
 

@@ -47,17 +47,31 @@ ROLLUP_DAILY = f"SELECT day, {DIMS}, {SUMS} FROM spend_daily GROUP BY day, {DIMS
 
 def line(line_id: str, at: datetime, cost: str, *, kind: str = "api", team: str = "t1", model: str = "m1", tokens: int = 0) -> LedgerLine:
     return LedgerLine(
-        line_id=line_id, kind=kind, event_time=at, org="o", team=team, project="p", cost_centre="cc", model=model, key_id="k-" + team,
-        price_id="x", gpu_seconds=Decimal(60 if kind != "api" else 0), cost=Decimal(cost), currency="USD", prompt_tokens=tokens,
-        gpu_model="H100" if kind != "api" else "", basis="tokens" if kind == "gpu" else "",
+        line_id=line_id,
+        kind=kind,
+        event_time=at,
+        org="o",
+        team=team,
+        project="p",
+        cost_centre="cc",
+        model=model,
+        key_id="k-" + team,
+        price_id="x",
+        gpu_seconds=Decimal(60 if kind != "api" else 0),
+        cost=Decimal(cost),
+        currency="USD",
+        prompt_tokens=tokens,
+        gpu_model="H100" if kind != "api" else "",
+        basis="tokens" if kind == "gpu" else "",
     )
 
 
 @pytest.fixture
 def ledger(stack_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Client]:
     name = f"t_rollups_{request.node.name.removeprefix('test_')[:30]}"
-    settings = stack_settings.model_copy(update={"clickhouse": stack_settings.clickhouse.model_copy(update={"database": name}),
-                                                 "reporting_timezone": ZONE})
+    settings = stack_settings.model_copy(
+        update={"clickhouse": stack_settings.clickhouse.model_copy(update={"database": name}), "reporting_timezone": ZONE}
+    )
     connect(settings.clickhouse, database=None).command(f"DROP DATABASE IF EXISTS {name}")
     apply_migrations(settings)
     yield connect(settings.clickhouse)
@@ -121,8 +135,10 @@ def measure_hours(client: Client, now: datetime) -> list[datetime]:
 
 
 def direct(client: Client, budget: Budget, start: datetime, end: datetime) -> Decimal:
-    sql = ("SELECT sum(cost) FROM ledger FINAL WHERE org = {o:String} AND team = {t:String} AND currency = 'USD'"
-           " AND event_time >= {s:DateTime64(6, 'UTC')} AND event_time < {e:DateTime64(6, 'UTC')}")
+    sql = (
+        "SELECT sum(cost) FROM ledger FINAL WHERE org = {o:String} AND team = {t:String} AND currency = 'USD'"
+        " AND event_time >= {s:DateTime64(6, 'UTC')} AND event_time < {e:DateTime64(6, 'UTC')}"
+    )
     return Decimal(client.query(sql, parameters={"o": budget.org, "t": budget.team, "s": start, "e": end}).result_rows[0][0])
 
 
@@ -130,8 +146,7 @@ def test_budget_spend_from_rollups_equals_the_ledger_whether_or_not_the_rollup_c
     now = T0 + timedelta(hours=30, minutes=17)
     lines = [line(f"api:{i}", T0 + timedelta(minutes=37 * i), f"{i % 7}.000000003", team=f"t{i % 2}") for i in range(60)]
     write(ledger, lines, 1)
-    budget = Budget(budget_id="b", org="o", team="t1", amount=Decimal(1000), currency="USD", period="day", timezone=ZONE,
-                    updated_at=T0)
+    budget = Budget(budget_id="b", org="o", team="t1", amount=Decimal(1000), currency="USD", period="day", timezone=ZONE, updated_at=T0)
     # A period cut on the half hour (a Kolkata day), so rollup hours and ledger edges meet inside an hour.
     probe = Probe(budget, datetime(2026, 10, 5, 18, 30, tzinfo=UTC), datetime(2026, 10, 6, 18, 30, tzinfo=UTC))
 
@@ -146,7 +161,9 @@ def test_budget_spend_from_rollups_equals_the_ledger_whether_or_not_the_rollup_c
     rollups.maintain(ledger, ledger.database)
     stored = ledger.query("SELECT max(ingested_at) FROM ledger").result_rows[0][0]
     # As if the pass had run a minute later: every row is then older than watermark - overlap.
-    ledger.command(rollups.advance_sql(ledger.database), parameters={"watermark": stored + rollups.OVERLAP + timedelta(microseconds=1), "tz": ZONE})
+    ledger.command(
+        rollups.advance_sql(ledger.database), parameters={"watermark": stored + rollups.OVERLAP + timedelta(microseconds=1), "tz": ZONE}
+    )
     assert measure_hours(ledger, now) == []
     check()  # every closed hour from the rollup
     write(ledger, [line("api:7", lines[7].event_time, "123.000000001", team="t1")], 2)  # a restatement the rollup has not seen...

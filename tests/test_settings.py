@@ -33,8 +33,11 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_environment_over_file_over_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write(tmp_path / "s.yaml", "kafka: {bootstrap_servers: 'file:9092'}\nworker: {batch_size: 7}\n"
-                                        "collector: {interval_seconds: 2, spool_dir: /from-file}\nnotifier: {max_attempts: 3}\n")
+    config = write(
+        tmp_path / "s.yaml",
+        "kafka: {bootstrap_servers: 'file:9092'}\nworker: {batch_size: 7}\n"
+        "collector: {interval_seconds: 2, spool_dir: /from-file}\nnotifier: {max_attempts: 3}\n",
+    )
     monkeypatch.setenv("GPULEDGER_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
     monkeypatch.setenv("GPULEDGER_COLLECTOR__INTERVAL_SECONDS", "3")
     settings = load_settings(config)
@@ -54,13 +57,18 @@ def test_gpuledger_config_names_the_file_and_an_explicit_one_wins(tmp_path: Path
 
 
 def test_unknown_keys_are_refused_with_their_path_and_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write(tmp_path / "s.yaml", "kafka: {bootstrap_server: x}\nnotifier:\n  routes: [{name: a, match: acme, url: 'https://h', colour: red}]\n"
-                                        "gateway: {backends: [], models: []}\n")
+    config = write(
+        tmp_path / "s.yaml",
+        "kafka: {bootstrap_server: x}\nnotifier:\n  routes: [{name: a, match: acme, url: 'https://h', colour: red}]\n"
+        "gateway: {backends: [], models: []}\n",
+    )
     monkeypatch.setenv("GPULEDGER_WORKER__BATCH_SIZ", "3")
     with pytest.raises(SettingsError) as caught:
         load_settings(config)
     message = str(caught.value)
-    assert f"kafka.bootstrap_server: unknown key, not a setting (the README's configuration reference lists them all) (in {config})" in message
+    assert (
+        f"kafka.bootstrap_server: unknown key, not a setting (the README's configuration reference lists them all) (in {config})" in message
+    )
     assert "notifier.routes.0.colour: unknown key" in message and message.count(f"(in {config})") >= 3
     assert "worker.batch_siz: unknown key, not a setting" in message and "(environment variable GPULEDGER_WORKER__BATCH_SIZ)" in message
     assert "gateway.backends: List should have at least 1 item" in message
@@ -85,7 +93,11 @@ def test_the_older_environment_names_are_aliases(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("GPULEDGER_COLLECTOR__POLL_SECONDS", "0.3")
     monkeypatch.setenv("GPULEDGER_METER_KEY_HEADER", "X-Caller")
     settings = load_settings(config)
-    assert (settings.collector.metrics_port, settings.collector.pod_label_keys, settings.collector.poll_seconds) == (2222, ["team", "org"], 0.3)
+    assert (settings.collector.metrics_port, settings.collector.pod_label_keys, settings.collector.poll_seconds) == (
+        2222,
+        ["team", "org"],
+        0.3,
+    )
     assert (settings.meter.key_header, settings.meter.queue_size) == ("X-Caller", 5)
     monkeypatch.setenv("GPULEDGER_COLLECTOR_METRICS_PORT", "not-a-port")
     with pytest.raises(SettingsError, match=r"collector.metrics_port: .*\(environment variable GPULEDGER_COLLECTOR_METRICS_PORT\)"):
@@ -95,14 +107,20 @@ def test_the_older_environment_names_are_aliases(tmp_path: Path, monkeypatch: py
 def test_reference_topics_are_named_not_derived_from_the_consumer_group(tmp_path: Path) -> None:
     defaults = load_settings()
     assert [table_topic(defaults, t) for t in ("orgs", "prices", "equivalents", "budgets")] == [
-        "gpuledger-orgs-changelog", "gpuledger-prices-changelog", "gpuledger-equivalents-changelog", "gpuledger-budgets-changelog"]  # today's data
+        "gpuledger-orgs-changelog",
+        "gpuledger-prices-changelog",
+        "gpuledger-equivalents-changelog",
+        "gpuledger-budgets-changelog",
+    ]  # today's data
     renamed = load_settings(write(tmp_path / "s.yaml", "worker: {app_id: other-group}\ntopics: {prices: acme.prices}\n"))
     assert table_topic(renamed, "orgs") == "gpuledger-orgs-changelog" and table_topic(renamed, "prices") == "acme.prices"
 
 
 def gpuledger(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULEDGER_")} | {"COLUMNS": "300"}
-    return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gpuledger.commands.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_one_config_option_means_one_file_everywhere(tmp_path: Path) -> None:
@@ -128,4 +146,6 @@ def test_choosing_the_file_never_writes_the_environment(tmp_path: Path) -> None:
 def test_a_bad_setting_exits_2_naming_it(tmp_path: Path) -> None:
     config = write(tmp_path / "s.yaml", "worker: {batch_sise: 1}\n")
     done = gpuledger("--config", str(config), "stack", "status")
-    assert done.returncode == 2 and "worker.batch_sise: unknown key" in done.stdout and str(config) in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 2 and "worker.batch_sise: unknown key" in done.stdout and str(config) in done.stdout, (
+        done.stdout + done.stderr
+    )

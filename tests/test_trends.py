@@ -17,11 +17,11 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from rich.console import Console
 
-from gpuledger.cfo_summary import render, summary
 from gpuledger.clickhouse import connect
+from gpuledger.commands.cfo_summary import render, summary
+from gpuledger.commands.trends import Bridge, ModelSpend, bridge, trends
+from gpuledger.commands.unit_costs import div_half_even
 from gpuledger.settings import Settings
-from gpuledger.trends import Bridge, ModelSpend, bridge, trends
-from gpuledger.unit_costs import div_half_even
 from schemas import LedgerLine
 from streams.sink import LEDGER_COLUMNS, ledger_row
 from streams.store import rollups
@@ -29,10 +29,24 @@ from streams.store.rollups import refresh_rollups
 from tests.support import ROOT, isolated, settings_env
 
 
-def line(line_id: str, when: datetime, model: str, tokens: int, cost: str, kind: str = "api", org: str = "research", currency: str = "USD") -> LedgerLine:
+def line(
+    line_id: str, when: datetime, model: str, tokens: int, cost: str, kind: str = "api", org: str = "research", currency: str = "USD"
+) -> LedgerLine:
     return LedgerLine(
-        line_id=line_id, kind=kind, event_time=when, org=org, team="agents", project="p", cost_centre="", model=model, price_id="x",
-        gpu_seconds=Decimal(0), cost=Decimal(cost), currency=currency, prompt_tokens=tokens, basis="" if kind == "api" else "remainder",
+        line_id=line_id,
+        kind=kind,
+        event_time=when,
+        org=org,
+        team="agents",
+        project="p",
+        cost_centre="",
+        model=model,
+        price_id="x",
+        gpu_seconds=Decimal(0),
+        cost=Decimal(cost),
+        currency=currency,
+        prompt_tokens=tokens,
+        basis="" if kind == "api" else "remainder",
     )
 
 
@@ -52,11 +66,18 @@ def test_the_readme_bridge_on_the_real_ledger(stack_settings: Settings) -> None:
     # total 11.00 -> 15.00 = +4.00. Unit cost fell 10.00 -> 6.50 per million while spend rose: Jevons.
     settings = isolated(stack_settings, "trends")
     oct_, nov = datetime(2026, 10, 14, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)
-    write(settings, [
-        line("a1", oct_, "model-a", 600_000, "6"), line("a2", oct_, "model-a", 400_000, "4"), line("i1", oct_, "H100", 0, "1", kind="idle"),
-        line("a3", nov, "model-a", 1_500_000, "12"), line("b1", nov, "model-b", 500_000, "1"), line("i2", nov, "H100", 0, "2", kind="idle"),
-        line("o1", nov, "model-b", 7, "99", org="elsewhere"),
-    ])
+    write(
+        settings,
+        [
+            line("a1", oct_, "model-a", 600_000, "6"),
+            line("a2", oct_, "model-a", 400_000, "4"),
+            line("i1", oct_, "H100", 0, "1", kind="idle"),
+            line("a3", nov, "model-a", 1_500_000, "12"),
+            line("b1", nov, "model-b", 500_000, "1"),
+            line("i2", nov, "H100", 0, "2", kind="idle"),
+            line("o1", nov, "model-b", 7, "99", org="elsewhere"),
+        ],
+    )
     rows = {(r.group, r.period): r for r in trends(settings, date(2026, 10, 1), date(2026, 12, 1), "org", "month")}
     research = rows[("research", date(2026, 11, 1))]
     assert research.previous == date(2026, 10, 1)
@@ -69,13 +90,39 @@ def test_the_readme_bridge_on_the_real_ledger(stack_settings: Settings) -> None:
     assert ("elsewhere", date(2026, 10, 1)) not in rows  # no spend in October nor September
 
 
-VIEW_COLUMNS = ("org", "currency", "period", "previous_period", "spend_before", "spend_after", "volume", "price", "mix", "other",
-                "usd_per_mtok_before", "usd_per_mtok_after", "jevons")
+VIEW_COLUMNS = (
+    "org",
+    "currency",
+    "period",
+    "previous_period",
+    "spend_before",
+    "spend_after",
+    "volume",
+    "price",
+    "mix",
+    "other",
+    "usd_per_mtok_before",
+    "usd_per_mtok_after",
+    "jevons",
+)
 
 
 def as_view_row(b: Bridge) -> tuple[Any, ...]:
-    return (b.group, b.currency, b.period, b.previous, b.spend_before, b.spend_after, b.volume, b.price, b.mix, b.other,
-            b.usd_per_mtok_before, b.usd_per_mtok_after, b.jevons)
+    return (
+        b.group,
+        b.currency,
+        b.period,
+        b.previous,
+        b.spend_before,
+        b.spend_after,
+        b.volume,
+        b.price,
+        b.mix,
+        b.other,
+        b.usd_per_mtok_before,
+        b.usd_per_mtok_after,
+        b.jevons,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +137,20 @@ def bridge_ledger(stack_settings: Settings) -> Settings:
     # research also spent 0.50 EUR on A in September: its own rows, never added to the dollars.
     settings = isolated(stack_settings, "bridge_views")
     aug, sep3, sep20 = datetime(2026, 8, 10, tzinfo=UTC), datetime(2026, 9, 3, tzinfo=UTC), datetime(2026, 9, 20, tzinfo=UTC)
-    write(settings, [
-        line("a1", aug, "model-a", 1_000_000, "10"), line("c1", aug, "model-c", 200_000, "1"), line("i1", aug, "H100", 0, "1", kind="idle"),
-        line("a2", sep3, "model-a", 1_000_000, "10"), line("a3", sep20, "model-a", 1_000_000, "6"), line("b1", sep20, "model-b", 500_000, "1"),
-        line("i2", sep20, "H100", 0, "2", kind="idle"), line("e1", sep3, "model-a", 100_000, "0.5", currency="EUR"),
-        line("s1", aug, "H100", 0, "3", kind="idle", org="support"),
-    ])
+    write(
+        settings,
+        [
+            line("a1", aug, "model-a", 1_000_000, "10"),
+            line("c1", aug, "model-c", 200_000, "1"),
+            line("i1", aug, "H100", 0, "1", kind="idle"),
+            line("a2", sep3, "model-a", 1_000_000, "10"),
+            line("a3", sep20, "model-a", 1_000_000, "6"),
+            line("b1", sep20, "model-b", 500_000, "1"),
+            line("i2", sep20, "H100", 0, "2", kind="idle"),
+            line("e1", sep3, "model-a", 100_000, "0.5", currency="EUR"),
+            line("s1", aug, "H100", 0, "3", kind="idle", org="support"),
+        ],
+    )
     return settings
 
 
@@ -103,8 +158,13 @@ def bridge_ledger(stack_settings: Settings) -> Settings:
 def test_the_views_give_the_commands_rows_with_a_mid_period_price_change(bridge_ledger: Settings) -> None:
     settings, client = bridge_ledger, connect(bridge_ledger.clickhouse)
     cli = {p: trends(settings, date(2026, 1, 1), date(2027, 1, 1), "org", p) for p in ("month", "week")}
-    view = {p: client.query(f"SELECT {', '.join(VIEW_COLUMNS)} FROM spend_bridge WHERE period_kind = {{p:String}} ORDER BY org, currency, period",
-                            parameters={"p": p}).result_rows for p in ("month", "week")}
+    view = {
+        p: client.query(
+            f"SELECT {', '.join(VIEW_COLUMNS)} FROM spend_bridge WHERE period_kind = {{p:String}} ORDER BY org, currency, period",
+            parameters={"p": p},
+        ).result_rows
+        for p in ("month", "week")
+    }
     for period in ("month", "week"):
         assert [as_view_row(b) for b in cli[period]] == [(*r[:-1], bool(r[-1])) for r in view[period]], period
     rows = {(b.group, b.currency, b.period): b for b in cli["month"]}
@@ -113,13 +173,25 @@ def test_the_views_give_the_commands_rows_with_a_mid_period_price_change(bridge_
     assert (sep.volume, sep.price, sep.mix, sep.other) == (Decimal("11.916666667"), Decimal(-4), Decimal("-1.916666667"), Decimal(1))
     assert (sep.usd_per_mtok_before, sep.usd_per_mtok_after, sep.jevons) == (Decimal("9.166666667"), Decimal("6.8"), True)
     oct_ = rows[("research", "USD", date(2026, 10, 1))]
-    assert (oct_.change, oct_.volume, oct_.price, oct_.mix, oct_.other, oct_.jevons) == (Decimal(-19), Decimal(-17), 0, 0, Decimal(-2), False)
+    assert (oct_.change, oct_.volume, oct_.price, oct_.mix, oct_.other, oct_.jevons) == (
+        Decimal(-19),
+        Decimal(-17),
+        0,
+        0,
+        Decimal(-2),
+        False,
+    )
     assert rows[("research", "EUR", date(2026, 9, 1))].volume == Decimal("0.5")
     assert rows[("support", "USD", date(2026, 8, 1))].usd_per_mtok_after is None  # idle only: no tokens, no unit cost
-    assert set(rows) == {("research", "USD", date(2026, m, 1)) for m in (8, 9, 10)} | {("research", "EUR", date(2026, m, 1)) for m in (9, 10)} \
-        | {("support", "USD", date(2026, m, 1)) for m in (8, 9)}
-    models = dict(client.query("SELECT llm_model, price_effect FROM spend_bridge_models WHERE period_kind = 'month' AND period = '2026-09-01'"
-                               " AND org = 'research' AND currency = 'USD'").result_rows)
+    assert set(rows) == {("research", "USD", date(2026, m, 1)) for m in (8, 9, 10)} | {
+        ("research", "EUR", date(2026, m, 1)) for m in (9, 10)
+    } | {("support", "USD", date(2026, m, 1)) for m in (8, 9)}
+    models = dict(
+        client.query(
+            "SELECT llm_model, price_effect FROM spend_bridge_models WHERE period_kind = 'month' AND period = '2026-09-01'"
+            " AND org = 'research' AND currency = 'USD'"
+        ).result_rows
+    )
     assert models == {"model-a": Decimal(-4), "model-b": 0, "model-c": 0, "": 0}  # B added, C dropped: mix, not price
 
 
@@ -128,8 +200,10 @@ def test_effects_always_add_up_to_the_change_exactly(seed: int) -> None:
     rng = random.Random(seed)
 
     def period() -> dict[str, ModelSpend]:
-        return {f"m{i}": ModelSpend(rng.choice([0, rng.randrange(1, 10**9)]), Decimal(rng.randrange(0, 10**12)) / 10**9)
-                for i in range(rng.randrange(0, 5))}
+        return {
+            f"m{i}": ModelSpend(rng.choice([0, rng.randrange(1, 10**9)]), Decimal(rng.randrange(0, 10**12)) / 10**9)
+            for i in range(rng.randrange(0, 5))
+        }
 
     before, after = period(), period()
     other_before, other_after = Decimal(rng.randrange(10**6)) / 1000, Decimal(rng.randrange(10**6)) / 1000
@@ -141,10 +215,17 @@ def test_effects_always_add_up_to_the_change_exactly(seed: int) -> None:
     assert volume + price + mix + other == spend(after) + other_after - spend(before) - other_before
 
 
-@pytest.mark.parametrize(("amount", "over", "times", "expected"), [
-    ("11", 1_200_000, 1_300_000, "11.916666667"), ("0.000000005", 2, 1, "0.000000002"), ("0.000000015", 2, 1, "0.000000008"),
-    ("-0.000000005", 2, 1, "-0.000000002"), ("1", 3, 1, "0.333333333"), ("2", 3, 1, "0.666666667"),
-])
+@pytest.mark.parametrize(
+    ("amount", "over", "times", "expected"),
+    [
+        ("11", 1_200_000, 1_300_000, "11.916666667"),
+        ("0.000000005", 2, 1, "0.000000002"),
+        ("0.000000015", 2, 1, "0.000000008"),
+        ("-0.000000005", 2, 1, "-0.000000002"),
+        ("1", 3, 1, "0.333333333"),
+        ("2", 3, 1, "0.666666667"),
+    ],
+)
 def test_division_rounds_once_half_even(amount: str, over: int, times: int, expected: str) -> None:
     assert div_half_even(Decimal(amount), over, times) == Decimal(expected)
 
@@ -156,10 +237,19 @@ def test_the_cfo_summary_reads_the_views(bridge_ledger: Settings) -> None:
     refresh_rollups(client)
     s = summary(bridge_ledger, client, date(2026, 9, 15))
     assert [(o.org, o.currency, o.api, o.idle, o.total) for o in s.orgs] == [
-        ("research", "USD", Decimal(17), Decimal(2), Decimal(19)), ("research", "EUR", Decimal("0.5"), 0, Decimal("0.5"))]
+        ("research", "USD", Decimal(17), Decimal(2), Decimal(19)),
+        ("research", "EUR", Decimal("0.5"), 0, Decimal("0.5")),
+    ]
     usd = next(b for b in s.bridge if (b.org, b.currency) == ("research", "USD"))
     assert (usd.spend_before, usd.spend_after, usd.volume, usd.price, usd.mix, usd.other, usd.jevons) == (
-        Decimal(12), Decimal(19), Decimal("11.916666667"), Decimal(-4), Decimal("-1.916666667"), Decimal(1), True)
+        Decimal(12),
+        Decimal(19),
+        Decimal("11.916666667"),
+        Decimal(-4),
+        Decimal("-1.916666667"),
+        Decimal(1),
+        True,
+    )
     assert {(b.org, b.currency) for b in s.bridge} == {("research", "USD"), ("research", "EUR"), ("support", "USD")}
     console = Console(record=True, width=200)
     console.print(render(s))
@@ -171,11 +261,25 @@ def test_the_cfo_summary_reads_the_views(bridge_ledger: Settings) -> None:
 def test_the_command_prints_the_same_bridge(bridge_ledger: Settings, tmp_path: Path) -> None:
     """`gpuledger trends --format json`: September's hand-computed row, exact decimal strings, one row per currency."""
     env = {**os.environ, **settings_env(bridge_ledger, tmp_path)}
-    run = subprocess.run([sys.executable, "-m", "gpuledger.cli", "trends", "--since", "2026-09-01", "--until", "2026-10-01", "--format", "json"],
-                         env=env, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "gpuledger.commands.cli", "trends", "--since", "2026-09-01", "--until", "2026-10-01", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     rows = {(r["group"], r["currency"]): r for r in json.loads(run.stdout)}
     usd = rows[("research", "USD")]
     assert (usd["period"], usd["volume"], usd["price"], usd["mix"], usd["other"], usd["change"], usd["jevons"]) == (
-        "2026-09-01", "11.916666667", "-4.000000000", "-1.916666667", "1.000000000", "7.000000000", "True")
+        "2026-09-01",
+        "11.916666667",
+        "-4.000000000",
+        "-1.916666667",
+        "1.000000000",
+        "7.000000000",
+        "True",
+    )
     assert rows[("research", "EUR")]["volume"] == "0.500000000"

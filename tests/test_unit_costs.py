@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 
 from gpuledger.clickhouse import connect
-from gpuledger.kafka import new_producer
-from gpuledger.reference_import import (
+from gpuledger.commands.reference_import import (
     ReferenceFileError,
     import_equivalents,
     import_prices,
 )
+from gpuledger.commands.unit_costs import comparisons, render, unit_costs
+from gpuledger.kafka import new_producer
 from gpuledger.settings import Settings
-from gpuledger.unit_costs import comparisons, render, unit_costs
 from schemas import InferenceUsage, LedgerLine, codec_for
 from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
 from streams.store.rollups import refresh_rollups
@@ -47,26 +47,82 @@ DAY = (date(2026, 11, 2), date(2026, 11, 3))
 GPU = "GPU-unit-0001"
 
 
-def gpu_line(line_id: str, org: str, team: str, model: str, cost: str, *, kind: str = "gpu", basis: str = "tokens",
-             share: int = 0, prompt: int = 0, completion: int = 0) -> LedgerLine:
+def gpu_line(
+    line_id: str,
+    org: str,
+    team: str,
+    model: str,
+    cost: str,
+    *,
+    kind: str = "gpu",
+    basis: str = "tokens",
+    share: int = 0,
+    prompt: int = 0,
+    completion: int = 0,
+) -> LedgerLine:
     return LedgerLine(
-        line_id=line_id, kind=kind, event_time=W, org=org, team=team, project="p", cost_centre="", model=model, price_id="h100",
-        gpu_seconds=Decimal(60), cost=Decimal(cost), currency="USD", gpu_uuid=GPU, window_tokens=4000, share_tokens=share,
-        prompt_tokens=prompt, completion_tokens=completion, basis=basis, gpu_model="NVIDIA H100 80GB HBM3",
+        line_id=line_id,
+        kind=kind,
+        event_time=W,
+        org=org,
+        team=team,
+        project="p",
+        cost_centre="",
+        model=model,
+        price_id="h100",
+        gpu_seconds=Decimal(60),
+        cost=Decimal(cost),
+        currency="USD",
+        gpu_uuid=GPU,
+        window_tokens=4000,
+        share_tokens=share,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        basis=basis,
+        gpu_model="NVIDIA H100 80GB HBM3",
     )
 
 
-def usage_row(event_id: str, org: str, team: str, model: str, prompt: int, completion: int, priced_as: str,
-              cost: str, equivalent: str | None) -> list[object]:
+def usage_row(
+    event_id: str, org: str, team: str, model: str, prompt: int, completion: int, priced_as: str, cost: str, equivalent: str | None
+) -> list[object]:
     values = {
-        "event_id": event_id, "request_start": W, "event_time": W + timedelta(seconds=10), "key_id": "k", "model": model, "backend": "vllm",
-        "deployment": "", "endpoint": "chat.completions", "node": "n", "gpu_uuids": [GPU] if priced_as == "gpu" else [],
-        "prompt_tokens": prompt, "cached_prompt_tokens": 0, "completion_tokens": completion, "usage_estimated": False, "ttft_ms": None,
-        "latency_ms": 1.0, "status": "ok", "org": org, "team": team, "project": "p", "cost_centre": "", "priced_as": priced_as,
-        "price_id": "", "cost": Decimal(cost), "api_equivalent_cost": None if equivalent is None else Decimal(equivalent),
-        "api_equivalent_price_id": "", "source_partition": 0, "source_offset": 0,
-        "requested_model": "", "route_rule": "", "baseline_model": "", "client_request_id": "", "trace_id": "", "session_id": "",
-        "baseline_cost": None, "baseline_price_id": "",
+        "event_id": event_id,
+        "request_start": W,
+        "event_time": W + timedelta(seconds=10),
+        "key_id": "k",
+        "model": model,
+        "backend": "vllm",
+        "deployment": "",
+        "endpoint": "chat.completions",
+        "node": "n",
+        "gpu_uuids": [GPU] if priced_as == "gpu" else [],
+        "prompt_tokens": prompt,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": completion,
+        "usage_estimated": False,
+        "ttft_ms": None,
+        "latency_ms": 1.0,
+        "status": "ok",
+        "org": org,
+        "team": team,
+        "project": "p",
+        "cost_centre": "",
+        "priced_as": priced_as,
+        "price_id": "",
+        "cost": Decimal(cost),
+        "api_equivalent_cost": None if equivalent is None else Decimal(equivalent),
+        "api_equivalent_price_id": "",
+        "source_partition": 0,
+        "source_offset": 0,
+        "requested_model": "",
+        "route_rule": "",
+        "baseline_model": "",
+        "client_request_id": "",
+        "trace_id": "",
+        "session_id": "",
+        "baseline_cost": None,
+        "baseline_price_id": "",
     }
     return [values[c] for c in USAGE_COLUMNS]
 
@@ -81,18 +137,36 @@ def ledger(stack_settings: Settings) -> Iterator[Settings]:
         gpu_line("s", "search", "ranking", "llama-3.1-8b-instruct", "0.02334375", share=3000, prompt=2000, completion=1000),
         gpu_line("u", "support", "chatbot", "llama-3.1-8b-instruct", "0.00778125", share=1000, prompt=800, completion=200),
         gpu_line("i", "platform", "ml-infra", "NVIDIA H100 80GB HBM3", "0.010375", kind="idle", basis="remainder"),
-        LedgerLine(line_id="api:a", kind="api", event_time=W, org="support", team="chatbot", project="p", cost_centre="", model="gpt-4o-mini",
-                   price_id="mini", gpu_seconds=Decimal(0), cost=Decimal("0.000315"), currency="USD", prompt_tokens=1200,
-                   cached_prompt_tokens=1000, completion_tokens=350),
+        LedgerLine(
+            line_id="api:a",
+            kind="api",
+            event_time=W,
+            org="support",
+            team="chatbot",
+            project="p",
+            cost_centre="",
+            model="gpt-4o-mini",
+            price_id="mini",
+            gpu_seconds=Decimal(0),
+            cost=Decimal("0.000315"),
+            currency="USD",
+            prompt_tokens=1200,
+            cached_prompt_tokens=1000,
+            completion_tokens=350,
+        ),
         gpu_line("l", "labs", "x", "llama-3.1-70b-instruct", "0.004", share=0, prompt=400, completion=100),
     ]
     client.insert("ledger", [ledger_row(line, 1) for line in lines], column_names=list(LEDGER_COLUMNS))
-    client.insert("usage_events", [
-        usage_row("r-search", "search", "ranking", "llama-3.1-8b-instruct", 2000, 1000, "gpu", "0", "0.0009"),
-        usage_row("r-support", "support", "chatbot", "llama-3.1-8b-instruct", 800, 200, "gpu", "0", "0.00024"),
-        usage_row("r-api", "support", "chatbot", "gpt-4o-mini", 1200, 350, "api", "0.000315", "0.000315"),
-        usage_row("r-labs", "labs", "x", "llama-3.1-70b-instruct", 400, 100, "gpu", "0", None),
-    ], column_names=list(USAGE_COLUMNS))
+    client.insert(
+        "usage_events",
+        [
+            usage_row("r-search", "search", "ranking", "llama-3.1-8b-instruct", 2000, 1000, "gpu", "0", "0.0009"),
+            usage_row("r-support", "support", "chatbot", "llama-3.1-8b-instruct", 800, 200, "gpu", "0", "0.00024"),
+            usage_row("r-api", "support", "chatbot", "gpt-4o-mini", 1200, 350, "api", "0.000315", "0.000315"),
+            usage_row("r-labs", "labs", "x", "llama-3.1-70b-instruct", 400, 100, "gpu", "0", None),
+        ],
+        column_names=list(USAGE_COLUMNS),
+    )
     yield settings
 
 
@@ -105,7 +179,12 @@ def test_unit_costs_on_usage_and_allocation_bases(ledger: Settings) -> None:
     support = rows[("support/chatbot", "llama-3.1-8b-instruct")]
     assert (support.allocation_cost, support.per_mtok_allocation) == (Decimal("0.010375"), Decimal("10.375"))
     api = rows[("support/chatbot", "gpt-4o-mini")]
-    assert (api.hosting, api.usage_cost, api.allocation_cost, api.per_mtok_usage) == ("api", Decimal("0.000315"), Decimal("0.000315"), Decimal("0.203225806"))
+    assert (api.hosting, api.usage_cost, api.allocation_cost, api.per_mtok_usage) == (
+        "api",
+        Decimal("0.000315"),
+        Decimal("0.000315"),
+        Decimal("0.203225806"),
+    )
     by_model = {r.llm_model: r for r in unit_costs(ledger, *DAY, "model")}
     assert by_model["llama-3.1-8b-instruct"].allocation_cost == Decimal("0.0415")  # the whole window, every team
 
@@ -116,7 +195,11 @@ def test_self_hosted_vs_api_with_break_even_and_headroom(ledger: Settings) -> No
     # API equivalent 0.0009 (gpt-4o-mini: 2,000 x 0.15 + 1,000 x 0.60 per million); 0.031125 / 0.0009 = 34.5833;
     # break-even = (0.031125 per serving hour) / (0.0009 / 3,000 per token) = 103,750 tokens an hour; headroom 0.0289.
     assert (search.api_equivalent_cost, search.ratio, search.break_even_tokens_per_hour, search.headroom) == (
-        Decimal("0.0009"), Decimal("34.5833"), Decimal(103750), Decimal("0.0289"))
+        Decimal("0.0009"),
+        Decimal("34.5833"),
+        Decimal(103750),
+        Decimal("0.0289"),
+    )
     api = rows[("support/chatbot", "gpt-4o-mini")]
     assert (api.ratio, api.headroom) == (Decimal(1), Decimal(1))  # an API model compared with itself
     model = {r.llm_model: r for r in comparisons(ledger, *DAY, "model")}["llama-3.1-8b-instruct"]
@@ -125,13 +208,22 @@ def test_self_hosted_vs_api_with_break_even_and_headroom(ledger: Settings) -> No
 
 def test_a_model_without_an_equivalent_is_listed_as_such(ledger: Settings) -> None:
     labs = {(r.group, r.llm_model): r for r in comparisons(ledger, *DAY, "org")}[("labs", "llama-3.1-70b-instruct")]
-    assert (labs.tokens, labs.allocation_cost, labs.api_equivalent_cost, labs.requests_without_equivalent) == (500, Decimal("0.004"), None, 1)
+    assert (labs.tokens, labs.allocation_cost, labs.api_equivalent_cost, labs.requests_without_equivalent) == (
+        500,
+        Decimal("0.004"),
+        None,
+        1,
+    )
     assert (labs.ratio, labs.break_even_tokens_per_hour, labs.headroom) == (None, None, None)
 
 
 def test_views_never_divide_by_zero(ledger: Settings) -> None:
     client = connect(ledger.clickhouse)
-    client.insert("ledger", [ledger_row(gpu_line("z", "finance", "ops", "llama-3.1-70b-instruct", "0.001", share=0), 1)], column_names=list(LEDGER_COLUMNS))
+    client.insert(
+        "ledger",
+        [ledger_row(gpu_line("z", "finance", "ops", "llama-3.1-70b-instruct", "0.001", share=0), 1)],
+        column_names=list(LEDGER_COLUMNS),
+    )
     rows = client.query("SELECT llm_model, tokens, usd_per_mtok_usage FROM unit_costs_daily WHERE org = 'finance'").result_rows
     assert rows == [("llama-3.1-70b-instruct", 0, None)]
 
@@ -139,10 +231,31 @@ def test_views_never_divide_by_zero(ledger: Settings) -> None:
 def test_currencies_are_never_added_together_and_the_dashboards_rollup_agrees(ledger: Settings) -> None:
     """emea pays gpt-4o-mini in dollars (0.25) and in euros (0.50): two rows, never 0.75 of anything."""
     client = connect(ledger.clickhouse)
-    client.insert("ledger", [ledger_row(LedgerLine(
-        line_id=f"api:{currency}", kind="api", event_time=W, org="emea", team="x", project="p", cost_centre="", model="gpt-4o-mini",
-        price_id="mini", gpu_seconds=Decimal(0), cost=Decimal(cost), currency=currency, prompt_tokens=1000), 1)
-        for currency, cost in (("USD", "0.25"), ("EUR", "0.5"))], column_names=list(LEDGER_COLUMNS))
+    client.insert(
+        "ledger",
+        [
+            ledger_row(
+                LedgerLine(
+                    line_id=f"api:{currency}",
+                    kind="api",
+                    event_time=W,
+                    org="emea",
+                    team="x",
+                    project="p",
+                    cost_centre="",
+                    model="gpt-4o-mini",
+                    price_id="mini",
+                    gpu_seconds=Decimal(0),
+                    cost=Decimal(cost),
+                    currency=currency,
+                    prompt_tokens=1000,
+                ),
+                1,
+            )
+            for currency, cost in (("USD", "0.25"), ("EUR", "0.5"))
+        ],
+        column_names=list(LEDGER_COLUMNS),
+    )
     rows = [(r.llm_model, r.currency, r.usage_cost, r.per_mtok_usage) for r in unit_costs(ledger, *DAY, "org") if r.group == "emea"]
     assert rows == [("gpt-4o-mini", "EUR", Decimal("0.5"), Decimal(500)), ("gpt-4o-mini", "USD", Decimal("0.25"), Decimal(250))]
     table = render(unit_costs(ledger, *DAY, "org"), ("per_mtok_usage",), "table", "t")
@@ -155,7 +268,9 @@ def test_cli_formats_and_bad_ranges(ledger: Settings, tmp_path: Path) -> None:
     env = {**os.environ, **settings_env(ledger, tmp_path)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "gpuledger.commands.cli", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
 
     out = cli("compare", "--since", "2026-11-02", "--until", "2026-11-03", "--by", "team", "--format", "json")
     assert out.returncode == 0, out.stderr
@@ -178,19 +293,34 @@ def test_worker_prices_each_request_at_its_equivalents_price_in_force(worker_env
     settings, worker = worker_env
     change = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
     unknown = tmp_path / "bad.yaml"
-    unknown.write_text("equivalents:\n  - {model: llama-3.1-8b-instruct, api_sku: gpt-5-imaginary, effective_from: '2026-01-01T00:00:00Z'}\n")
+    unknown.write_text(
+        "equivalents:\n  - {model: llama-3.1-8b-instruct, api_sku: gpt-5-imaginary, effective_from: '2026-01-01T00:00:00Z'}\n"
+    )
     with pytest.raises(ReferenceFileError, match="gpt-5-imaginary' has no token price; priced SKUs: claude-sonnet-4, gpt-4o, gpt-4o-mini"):
         asyncio.run(import_equivalents(settings, unknown))
     asyncio.run(import_equivalents(settings, DEMO / "equivalents.yaml"))
     prices = tmp_path / "change.csv"  # gpt-4o-mini gets cheaper mid-period
-    prices.write_text(f"sku,kind,currency,effective_from,input_per_mtok,output_per_mtok\ngpt-4o-mini,token,USD,{change.isoformat()},0.10,0.40\n")
+    prices.write_text(
+        f"sku,kind,currency,effective_from,input_per_mtok,output_per_mtok\ngpt-4o-mini,token,USD,{change.isoformat()},0.10,0.40\n"
+    )
     asyncio.run(import_prices(settings, prices))
 
     def request(event_id: str, model: str, when: datetime, gpus: list[str]) -> bytes:
-        return codec_for(InferenceUsage).encode(InferenceUsage(
-            event_id=event_id, request_start=when - timedelta(seconds=1), request_end=when, key_id="key-search-ranker", model=model,
-            backend="vllm", prompt_tokens=1_000_000, completion_tokens=1_000_000, latency_ms=1000.0, status="ok", gpu_uuids=gpus,
-        ))
+        return codec_for(InferenceUsage).encode(
+            InferenceUsage(
+                event_id=event_id,
+                request_start=when - timedelta(seconds=1),
+                request_end=when,
+                key_id="key-search-ranker",
+                model=model,
+                backend="vllm",
+                prompt_tokens=1_000_000,
+                completion_tokens=1_000_000,
+                latency_ms=1000.0,
+                status="ok",
+                gpu_uuids=gpus,
+            )
+        )
 
     async def send() -> None:
         producer = new_producer(settings.kafka)

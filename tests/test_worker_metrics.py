@@ -36,8 +36,20 @@ async def produce(settings: Settings, values: list[bytes]) -> None:
 
 def usage(i: int) -> bytes:
     now = datetime.now(UTC)
-    return codec_for(InferenceUsage).encode(InferenceUsage(event_id=f"wm-{uuid.uuid4().hex}", request_start=now, request_end=now, key_id="k", model="m",
-                                                           backend="vllm", prompt_tokens=i, completion_tokens=1, latency_ms=1.0, status="ok"))
+    return codec_for(InferenceUsage).encode(
+        InferenceUsage(
+            event_id=f"wm-{uuid.uuid4().hex}",
+            request_start=now,
+            request_end=now,
+            key_id="k",
+            model="m",
+            backend="vllm",
+            prompt_tokens=i,
+            completion_tokens=1,
+            latency_ms=1.0,
+            status="ok",
+        )
+    )
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -58,7 +70,9 @@ def test_worker_serves_metrics_and_health(stack_settings: Settings, tmp_path: Pa
                 values = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
             except httpx.HTTPError:
                 return None
-            lag = sum(v for (name, labels), v in values.items() if name == "gpuledger_worker_consumer_lag_messages" and ("topic", topic) in labels)
+            lag = sum(
+                v for (name, labels), v in values.items() if name == "gpuledger_worker_consumer_lag_messages" and ("topic", topic) in labels
+            )
             done = values.get(("gpuledger_worker_rows_inserted_total", (("table", "usage_events"),)), 0) >= 5
             return values if done and lag == 0 and any(name == "gpuledger_worker_consumer_lag_messages" for name, _ in values) else None
 
@@ -71,7 +85,9 @@ def test_worker_serves_metrics_and_health(stack_settings: Settings, tmp_path: Pa
     assert values[("gpuledger_worker_dead_letters_total", (("stage", "decode"), ("topic", topic)))] == 1
     assert values[("gpuledger_worker_batch_store_duration_seconds_count", (("agent", "usage"),))] >= 1
     assert health.status_code == 200 and health.json()["kafka_ok"] is True and all(health.json()["reference_caught_up"].values())
-    assert [v for (name, _), v in values.items() if name == "gpuledger_worker_reference_caught_up"] == [1, 1, 1, 1], "orgs, prices, budgets, equivalents"
+    assert [v for (name, _), v in values.items() if name == "gpuledger_worker_reference_caught_up"] == [1, 1, 1, 1], (
+        "orgs, prices, budgets, equivalents"
+    )
 
 
 def test_insert_attempts_are_counted_stored_and_refused(stack_settings: Settings) -> None:

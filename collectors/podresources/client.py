@@ -79,8 +79,15 @@ def index_assignments(response: ListPodResourcesResponse, resource_prefix: str =
 class PodResourcesClient:
     """``PodResourcesLister.List`` over ``unix://<socket_path>``, failing fast and recovering by itself."""
 
-    def __init__(self, socket_path: Path, *, timeout_seconds: float = 1.0, max_age_seconds: float = 30.0,
-                 resource_prefix: str = "nvidia.com/", clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        timeout_seconds: float = 1.0,
+        max_age_seconds: float = 30.0,
+        resource_prefix: str = "nvidia.com/",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.socket_path = socket_path
         self.timeout_seconds = timeout_seconds
         self.max_age_seconds = max_age_seconds
@@ -118,7 +125,9 @@ class PodResourcesClient:
             response = self._connect().List(ListPodResourcesRequest(), timeout=self.timeout_seconds)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            return self._failed(code.name.lower() if code is not None else "rpc_error", exc.details() if hasattr(exc, "details") else str(exc))
+            return self._failed(
+                code.name.lower() if code is not None else "rpc_error", exc.details() if hasattr(exc, "details") else str(exc)
+            )
         self._last = index_assignments(response, self.resource_prefix)
         self.stats.last_success = self.clock()
         if self._failing is not None:
@@ -130,8 +139,13 @@ class PodResourcesClient:
         self.close()  # a fresh channel next time: the kubelet comes back on a new socket, no reconnect backoff to wait out
         self.stats.errors[reason] += 1
         if reason != self._failing:
-            log.warning("pod-resources API unavailable; idle GPUs held by pods are not attributed until it answers",
-                        socket=str(self.socket_path), reason=reason, detail=detail, serving_last_answer_for_seconds=self.max_age_seconds)
+            log.warning(
+                "pod-resources API unavailable; idle GPUs held by pods are not attributed until it answers",
+                socket=str(self.socket_path),
+                reason=reason,
+                detail=detail,
+                serving_last_answer_for_seconds=self.max_age_seconds,
+            )
             self._failing = reason
         if self.stats.last_success and self.clock() - self.stats.last_success <= self.max_age_seconds:
             return self._last

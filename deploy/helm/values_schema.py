@@ -28,8 +28,12 @@ from gpuledger.sections.notifier import Route, Target  # noqa: E402
 from gpuledger.settings import CollectorSettings, GatewayConfig, NotifierSettings, Settings, UISettings  # noqa: E402
 
 # The chart's own key beside a webhook target's fields: the Secret holding its `url`.
-URL_SECRET = {"type": "object", "additionalProperties": False, "required": ["name", "key"],
-              "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}
+URL_SECRET = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "key"],
+    "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+}
 
 
 def fields_only(model: type[BaseModel], *, leave_out: tuple[str, ...] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -51,6 +55,7 @@ def _value(annotation: Any) -> dict[str, Any]:
 
 def schema() -> dict[str, Any]:
     """The chart's values schema."""
+
     def section(**properties: Any) -> dict[str, Any]:
         return {"type": "object", "properties": properties}
 
@@ -65,8 +70,11 @@ def schema() -> dict[str, Any]:
             # (the vLLM middleware's `meter` runs outside the chart).
             "settings": fields_only(Settings, leave_out=("ui", "collector", "meter", "gateway", "notifier")),
             "collector": section(settings=fields_only(CollectorSettings)),
-            "notifier": section(settings=fields_only(NotifierSettings, leave_out=("routes", "default")),
-                                default=target, routes={"type": "array", "items": route}),
+            "notifier": section(
+                settings=fields_only(NotifierSettings, leave_out=("routes", "default")),
+                default=target,
+                routes={"type": "array", "items": route},
+            ),
             "gateway": section(config=fields_only(GatewayConfig)),
             # host / port come from ui.port; the read-only ClickHouse user from ui.clickhouse (a Secret)
             "ui": section(settings=fields_only(UISettings, leave_out=("host", "port", "clickhouse_user", "clickhouse_password"))),

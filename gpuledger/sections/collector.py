@@ -33,12 +33,18 @@ class CollectorSettings(Section):
 
     source: Literal["nvml", "simulated"] = "nvml"
     interval_seconds: float = Field(5.0, gt=0, description="Length of one sample interval; intervals align to wall-clock multiples.")
-    poll_seconds: float = Field(1.0, gt=0, description="How often NVML is polled inside an interval (utilization/power averaging, process union).")
-    rediscover_seconds: float = Field(60.0, gt=0, description="How often to look for GPUs that appeared or came back (MIG re-layout, reset).")
+    poll_seconds: float = Field(
+        1.0, gt=0, description="How often NVML is polled inside an interval (utilization/power averaging, process union)."
+    )
+    rediscover_seconds: float = Field(
+        60.0, gt=0, description="How often to look for GPUs that appeared or came back (MIG re-layout, reset)."
+    )
     simulated_gpus: int = Field(8, ge=1, le=64)
     simulated_seed: int = 7
     node: str = Field(default_factory=default_node_name)
-    spool_dir: Path = Field(Path(".gpuledger/collector-spool"), description="The DaemonSet points this at a hostPath so a restart keeps it.")
+    spool_dir: Path = Field(
+        Path(".gpuledger/collector-spool"), description="The DaemonSet points this at a hostPath so a restart keeps it."
+    )
     spool_max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
     spool_segment_bytes: int = Field(4 * 1024 * 1024, ge=4 * 1024)
     metrics_host: str = "127.0.0.1"
@@ -48,8 +54,12 @@ class CollectorSettings(Section):
         default_factory=lambda: list(DEFAULT_POD_LABEL_KEYS),
         description="Pod labels copied (key and value as they are) onto each process; env: comma-separated or a JSON list.",
     )
-    team_label: str | None = Field(None, description="Deprecated alias: this pod label is copied under the key 'team' (instead of a 'team' label).")
-    project_label: str | None = Field(None, description="Deprecated alias: this pod label is copied under the key 'project' (instead of a 'project' label).")
+    team_label: str | None = Field(
+        None, description="Deprecated alias: this pod label is copied under the key 'team' (instead of a 'team' label)."
+    )
+    project_label: str | None = Field(
+        None, description="Deprecated alias: this pod label is copied under the key 'project' (instead of a 'project' label)."
+    )
     proc_root: Path = Path("/proc")
     pod_list_url: str | None = Field(
         None,
@@ -62,8 +72,12 @@ class CollectorSettings(Section):
         Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
         description="The kubelet's pod-resources gRPC socket (which pod holds which GPU); empty turns it off. Not used with source=simulated.",
     )
-    pod_resources_timeout_seconds: float = Field(1.0, gt=0, le=5, description="Deadline of one List call (the next interval's polls wait for it).")
-    pod_resources_max_age_seconds: float = Field(30.0, ge=0, description="How long the last good answer stands in while the kubelet does not answer.")
+    pod_resources_timeout_seconds: float = Field(
+        1.0, gt=0, le=5, description="Deadline of one List call (the next interval's polls wait for it)."
+    )
+    pod_resources_max_age_seconds: float = Field(
+        30.0, ge=0, description="How long the last good answer stands in while the kubelet does not answer."
+    )
 
     @field_validator("pod_label_keys", mode="before")
     @classmethod

@@ -20,10 +20,25 @@ from gpuledger.sections import Section
 MAX_MODEL_CHARS = 256
 
 # Credentials, and headers the gateway itself sets per upstream request or that describe the client's own connection.
-NEVER_FORWARDED = frozenset({
-    "authorization", "proxy-authorization", "cookie", "api-key", "x-api-key", "host", "content-length", "content-type",
-    "transfer-encoding", "connection", "keep-alive", "te", "upgrade", "accept-encoding", "expect",
-})
+NEVER_FORWARDED = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "api-key",
+        "x-api-key",
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "accept-encoding",
+        "expect",
+    }
+)
 
 
 class Backend(Section):
@@ -31,7 +46,8 @@ class Backend(Section):
 
     name: str
     kind: Literal["vllm", "openai", "anthropic"] = Field(
-        description="vllm: self-hosted (events carry node/GPUs); openai: any external OpenAI-compatible API; anthropic: Anthropic's API (key sent as x-api-key).")
+        description="vllm: self-hosted (events carry node/GPUs); openai: any external OpenAI-compatible API; anthropic: Anthropic's API (key sent as x-api-key)."
+    )
     base_url: str = Field(description="Up to and including /v1, e.g. http://vllm-8b:8000/v1.")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream API key.")
     timeout_s: float = Field(60.0, gt=0, description="Longest wait for the upstream's next byte.")
@@ -66,7 +82,9 @@ class Rule(Section):
     max_tokens_gt: int | None = None
     messages_chars_gt: int | None = None
     header: dict[str, str] = Field(default_factory=dict, description="Header name -> value that must match exactly.")
-    name: str | None = Field(None, description="What usage events record as route_rule when this rule chose the model; default rule-<n> (1-based).")
+    name: str | None = Field(
+        None, description="What usage events record as route_rule when this rule chose the model; default rule-<n> (1-based)."
+    )
 
 
 class Alias(Section):
@@ -75,7 +93,10 @@ class Alias(Section):
     name: str
     default: str
     rules: list[Rule] = Field(default_factory=list)
-    baseline: str | None = Field(None, description="The model every request of this alias would go to without tiering; routing savings are priced against it (unset: none measured).")
+    baseline: str | None = Field(
+        None,
+        description="The model every request of this alias would go to without tiering; routing savings are priced against it (unset: none measured).",
+    )
 
     def rule_names(self) -> list[str]:
         """Each rule's name as events record it: its own, else rule-<n>."""
@@ -100,21 +121,37 @@ class GatewayConfig(Section):
     aliases: list[Alias] = Field(default_factory=list)
     keys: list[VirtualKey] = Field(default_factory=list)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    fallback_statuses: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504], description="Upstream statuses that try the next target.")
+    fallback_statuses: list[int] = Field(
+        default_factory=lambda: [429, 500, 502, 503, 504], description="Upstream statuses that try the next target."
+    )
     queue_size: int = Field(10_000, ge=1, description="Usage events buffered while Kafka is slow.")
     max_connections: int = Field(1024, ge=1, description="Pooled upstream connections, all backends together.")
     forward_headers: list[str] = Field(
         default_factory=lambda: ["x-request-id", "traceparent", "tracestate"],
         description="Client request headers passed on to the backend (tracing and correlation only; never credentials).",
     )
-    header_timeout_s: float = Field(10.0, gt=0, description="Close a client connection whose request headers are not complete this long after it opened or its previous response ended (slowloris).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Close a client connection whose request headers are not complete this long after it opened or its previous response ended (slowloris).",
+    )
     body_timeout_s: float = Field(30.0, gt=0, description="Answer 408 when a request body takes longer than this to arrive.")
     idle_timeout_s: float = Field(75.0, gt=0, description="Close a kept-alive client connection idle this long between requests.")
-    max_client_connections: int = Field(4096, ge=1, description="Client connections and requests in flight; beyond it new requests get 503.")
-    max_model_chars: int = Field(MAX_MODEL_CHARS, ge=1, le=MAX_MODEL_CHARS, description="Longest model name accepted (longer: 400); events never carry more.")
-    budget_retry_after_max_s: int = Field(3600, ge=1, description="Cap of Retry-After on budget 429s (otherwise the seconds until the budget period ends).")
-    enforce_budgets: bool = Field(True, description="Refuse requests (429) of scopes whose hard budget is exhausted, as published by the stream worker.")
-    keys_file: Path | None = Field(None, description="A YAML file with more virtual keys (a `keys:` list), e.g. a mounted Kubernetes Secret; added to `keys`.")
+    max_client_connections: int = Field(
+        4096, ge=1, description="Client connections and requests in flight; beyond it new requests get 503."
+    )
+    max_model_chars: int = Field(
+        MAX_MODEL_CHARS, ge=1, le=MAX_MODEL_CHARS, description="Longest model name accepted (longer: 400); events never carry more."
+    )
+    budget_retry_after_max_s: int = Field(
+        3600, ge=1, description="Cap of Retry-After on budget 429s (otherwise the seconds until the budget period ends)."
+    )
+    enforce_budgets: bool = Field(
+        True, description="Refuse requests (429) of scopes whose hard budget is exhausted, as published by the stream worker."
+    )
+    keys_file: Path | None = Field(
+        None, description="A YAML file with more virtual keys (a `keys:` list), e.g. a mounted Kubernetes Secret; added to `keys`."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -122,7 +159,9 @@ class GatewayConfig(Section):
         """The virtual keys of ``keys_file`` join ``keys`` before validation (so duplicates across both are refused)."""
         keys_file = raw.get("keys_file") if isinstance(raw, dict) else None
         inline = raw.get("keys") if isinstance(raw, dict) else None
-        if isinstance(keys_file, (str, Path)) and (inline is None or isinstance(inline, list)):  # anything else: validation says what is wrong
+        if isinstance(keys_file, (str, Path)) and (
+            inline is None or isinstance(inline, list)
+        ):  # anything else: validation says what is wrong
             raw = {**raw, "keys": [*(inline or ()), *load_keys(Path(keys_file))]}
         return raw
 
@@ -149,7 +188,9 @@ class GatewayConfig(Section):
                 if name not in models:
                     raise ValueError(f"alias {alias.name!r} points at unknown model {name!r}; known: {sorted(models)}")
             if alias.baseline is not None and alias.baseline not in models:
-                raise ValueError(f"alias {alias.name!r} has baseline {alias.baseline!r}, which is not a model of this gateway; known: {sorted(models)}")
+                raise ValueError(
+                    f"alias {alias.name!r} has baseline {alias.baseline!r}, which is not a model of this gateway; known: {sorted(models)}"
+                )
             _check_rule_names(alias)
         return self
 
@@ -182,4 +223,6 @@ def _check_rule_names(alias: Alias) -> None:
     if twice := sorted(n for n, k in Counter(names).items() if k > 1):
         raise ValueError(f"alias {alias.name!r} has rules named {twice} more than once; give each rule its own `name`")
     if clash := sorted(n for n in names if n in RESERVED_ROUTE_RULES or n.startswith("fallback:") or not n.strip()):
-        raise ValueError(f"alias {alias.name!r} has rules named {clash}: names may not be empty, {list(RESERVED_ROUTE_RULES)} or start with 'fallback:'")
+        raise ValueError(
+            f"alias {alias.name!r} has rules named {clash}: names may not be empty, {list(RESERVED_ROUTE_RULES)} or start with 'fallback:'"
+        )

@@ -54,7 +54,9 @@ class DigestSchedule(Section):
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"digest for {self.scope!r}: unknown time zone {self.timezone!r}; use an IANA name such as Europe/Berlin") from None
+            raise ValueError(
+                f"digest for {self.scope!r}: unknown time zone {self.timezone!r}; use an IANA name such as Europe/Berlin"
+            ) from None
         return self
 
 
@@ -70,13 +72,18 @@ class NotifierSettings(Section):
     backoff_max_s: float = Field(30.0, ge=0)
     max_retry_after_s: float = Field(300.0, ge=0, description="Cap on a 429 Retry-After wait.")
     request_timeout_s: float = Field(10.0, gt=0)
-    record_history: bool = Field(True, description="Write each settled delivery to ClickHouse (budget_alert_deliveries) for the alert history.")
+    record_history: bool = Field(
+        True, description="Write each settled delivery to ClickHouse (budget_alert_deliveries) for the alert history."
+    )
     redelivery_pause_s: float = Field(60.0, ge=0, description="Pause before a new round once max_attempts transient failures are spent.")
     metrics_host: str = Field("127.0.0.1", description="Address of the notifier's /metrics and /healthz.")
     metrics_port: int = Field(9404, ge=0, le=65535, description="Port of /metrics and /healthz; 0 turns them off.")
-    digests: list[DigestSchedule] = Field(default_factory=list, description="Weekly Slack digests, one per team (README \"Weekly digest\").")
+    digests: list[DigestSchedule] = Field(default_factory=list, description='Weekly Slack digests, one per team (README "Weekly digest").')
     digest_check_s: float = Field(60.0, gt=0, description="How often the notifier checks whether a digest is due.")
-    digest_outcomes_view: str = Field("cost_per_outcome_daily", description="The cost-per-outcome view the digest reads when it exists (its section is left out otherwise).")
+    digest_outcomes_view: str = Field(
+        "cost_per_outcome_daily",
+        description="The cost-per-outcome view the digest reads when it exists (its section is left out otherwise).",
+    )
 
     @property
     def state_file(self) -> Path:

@@ -33,10 +33,7 @@ CLUSTER = """
 SHARD = "<shard><internal_replication>true</internal_replication><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"
 
 # Runs inside the server process: the first (and only) chdb query in it becomes the server.
-SERVE = (
-    "SYSTEM START LISTEN QUERIES ALL; "
-    "SELECT sleepEachRow(1) FROM system.numbers SETTINGS max_execution_time = 0, max_block_size = 1"
-)
+SERVE = "SYSTEM START LISTEN QUERIES ALL; SELECT sleepEachRow(1) FROM system.numbers SETTINGS max_execution_time = 0, max_block_size = 1"
 
 
 def managed(stack: StackSettings, shard: int = 0) -> Managed:
@@ -73,7 +70,9 @@ def start(stack: StackSettings) -> None:
             continue
         server.workdir.mkdir(parents=True, exist_ok=True)
         (server.workdir / "config.xml").write_text(config(stack, shard))
-        proc = server.start([sys.executable, "-m", "gpuledger.stack.clickhouse", str((server.workdir / "data").resolve())], cwd=server.workdir)
+        proc = server.start(
+            [sys.executable, "-m", "gpuledger.stack.clickhouse", str((server.workdir / "data").resolve())], cwd=server.workdir
+        )
         server.wait_ready(proc, partial(ping, server.port), stack.start_timeout_seconds)
 
 

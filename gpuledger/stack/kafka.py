@@ -104,7 +104,8 @@ def ensure_jars(stack: StackSettings) -> Path:
     jars.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={jars}", "-DincludeScope=runtime"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise StackError(f"Maven could not resolve Kafka's jars (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
@@ -143,9 +144,20 @@ def _format_storage(java: str, jars: Path, workdir: Path, cluster_id: str) -> No
     if (workdir / "data" / "meta.properties").exists():
         return
     result = subprocess.run(
-        [java, "-cp", f"{jars}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id,
-         "-c", str(workdir / "server.properties"), "--ignore-formatted"],
-        capture_output=True, text=True,
+        [
+            java,
+            "-cp",
+            f"{jars}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(workdir / "server.properties"),
+            "--ignore-formatted",
+        ],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise StackError(f"formatting Kafka's storage failed:\n{(result.stdout + result.stderr)[-3000:]}")
@@ -179,14 +191,30 @@ def start_node(stack: StackSettings, node: int, java: str, jars: Path) -> subpro
     port, controller_port = ports(stack, node)
     replicas, min_isr = replication(stack)
     voters = ",".join(f"{n + 1}@127.0.0.1:{ports(stack, n)[1]}" for n in range(stack.kafka_brokers))
-    (broker.workdir / "server.properties").write_text(SERVER_PROPERTIES.format(
-        node_id=node + 1, voters=voters, port=port, controller_port=controller_port, replicas=replicas, min_isr=min_isr,
-        log_dir=(broker.workdir / "data").resolve(),
-    ))
+    (broker.workdir / "server.properties").write_text(
+        SERVER_PROPERTIES.format(
+            node_id=node + 1,
+            voters=voters,
+            port=port,
+            controller_port=controller_port,
+            replicas=replicas,
+            min_isr=min_isr,
+            log_dir=(broker.workdir / "data").resolve(),
+        )
+    )
     (broker.workdir / "log4j2.yaml").write_text(LOG4J2)
     _format_storage(java, jars, broker.workdir, _cluster_id(stack))
     return broker.start(
-        [java, f"-Xmx{stack.kafka_heap}", f"-Xms{stack.kafka_heap}", "-XX:+UseG1GC",
-         f"-Dlog4j2.configurationFile={broker.workdir / 'log4j2.yaml'}", "-cp", f"{jars}/*", "kafka.Kafka", "server.properties"],
+        [
+            java,
+            f"-Xmx{stack.kafka_heap}",
+            f"-Xms{stack.kafka_heap}",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={broker.workdir / 'log4j2.yaml'}",
+            "-cp",
+            f"{jars}/*",
+            "kafka.Kafka",
+            "server.properties",
+        ],
         cwd=broker.workdir,
     )

@@ -38,19 +38,29 @@ from gpuledger.ui.filters import BadFilter, Filters
 from gpuledger.ui.tables import Table
 
 HERE = Path(__file__).parent
-NAV = [("overview", "/", "Overview"), ("drill", "/drill", "Drill-down"), ("budgets", "/budgets", "Budgets"), ("gpus", "/gpus", "GPUs"), ("models", "/models", "Models")]
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self';"
-       " frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+NAV = [
+    ("overview", "/", "Overview"),
+    ("drill", "/drill", "Drill-down"),
+    ("budgets", "/budgets", "Budgets"),
+    ("gpus", "/gpus", "GPUs"),
+    ("models", "/models", "Models"),
+]
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self';"
+    " frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 def ui_settings(settings: Settings) -> Settings:
     """The settings the dashboard reads with: its own (read-only) ClickHouse user, and readonly=1 on every query."""
     ui = settings.ui
-    clickhouse = settings.clickhouse.model_copy(update={
-        "readonly": True,
-        "user": ui.clickhouse_user or settings.clickhouse.user,
-        "password": ui.clickhouse_password or settings.clickhouse.password,
-    })
+    clickhouse = settings.clickhouse.model_copy(
+        update={
+            "readonly": True,
+            "user": ui.clickhouse_user or settings.clickhouse.user,
+            "password": ui.clickhouse_password or settings.clickhouse.password,
+        }
+    )
     return settings.model_copy(update={"clickhouse": clickhouse})
 
 
@@ -86,10 +96,17 @@ def create_app(settings: Settings) -> Starlette:
             ctx, page = await build(request, queries.PAGES[name])
             orgs = await run_in_threadpool(queries.visible_orgs, ctx)
             html = env.get_template("page.html").render(
-                page=page, name=name, viewer=ctx.viewer, filters=ctx.filters, orgs=orgs, render_table=render_table,
-                api_url=ctx.filters.url(f"/api/{name}"), csv_url=lambda t: ctx.filters.url(f"/csv/{name}/{t}"),
+                page=page,
+                name=name,
+                viewer=ctx.viewer,
+                filters=ctx.filters,
+                orgs=orgs,
+                render_table=render_table,
+                api_url=ctx.filters.url(f"/api/{name}"),
+                csv_url=lambda t: ctx.filters.url(f"/csv/{name}/{t}"),
             )
             return HTMLResponse(html)
+
         return endpoint
 
     async def api(request: Request) -> Response:
@@ -97,7 +114,9 @@ def create_app(settings: Settings) -> Starlette:
         if name not in queries.PAGES:
             return PlainTextResponse(f"no page {name!r}", 404)
         _, page = await build(request, queries.PAGES[name])
-        return JSONResponse({"generated_at": datetime.now(UTC).isoformat(), "tables": {t.name: render_table(t) for t in page.tables}, "charts": page.charts})
+        return JSONResponse(
+            {"generated_at": datetime.now(UTC).isoformat(), "tables": {t.name: render_table(t) for t in page.tables}, "charts": page.charts}
+        )
 
     async def csv(request: Request) -> Response:
         name, table_name = request.path_params["page"], request.path_params["table"]
@@ -110,7 +129,9 @@ def create_app(settings: Settings) -> Starlette:
         except StopIteration:
             return PlainTextResponse(f"page {name} has no table {table_name!r}", 404)
         filename = f"gpuledger-{name}-{table_name}.csv"
-        return Response(table.csv(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return Response(
+            table.csv(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        )
 
     async def login(request: Request) -> Response:
         if request.method == "GET":

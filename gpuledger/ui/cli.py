@@ -22,8 +22,13 @@ def serve(
     settings = get_settings()
     bind = host or settings.ui.host
     if settings.ui.anonymous == "admin" and not is_loopback(bind):
-        typer.echo(f"error: ui.anonymous=admin is only allowed on a loopback address, not {bind}; configure ui.tokens or a trusted proxy", err=True)
+        typer.echo(
+            f"error: ui.anonymous=admin is only allowed on a loopback address, not {bind}; configure ui.tokens or a trusted proxy", err=True
+        )
         raise typer.Exit(1)
     if settings.ui.anonymous == "refuse" and not settings.ui.tokens and not settings.ui.trusted_proxies:
-        typer.echo("warning: no ui.tokens and no ui.trusted_proxies: every request will be refused (set GPULEDGER_UI__ANONYMOUS=admin for local use)", err=True)
+        typer.echo(
+            "warning: no ui.tokens and no ui.trusted_proxies: every request will be refused (set GPULEDGER_UI__ANONYMOUS=admin for local use)",
+            err=True,
+        )
     uvicorn.run(create_app(settings), host=bind, port=port or settings.ui.port, log_level="warning", access_log=False)

@@ -6,7 +6,7 @@ another org's figures, whatever the page or endpoint. Aggregates read rollups (`
 ``spend_by_org_daily`` over it; migration 0015's ``gpu_daily``, ``gpu_utilization_hourly``,
 ``self_hosted_vs_api_rollup``, ``serving_hours``), so a page's time does not grow with the ledger; the
 ledger itself is read only for the lines page's listing (and its totals under basis / node / GPU filters). Ratios and the spend
-bridge come from ``gpuledger.unit_costs`` and ``gpuledger.trends``, not re-derived here.
+bridge come from ``gpuledger.commands.unit_costs`` and ``gpuledger.commands.trends``, not re-derived here.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any, cast
 
 from clickhouse_connect.driver.client import Client
 
-from gpuledger import trends as tr
-from gpuledger import unit_costs as uc
-from gpuledger.budgets import current
+from gpuledger.commands import trends as tr
+from gpuledger.commands import unit_costs as uc
+from gpuledger.commands.budgets import current
 from gpuledger.settings import Settings
 from gpuledger.ui.auth import Viewer
 from gpuledger.ui.filters import DIMENSIONS, LINE_FILTERS, Filters, period_bounds
@@ -60,7 +60,9 @@ class Page:
         return next(t for t in self.tables if t.name == name)
 
 
-def scope(ctx: Ctx, time: str, dims: tuple[str, ...] = DIMENSIONS[:4], since: date | None = None, until: date | None = None) -> tuple[str, dict[str, Any]]:
+def scope(
+    ctx: Ctx, time: str, dims: tuple[str, ...] = DIMENSIONS[:4], since: date | None = None, until: date | None = None
+) -> tuple[str, dict[str, Any]]:
     """WHERE clause and parameters: the time range, the viewer's orgs, and the URL's filters on ``dims``."""
     f = ctx.filters
     params: dict[str, Any] = {"since": since or f.since, "until": until or f.until}
@@ -88,11 +90,14 @@ def visible_orgs(ctx: Ctx) -> list[str]:
 
 # ---------------------------------------------------------------- overview
 
+
 def overview(ctx: Ctx) -> Page:
     """This period vs the last by org with a run-rate forecast, the Jevons view, top movers."""
     f = ctx.filters
     previous, start, end = period_bounds(f.period, f.at or datetime.now(UTC).date())
-    orgs = _period_table(ctx, "orgs", f"Spend by org: this {f.period} ({start} to {end}, exclusive) vs the previous", ("org",), previous, start, end)
+    orgs = _period_table(
+        ctx, "orgs", f"Spend by org: this {f.period} ({start} to {end}, exclusive) vs the previous", ("org",), previous, start, end
+    )
     for i, row in enumerate(orgs.rows):
         orgs.links[(i, "group")] = f.url("/drill", org=row["group"])
     movers = _period_table(ctx, "movers", f"Top movers by team this {f.period}", ("org", "team"), previous, start, end)
@@ -112,15 +117,32 @@ def _period_table(ctx: Ctx, name: str, title: str, dims: tuple[str, ...], previo
         parameters=params,
     ).result_rows
     elapsed = _elapsed_fraction(start, end)
-    table = Table(name, title, [
-        Column("group", "org" if len(dims) == 1 else "team"), Column("previous", "previous", "money", True),
-        Column("this", "this period", "money", True), Column("change", "change", "money", True), Column("change_pct", "change %", "pct"),
-        Column("forecast", "run-rate forecast", "money", True), Column("currency", "currency"),
-    ])
+    table = Table(
+        name,
+        title,
+        [
+            Column("group", "org" if len(dims) == 1 else "team"),
+            Column("previous", "previous", "money", True),
+            Column("this", "this period", "money", True),
+            Column("change", "change", "money", True),
+            Column("change_pct", "change %", "pct"),
+            Column("forecast", "run-rate forecast", "money", True),
+            Column("currency", "currency"),
+        ],
+    )
     for group, currency, before, now in rows:
         before, now = Decimal(before), Decimal(now)
-        table.rows.append({"group": group, "currency": currency, "previous": before, "this": now, "change": now - before,
-                           "change_pct": share(now - before, before), "forecast": now / elapsed if elapsed else now})
+        table.rows.append(
+            {
+                "group": group,
+                "currency": currency,
+                "previous": before,
+                "this": now,
+                "change": now - before,
+                "change_pct": share(now - before, before),
+                "forecast": now / elapsed if elapsed else now,
+            }
+        )
     return table
 
 
@@ -136,14 +158,24 @@ def _elapsed_fraction(start: date, end: date) -> Decimal:
 
 def _add_bridge(ctx: Ctx, movers: Table, start: date, end: date) -> None:
     """Volume / price / mix / other for each mover this period against the one before, from ``gpuledger trends``."""
-    bridges = {(b.group, b.currency): b for b in tr.trends(ctx.settings, start, end, "team", ctx.filters.period, ctx.client)
-               if ctx.viewer.may_see(b.group.split("/")[0])}
-    movers.columns[4:4] = [Column("volume", "volume", "money"), Column("price", "price", "money"), Column("mix", "mix", "money"),
-                           Column("other", "other (no tokens)", "money"), Column("jevons", "unit cost down, spend up")]
+    bridges = {
+        (b.group, b.currency): b
+        for b in tr.trends(ctx.settings, start, end, "team", ctx.filters.period, ctx.client)
+        if ctx.viewer.may_see(b.group.split("/")[0])
+    }
+    movers.columns[4:4] = [
+        Column("volume", "volume", "money"),
+        Column("price", "price", "money"),
+        Column("mix", "mix", "money"),
+        Column("other", "other (no tokens)", "money"),
+        Column("jevons", "unit cost down, spend up"),
+    ]
     for row in movers.rows:
         bridge = bridges.get((row["group"], row["currency"]))
         if bridge is not None:
-            row.update(volume=bridge.volume, price=bridge.price, mix=bridge.mix, other=bridge.other, jevons="yes" if bridge.jevons else "no")
+            row.update(
+                volume=bridge.volume, price=bridge.price, mix=bridge.mix, other=bridge.other, jevons="yes" if bridge.jevons else "no"
+            )
 
 
 def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
@@ -152,22 +184,46 @@ def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
     for _ in range(12):
         first = (first - timedelta(days=1)).replace(day=1)
     where, params = scope(ctx, "day", since=first, until=end)
-    spend = {(m, c): Decimal(s) for m, c, s in ctx.client.query(
-        f"SELECT toStartOfMonth(day) AS m, currency, sum(total_cost) FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY m, currency",
-        parameters=params).result_rows}
-    units = {(m, c): uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a)) for m, c, t, u, a in ctx.client.query(
-        f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.self_hosted_vs_api_rollup"
-        f" WHERE {where} GROUP BY m, currency", parameters=params).result_rows}
-    table = Table("jevons", "Unit cost vs total spend by month (why spend rises while unit prices fall)", [
-        Column("month", "month", "date"), Column("spend", "total spend", "money", True), Column("tokens", "tokens", "int", True),
-        Column("per_mtok_usage", "per 1M tokens (usage)", "money"), Column("per_mtok_allocation", "per 1M tokens (with idle)", "money"),
-        Column("currency", "currency"),
-    ])
+    spend = {
+        (m, c): Decimal(s)
+        for m, c, s in ctx.client.query(
+            f"SELECT toStartOfMonth(day) AS m, currency, sum(total_cost) FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY m, currency",
+            parameters=params,
+        ).result_rows
+    }
+    units = {
+        (m, c): uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a))
+        for m, c, t, u, a in ctx.client.query(
+            f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.self_hosted_vs_api_rollup"
+            f" WHERE {where} GROUP BY m, currency",
+            parameters=params,
+        ).result_rows
+    }
+    table = Table(
+        "jevons",
+        "Unit cost vs total spend by month (why spend rises while unit prices fall)",
+        [
+            Column("month", "month", "date"),
+            Column("spend", "total spend", "money", True),
+            Column("tokens", "tokens", "int", True),
+            Column("per_mtok_usage", "per 1M tokens (usage)", "money"),
+            Column("per_mtok_allocation", "per 1M tokens (with idle)", "money"),
+            Column("currency", "currency"),
+        ],
+    )
     for month, currency in sorted(set(spend) | set(units)):
         unit = units.get((month, currency))
         total = spend.get((month, currency), Decimal(0))
-        table.rows.append({"month": month, "spend": total, "tokens": unit.tokens if unit else 0, "currency": currency,
-                           "per_mtok_usage": unit.per_mtok_usage if unit else None, "per_mtok_allocation": unit.per_mtok_allocation if unit else None})
+        table.rows.append(
+            {
+                "month": month,
+                "spend": total,
+                "tokens": unit.tokens if unit else 0,
+                "currency": currency,
+                "per_mtok_usage": unit.per_mtok_usage if unit else None,
+                "per_mtok_allocation": unit.per_mtok_allocation if unit else None,
+            }
+        )
     months, month = [], first
     while month < end:
         months.append(month)
@@ -179,17 +235,28 @@ def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
     chart = {  # floats for chart pixels only; the table beside it carries the exact figures
         "x": [int(datetime(m.year, m.month, 1, tzinfo=UTC).timestamp()) for m in months],
         "spend": [float(by_month[m]["spend"]) if m in by_month else None for m in months],
-        "per_mtok": [float(by_month[m]["per_mtok_usage"]) if m in by_month and by_month[m]["per_mtok_usage"] is not None else None for m in months],
+        "per_mtok": [
+            float(by_month[m]["per_mtok_usage"]) if m in by_month and by_month[m]["per_mtok_usage"] is not None else None for m in months
+        ],
     }
     return table, chart
 
 
 # ---------------------------------------------------------------- drill-down and lines
 
-SPEND_COLUMNS = [Column("api", "API", "money", True), Column("gpu", "GPU", "money", True), Column("idle", "idle", "money", True),
-                 Column("adjustment", "late adjustments", "money", True), Column("total", "total", "money", True),
-                 Column("api_share", "API share", "pct"), Column("gpu_share", "GPU share", "pct"), Column("idle_share", "idle share", "pct"),
-                 Column("tokens", "tokens", "int", True), Column("currency", "currency"), Column("lines", "ledger lines")]
+SPEND_COLUMNS = [
+    Column("api", "API", "money", True),
+    Column("gpu", "GPU", "money", True),
+    Column("idle", "idle", "money", True),
+    Column("adjustment", "late adjustments", "money", True),
+    Column("total", "total", "money", True),
+    Column("api_share", "API share", "pct"),
+    Column("gpu_share", "GPU share", "pct"),
+    Column("idle_share", "idle share", "pct"),
+    Column("tokens", "tokens", "int", True),
+    Column("currency", "currency"),
+    Column("lines", "ledger lines"),
+]
 
 
 # spend_daily or spend_hourly with spend_by_org_daily's one model name per row (the LLM, else the GPU): the same filters apply
@@ -202,19 +269,40 @@ def drill(ctx: Ctx) -> Page:
     level = next((d for d in DIMENSIONS if getattr(f, d) is None), "key_id")
     if level == "key_id":  # spend_by_org_daily has no keys: the rollup under it does
         where, params = scope(ctx, "day", DIMENSIONS)
-        sql = (f"SELECT key_id, currency, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),"
-               f" sumIf(cost, kind = 'adjustment'), sum(cost), sum(prompt_tokens + completion_tokens)"
-               f" FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id")
+        sql = (
+            f"SELECT key_id, currency, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),"
+            f" sumIf(cost, kind = 'adjustment'), sum(cost), sum(prompt_tokens + completion_tokens)"
+            f" FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id"
+        )
     else:
         where, params = scope(ctx, "day")
-        sql = (f"SELECT {level}, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(adjustment_cost), sum(total_cost), sum(tokens)"
-               f" FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY {level}, currency ORDER BY 7 DESC, {level}")
-    table = Table("spend", f"Spend by {level.replace('_id', '')}, {f.since} to {f.until} (exclusive)", [Column("name", level.replace("_id", "")), *SPEND_COLUMNS])
+        sql = (
+            f"SELECT {level}, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(adjustment_cost), sum(total_cost), sum(tokens)"
+            f" FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY {level}, currency ORDER BY 7 DESC, {level}"
+        )
+    table = Table(
+        "spend",
+        f"Spend by {level.replace('_id', '')}, {f.since} to {f.until} (exclusive)",
+        [Column("name", level.replace("_id", "")), *SPEND_COLUMNS],
+    )
     for i, (name, currency, api, gpu, idle, adjustment, total, tokens) in enumerate(ctx.client.query(sql, parameters=params).result_rows):
         total = Decimal(total)
-        table.rows.append({"name": name, "currency": currency, "api": Decimal(api), "gpu": Decimal(gpu), "idle": Decimal(idle),
-                           "adjustment": Decimal(adjustment), "total": total, "tokens": int(tokens), "lines": "lines",
-                           "api_share": share(Decimal(api), total), "gpu_share": share(Decimal(gpu), total), "idle_share": share(Decimal(idle), total)})
+        table.rows.append(
+            {
+                "name": name,
+                "currency": currency,
+                "api": Decimal(api),
+                "gpu": Decimal(gpu),
+                "idle": Decimal(idle),
+                "adjustment": Decimal(adjustment),
+                "total": total,
+                "tokens": int(tokens),
+                "lines": "lines",
+                "api_share": share(Decimal(api), total),
+                "gpu_share": share(Decimal(gpu), total),
+                "idle_share": share(Decimal(idle), total),
+            }
+        )
         if level != "key_id":
             table.links[(i, "name")] = f.url("/drill", **{level: name})
         table.links[(i, "lines")] = f.url("/lines", **{level: name})
@@ -227,12 +315,27 @@ def drill(ctx: Ctx) -> Page:
     return Page("Drill-down", [table], crumbs=crumbs)
 
 
-LINE_COLUMNS = [Column("line_id", "line id"), Column("kind", "kind"), Column("event_time", "time (window start)", "time"),
-                Column("window_seconds", "window s", "int"), Column("org", "org"), Column("team", "team"), Column("project", "project"),
-                Column("model", "model"), Column("key_id", "key"), Column("event_id", "event id"), Column("price_id", "price id"),
-                Column("node", "node"), Column("gpu_uuid", "GPU"), Column("basis", "basis"), Column("workload", "workload"),
-                Column("idle_policy", "idle policy"), Column("tokens", "tokens", "int", True), Column("cost", "cost", "money", True),
-                Column("currency", "currency")]
+LINE_COLUMNS = [
+    Column("line_id", "line id"),
+    Column("kind", "kind"),
+    Column("event_time", "time (window start)", "time"),
+    Column("window_seconds", "window s", "int"),
+    Column("org", "org"),
+    Column("team", "team"),
+    Column("project", "project"),
+    Column("model", "model"),
+    Column("key_id", "key"),
+    Column("event_id", "event id"),
+    Column("price_id", "price id"),
+    Column("node", "node"),
+    Column("gpu_uuid", "GPU"),
+    Column("basis", "basis"),
+    Column("workload", "workload"),
+    Column("idle_policy", "idle policy"),
+    Column("tokens", "tokens", "int", True),
+    Column("cost", "cost", "money", True),
+    Column("currency", "currency"),
+]
 
 
 def lines(ctx: Ctx, limit: int | None = None) -> Page:
@@ -247,8 +350,11 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
     newest: datetime | None = None
     if rolled:
         day_where, day_params = scope(ctx, "day", (*DIMENSIONS, "kind"))
-        per_day = ctx.client.query(f"SELECT day, currency, sum(lines), sum(cost) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {day_where}"
-                                   " GROUP BY day, currency ORDER BY day DESC, currency", parameters=day_params).result_rows
+        per_day = ctx.client.query(
+            f"SELECT day, currency, sum(lines), sum(cost) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {day_where}"
+            " GROUP BY day, currency ORDER BY day DESC, currency",
+            parameters=day_params,
+        ).result_rows
         by_currency: dict[str, list[Any]] = {}
         for _, currency, n, cost in per_day:
             total = by_currency.setdefault(currency, [currency, 0, Decimal(0)])
@@ -256,8 +362,12 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
         totals: list[Any] = [tuple(by_currency[c]) for c in sorted(by_currency)]
         newest = _newest(ctx, limit, [(day, int(n)) for day, _, n, _ in per_day])
     else:
-        totals = list(ctx.client.query(f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
-                                       parameters=params).result_rows)
+        totals = list(
+            ctx.client.query(
+                f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
+                parameters=params,
+            ).result_rows
+        )
     totals = totals or [(ctx.settings.currency, 0, 0)]
     count = sum(int(n) for _, n, _ in totals)
     keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
@@ -265,15 +375,26 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
     def listing(condition: str) -> list[Any]:
         # pick the lines on the few columns that order and filter them, then read those lines whole by primary key
         picked = f"SELECT toDate(event_time), line_id FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}"
-        return list(ctx.client.query(f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} AND (toDate(event_time), line_id) IN ({picked})"
-                                     " ORDER BY event_time DESC, line_id", parameters={**params, "newest": newest}).result_rows)
+        return list(
+            ctx.client.query(
+                f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} AND (toDate(event_time), line_id) IN ({picked})"
+                " ORDER BY event_time DESC, line_id",
+                parameters={**params, "newest": newest},
+            ).result_rows
+        )
 
     rows = listing(f"{where} AND event_time >= {{newest:DateTime64(6, 'UTC')}}" if newest else where)
     if newest is not None and len(rows) < limit:  # the rollup was behind the ledger: read the whole range after all
         rows = listing(where)
-    summary = Table("summary", "Matching ledger lines", [Column("lines", "lines", "int"), Column("cost", "total cost", "money"), Column("currency", "currency")],
-                    [{"lines": int(n), "cost": Decimal(total), "currency": currency} for currency, n, total in totals])
-    table = Table("lines", f"Ledger lines, newest first ({min(count, limit):,} of {count:,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS))
+    summary = Table(
+        "summary",
+        "Matching ledger lines",
+        [Column("lines", "lines", "int"), Column("cost", "total cost", "money"), Column("currency", "currency")],
+        [{"lines": int(n), "cost": Decimal(total), "currency": currency} for currency, n, total in totals],
+    )
+    table = Table(
+        "lines", f"Ledger lines, newest first ({min(count, limit):,} of {count:,} shown; CSV up to {LINES_CSV:,})", list(LINE_COLUMNS)
+    )
     table.rows = [{c.key: (Decimal(v) if c.key == "cost" else v) for c, v in zip(LINE_COLUMNS, row, strict=True)} for row in rows]
     return Page("Ledger lines", [summary, table])
 
@@ -291,8 +412,11 @@ def _newest(ctx: Ctx, limit: int, per_day: list[tuple[date, int]]) -> datetime |
     # a day earlier: spend_daily's days are in the reporting time zone, spend_hourly's hours in UTC
     where, params = scope(ctx, "hour", (*DIMENSIONS, "kind"), since=day - timedelta(days=1))
     seen = 0
-    for hour, n in ctx.client.query(f"SELECT hour, sum(lines) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_hourly')}"
-                                    f" WHERE {where} GROUP BY hour ORDER BY hour DESC", parameters=params).result_rows:
+    for hour, n in ctx.client.query(
+        f"SELECT hour, sum(lines) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_hourly')}"
+        f" WHERE {where} GROUP BY hour ORDER BY hour DESC",
+        parameters=params,
+    ).result_rows:
         seen += int(n)
         if seen >= limit:
             return hour.replace(tzinfo=UTC) if hour.tzinfo is None else hour
@@ -328,48 +452,97 @@ def budgets(ctx: Ctx) -> Page:
         ctx.viewer.check(ctx.filters.org)
     all_budgets, statuses = budget_standings(ctx)
     forecasts = _forecast_breaches(ctx)
-    standings = Table("standings", "Budgets this period (standing as last published by the worker)", [
-        Column("budget_id", "budget"), Column("progress", "progress", "heat"), Column("used_pct", "used", "pct"),
-        Column("spend", "spent", "money"), Column("amount", "amount", "money"), Column("state", "state"),
-        Column("forecast_breach", "forecast breach (UTC)", "time"), Column("scope", "scope"), Column("period", "period"),
-        Column("mode", "mode"), Column("currency", "currency"), Column("evaluated_at", "as of (UTC)", "time"),
-    ])
+    standings = Table(
+        "standings",
+        "Budgets this period (standing as last published by the worker)",
+        [
+            Column("budget_id", "budget"),
+            Column("progress", "progress", "heat"),
+            Column("used_pct", "used", "pct"),
+            Column("spend", "spent", "money"),
+            Column("amount", "amount", "money"),
+            Column("state", "state"),
+            Column("forecast_breach", "forecast breach (UTC)", "time"),
+            Column("scope", "scope"),
+            Column("period", "period"),
+            Column("mode", "mode"),
+            Column("currency", "currency"),
+            Column("evaluated_at", "as of (UTC)", "time"),
+        ],
+    )
     for b in all_budgets:
         if not ctx.viewer.may_see(b.org) or (ctx.filters.org is not None and b.org != ctx.filters.org):
             continue
         s = statuses.get(b.budget_id)
         fresh = s is not None and s.amount == b.amount
         used = s.spend * 100 / b.amount if fresh and s else None
-        standings.rows.append({
-            "budget_id": b.budget_id, "scope": b.scope, "period": f"{b.period} ({b.timezone})", "mode": b.mode, "amount": b.amount,
-            "spend": s.spend if fresh and s else None, "used_pct": used, "progress": used, "currency": b.currency,
-            "state": ("exhausted" if s.exhausted else "ok") if fresh and s else "not evaluated yet",
-            "forecast_breach": forecasts.get(b.budget_id), "evaluated_at": s.evaluated_at if fresh and s else None,
-        })
+        standings.rows.append(
+            {
+                "budget_id": b.budget_id,
+                "scope": b.scope,
+                "period": f"{b.period} ({b.timezone})",
+                "mode": b.mode,
+                "amount": b.amount,
+                "spend": s.spend if fresh and s else None,
+                "used_pct": used,
+                "progress": used,
+                "currency": b.currency,
+                "state": ("exhausted" if s.exhausted else "ok") if fresh and s else "not evaluated yet",
+                "forecast_breach": forecasts.get(b.budget_id),
+                "evaluated_at": s.evaluated_at if fresh and s else None,
+            }
+        )
     return Page("Budgets and alerts", [standings, _alert_history(ctx)])
 
 
-ALERTS_FROM = ("(SELECT *, splitByChar('/', splitByChar(' ', scope)[1])[1] AS org FROM {db}.budget_alert_history)")
+ALERTS_FROM = "(SELECT *, splitByChar('/', splitByChar(' ', scope)[1])[1] AS org FROM {db}.budget_alert_history)"
 
 
 def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
-    where, params = scope(ctx, "raised_at", ("org",), since=datetime.now(UTC).date() - timedelta(days=31), until=datetime.now(UTC).date() + timedelta(days=1))
-    return dict(cast(list[tuple[str, datetime]], ctx.client.query(  # clickhouse_connect annotates rows as Sequence[Sequence]
-        f"SELECT budget_id, argMax(projected_breach, raised_at) FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} AND kind = 'forecast'"
-        " AND period_end > now64() GROUP BY budget_id", parameters=params).result_rows))
+    where, params = scope(
+        ctx, "raised_at", ("org",), since=datetime.now(UTC).date() - timedelta(days=31), until=datetime.now(UTC).date() + timedelta(days=1)
+    )
+    return dict(
+        cast(
+            list[tuple[str, datetime]],
+            ctx.client.query(  # clickhouse_connect annotates rows as Sequence[Sequence]
+                f"SELECT budget_id, argMax(projected_breach, raised_at) FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} AND kind = 'forecast'"
+                " AND period_end > now64() GROUP BY budget_id",
+                parameters=params,
+            ).result_rows,
+        )
+    )
 
 
 def _alert_history(ctx: Ctx) -> Table:
     where, params = scope(ctx, "raised_at", ("org",))
-    columns = [Column("raised_at", "raised (UTC)", "time"), Column("budget_id", "budget"), Column("scope", "scope"), Column("kind", "kind"),
-               Column("threshold_pct", "threshold %", "int"), Column("spend", "spend", "money"), Column("budget_amount", "budget", "money"),
-               Column("projected_breach", "projected breach", "time"), Column("delivery_status", "delivery"), Column("route", "route"),
-               Column("attempts", "attempts", "int"), Column("last_http_status", "last HTTP status"), Column("settled_at", "settled (UTC)", "time"),
-               Column("currency", "currency"), Column("alert_id", "alert id")]
-    rows = ctx.client.query(f"SELECT {', '.join(c.key for c in columns)} FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} ORDER BY raised_at DESC LIMIT 1000",
-                            parameters=params).result_rows
-    return Table("alerts", "Alert history (newest first) with delivery status", columns,
-                 [{c.key: (Decimal(v) if c.kind == "money" and v is not None else v) for c, v in zip(columns, row, strict=True)} for row in rows])
+    columns = [
+        Column("raised_at", "raised (UTC)", "time"),
+        Column("budget_id", "budget"),
+        Column("scope", "scope"),
+        Column("kind", "kind"),
+        Column("threshold_pct", "threshold %", "int"),
+        Column("spend", "spend", "money"),
+        Column("budget_amount", "budget", "money"),
+        Column("projected_breach", "projected breach", "time"),
+        Column("delivery_status", "delivery"),
+        Column("route", "route"),
+        Column("attempts", "attempts", "int"),
+        Column("last_http_status", "last HTTP status"),
+        Column("settled_at", "settled (UTC)", "time"),
+        Column("currency", "currency"),
+        Column("alert_id", "alert id"),
+    ]
+    rows = ctx.client.query(
+        f"SELECT {', '.join(c.key for c in columns)} FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} ORDER BY raised_at DESC LIMIT 1000",
+        parameters=params,
+    ).result_rows
+    return Table(
+        "alerts",
+        "Alert history (newest first) with delivery status",
+        columns,
+        [{c.key: (Decimal(v) if c.kind == "money" and v is not None else v) for c, v in zip(columns, row, strict=True)} for row in rows],
+    )
 
 
 # ---------------------------------------------------------------- GPUs
@@ -386,22 +559,37 @@ def gpus(ctx: Ctx) -> Page:
     f = ctx.filters
     where, params = scope(ctx, "day", ("org", "team", "project", "node", "gpu_uuid"))
     # the heatmap shows the range's last HEAT_HOURS: the GPUs (filtered by node / GPU) that the viewer's orgs (or the org filter) used
-    last = min(datetime(f.until.year, f.until.month, f.until.day, tzinfo=UTC), datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
-    heat_params: dict[str, Any] = {"heat_from": max(last - timedelta(hours=HEAT_HOURS), datetime(f.since.year, f.since.month, f.since.day, tzinfo=UTC)),
-                                   "heat_to": last}
+    last = min(
+        datetime(f.until.year, f.until.month, f.until.day, tzinfo=UTC),
+        datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1),
+    )
+    heat_params: dict[str, Any] = {
+        "heat_from": max(last - timedelta(hours=HEAT_HOURS), datetime(f.since.year, f.since.month, f.since.day, tzinfo=UTC)),
+        "heat_to": last,
+    }
     heat_where = ["hour >= {heat_from:DateTime}", "hour < {heat_to:DateTime}"]
     if ctx.viewer.orgs is not None:
         heat_where.append("hasAny(orgs, {scope_orgs:Array(String)})")
         heat_params["scope_orgs"] = sorted(ctx.viewer.orgs)
-    for dim, condition in (("org", "has(orgs, {f_org:String})"), ("node", "node = {f_node:String}"), ("gpu_uuid", "gpu_uuid = {f_gpu_uuid:String}")):
+    for dim, condition in (
+        ("org", "has(orgs, {f_org:String})"),
+        ("node", "node = {f_node:String}"),
+        ("gpu_uuid", "gpu_uuid = {f_gpu_uuid:String}"),
+    ):
         if getattr(f, dim) is not None:
             heat_where.append(condition)
             heat_params[f"f_{dim}"] = getattr(f, dim)
-    cells = ctx.client.query(f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE {' AND '.join(heat_where)}"
-                             " ORDER BY node, gpu_uuid, hour", parameters=heat_params).result_rows
+    cells = ctx.client.query(
+        f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE {' AND '.join(heat_where)}"
+        " ORDER BY node, gpu_uuid, hour",
+        parameters=heat_params,
+    ).result_rows
     hours = sorted({c[2] for c in cells})
-    heat = Table("heatmap", f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
-                 [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))])
+    heat = Table(
+        "heatmap",
+        f"Utilization % by GPU and hour (UTC), the range's last {HEAT_HOURS} hours (hours with data shown)",
+        [Column("node", "node"), Column("gpu_uuid", "GPU"), *(Column(f"h{i}", f"{h:%m-%d %H}h", "heat") for i, h in enumerate(hours))],
+    )
     column = {h: f"h{i}" for i, h in enumerate(hours)}
     by_gpu: dict[tuple[str, str], dict[str, Any]] = {}
     for node, gpu, hour, util in cells:
@@ -410,11 +598,25 @@ def gpus(ctx: Ctx) -> Page:
     idle = _grouped(ctx, "idle", "Idle cost by node and owner", ("node", "org", "team"), "kind = 'idle'", where, params)
     for i, row in enumerate(idle.rows):
         idle.links[(i, "cost")] = f.url("/lines", kind="idle", node=row["node"], org=row["org"], team=row["team"])
-    booked = _grouped(ctx, "attribution", "What each GPU's cost was booked to, and on which basis (largest first)",
-                      ("node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project"),
-                      "gpu_uuid != ''", where, params)
+    booked = _grouped(
+        ctx,
+        "attribution",
+        "What each GPU's cost was booked to, and on which basis (largest first)",
+        ("node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project"),
+        "gpu_uuid != ''",
+        where,
+        params,
+    )
     for i, row in enumerate(booked.rows):
-        booked.links[(i, "cost")] = f.url("/lines", gpu_uuid=row["gpu_uuid"], kind=row["kind"], basis=row["basis"], org=row["org"], team=row["team"], project=row["project"])
+        booked.links[(i, "cost")] = f.url(
+            "/lines",
+            gpu_uuid=row["gpu_uuid"],
+            kind=row["kind"],
+            basis=row["basis"],
+            org=row["org"],
+            team=row["team"],
+            project=row["project"],
+        )
     return Page("GPUs", [heat, idle, booked])
 
 
@@ -423,17 +625,33 @@ def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: 
     source = f"FROM {ctx.db}.gpu_daily WHERE {where} AND {condition}"
     rows = ctx.client.query(
         f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) {source}"
-        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)} LIMIT {int(ctx.row_limit)}", parameters=params).result_rows
-    totals = ctx.client.query(f"SELECT currency, sum(lines), sum(gpu_seconds), sum(cost) {source} GROUP BY currency ORDER BY currency",
-                              parameters=params).result_rows
-    columns = [*(Column(k, k.replace("_", " ")) for k in keys), Column("lines", "lines", "int", True),
-               Column("gpu_seconds", "GPU seconds", "int", True), Column("cost", "cost", "money", True), Column("currency", "currency")]
-    return Table(name, f"{title} (up to {ctx.row_limit:,} rows; CSV up to {LINES_CSV:,}; totals cover all)", columns,
-                 [dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True)) for r in rows],
-                 exact_totals=[{"currency": c, "lines": int(n), "gpu_seconds": Decimal(g), "cost": Decimal(t)} for c, n, g, t in totals])
+        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)} LIMIT {int(ctx.row_limit)}",
+        parameters=params,
+    ).result_rows
+    totals = ctx.client.query(
+        f"SELECT currency, sum(lines), sum(gpu_seconds), sum(cost) {source} GROUP BY currency ORDER BY currency", parameters=params
+    ).result_rows
+    columns = [
+        *(Column(k, k.replace("_", " ")) for k in keys),
+        Column("lines", "lines", "int", True),
+        Column("gpu_seconds", "GPU seconds", "int", True),
+        Column("cost", "cost", "money", True),
+        Column("currency", "currency"),
+    ]
+    return Table(
+        name,
+        f"{title} (up to {ctx.row_limit:,} rows; CSV up to {LINES_CSV:,}; totals cover all)",
+        columns,
+        [
+            dict(zip([*keys, "currency", "lines", "gpu_seconds", "cost"], (*r[:-2], Decimal(r[-2]), Decimal(r[-1])), strict=True))
+            for r in rows
+        ],
+        exact_totals=[{"currency": c, "lines": int(n), "gpu_seconds": Decimal(g), "cost": Decimal(t)} for c, n, g, t in totals],
+    )
 
 
 # ---------------------------------------------------------------- models
+
 
 def models(ctx: Ctx) -> Page:
     """Self-hosted vs the API equivalent per model, with break-even volume (``gpuledger compare``'s figures)."""
@@ -444,18 +662,38 @@ def models(ctx: Ctx) -> Page:
     rows = uc.comparisons(ctx.settings, f.since, f.until, "model" if company else "org", ctx.client, rollup=True)
     if not company:
         rows = [r for r in rows if ctx.viewer.may_see(r.group) and (f.org is None or r.group == f.org)]
-    table = Table("compare", f"Self-hosted vs API per model, {f.since} to {f.until} (exclusive)", [
-        Column("group", "org"), Column("llm_model", "model"), Column("hosting", "hosting"), Column("tokens", "tokens", "int", True),
-        Column("usage_cost", "usage cost", "money", True), Column("allocation_cost", "allocation cost (with idle)", "money", True),
-        Column("api_equivalent_cost", "API equivalent", "money", True), Column("ratio", "allocation / API", "ratio"),
-        Column("break_even_tokens_per_hour", "break-even tokens/h", "int"), Column("headroom", "headroom", "ratio"),
-        Column("per_mtok_allocation", "per 1M tokens (with idle)", "money"), Column("serving_hours", "serving hours", "int"),
-        Column("requests_without_equivalent", "requests without equivalent", "int"), Column("currency", "currency"),
-    ])
+    table = Table(
+        "compare",
+        f"Self-hosted vs API per model, {f.since} to {f.until} (exclusive)",
+        [
+            Column("group", "org"),
+            Column("llm_model", "model"),
+            Column("hosting", "hosting"),
+            Column("tokens", "tokens", "int", True),
+            Column("usage_cost", "usage cost", "money", True),
+            Column("allocation_cost", "allocation cost (with idle)", "money", True),
+            Column("api_equivalent_cost", "API equivalent", "money", True),
+            Column("ratio", "allocation / API", "ratio"),
+            Column("break_even_tokens_per_hour", "break-even tokens/h", "int"),
+            Column("headroom", "headroom", "ratio"),
+            Column("per_mtok_allocation", "per 1M tokens (with idle)", "money"),
+            Column("serving_hours", "serving hours", "int"),
+            Column("requests_without_equivalent", "requests without equivalent", "int"),
+            Column("currency", "currency"),
+        ],
+    )
     for r in rows:
         unit = uc.UnitCost(r.group, r.llm_model, r.hosting, r.tokens, r.usage_cost, r.allocation_cost)
-        table.rows.append({**r.__dict__, "group": r.group or "all", "ratio": r.ratio, "break_even_tokens_per_hour": r.break_even_tokens_per_hour,
-                           "headroom": r.headroom, "per_mtok_allocation": unit.per_mtok_allocation})
+        table.rows.append(
+            {
+                **r.__dict__,
+                "group": r.group or "all",
+                "ratio": r.ratio,
+                "break_even_tokens_per_hour": r.break_even_tokens_per_hour,
+                "headroom": r.headroom,
+                "per_mtok_allocation": unit.per_mtok_allocation,
+            }
+        )
     page = Page("Models", [table])
     for anchor, heading in MODEL_SLOTS:
         _slot(ctx, page, anchor, heading)
@@ -470,14 +708,18 @@ SLOT_KINDS = {"Decimal": "money", "Int": "int", "UInt": "int", "Date": "date", "
 
 
 def _slot(ctx: Ctx, page: Page, anchor: str, heading: str) -> None:
-    found = ctx.client.query("SELECT name FROM system.tables WHERE database = {db:String} AND startsWith(name, {prefix:String}) ORDER BY name LIMIT 1",
-                             parameters={"db": ctx.db, "prefix": anchor}).result_rows
+    found = ctx.client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} AND startsWith(name, {prefix:String}) ORDER BY name LIMIT 1",
+        parameters={"db": ctx.db, "prefix": anchor},
+    ).result_rows
     if not found:
         page.notes.append((anchor, heading, f"Not available yet: this database has no {anchor}* view (it appears here once added)."))
         return
     view = found[0][0]
-    columns = ctx.client.query("SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {view:String} ORDER BY position",
-                               parameters={"db": ctx.db, "view": view}).result_rows
+    columns = ctx.client.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {view:String} ORDER BY position",
+        parameters={"db": ctx.db, "view": view},
+    ).result_rows
     names = [n for n, _ in columns]
     if "org" not in names and not ctx.viewer.admin:
         page.notes.append((anchor, heading, f"{view} has no org column, so it is shown to admins only."))
@@ -489,11 +731,17 @@ def _slot(ctx: Ctx, page: Page, anchor: str, heading: str) -> None:
     else:
         where, params = "1", {}
     kinds = [next((k for prefix, k in SLOT_KINDS.items() if t.removeprefix("Nullable(").startswith(prefix)), "text") for _, t in columns]
-    rows = ctx.client.query(f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {ctx.db}.`{view}` WHERE {where} LIMIT {LINES_SHOWN}",
-                            parameters=params).result_rows
-    page.tables.append(Table(anchor, f"{heading} ({view}), {ctx.filters.since} to {ctx.filters.until} (exclusive)",
-                             [Column(n, n.replace("_", " "), k) for n, k in zip(names, kinds, strict=True)],  # type: ignore[arg-type]
-                             [dict(zip(names, r, strict=True)) for r in rows]))
+    rows = ctx.client.query(
+        f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {ctx.db}.`{view}` WHERE {where} LIMIT {LINES_SHOWN}", parameters=params
+    ).result_rows
+    page.tables.append(
+        Table(
+            anchor,
+            f"{heading} ({view}), {ctx.filters.since} to {ctx.filters.until} (exclusive)",
+            [Column(n, n.replace("_", " "), k) for n, k in zip(names, kinds, strict=True)],  # type: ignore[arg-type]
+            [dict(zip(names, r, strict=True)) for r in rows],
+        )
+    )
 
 
 PAGES = {"overview": overview, "drill": drill, "lines": lines, "budgets": budgets, "gpus": gpus, "models": models}

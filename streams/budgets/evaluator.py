@@ -66,21 +66,58 @@ def _shares_json(shares: list[SpendShare]) -> str:
 
 
 def _budget_row(b: Budget, version: int) -> list[Any]:
-    return [b.budget_id, b.org, b.team, b.project, b.model, b.period, b.timezone, b.amount, b.currency, b.thresholds, b.mode, b.updated_at, version, 0]
+    return [
+        b.budget_id,
+        b.org,
+        b.team,
+        b.project,
+        b.model,
+        b.period,
+        b.timezone,
+        b.amount,
+        b.currency,
+        b.thresholds,
+        b.mode,
+        b.updated_at,
+        version,
+        0,
+    ]
 
 
 def _alert_row(a: BudgetAlert) -> list[Any]:
     return [
-        a.alert_id, a.budget_id, a.scope, a.kind, a.threshold_pct, a.mode, a.period_start, a.period_end, a.spend, a.budget_amount,
-        a.currency, a.raised_at, a.projected_breach, _shares_json(a.top_models), _shares_json(a.top_keys), a.message,
+        a.alert_id,
+        a.budget_id,
+        a.scope,
+        a.kind,
+        a.threshold_pct,
+        a.mode,
+        a.period_start,
+        a.period_end,
+        a.spend,
+        a.budget_amount,
+        a.currency,
+        a.raised_at,
+        a.projected_breach,
+        _shares_json(a.top_models),
+        _shares_json(a.top_keys),
+        a.message,
     ]
 
 
 class BudgetEvaluator:
     """Holds what was mirrored and published; everything else is re-read from ClickHouse each tick."""
 
-    def __init__(self, client: Client, database: str, budgets: Callable[[], list[Budget]], publish: Publish, topics: Topics,
-                 settings: BudgetSettings, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        client: Client,
+        database: str,
+        budgets: Callable[[], list[Budget]],
+        publish: Publish,
+        topics: Topics,
+        settings: BudgetSettings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.client, self.database, self.budgets, self.publish, self.topics = client, database, budgets, publish, topics
         self.settings, self.clock = settings, clock
         self.sink = ClickHouseSink(client, database)
@@ -98,13 +135,22 @@ class BudgetEvaluator:
         probes = self._probes(budgets, now)
         s = self.settings
         figures = await asyncio.to_thread(
-            measure_all, probes,
-            lambda spending: measure(self.client, self.database, spending, now,
-                                     forecast_window=timedelta(minutes=s.forecast_window_minutes), baseline_hours=s.spike_baseline_hours),
+            measure_all,
+            probes,
+            lambda spending: measure(
+                self.client,
+                self.database,
+                spending,
+                now,
+                forecast_window=timedelta(minutes=s.forecast_window_minutes),
+                baseline_hours=s.spike_baseline_hours,
+            ),
             lambda units: measure_units(self.client, self.database, units),
         )
         raised = await asyncio.to_thread(self._raised_since, min((p.period_start for p in probes), default=now))
-        due = [(probe, f, *d) for probe, f in zip(probes, figures, strict=True) for d in self._due(probe.budget, f, now) if d[0] not in raised]
+        due = [
+            (probe, f, *d) for probe, f in zip(probes, figures, strict=True) for d in self._due(probe.budget, f, now) if d[0] not in raised
+        ]
         alerts = await self._raise(due, now)
         await self.publish(self.topics.status, self._status_changes(probes, figures, now, alerted={a.budget_id for a in alerts}))
         if alerts:
@@ -123,7 +169,9 @@ class BudgetEvaluator:
 
     def _due(self, b: Budget, f: Figures, now: datetime) -> list[tuple[str, str, int, datetime | None]]:
         """(alert_id, kind, threshold_pct, projected breach) of every alert the figures call for."""
-        due: list[tuple[str, str, int, datetime | None]] = [(threshold_alert_id(b, f.period_start, pct), "threshold", pct, None) for pct in crossed(b, f.spend)]
+        due: list[tuple[str, str, int, datetime | None]] = [
+            (threshold_alert_id(b, f.period_start, pct), "threshold", pct, None) for pct in crossed(b, f.spend)
+        ]
         if f.period_end <= now:
             return due  # a past period only settles thresholds; forecasts and spikes are about now
         s = self.settings
@@ -148,10 +196,23 @@ class BudgetEvaluator:
         )
         alerts = [
             BudgetAlert(
-                alert_id=alert_id, budget_id=p.budget.budget_id, scope=p.budget.scope, kind=kind, threshold_pct=pct,
-                period_start=f.period_start, period_end=f.period_end, spend=f.spend, budget_amount=p.budget.amount,
-                currency=p.budget.currency, raised_at=now, projected_breach=breach, message=self._message(p.budget, f, kind, breach),
-                top_models=models, top_keys=keys, mode=p.budget.mode, timezone=p.budget.timezone,
+                alert_id=alert_id,
+                budget_id=p.budget.budget_id,
+                scope=p.budget.scope,
+                kind=kind,
+                threshold_pct=pct,
+                period_start=f.period_start,
+                period_end=f.period_end,
+                spend=f.spend,
+                budget_amount=p.budget.amount,
+                currency=p.budget.currency,
+                raised_at=now,
+                projected_breach=breach,
+                message=self._message(p.budget, f, kind, breach),
+                top_models=models,
+                top_keys=keys,
+                mode=p.budget.mode,
+                timezone=p.budget.timezone,
             )
             for (p, f, alert_id, kind, pct, breach), models, keys in zip(due, top_models, top_keys, strict=True)
         ]
@@ -165,15 +226,23 @@ class BudgetEvaluator:
             return unit_message(b, f)
         if kind == "forecast" and breach is not None:
             hourly = f.recent / Decimal(s.forecast_window_minutes) * 60
-            return (f"At the last {s.forecast_window_minutes} min's run rate ({_money(hourly, b.currency)}/h), {b.scope} "
-                    f"will exhaust its {_money(b.amount, b.currency)} {b.period} budget around {breach:%Y-%m-%d %H:%M} UTC, "
-                    f"before the period ends {f.period_end:%Y-%m-%d %H:%M} UTC.")
+            return (
+                f"At the last {s.forecast_window_minutes} min's run rate ({_money(hourly, b.currency)}/h), {b.scope} "
+                f"will exhaust its {_money(b.amount, b.currency)} {b.period} budget around {breach:%Y-%m-%d %H:%M} UTC, "
+                f"before the period ends {f.period_end:%Y-%m-%d %H:%M} UTC."
+            )
         if kind == "spike":
             hourly = f.baseline / s.spike_baseline_hours
             ratio = (f.last_hour / hourly).quantize(Decimal("0.1")) if hourly else Decimal(0)
-            return (f"{b.scope} spent {_money(f.last_hour, b.currency)} in the last hour: {ratio}x its average of "
-                    f"{_money(hourly, b.currency)}/h over the {s.spike_baseline_hours} h before.")
-        action = " Its requests through the gateway are refused until the period ends or the budget is raised." if b.mode == "hard" and f.spend >= b.amount else ""
+            return (
+                f"{b.scope} spent {_money(f.last_hour, b.currency)} in the last hour: {ratio}x its average of "
+                f"{_money(hourly, b.currency)}/h over the {s.spike_baseline_hours} h before."
+            )
+        action = (
+            " Its requests through the gateway are refused until the period ends or the budget is raised."
+            if b.mode == "hard" and f.spend >= b.amount
+            else ""
+        )
         return f"{b.scope} has spent {_money(f.spend, b.currency)} of its {_money(b.amount, b.currency)} {b.period} budget.{action}"
 
     async def _mirror(self, budgets: list[Budget]) -> None:
@@ -193,7 +262,9 @@ class BudgetEvaluator:
             log.info("budget removed", budget_id=bid)
         self._mirrored = {b.budget_id: b.updated_at for b in budgets}
 
-    def _status_changes(self, probes: list[Probe], figures: list[Figures], now: datetime, alerted: set[str]) -> list[tuple[bytes, bytes | None]]:
+    def _status_changes(
+        self, probes: list[Probe], figures: list[Figures], now: datetime, alerted: set[str]
+    ) -> list[tuple[bytes, bytes | None]]:
         """Standings of the current periods that changed, or whose spend moved and were last sent a while
         ago or just raised an alert (so `budgets list` agrees with the alert)."""
         changes: list[tuple[bytes, bytes | None]] = []
@@ -202,14 +273,26 @@ class BudgetEvaluator:
             if probe.period_end <= now:
                 continue
             status = BudgetStatus(
-                budget_id=b.budget_id, org=b.org, team=b.team, project=b.project, model=b.model, mode=b.mode,
-                period_start=f.period_start, period_end=f.period_end, spend=f.spend, amount=b.amount, currency=b.currency,
-                exhausted=f.spend >= b.amount, evaluated_at=now,
+                budget_id=b.budget_id,
+                org=b.org,
+                team=b.team,
+                project=b.project,
+                model=b.model,
+                mode=b.mode,
+                period_start=f.period_start,
+                period_end=f.period_end,
+                spend=f.spend,
+                amount=b.amount,
+                currency=b.currency,
+                exhausted=f.spend >= b.amount,
+                evaluated_at=now,
             )
             last = self._published.get(b.budget_id)
             if last is not None:
                 before, at = last
-                if _same_standing(before, status) and (before.spend == status.spend or (now - at < STATUS_REFRESH and b.budget_id not in alerted)):
+                if _same_standing(before, status) and (
+                    before.spend == status.spend or (now - at < STATUS_REFRESH and b.budget_id not in alerted)
+                ):
                     continue
             if status.exhausted and b.mode == "hard" and (last is None or not last[0].exhausted):
                 log.warning("hard budget exhausted", budget_id=b.budget_id, scope=b.scope, spend=str(f.spend), amount=str(b.amount))

@@ -37,12 +37,16 @@ class Probe:
     period_end: datetime
 
 
-def measure(client: Client, database: str, probes: list[Probe], now: datetime, *, forecast_window: timedelta, baseline_hours: int) -> list[Figures]:
+def measure(
+    client: Client, database: str, probes: list[Probe], now: datetime, *, forecast_window: timedelta, baseline_hours: int
+) -> list[Figures]:
     """The ``Figures`` of every probe, in order."""
     if not probes:
         return []
     baseline = timedelta(hours=baseline_hours)
-    hours = read_hours(client, database, window_boundaries(probes, now, forecast_window, baseline), earliest(probes, now, forecast_window, baseline), now)
+    hours = read_hours(
+        client, database, window_boundaries(probes, now, forecast_window, baseline), earliest(probes, now, forecast_window, baseline), now
+    )
     sql, params = measure_sql(database, probes, now, hours, forecast_window=forecast_window, baseline=baseline)
     measured = {i: [Decimal(v) for v in sums] for i, *sums in client.query(sql, parameters=params, settings=SETTINGS).result_rows}
     zero = [Decimal(0)] * 4  # a probe without any line in scope has no row
@@ -53,7 +57,9 @@ def top_spenders(client: Client, database: str, probes: list[Probe], column: str
     """Each probe's largest spenders in its period by ``model`` or ``key_id``, biggest first ('' shows as '(none)')."""
     if not probes:
         return []
-    hours = read_hours(client, database, [t for p in probes for t in (p.period_start, p.period_end)], min(p.period_start for p in probes), now)
+    hours = read_hours(
+        client, database, [t for p in probes for t in (p.period_start, p.period_end)], min(p.period_start for p in probes), now
+    )
     sql, params = top_spenders_sql(database, probes, column, limit, now, hours)
     shares: list[list[SpendShare]] = [[] for _ in probes]
     for probe, name, spent in client.query(sql, parameters=params, settings=SETTINGS).result_rows:

@@ -31,8 +31,13 @@ def cost_per_success(cost: Decimal, successes: int) -> Decimal:
 def _condition(probe: Probe, i: int, params: dict[str, Any]) -> str:
     b = probe.budget
     params.update({f"k{i}": b.outcome_kind, f"o{i}": b.org, f"c{i}": b.currency, f"ps{i}": probe.period_start, f"pe{i}": probe.period_end})
-    parts = [f"kind = {{k{i}:String}}", f"org = {{o{i}:String}}", f"cost_currency IN ({{c{i}:String}}, '')",
-             f"occurred_at >= {{ps{i}:DateTime64(6, 'UTC')}}", f"occurred_at < {{pe{i}:DateTime64(6, 'UTC')}}"]
+    parts = [
+        f"kind = {{k{i}:String}}",
+        f"org = {{o{i}:String}}",
+        f"cost_currency IN ({{c{i}:String}}, '')",
+        f"occurred_at >= {{ps{i}:DateTime64(6, 'UTC')}}",
+        f"occurred_at < {{pe{i}:DateTime64(6, 'UTC')}}",
+    ]
     for column, value in (("team", b.team), ("project", b.project)):
         if value:
             params[f"{column}{i}"] = value
@@ -51,13 +56,12 @@ def measure_units(client: Client, database: str, probes: list[Probe]) -> list[Fi
         columns += [f"sumIf(cost, {condition})", f"countIf(success AND {condition})"]
     sql = f"SELECT {', '.join(columns)} FROM {database}.outcome_costs WHERE occurred_at >= {{earliest:DateTime64(6, 'UTC')}}"
     row = client.query(sql, parameters=params).result_rows[0]
-    return [
-        Figures(p.period_start, p.period_end, cost_per_success(Decimal(row[2 * i]), int(row[2 * i + 1])))
-        for i, p in enumerate(probes)
-    ]
+    return [Figures(p.period_start, p.period_end, cost_per_success(Decimal(row[2 * i]), int(row[2 * i + 1]))) for i, p in enumerate(probes)]
 
 
-def measure_all(probes: list[Probe], spending: Callable[[list[Probe]], list[Figures]], units: Callable[[list[Probe]], list[Figures]]) -> list[Figures]:
+def measure_all(
+    probes: list[Probe], spending: Callable[[list[Probe]], list[Figures]], units: Callable[[list[Probe]], list[Figures]]
+) -> list[Figures]:
     """Figures for every probe, in order: unit budgets by ``units``, the others by ``spending``."""
     unit = [p.budget.outcome_kind != "" for p in probes]
     spent = iter(spending([p for p, u in zip(probes, unit, strict=True) if not u]))
@@ -72,5 +76,7 @@ def _plain(amount: Decimal) -> str:
 
 def unit_message(budget: Budget, figures: Figures) -> str:
     """What a unit budget alert says."""
-    return (f"{budget.scope}: the cost per successful {budget.outcome_kind} this {budget.period} is {_plain(figures.spend)} {budget.currency}, "
-            f"against a cap of {_plain(budget.amount)} {budget.currency}.")
+    return (
+        f"{budget.scope}: the cost per successful {budget.outcome_kind} this {budget.period} is {_plain(figures.spend)} {budget.currency}, "
+        f"against a cap of {_plain(budget.amount)} {budget.currency}."
+    )

@@ -21,7 +21,11 @@ app = typer.Typer(help="Budget alerts from Kafka to Slack and JSON webhooks.", n
 console = Console()
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", dir_okay=False, help="The settings file, as `gpuledger --config` (its `notifier:` section: routes, default, retry policy)."),
+    typer.Option(
+        "--config",
+        dir_okay=False,
+        help="The settings file, as `gpuledger --config` (its `notifier:` section: routes, default, retry policy).",
+    ),
 ]
 
 
@@ -81,12 +85,21 @@ def preview(scope: str = "acme/ml", spend: str = "800", budget: str = "1000", ki
     from streams.notifier.slack import slack_message
 
     now = datetime.now(UTC).replace(microsecond=0)
-    alert = BudgetAlert(alert_id=f"preview/{scope}/{kind}/{threshold_pct}", budget_id=f"{scope}-monthly", scope=scope, kind=kind,
-                        threshold_pct=threshold_pct if kind == "threshold" else 0, period_start=now.replace(day=1), period_end=now.replace(day=1) + timedelta(days=31),
-                        spend=Decimal(spend), budget_amount=Decimal(budget), currency="USD", raised_at=now,
-                        projected_breach=now + timedelta(days=5) if kind == "forecast" else None)
+    alert = BudgetAlert(
+        alert_id=f"preview/{scope}/{kind}/{threshold_pct}",
+        budget_id=f"{scope}-monthly",
+        scope=scope,
+        kind=kind,
+        threshold_pct=threshold_pct if kind == "threshold" else 0,
+        period_start=now.replace(day=1),
+        period_end=now.replace(day=1) + timedelta(days=31),
+        spend=Decimal(spend),
+        budget_amount=Decimal(budget),
+        currency="USD",
+        raised_at=now,
+        projected_breach=now + timedelta(days=5) if kind == "forecast" else None,
+    )
     console.print_json(json.dumps(slack_message(alert)))
-
 
 
 @app.command("preview-digest")

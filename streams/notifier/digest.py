@@ -88,19 +88,33 @@ def digest_message(week: Week, figures: TeamWeek, standings: list[BudgetStatus],
     title = f"Weekly AI spend for {week.scope}: {spend}"
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=_cut(f"Weekly AI spend: {week.scope}", 150))),
-        SectionBlock(fields=[
-            _md(f"*Week*\n{escape(period_text(week.start, week.end, week.timezone))}"),
-            _md(f"*Spend*\n{escape(spend)}"),
-        ]),
+        SectionBlock(
+            fields=[
+                _md(f"*Week*\n{escape(period_text(week.start, week.end, week.timezone))}"),
+                _md(f"*Spend*\n{escape(spend)}"),
+            ]
+        ),
         _lines("Top models", [f"{escape(a.name)}: {escape(money(a.amount, a.currency))}" for a in figures.top_models], "no model spend"),
-        _lines("Routing savings", [
-            f"{escape(money(saved.savings, currency))} saved: {escape(money(saved.actual_cost, currency))} actual vs "
-            f"{escape(money(saved.counterfactual_cost, currency))} at the baseline models, over {saved.requests:,} routed requests"
-            + (f" ({saved.unpriced_requests:,} not priced)" if saved.unpriced_requests else "")] if saved.requests else [], "no routed requests"),
+        _lines(
+            "Routing savings",
+            [
+                f"{escape(money(saved.savings, currency))} saved: {escape(money(saved.actual_cost, currency))} actual vs "
+                f"{escape(money(saved.counterfactual_cost, currency))} at the baseline models, over {saved.requests:,} routed requests"
+                + (f" ({saved.unpriced_requests:,} not priced)" if saved.unpriced_requests else "")
+            ]
+            if saved.requests
+            else [],
+            "no routed requests",
+        ),
     ]
     if figures.cost_per_success is not None:  # only where the outcomes views exist
-        blocks.append(_lines("Cost per successful outcome",
-                             [f"{escape(a.name)}: {escape(money(a.amount, a.currency or currency))}" for a in figures.cost_per_success], "no outcomes"))
+        blocks.append(
+            _lines(
+                "Cost per successful outcome",
+                [f"{escape(a.name)}: {escape(money(a.amount, a.currency or currency))}" for a in figures.cost_per_success],
+                "no outcomes",
+            )
+        )
     blocks.append(_lines("Budgets", [_standing(s) for s in standings], "no budgets"))
     blocks += [DividerBlock(), ContextBlock(elements=[_md(f"digest `{escape(week.digest_id)}`")])]
     return {"text": _cut(escape(title), 3000), "blocks": [b.to_dict() for b in blocks]}
@@ -118,7 +132,10 @@ def _standing(status: BudgetStatus) -> str:
     pct = f" ({(status.spend * 100 / status.amount).quantize(TENTH, ROUND_HALF_UP)}%)" if status.amount else ""
     flag = " :no_entry: exhausted" if status.exhausted else ""
     where = "/".join(p for p in (status.org, status.team, status.project) if p) + (f" model={status.model}" if status.model else "")
-    return escape(f"{status.budget_id} ({where}): {money(status.spend, status.currency)} of {money(status.amount, status.currency)}{pct}") + flag
+    return (
+        escape(f"{status.budget_id} ({where}): {money(status.spend, status.currency)} of {money(status.amount, status.currency)}{pct}")
+        + flag
+    )
 
 
 Figures = Callable[[Week], Awaitable[tuple[TeamWeek, list[BudgetStatus]]]]
@@ -140,8 +157,15 @@ async def read_figures(settings: Settings, outcomes_view: str, week: Week) -> tu
 class DigestSender:
     """Posts each team's due digest once, recording it in the notifier's delivery ledger."""
 
-    def __init__(self, settings: Settings, ns: NotifierSettings, state: DeliveryState, client: httpx.AsyncClient,
-                 sleep: Sleep, figures: Figures | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ns: NotifierSettings,
+        state: DeliveryState,
+        client: httpx.AsyncClient,
+        sleep: Sleep,
+        figures: Figures | None = None,
+    ) -> None:
         """``sleep(s)`` waits and returns True when the notifier is stopping (the runner's ``wait_or_stop``)."""
         self.settings, self.ns, self.state, self.client, self.sleep = settings, ns, state, client, sleep
         self.figures = figures or (lambda week: read_figures(settings, ns.digest_outcomes_view, week))
@@ -168,8 +192,14 @@ class DigestSender:
         figures, standings = await self.figures(week)
         payload = digest_message(week, figures, standings, self.settings.currency)
         self.state.begin(week.digest_id, target.name)
-        outcome = await post_with_retry(self.client, target.url.get_secret_value(), payload, self.policy,
-                                        sleep=self.sleep, on_attempt=lambda status, detail: self.state.attempt(week.digest_id, status, detail))
+        outcome = await post_with_retry(
+            self.client,
+            target.url.get_secret_value(),
+            payload,
+            self.policy,
+            sleep=self.sleep,
+            on_attempt=lambda status, detail: self.state.attempt(week.digest_id, status, detail),
+        )
         if outcome.status in ("delivered", "failed"):  # exhausted or interrupted: tried again at the next check
             self.state.finish(week.digest_id, outcome.status, target.name, outcome.detail)
         bound.info(f"digest {outcome.status}", route=target.name, attempts=outcome.attempts, http_status=outcome.http_status)

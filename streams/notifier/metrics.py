@@ -7,10 +7,19 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-DELIVERIES = Counter("gpuledger_notifier_deliveries_total", "Alerts settled, by outcome: delivered, failed (refused for good), duplicate (already settled).", ["outcome"])
+DELIVERIES = Counter(
+    "gpuledger_notifier_deliveries_total",
+    "Alerts settled, by outcome: delivered, failed (refused for good), duplicate (already settled).",
+    ["outcome"],
+)
 ATTEMPTS = Counter("gpuledger_notifier_attempts_total", "HTTP attempts to post an alert, by status (HTTP code, or network).", ["status"])
-ROUNDS_EXHAUSTED = Counter("gpuledger_notifier_rounds_exhausted_total", "Delivery rounds that used every attempt on transient failures (the alert is retried after a pause).")
-WAITING = Gauge("gpuledger_notifier_alerts_waiting", "Alerts on the topic not yet settled, per partition (the notifier's queue).", ["partition"])
+ROUNDS_EXHAUSTED = Counter(
+    "gpuledger_notifier_rounds_exhausted_total",
+    "Delivery rounds that used every attempt on transient failures (the alert is retried after a pause).",
+)
+WAITING = Gauge(
+    "gpuledger_notifier_alerts_waiting", "Alerts on the topic not yet settled, per partition (the notifier's queue).", ["partition"]
+)
 IN_FLIGHT = Gauge("gpuledger_notifier_alert_in_flight", "1 while an alert is being delivered (including backoff waits).")
 
 

@@ -62,15 +62,32 @@ class History:
         self._backlog: list[list[Any]] = []
 
     async def record(self, d: Delivery) -> None:
-        self._backlog.append([d.alert_id, d.route, d.status, d.attempts, d.last_http_status, d.last_detail, datetime.fromisoformat(d.updated_at), version_now()])
+        self._backlog.append(
+            [
+                d.alert_id,
+                d.route,
+                d.status,
+                d.attempts,
+                d.last_http_status,
+                d.last_detail,
+                datetime.fromisoformat(d.updated_at),
+                version_now(),
+            ]
+        )
         try:
             if self._client is None:
                 self._client = await asyncio.to_thread(connect, self._ch)
-            await asyncio.to_thread(self._client.insert, f"{self._ch.database}.budget_alert_deliveries", self._backlog, column_names=list(DELIVERY_COLUMNS))
+            await asyncio.to_thread(
+                self._client.insert, f"{self._ch.database}.budget_alert_deliveries", self._backlog, column_names=list(DELIVERY_COLUMNS)
+            )
             self._backlog = []
         except Exception as exc:  # ClickHouse down or not migrated: the alert still counts as delivered
-            log.warning("alert history not written to ClickHouse yet; will retry with the next alert", alert_id=d.alert_id,
-                        backlog=len(self._backlog), error=str(exc)[:200])
+            log.warning(
+                "alert history not written to ClickHouse yet; will retry with the next alert",
+                alert_id=d.alert_id,
+                backlog=len(self._backlog),
+                error=str(exc)[:200],
+            )
 
 
 class Stopped(Exception):
@@ -108,8 +125,15 @@ async def wait_or_stop(stop_event: asyncio.Event, seconds: float) -> bool:
 class Notifier:
     """Delivers one alert at a time against the ledger; ``run_notifier`` feeds it from Kafka."""
 
-    def __init__(self, ns: NotifierSettings, state: DeliveryState, client: httpx.AsyncClient, stop_event: asyncio.Event,
-                 history: History | None = None, health: NotifierHealth | None = None) -> None:
+    def __init__(
+        self,
+        ns: NotifierSettings,
+        state: DeliveryState,
+        client: httpx.AsyncClient,
+        stop_event: asyncio.Event,
+        history: History | None = None,
+        health: NotifierHealth | None = None,
+    ) -> None:
         self.ns = ns
         self.state = state
         self.client = client
@@ -156,16 +180,26 @@ class Notifier:
                 self.state.finish(alert.alert_id, outcome.status, target.name, outcome.detail)
                 await self._record(alert.alert_id)
                 level = bound.info if outcome.status == "delivered" else bound.error
-                level(f"alert {outcome.status}", route=target.name, attempts=outcome.attempts, http_status=outcome.http_status, detail=outcome.detail)
+                level(
+                    f"alert {outcome.status}",
+                    route=target.name,
+                    attempts=outcome.attempts,
+                    http_status=outcome.http_status,
+                    detail=outcome.detail,
+                )
                 return outcome.status
             if outcome.status == "interrupted":
                 raise Stopped(alert.alert_id)
             ROUNDS_EXHAUSTED.inc()
-            bound.error("delivery attempts exhausted; retrying later", route=target.name, attempts=outcome.attempts,
-                        http_status=outcome.http_status, pause_s=self.ns.redelivery_pause_s)
+            bound.error(
+                "delivery attempts exhausted; retrying later",
+                route=target.name,
+                attempts=outcome.attempts,
+                http_status=outcome.http_status,
+                pause_s=self.ns.redelivery_pause_s,
+            )
             if await wait_or_stop(self.stop_event, self.ns.redelivery_pause_s):
                 raise Stopped(alert.alert_id)
-
 
     def _attempted(self, alert_id: str, status: int | None, detail: str) -> None:
         ATTEMPTS.labels(str(status) if status is not None else "network").inc()
@@ -216,9 +250,16 @@ async def run_notifier(
     notifier = Notifier(ns, state, http, stop_event, history, health)
     await consumer.start()
     server = serve_http(ns.metrics_host, ns.metrics_port, health) if ns.metrics_port else None
-    digests = asyncio.create_task(DigestSender(settings, ns, state, http, lambda s: wait_or_stop(stop_event, s)).run()) if ns.digests else None
-    log.info("notifier started", topic=settings.topics.budget_alerts, group=ns.group_id, routes=[r.name for r in ns.routes],
-             default_route=ns.default.name if ns.default else None)
+    digests = (
+        asyncio.create_task(DigestSender(settings, ns, state, http, lambda s: wait_or_stop(stop_event, s)).run()) if ns.digests else None
+    )
+    log.info(
+        "notifier started",
+        topic=settings.topics.budget_alerts,
+        group=ns.group_id,
+        routes=[r.name for r in ns.routes],
+        default_route=ns.default.name if ns.default else None,
+    )
     try:
         while not stop_event.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=100)
@@ -228,8 +269,13 @@ async def run_notifier(
                     try:
                         alert = codec.decode(message.value)
                     except DecodeError as exc:
-                        log.error("undecodable alert skipped", topic=message.topic, partition=message.partition,
-                                  offset=message.offset, reason=exc.reason)
+                        log.error(
+                            "undecodable alert skipped",
+                            topic=message.topic,
+                            partition=message.partition,
+                            offset=message.offset,
+                            reason=exc.reason,
+                        )
                     else:
                         try:
                             await notifier.deliver(alert)

@@ -107,11 +107,19 @@ def slack_message(alert: BudgetAlert) -> dict[str, Any]:
     ]
     if alert.message:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(escape(alert.message), 3000)}})
-    drivers = [f"*Top {label}*\n" + "\n".join(f"{escape(s.name)}: {escape(money(s.spend, alert.currency))}" for s in shares)
-               for label, shares in (("models", alert.top_models), ("keys", alert.top_keys)) if shares]
+    drivers = [
+        f"*Top {label}*\n" + "\n".join(f"{escape(s.name)}: {escape(money(s.spend, alert.currency))}" for s in shares)
+        for label, shares in (("models", alert.top_models), ("keys", alert.top_keys))
+        if shares
+    ]
     if drivers:
         blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": _cut(d, 2000)} for d in drivers]})
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(f"alert `{escape(alert.alert_id)}` raised {alert.raised_at.isoformat()}", 3000)}]})
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": _cut(f"alert `{escape(alert.alert_id)}` raised {alert.raised_at.isoformat()}", 3000)}],
+        }
+    )
     return {"text": _cut(title, 3000), "blocks": blocks}
 
 
@@ -229,8 +237,9 @@ async def post_with_retry(
         if await sleep(seconds):
             raise _Interrupted
 
-    retrying = policy.backoff.retrying(retry_if=lambda exc: isinstance(exc, _Undelivered), sleep=wait,
-                                       asked_wait=lambda exc: getattr(exc, "retry_after", None))
+    retrying = policy.backoff.retrying(
+        retry_if=lambda exc: isinstance(exc, _Undelivered), sleep=wait, asked_wait=lambda exc: getattr(exc, "retry_after", None)
+    )
     try:
         return await retrying(attempt)
     except _Interrupted:

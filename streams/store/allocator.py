@@ -25,14 +25,18 @@ def dirty_units(db: str, window: int) -> str:
 
 def mig_parents(db: str) -> str:
     """The parent GPU of each MIG instance in ``{gpus}``."""
-    return (f"SELECT gpu_uuid, any(mig_parent_uuid) FROM {db}.gpu_samples "
-            "WHERE gpu_uuid IN {gpus:Array(String)} AND mig_parent_uuid != '' GROUP BY gpu_uuid")
+    return (
+        f"SELECT gpu_uuid, any(mig_parent_uuid) FROM {db}.gpu_samples "
+        "WHERE gpu_uuid IN {gpus:Array(String)} AND mig_parent_uuid != '' GROUP BY gpu_uuid"
+    )
 
 
 def mig_instances(db: str) -> str:
     """MIG instances of the parents in ``{units}`` with samples in [start, end) (a bloom filter on mig_parent_uuid keeps it cheap)."""
-    return (f"SELECT DISTINCT gpu_uuid FROM {db}.gpu_samples WHERE mig_parent_uuid IN {{units:Array(String)}} "
-            "AND interval_start >= {start:DateTime64(6)} AND interval_start < {end:DateTime64(6)}")
+    return (
+        f"SELECT DISTINCT gpu_uuid FROM {db}.gpu_samples WHERE mig_parent_uuid IN {{units:Array(String)}} "
+        "AND interval_start >= {start:DateTime64(6)} AND interval_start < {end:DateTime64(6)}"
+    )
 
 
 def samples(db: str) -> str:
@@ -69,5 +73,7 @@ def booked_lines(db: str) -> str:
 
 def prior_adjustments(db: str) -> str:
     """Count and sum of the adjustment lines already booked against each line in ``{ids}``."""
-    return (f"SELECT adjusts_line_id, count(), sum(cost) FROM {db}.ledger FINAL "
-            "WHERE kind = 'adjustment' AND adjusts_line_id IN {ids:Array(String)} GROUP BY adjusts_line_id")
+    return (
+        f"SELECT adjusts_line_id, count(), sum(cost) FROM {db}.ledger FINAL "
+        "WHERE kind = 'adjustment' AND adjusts_line_id IN {ids:Array(String)} GROUP BY adjusts_line_id"
+    )

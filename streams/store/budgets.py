@@ -1,6 +1,6 @@
 """Queries on the budget tables (``budgets``, ``budget_alerts``): what the evaluator and the demo read back.
 
-Text moved unchanged from ``streams/budgets/evaluator.py`` and ``gpuledger/cli.py``.
+Text moved unchanged from ``streams/budgets/evaluator.py`` and ``gpuledger/commands/cli.py``.
 """
 
 from __future__ import annotations

@@ -48,14 +48,20 @@ def team_week(client: Client, db: str, org: str, team: str, start: datetime, end
     """One team's spend, top models, routing savings and (where the view exists) cost per successful outcome."""
     params = {"org": org, "team": team, "start": start, "end": end}
     scope = "org = {org:String} AND team = {team:String} AND event_time >= {start:DateTime64(6)} AND event_time < {end:DateTime64(6)}"
-    spend = client.query(f"SELECT currency, sum(cost) FROM {db}.ledger FINAL WHERE {scope} GROUP BY currency ORDER BY currency", parameters=params).result_rows
+    spend = client.query(
+        f"SELECT currency, sum(cost) FROM {db}.ledger FINAL WHERE {scope} GROUP BY currency ORDER BY currency", parameters=params
+    ).result_rows
     models = client.query(
         f"SELECT model, currency, sum(cost) AS c FROM {db}.ledger FINAL WHERE {scope} AND (kind = 'api' OR basis = 'tokens') "
-        f"GROUP BY model, currency ORDER BY c DESC, model LIMIT {int(top)}", parameters=params).result_rows
+        f"GROUP BY model, currency ORDER BY c DESC, model LIMIT {int(top)}",
+        parameters=params,
+    ).result_rows
     n, unpriced, actual, counterfactual, saved = client.query(
         f"SELECT count(), countIf(isNull(savings)), sumIf(assumeNotNull(actual_cost), isNotNull(savings)), "
         f"sumIf(assumeNotNull(counterfactual_cost), isNotNull(savings)), sumIf(assumeNotNull(savings), isNotNull(savings)) "
-        f"FROM {db}.routing_savings_requests WHERE {scope}", parameters=params).result_rows[0]
+        f"FROM {db}.routing_savings_requests WHERE {scope}",
+        parameters=params,
+    ).result_rows[0]
     return TeamWeek(
         spend=[Amount("", Decimal(c), cur) for cur, c in spend],
         top_models=[Amount(m, Decimal(c), cur) for m, cur, c in models],
@@ -66,14 +72,17 @@ def team_week(client: Client, db: str, org: str, team: str, start: datetime, end
 
 def _cost_per_success(client: Client, db: str, view: str, params: dict[str, object]) -> list[Amount] | None:
     """Cost per successful outcome per kind: the kind's linked cost / its successes (days in UTC); None without the view."""
-    exists = client.query("SELECT count() FROM system.tables WHERE database = {db:String} AND name = {view:String}",
-                          parameters={"db": db, "view": view}).result_rows[0][0]
+    exists = client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {view:String}", parameters={"db": db, "view": view}
+    ).result_rows[0][0]
     if not exists:
         return None
     try:
         rows = client.query(
             f"SELECT kind, sum(cost), sum(successes) FROM {db}.`{view}` WHERE org = {{org:String}} AND team = {{team:String}} "
-            f"AND day >= toDate({{start:DateTime64(6)}}) AND day < toDate({{end:DateTime64(6)}}) GROUP BY kind ORDER BY kind", parameters=params).result_rows
+            f"AND day >= toDate({{start:DateTime64(6)}}) AND day < toDate({{end:DateTime64(6)}}) GROUP BY kind ORDER BY kind",
+            parameters=params,
+        ).result_rows
     except ClickHouseError as exc:  # a view of another shape: the section is left out, the digest still goes
         log.warning("digest: cost per outcome left out, the outcomes view has another shape", view=view, error=str(exc)[:200])
         return None

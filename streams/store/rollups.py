@@ -35,11 +35,21 @@ DAILY_KEYS = ("day", *DIMENSIONS)
 LEDGER_PROJECTION = {
     "hour": "toStartOfHour(event_time)",
     "day": "toDate(event_time, {tz:String})",
-    "org": "org", "team": "team", "project": "project", "cost_centre": "cost_centre", "key_id": "key_id",
+    "org": "org",
+    "team": "team",
+    "project": "project",
+    "cost_centre": "cost_centre",
+    "key_id": "key_id",
     "llm_model": "if(kind = 'api' OR basis = 'tokens', model, '')",
-    "gpu_model": "gpu_model", "kind": "kind", "currency": "currency", "model": "model",
-    "cost": "cost", "prompt_tokens": "toInt64(prompt_tokens)", "completion_tokens": "toInt64(completion_tokens)",
-    "gpu_seconds": "gpu_seconds", "lines": "toInt64(1)",
+    "gpu_model": "gpu_model",
+    "kind": "kind",
+    "currency": "currency",
+    "model": "model",
+    "cost": "cost",
+    "prompt_tokens": "toInt64(prompt_tokens)",
+    "completion_tokens": "toInt64(completion_tokens)",
+    "gpu_seconds": "gpu_seconds",
+    "lines": "toInt64(1)",
 }
 
 
@@ -118,8 +128,10 @@ def hour_span(hours: list[datetime]) -> dict[str, Any]:
 def day_span(days: list[date]) -> dict[str, Any]:
     """UTC hours that can hold ``days`` of any time zone (offsets are within ±14 h)."""
     first, last = min(days), max(days)
-    return {"lo": datetime(first.year, first.month, first.day, tzinfo=UTC) - timedelta(days=1),
-            "hi": datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=2)}
+    return {
+        "lo": datetime(first.year, first.month, first.day, tzinfo=UTC) - timedelta(days=1),
+        "hi": datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=2),
+    }
 
 
 def read_state(client: Client, database: str) -> State:

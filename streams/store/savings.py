@@ -36,19 +36,24 @@ class SavingsRow:
     savings: Decimal
 
 
-def savings(settings: Settings, since: date, until: date, by: By = "team", *, org: str = "", team: str = "",
-            client: Client | None = None) -> list[SavingsRow]:
+def savings(
+    settings: Settings, since: date, until: date, by: By = "team", *, org: str = "", team: str = "", client: Client | None = None
+) -> list[SavingsRow]:
     """Savings per ``by`` group, alias and rule over [since, until); ``org``/``team`` narrow it to one scope (the weekly digest)."""
     dims = GROUPS[by]
     label = "concat(" + ", '/', ".join(dims) + ")" if len(dims) > 1 else (dims[0] if dims else "''")
     keys = ", ".join((*dims, "alias", "route_rule"))
     scope = "".join(f" AND {c} = {{{c}:String}}" for c, v in (("org", org), ("team", team)) if v)
-    rows = (client or connect(settings.clickhouse)).query(
-        f"SELECT {label}, alias, route_rule, sum(requests), sum(unpriced_requests), sum(tokens), sum(actual_cost), "
-        f"sum(counterfactual_cost), sum(savings) FROM {settings.clickhouse.database}.routing_savings_daily "
-        f"WHERE day >= {{since:Date}} AND day < {{until:Date}}{scope} GROUP BY {keys} ORDER BY {keys}",
-        parameters={"since": since, "until": until, "org": org, "team": team},
-    ).result_rows
+    rows = (
+        (client or connect(settings.clickhouse))
+        .query(
+            f"SELECT {label}, alias, route_rule, sum(requests), sum(unpriced_requests), sum(tokens), sum(actual_cost), "
+            f"sum(counterfactual_cost), sum(savings) FROM {settings.clickhouse.database}.routing_savings_daily "
+            f"WHERE day >= {{since:Date}} AND day < {{until:Date}}{scope} GROUP BY {keys} ORDER BY {keys}",
+            parameters={"since": since, "until": until, "org": org, "team": team},
+        )
+        .result_rows
+    )
     return [SavingsRow(g, a, r, int(n), int(u), int(t), Decimal(ac), Decimal(cf), Decimal(s)) for g, a, r, n, u, t, ac, cf, s in rows]
 
 
@@ -57,4 +62,9 @@ def with_total(rows: list[SavingsRow]) -> list[SavingsRow]:
     if not rows:
         return rows
     money = [sum((getattr(r, f) for r in rows), Decimal(0)) for f in ("actual_cost", "counterfactual_cost", "savings")]
-    return [*rows, SavingsRow("TOTAL", "", "", sum(r.requests for r in rows), sum(r.unpriced_requests for r in rows), sum(r.tokens for r in rows), *money)]
+    return [
+        *rows,
+        SavingsRow(
+            "TOTAL", "", "", sum(r.requests for r in rows), sum(r.unpriced_requests for r in rows), sum(r.tokens for r in rows), *money
+        ),
+    ]

@@ -116,10 +116,13 @@ def probes_table(probes: Sequence[Probe], params: dict[str, Any]) -> str:
     """The probes as a small table (i, org, currency, team, project, model, ps, pe) from bound arrays; '' matches any."""
     params["n"] = len(probes)
     columns = {
-        "org": ("String", [p.budget.org for p in probes]), "currency": ("String", [p.budget.currency for p in probes]),
-        "team": ("String", [p.budget.team for p in probes]), "project": ("String", [p.budget.project for p in probes]),
+        "org": ("String", [p.budget.org for p in probes]),
+        "currency": ("String", [p.budget.currency for p in probes]),
+        "team": ("String", [p.budget.team for p in probes]),
+        "project": ("String", [p.budget.project for p in probes]),
         "model": ("String", [p.budget.model or "" for p in probes]),
-        "ps": ("DateTime64(6, 'UTC')", [p.period_start for p in probes]), "pe": ("DateTime64(6, 'UTC')", [p.period_end for p in probes]),
+        "ps": ("DateTime64(6, 'UTC')", [p.period_start for p in probes]),
+        "pe": ("DateTime64(6, 'UTC')", [p.period_end for p in probes]),
     }
     selected = []
     for name, (kind, values) in columns.items():
@@ -128,8 +131,9 @@ def probes_table(probes: Sequence[Probe], params: dict[str, Any]) -> str:
     return f"SELECT arrayJoin(range({{n:UInt32}})) AS i, {', '.join(selected)}"
 
 
-def measure_sql(database: str, probes: Sequence[Probe], now: datetime, hours: list[datetime], *,
-                forecast_window: timedelta, baseline: timedelta) -> tuple[str, dict[str, Any]]:
+def measure_sql(
+    database: str, probes: Sequence[Probe], now: datetime, hours: list[datetime], *, forecast_window: timedelta, baseline: timedelta
+) -> tuple[str, dict[str, Any]]:
     """One scan: per probe (i), spend in its period, in the forecast window, in the last hour and in the spike baseline.
 
     Each line meets only the probes of its org and currency (a hash join), so the cost grows with
@@ -154,8 +158,9 @@ def earliest(probes: Sequence[Probe], now: datetime, forecast_window: timedelta,
     return min([p.period_start for p in probes] + [now - baseline - HOUR, now - forecast_window])
 
 
-def top_spenders_sql(database: str, probes: Sequence[Probe], column: str, limit: int, now: datetime,
-                     hours: list[datetime]) -> tuple[str, dict[str, Any]]:
+def top_spenders_sql(
+    database: str, probes: Sequence[Probe], column: str, limit: int, now: datetime, hours: list[datetime]
+) -> tuple[str, dict[str, Any]]:
     """Each probe's largest spenders in its period by ``column``: one scan, lines fanned out to their probes."""
     if column not in ("model", "key_id"):
         raise ValueError(f"top spenders are by model or key_id, not {column!r}")

@@ -36,11 +36,11 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from gpuledger.budgets import BudgetSpec, save  # noqa: E402
 from gpuledger.clickhouse import connect  # noqa: E402
+from gpuledger.commands.budgets import BudgetSpec, save  # noqa: E402
+from gpuledger.commands.reference_import import import_orgs, import_prices  # noqa: E402
+from gpuledger.commands.reference_import import publish as publish_table  # noqa: E402
 from gpuledger.kafka import new_producer  # noqa: E402
-from gpuledger.reference_import import import_orgs, import_prices  # noqa: E402
-from gpuledger.reference_import import publish as publish_table  # noqa: E402
 from gpuledger.settings import Settings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
 from schemas import InferenceUsage, OrgDirectory, codec_for  # noqa: E402
@@ -59,8 +59,18 @@ HEADLINE = re.compile(r"Budget (\d+)% threshold reached: benchorg/(t\d+) ")
 
 def crossing(team: int, step: int, run: str) -> InferenceUsage:
     at = datetime.now(UTC) - timedelta(hours=2)
-    return InferenceUsage(event_id=f"cross-{run}-{team}-{step}", request_start=at, request_end=at, key_id=f"bench-key-{team}",
-                          model="claude-sonnet-4", backend="anthropic", prompt_tokens=1_000_000, completion_tokens=0, latency_ms=1.0, status="ok")
+    return InferenceUsage(
+        event_id=f"cross-{run}-{team}-{step}",
+        request_start=at,
+        request_end=at,
+        key_id=f"bench-key-{team}",
+        model="claude-sonnet-4",
+        backend="anthropic",
+        prompt_tokens=1_000_000,
+        completion_tokens=0,
+        latency_ms=1.0,
+        status="ok",
+    )
 
 
 async def drive(settings: Settings, run: str, crossings: list[tuple[int, int]], seconds: float, rate: int) -> dict[str, float]:
@@ -105,9 +115,14 @@ def received(slack: FakeSlack, hook: str, offset: float) -> dict[str, float]:
 
 
 def stored_at(settings: Settings, run: str) -> dict[str, float]:
-    rows = connect(settings.clickhouse).query(
-        "SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM usage_events FINAL WHERE event_id LIKE {p:String}", parameters={"p": f"cross-{run}-%"}
-    ).result_rows
+    rows = (
+        connect(settings.clickhouse)
+        .query(
+            "SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM usage_events FINAL WHERE event_id LIKE {p:String}",
+            parameters={"p": f"cross-{run}-%"},
+        )
+        .result_rows
+    )
     out = {}
     for event_id, ms in rows:
         _, _, team, step = event_id.split("-")
@@ -129,23 +144,47 @@ def one_run(base: Settings, run: int, seconds: float, rate: int, workdir: Path) 
     orgs = [OrgDirectory(kind="api_key", key=f"bench-key-{t}", org="benchorg", team=f"t{t}") for t in range(TEAMS)]
     asyncio.run(publish_table(settings, "orgs", [(org_key(o.kind, o.key), encode(o)) for o in orgs]))
     zone = noon_zone()
-    asyncio.run(save(settings, [BudgetSpec(id=f"bench-{t}", org="benchorg", team=f"t{t}", period="day", timezone=zone, amount=30,  # type: ignore[arg-type]
-                                           thresholds=list(range(10, 101, 10))) for t in range(TEAMS)]))
+    asyncio.run(
+        save(
+            settings,
+            [
+                BudgetSpec(
+                    id=f"bench-{t}",
+                    org="benchorg",
+                    team=f"t{t}",
+                    period="day",
+                    timezone=zone,
+                    amount=30,  # type: ignore[arg-type]
+                    thresholds=list(range(10, 101, 10)),
+                )
+                for t in range(TEAMS)
+            ],
+        )
+    )
     offset = time.time() - time.monotonic()
     results: dict[str, float] = {}
     with FakeSlack() as slack:
         hook = slack.new_hook("bench")
         config = workdir / f"notifier-{tag}.yaml"
-        config.write_text(f"notifier:\n  group_id: n-{tag}\n  state_dir: {workdir / tag}\n  default: {{name: bench, url: '{hook}'}}\n")  # topics from the env
+        config.write_text(
+            f"notifier:\n  group_id: n-{tag}\n  state_dir: {workdir / tag}\n  default: {{name: bench, url: '{hook}'}}\n"
+        )  # topics from the env
         env = {**os.environ, **settings_env(settings, workdir / tag), "GPULEDGER_LOG_LEVEL": "warning"}
         env.pop("GPULEDGER_CONFIG", None)
-        notifier = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "--config", str(config), "notifier", "run"],
-                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        notifier = subprocess.Popen(
+            [sys.executable, "-m", "gpuledger.commands.cli", "--config", str(config), "notifier", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+        )
         worker = WorkerProcess(settings, workdir / f"worker-{tag}").start()
         try:
             time.sleep(8)  # worker joined, first evaluation done
-            phases = {"baseline": ([(t, 0) for t in range(TEAMS)], 10.0, 0),
-                      "loaded": ([(t, s) for s in range(1, STEPS) for t in range(TEAMS)], seconds, rate)}
+            phases = {
+                "baseline": ([(t, 0) for t in range(TEAMS)], 10.0, 0),
+                "loaded": ([(t, s) for s in range(1, STEPS) for t in range(TEAMS)], seconds, rate),
+            }
             for phase, (crossings, span, load) in phases.items():
                 sent = asyncio.run(drive(settings, tag, crossings, span, load))
                 background = sent.pop("_background")
@@ -159,9 +198,14 @@ def one_run(base: Settings, run: int, seconds: float, rate: int, workdir: Path) 
                     raise RuntimeError(f"{phase}: {len(missing)} alerts never arrived, e.g. {sorted(missing)[:5]}")
                 from_send = [got[k] - sent[k] for k in sent]
                 from_ledger = [got[k] - stored[k] for k in sent]
-                results |= {f"{phase}_send_p50": statistics.median(from_send), f"{phase}_send_p99": percentile(from_send, 0.99),
-                            f"{phase}_ledger_p50": statistics.median(from_ledger), f"{phase}_ledger_p99": percentile(from_ledger, 0.99),
-                            f"{phase}_crossings": len(sent), f"{phase}_background_rate": background}
+                results |= {
+                    f"{phase}_send_p50": statistics.median(from_send),
+                    f"{phase}_send_p99": percentile(from_send, 0.99),
+                    f"{phase}_ledger_p50": statistics.median(from_ledger),
+                    f"{phase}_ledger_p99": percentile(from_ledger, 0.99),
+                    f"{phase}_crossings": len(sent),
+                    f"{phase}_background_rate": background,
+                }
             duplicates = len(slack.messages(hook)) - len(received(slack, hook, offset))
             results["extra_messages"] = duplicates + len(slack.messages(hook)) - TEAMS * STEPS
         finally:
@@ -185,17 +229,29 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for run in range(1, args.runs + 1):
-                with console.status(f"run {run}/{args.runs}: {TEAMS * STEPS} crossings, {args.rate}/s background for {args.seconds:.0f} s..."):
+                with console.status(
+                    f"run {run}/{args.runs}: {TEAMS * STEPS} crossings, {args.rate}/s background for {args.seconds:.0f} s..."
+                ):
                     results.append(one_run(base, run, args.seconds, args.rate, Path(tmp)))
                 console.print(f"run {run}: " + ", ".join(f"{k}={v:,.2f}" for k, v in results[-1].items()))
     finally:
         local.down(STACK)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     table = Table(title=f"alert latency: medians of {args.runs} runs ({int(med['loaded_crossings'])} loaded crossings per run)")
-    for column, justify in (("figure", "left"), ("baseline (idle)", "right"), ("under load", "right"), ("ratio", "right"), ("target", "right")):
+    for column, justify in (
+        ("figure", "left"),
+        ("baseline (idle)", "right"),
+        ("under load", "right"),
+        ("ratio", "right"),
+        ("target", "right"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for label, key, target in (("event sent -> Slack, p50 s", "send_p50", ""), ("event sent -> Slack, p99 s", "send_p99", "<= 5"),
-                               ("ledger line stored -> Slack, p50 s", "ledger_p50", ""), ("ledger line stored -> Slack, p99 s", "ledger_p99", "<= 5")):
+    for label, key, target in (
+        ("event sent -> Slack, p50 s", "send_p50", ""),
+        ("event sent -> Slack, p99 s", "send_p99", "<= 5"),
+        ("ledger line stored -> Slack, p50 s", "ledger_p50", ""),
+        ("ledger line stored -> Slack, p99 s", "ledger_p99", "<= 5"),
+    ):
         idle, loaded = med[f"baseline_{key}"], med[f"loaded_{key}"]
         table.add_row(label, f"{idle:.2f}", f"{loaded:.2f}", f"{loaded / idle:.1f}x" if idle else "-", target)
     table.add_row("background load achieved, events/s", "0", f"{med['loaded_background_rate']:,.0f}", "", f"{args.rate:,}")

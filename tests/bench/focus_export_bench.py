@@ -36,8 +36,13 @@ def main() -> None:
     parser.add_argument("--port-base", type=int, default=26500)
     args = parser.parse_args()
     base = args.port_base
-    stack = StackSettings(data_dir=ROOT / ".gpuledger" / f"focus-bench-{base}", kafka_port=base + 92, kafka_controller_port=base + 93,
-                          clickhouse_http_port=base + 123, clickhouse_tcp_port=base)
+    stack = StackSettings(
+        data_dir=ROOT / ".gpuledger" / f"focus-bench-{base}",
+        kafka_port=base + 92,
+        kafka_controller_port=base + 93,
+        clickhouse_http_port=base + 123,
+        clickhouse_tcp_port=base,
+    )
     console = Console()
     with console.status("starting the benchmark stack..."):
         local.up(stack)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.bench.gateway_ab_bench --other /path/to/other/checkout [--rounds 6] [--n 500] [--port-base 26400]
 
-One Kafka, one fake vLLM backend, and two gateways (``python -m inference.cli`` run from each tree, so each runs
+One Kafka, one fake vLLM backend, and two gateways (``python -m inference.gateway.cli`` run from each tree, so each runs
 its own code) with the same config; rounds alternate direct / this / other, one client sending JSON and streamed
 chat requests through the alias ``auto`` one at a time. Printed: medians over rounds of p50 / p99 and the latency
 each gateway adds over the direct call, and each gateway's CPU per request. Interleaving both trees in every round
@@ -39,7 +39,11 @@ from tests.inference.bench_gateway import (
 
 
 async def main(args: argparse.Namespace) -> None:
-    stack = StackSettings(data_dir=ROOT / ".gpuledger" / f"bench-ab-{args.port_base}", kafka_port=args.port_base + 92, kafka_controller_port=args.port_base + 93)
+    stack = StackSettings(
+        data_dir=ROOT / ".gpuledger" / f"bench-ab-{args.port_base}",
+        kafka_port=args.port_base + 92,
+        kafka_controller_port=args.port_base + 93,
+    )
     shutil.rmtree(stack.data_dir, ignore_errors=True)
     stack.data_dir.mkdir(parents=True)
     kafka_stack.start(stack)
@@ -48,12 +52,16 @@ async def main(args: argparse.Namespace) -> None:
     ports = {"direct": args.port_base + 1, "this": args.port_base + 2, "other": args.port_base + 3}
     work = Path(tempfile.mkdtemp(prefix="gpuledger-ab-"))
     config = work / "gateway.yaml"
-    config.write_text(json.dumps({
-        "backends": [{"name": "fake", "kind": "vllm", "base_url": f"http://127.0.0.1:{ports['direct']}/v1", "deployment": "bench"}],
-        "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
-        "aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "header": {"X-Tier": "large"}}]}],
-        "keys": [{"id": "bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "bench"}],
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "backends": [{"name": "fake", "kind": "vllm", "base_url": f"http://127.0.0.1:{ports['direct']}/v1", "deployment": "bench"}],
+                "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
+                "aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "header": {"X-Tier": "large"}}]}],
+                "keys": [{"id": "bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "bench"}],
+            }
+        )
+    )
     base_env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers, "GPULEDGER_LOG_LEVEL": "warning"}
     base_env.pop("GPULEDGER_CONFIG", None)
 
@@ -61,10 +69,28 @@ async def main(args: argparse.Namespace) -> None:
         return {**base_env, "PYTHONPATH": str(tree)}
 
     trees = {"this": ROOT, "other": Path(args.other).resolve()}
-    procs = {"direct": subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "tests.inference.bench_gateway:fake_app", "--port", str(ports["direct"]),
-                                         "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env(ROOT))}
+    procs = {
+        "direct": subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "tests.inference.bench_gateway:fake_app",
+                "--port",
+                str(ports["direct"]),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env(ROOT),
+        )
+    }
     for name, tree in trees.items():
-        procs[name] = subprocess.Popen([sys.executable, "-m", "inference.cli", "--config", str(config), "--port", str(ports[name])], cwd=tree, env=env(tree))
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "inference.gateway.cli", "--config", str(config), "--port", str(ports[name])], cwd=tree, env=env(tree)
+        )
     try:
         for name, proc in procs.items():
             wait_healthy(f"http://127.0.0.1:{ports[name]}", proc)
@@ -87,7 +113,9 @@ async def main(args: argparse.Namespace) -> None:
         kafka_stack.managed(stack).stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n1 client, sequential, {args.n} requests x {args.rounds} rounds, medians over rounds; this = {ROOT}, other = {trees['other']}")
-    print(f"{'mode':7}| {'direct p50':>10} {'p99':>7} | {'this: added p50':>15} {'p99':>7} {'CPU/req':>8} | {'other: added p50':>16} {'p99':>7} {'CPU/req':>8}")
+    print(
+        f"{'mode':7}| {'direct p50':>10} {'p99':>7} | {'this: added p50':>15} {'p99':>7} {'CPU/req':>8} | {'other: added p50':>16} {'p99':>7} {'CPU/req':>8}"
+    )
     for mode in ("json", "stream"):
         d50, d99 = (statistics.median(v) for v in zip(*figures[(mode, "direct")], strict=True))
         cells = []

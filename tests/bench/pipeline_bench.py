@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
+from gpuledger.commands.reference_import import import_orgs, import_prices  # noqa: E402
+from gpuledger.commands.simulate import CALLERS, DEPLOYMENTS  # noqa: E402
 from gpuledger.kafka import client_options, new_producer  # noqa: E402
-from gpuledger.reference_import import import_orgs, import_prices  # noqa: E402
 from gpuledger.settings import Settings, StackSettings  # noqa: E402
-from gpuledger.simulate import CALLERS, DEPLOYMENTS  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
 from schemas import InferenceUsage, codec_for  # noqa: E402
 from tests.support import WorkerProcess, isolated  # noqa: E402
@@ -54,10 +54,20 @@ def event(n: int, when: datetime, run: str) -> InferenceUsage:
     model = MODELS[n % len(MODELS)]
     gpus = DEPLOYMENTS[model][n % len(DEPLOYMENTS[model])] if model in DEPLOYMENTS else ()
     return InferenceUsage(
-        event_id=f"bench-{run}-{n}", request_start=when - timedelta(milliseconds=400), request_end=when,
-        key_id=CALLERS[n % len(CALLERS)].key_id, model=model, backend="vllm" if gpus else "openai",
-        gpu_uuids=[g.uuid for g in gpus], node=gpus[0].node if gpus else None, prompt_tokens=500 + n % 700,
-        completion_tokens=100 + n % 300, cached_prompt_tokens=n % 200, latency_ms=400.0, status="ok", endpoint="chat.completions",
+        event_id=f"bench-{run}-{n}",
+        request_start=when - timedelta(milliseconds=400),
+        request_end=when,
+        key_id=CALLERS[n % len(CALLERS)].key_id,
+        model=model,
+        backend="vllm" if gpus else "openai",
+        gpu_uuids=[g.uuid for g in gpus],
+        node=gpus[0].node if gpus else None,
+        prompt_tokens=500 + n % 700,
+        completion_tokens=100 + n % 300,
+        cached_prompt_tokens=n % 200,
+        latency_ms=400.0,
+        status="ok",
+        endpoint="chat.completions",
     )
 
 
@@ -79,8 +89,12 @@ async def publish(settings: Settings, events: int, run: str, *, when: datetime |
 
 
 async def bare_consume(settings: Settings, expected: int) -> tuple[float, list[bytes]]:
-    consumer = AIOKafkaConsumer(settings.topics.inference_usage, group_id=f"baseline-{uuid.uuid4().hex}", auto_offset_reset="earliest",
-                                **client_options(settings.kafka))
+    consumer = AIOKafkaConsumer(
+        settings.topics.inference_usage,
+        group_id=f"baseline-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        **client_options(settings.kafka),
+    )
     await consumer.start()
     try:
         values: list[bytes] = []
@@ -141,17 +155,29 @@ def one_run(base: Settings, run: int, events: int, rate: int, workdir: Path) -> 
         asyncio.run(publish(settings, steady, f"f{run}", rate=rate))
         while stored() < events + steady:
             time.sleep(0.2)
-        lags = [r[0] for r in client.query(
-            "SELECT dateDiff('millisecond', event_time, ingested_at) FROM usage_events WHERE event_id LIKE {p:String}",
-            parameters={"p": f"bench-f{run}-%"},
-        ).result_rows]
+        lags = [
+            r[0]
+            for r in client.query(
+                "SELECT dateDiff('millisecond', event_time, ingested_at) FROM usage_events WHERE event_id LIKE {p:String}",
+                parameters={"p": f"bench-f{run}-%"},
+            ).result_rows
+        ]
     finally:
         worker.stop()
     lags.sort()
-    return {"baseline": baseline, "decode": decode_rate, "throughput": throughput, "ratio": throughput / decode_rate,
-            "worker_cpu_us": worker_cpu, "decode_cpu_us": decode_cpu, "cpu_ratio": decode_cpu / worker_cpu,
-            "general_cpu_us": general_cpu, "general_cpu_ratio": general_cpu / worker_cpu, "fresh_p50": statistics.median(lags) / 1000,
-            "fresh_p99": lags[int(len(lags) * 0.99) - 1] / 1000}
+    return {
+        "baseline": baseline,
+        "decode": decode_rate,
+        "throughput": throughput,
+        "ratio": throughput / decode_rate,
+        "worker_cpu_us": worker_cpu,
+        "decode_cpu_us": decode_cpu,
+        "cpu_ratio": decode_cpu / worker_cpu,
+        "general_cpu_us": general_cpu,
+        "general_cpu_ratio": general_cpu / worker_cpu,
+        "fresh_p50": statistics.median(lags) / 1000,
+        "fresh_p99": lags[int(len(lags) * 0.99) - 1] / 1000,
+    }
 
 
 def main() -> None:
@@ -161,9 +187,13 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000, help="steady publish rate for the freshness phase (events/s)")
     parser.add_argument("--port-base", type=int, default=27000, help="the stack's ports: base+92/+93 Kafka, base+123/+0 ClickHouse")
     args = parser.parse_args()
-    stack = StackSettings(data_dir=ROOT / ".gpuledger" / f"bench-stack-{args.port_base}", kafka_port=args.port_base + 92,
-                          kafka_controller_port=args.port_base + 93, clickhouse_http_port=args.port_base + 123,
-                          clickhouse_tcp_port=args.port_base)
+    stack = StackSettings(
+        data_dir=ROOT / ".gpuledger" / f"bench-stack-{args.port_base}",
+        kafka_port=args.port_base + 92,
+        kafka_controller_port=args.port_base + 93,
+        clickhouse_http_port=args.port_base + 123,
+        clickhouse_tcp_port=args.port_base,
+    )
     console = Console()
     with console.status("starting the benchmark stack..."):
         local.up(stack)

@@ -19,17 +19,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from inference.events import Placement, RequestMeter
-from inference.gateway_config import GatewayConfig
-from inference.openai_usage import Usage
-from inference.routing import Router
+from inference.gateway.config import GatewayConfig
+from inference.gateway.routing import Router
+from inference.metering.events import Placement, RequestMeter
+from inference.metering.openai_usage import Usage
 from schemas import InferenceUsage, codec_for
 
-CONFIG = GatewayConfig.model_validate({
-    "backends": [{"name": "fake", "kind": "vllm", "base_url": "http://127.0.0.1:1/v1", "deployment": "bench"}],
-    "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
-    "aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "header": {"X-Tier": "large"}}]}],
-})
+CONFIG = GatewayConfig.model_validate(
+    {
+        "backends": [{"name": "fake", "kind": "vllm", "base_url": "http://127.0.0.1:1/v1", "deployment": "bench"}],
+        "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
+        "aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "header": {"X-Tier": "large"}}]}],
+    }
+)
 REQUEST = {"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": "Say five words about GPUs " * 8}]}
 SCOPE: dict[str, Any] = {"headers": [(b"authorization", b"Bearer sk"), (b"content-type", b"application/json")]}
 
@@ -51,7 +53,9 @@ def main(n: int, repeats: int) -> dict[str, float]:
 
     def event() -> InferenceUsage:
         extra = {"requested_model": "auto", "route_rule": "default", "baseline_model": "m"} if with_fields else {}
-        return RequestMeter("chat.completions").event(key_id="bench", model="m", placement=placement, usage=usage, status="ok", streamed=False, **extra)
+        return RequestMeter("chat.completions").event(
+            key_id="bench", model="m", placement=placement, usage=usage, status="ok", streamed=False, **extra
+        )
 
     built = event()
     return {

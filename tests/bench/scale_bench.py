@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
-from gpuledger.report import spend_by_org_model  # noqa: E402
+from gpuledger.commands.report import spend_by_org_model  # noqa: E402
 from gpuledger.settings import BudgetSettings, StackSettings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
 from schemas import Budget  # noqa: E402
@@ -45,8 +45,12 @@ try:
 except ImportError:  # a tree from before issue 15: refreshable views
     rollups = None  # type: ignore[assignment]
 
-STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-scale", clickhouse_http_port=27523, clickhouse_tcp_port=27500,
-                      clickhouse_max_memory_bytes=8_000_000_000)
+STACK = StackSettings(
+    data_dir=ROOT / ".gpuledger" / "bench-scale",
+    clickhouse_http_port=27523,
+    clickhouse_tcp_port=27500,
+    clickhouse_max_memory_bytes=8_000_000_000,
+)
 NOW = datetime(2026, 10, 30, 23, 40, tzinfo=UTC)
 LONG = {"max_execution_time": 0}
 INCREMENT = """
@@ -65,10 +69,14 @@ def budgets() -> list[Budget]:
     at = datetime(2026, 9, 1, tzinfo=UTC)
     big = Decimal(10) ** 9  # never crossed: the pass measures and publishes standings, no alert is due
     out = [Budget(budget_id=f"org{i}", org=f"org{i}", period="month", amount=big, currency="USD", updated_at=at) for i in range(50)]
-    out += [Budget(budget_id=f"team{i}", org=f"org{i % 50}", team=f"team{i}", period="day", amount=big, currency="USD", updated_at=at)
-            for i in range(30)]
-    out += [Budget(budget_id=f"model{i}", org=f"org{i}", model=f"model-{i}", period="week", amount=big, currency="USD", updated_at=at)
-            for i in range(20)]
+    out += [
+        Budget(budget_id=f"team{i}", org=f"org{i % 50}", team=f"team{i}", period="day", amount=big, currency="USD", updated_at=at)
+        for i in range(30)
+    ]
+    out += [
+        Budget(budget_id=f"model{i}", org=f"org{i}", model=f"model-{i}", period="week", amount=big, currency="USD", updated_at=at)
+        for i in range(20)
+    ]
     return out
 
 
@@ -106,8 +114,11 @@ def main() -> None:
         client.command(f"SYSTEM REFRESH VIEW {view}")
         client.command(f"SYSTEM WAIT VIEW {view}", settings=LONG)
         client.command(f"SYSTEM STOP VIEW {view}")
-        error, millis = client.query("SELECT exception, last_success_duration_ms FROM system.view_refreshes WHERE database = currentDatabase()"
-                                     " AND view = {v:String}", parameters={"v": view}).result_rows[0]
+        error, millis = client.query(
+            "SELECT exception, last_success_duration_ms FROM system.view_refreshes WHERE database = currentDatabase()"
+            " AND view = {v:String}",
+            parameters={"v": view},
+        ).result_rows[0]
         if error or millis is None:
             raise RuntimeError(f"{view} did not refresh: {error}")
         return int(millis) / 1000
@@ -137,8 +148,10 @@ def main() -> None:
             for view in ("spend_hourly_refresh", "spend_daily_refresh"):
                 record(f"{view} (server time)", statistics.median(refresh(view) for _ in range(args.runs)))
         asyncio.run(evaluator.run_once())  # mirrors the budgets once
-        record("budget spend query, 100 budgets", timed(lambda: measure(client, db, probes, NOW, forecast_window=timedelta(hours=1),
-                                                                         baseline_hours=24), args.runs))
+        record(
+            "budget spend query, 100 budgets",
+            timed(lambda: measure(client, db, probes, NOW, forecast_window=timedelta(hours=1), baseline_hours=24), args.runs),
+        )
         record("one evaluator pass", timed(lambda: asyncio.run(evaluator.run_once()), args.runs))
         record("gpuledger report", timed(lambda: spend_by_org_model(settings), args.runs))
     table = Table(title=f"{tree}: median of {args.runs} runs, seconds")

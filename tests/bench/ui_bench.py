@@ -72,7 +72,9 @@ def _measure_here(requests: int) -> None:
     from gpuledger.ui.app import create_app
 
     base = Settings()
-    settings = base.model_copy(update={"clickhouse": base.clickhouse.model_copy(update={"database": DB}), "ui": UISettings(anonymous="admin")})
+    settings = base.model_copy(
+        update={"clickhouse": base.clickhouse.model_copy(update={"database": DB}), "ui": UISettings(anonymous="admin")}
+    )
     out: dict[str, list[float]] = {}
     with TestClient(create_app(settings)) as client:
         for page in PAGES:
@@ -117,14 +119,22 @@ def main() -> None:
     from streams.store.rollups import refresh_rollups, stop_rollups
 
     console = Console(width=160)
-    stack = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-ui", kafka_port=args.port_base + 92, kafka_controller_port=args.port_base + 93,
-                          clickhouse_http_port=args.port_base + 23, clickhouse_tcp_port=args.port_base, clickhouse_max_memory_bytes=8_000_000_000)
+    stack = StackSettings(
+        data_dir=ROOT / ".gpuledger" / "bench-ui",
+        kafka_port=args.port_base + 92,
+        kafka_controller_port=args.port_base + 93,
+        clickhouse_http_port=args.port_base + 23,
+        clickhouse_tcp_port=args.port_base,
+        clickhouse_max_memory_bytes=8_000_000_000,
+    )
     with console.status("starting the benchmark Kafka and ClickHouse..."):
         local.down(stack)
         local.up(stack)
     settings = Settings(stack=stack).with_stack_endpoints()
     settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": DB})})
-    os.environ.update({"GPULEDGER_CLICKHOUSE__URL": settings.clickhouse.url, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers})
+    os.environ.update(
+        {"GPULEDGER_CLICKHOUSE__URL": settings.clickhouse.url, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers}
+    )
     import asyncio
 
     asyncio.run(ensure_topics(settings))
@@ -146,7 +156,9 @@ def main() -> None:
             began = time.monotonic()
             with console.status(f"filling the ledger to {size:,} lines..."):
                 client.command(LEDGER_FILL.format(db=DB, offset=filled, count=size - filled), settings={"max_execution_time": 0})
-                client.command(USAGE_FILL.format(db=DB, offset=filled // 10, count=(size - filled) // 10), settings={"max_execution_time": 0})
+                client.command(
+                    USAGE_FILL.format(db=DB, offset=filled // 10, count=(size - filled) // 10), settings={"max_execution_time": 0}
+                )
                 client.command(f"OPTIMIZE TABLE {DB}.ledger FINAL", settings={"max_execution_time": 0})
                 refresh_rollups(client, stopped=True)
                 filled = size

@@ -25,16 +25,20 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
-from gpuledger.report import spend_by_org_model  # noqa: E402
+from gpuledger.commands.report import spend_by_org_model  # noqa: E402
+from gpuledger.commands.trends import trends  # noqa: E402
+from gpuledger.commands.unit_costs import comparisons, unit_costs  # noqa: E402
 from gpuledger.settings import StackSettings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
-from gpuledger.trends import trends  # noqa: E402
-from gpuledger.unit_costs import comparisons, unit_costs  # noqa: E402
 from streams.store.rollups import refresh_rollups, stop_rollups  # noqa: E402
 from tests.bench.bench_stack import arguments, fresh_database  # noqa: E402
 
-STACK = StackSettings(data_dir=ROOT / ".gpuledger" / "bench-views", clickhouse_http_port=28123, clickhouse_tcp_port=28000,
-                      clickhouse_max_memory_bytes=8_000_000_000)
+STACK = StackSettings(
+    data_dir=ROOT / ".gpuledger" / "bench-views",
+    clickhouse_http_port=28123,
+    clickhouse_tcp_port=28000,
+    clickhouse_max_memory_bytes=8_000_000_000,
+)
 START, END = date(2026, 10, 1), date(2026, 11, 1)
 
 LEDGER_FILL = """
@@ -86,8 +90,12 @@ def main() -> None:
         "unit-costs --by team": lambda: unit_costs(settings, START, END, "team"),
         "compare --by model": lambda: comparisons(settings, START, END, "model"),
         "trends --period week --by org": lambda: trends(settings, START, END, "org", "week"),
-        "spend_bridge view (weeks, by org)": lambda: client.query(
-            "SELECT * FROM spend_bridge WHERE period_kind = 'week' AND period >= {s:Date} AND period < {e:Date}", parameters={"s": START, "e": END}).result_rows,
+        "spend_bridge view (weeks, by org)": lambda: (
+            client.query(
+                "SELECT * FROM spend_bridge WHERE period_kind = 'week' AND period >= {s:Date} AND period < {e:Date}",
+                parameters={"s": START, "e": END},
+            ).result_rows
+        ),
     }
     table = Table(title=f"analyst views: median of {args.runs} runs, seconds (x baseline)")
     table.add_column("query")

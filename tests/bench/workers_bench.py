@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
+from gpuledger.commands.reference_import import import_orgs, import_prices  # noqa: E402
 from gpuledger.kafka import client_options  # noqa: E402
-from gpuledger.reference_import import import_orgs, import_prices  # noqa: E402
 from gpuledger.settings import Settings, StackSettings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
 from tests.bench.pipeline_bench import DEMO, bare_consume, publish  # noqa: E402
@@ -46,8 +46,14 @@ PORTS = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "26000")) + 600
 
 def stack(cluster: bool) -> StackSettings:
     sizes = {"kafka_brokers": 3, "clickhouse_shards": 2} if cluster else {}
-    return StackSettings(data_dir=ROOT / ".gpuledger" / f"scale-bench{'-cluster' if cluster else ''}", kafka_port=PORTS + 92,
-                         kafka_controller_port=PORTS + 93, clickhouse_http_port=PORTS + 23, clickhouse_tcp_port=PORTS, **sizes)
+    return StackSettings(
+        data_dir=ROOT / ".gpuledger" / f"scale-bench{'-cluster' if cluster else ''}",
+        kafka_port=PORTS + 92,
+        kafka_controller_port=PORTS + 93,
+        clickhouse_http_port=PORTS + 23,
+        clickhouse_tcp_port=PORTS,
+        **sizes,
+    )
 
 
 async def group_members(settings: Settings) -> int:
@@ -119,8 +125,13 @@ def main() -> None:
         table.add_column(column, justify="right")
     one = medians[counts[0]]["throughput"]
     for workers, med in medians.items():
-        table.add_row(str(workers), f"{med['throughput']:,.0f}", f"{med['throughput'] / one:.2f}", f"{med['baseline']:,.0f}",
-                      f"{med['throughput'] / med['baseline']:.2f}")
+        table.add_row(
+            str(workers),
+            f"{med['throughput']:,.0f}",
+            f"{med['throughput'] / one:.2f}",
+            f"{med['baseline']:,.0f}",
+            f"{med['throughput'] / med['baseline']:.2f}",
+        )
     console.print(table)
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gpuledger.budgets import BudgetSpec, save
 from gpuledger.clickhouse import connect
+from gpuledger.commands.budgets import BudgetSpec, save
+from gpuledger.commands.reference_import import import_orgs, import_prices
 from gpuledger.kafka import new_producer
-from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
 from schemas import Budget, InferenceUsage, codec_for
 from streams.notifier import NotifierSettings, Target, run_notifier
@@ -44,8 +44,18 @@ def noon_zone(now: datetime | None = None) -> str:
 def usage(event_id: str, org: str, usd: int, at: datetime) -> InferenceUsage:
     """A request that costs exactly ``usd`` dollars (``usd`` x 1/3 M prompt tokens is not whole; use multiples of 3)."""
     assert usd % 3 == 0, "claude-sonnet-4 costs 3 USD per million prompt tokens"
-    return InferenceUsage(event_id=event_id, request_start=at - timedelta(seconds=1), request_end=at, key_id=KEYS[org], model=MODEL,
-                          backend="anthropic", prompt_tokens=usd // 3 * 1_000_000, completion_tokens=0, latency_ms=1000.0, status="ok")
+    return InferenceUsage(
+        event_id=event_id,
+        request_start=at - timedelta(seconds=1),
+        request_end=at,
+        key_id=KEYS[org],
+        model=MODEL,
+        backend="anthropic",
+        prompt_tokens=usd // 3 * 1_000_000,
+        completion_tokens=0,
+        latency_ms=1000.0,
+        status="ok",
+    )
 
 
 def publish_usage(settings: Settings, events: list[InferenceUsage]) -> None:
@@ -69,7 +79,11 @@ def set_budgets(settings: Settings, *entries: dict[str, Any]) -> list[Budget]:
 
 def raised_alerts(settings: Settings) -> list[tuple[str, str, int]]:
     """(budget_id, kind, threshold_pct) of every alert recorded in ClickHouse, in order of raising."""
-    rows = connect(settings.clickhouse).query("SELECT budget_id, kind, threshold_pct FROM budget_alerts FINAL ORDER BY raised_at, threshold_pct").result_rows
+    rows = (
+        connect(settings.clickhouse)
+        .query("SELECT budget_id, kind, threshold_pct FROM budget_alerts FINAL ORDER BY raised_at, threshold_pct")
+        .result_rows
+    )
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
@@ -109,5 +123,10 @@ class NotifierThread:
 
 def notifier_for(settings: Settings, state_dir: Path, hook: str) -> NotifierSettings:
     """Notifier settings posting everything to ``hook`` (it reads ``settings.topics.budget_alerts``, this namespace's)."""
-    return NotifierSettings(group_id=f"{settings.worker.app_id}-notifier", state_dir=state_dir,
-                            default=Target(name="default", url=hook), backoff_base_s=0.05, backoff_max_s=0.2)
+    return NotifierSettings(
+        group_id=f"{settings.worker.app_id}-notifier",
+        state_dir=state_dir,
+        default=Target(name="default", url=hook),
+        backoff_base_s=0.05,
+        backoff_max_s=0.2,
+    )

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuledger.budgets import current
 from gpuledger.clickhouse import connect
+from gpuledger.commands.budgets import current
 from gpuledger.settings import Settings
 from tests.budgets.conftest import NotifierThread, noon_zone, notifier_for, publish_usage, raised_alerts, set_budgets, usage
 from tests.notifier.fake_slack import FakeSlack
@@ -63,7 +63,11 @@ def test_crossing_50_80_100_posts_three_messages_and_a_replay_posts_none(budget_
                 wait_until(lambda: caught_up(settings), 60, "the replay to be consumed", worker)
                 time.sleep(3)  # three more evaluation ticks
                 assert len(slack.messages(hook)) == 3
-                assert raised_alerts(settings) == [("research-daily", "threshold", 50), ("research-daily", "threshold", 80), ("research-daily", "threshold", 100)]
+                assert raised_alerts(settings) == [
+                    ("research-daily", "threshold", 50),
+                    ("research-daily", "threshold", 80),
+                    ("research-daily", "threshold", 100),
+                ]
                 history = wait_until(lambda: _history(settings) if len(_history(settings)) == 3 else None, 20, "delivery history")
                 assert history == [(50, "delivered", 1, 200), (80, "delivered", 1, 200), (100, "delivered", 1, 200)]
             finally:
@@ -123,7 +127,11 @@ def test_forecast_and_spike_fire_on_shaped_traffic_and_stay_quiet_on_steady_traf
         wait_until(lambda: caught_up(settings), 60, "all events consumed", worker)
         time.sleep(3)
         assert sorted(raised_alerts(settings)) == [("finance-spiky", "spike", 0), ("research-steep", "forecast", 0)]
-        row = connect(settings.clickhouse).query("SELECT projected_breach, raised_at, message FROM budget_alerts FINAL WHERE kind = 'forecast'").result_rows[0]
+        row = (
+            connect(settings.clickhouse)
+            .query("SELECT projected_breach, raised_at, message FROM budget_alerts FINAL WHERE kind = 'forecast'")
+            .result_rows[0]
+        )
         breach, raised_at, message = row
         # 21.00 in the last hour -> 21/h; 79.00 left -> about 3 h 46 min after raising.
         expected = raised_at + timedelta(hours=79 / 21)

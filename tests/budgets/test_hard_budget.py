@@ -15,13 +15,13 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from gpuledger.budgets import current
 from gpuledger.clickhouse import connect
+from gpuledger.commands.budgets import current
 from gpuledger.kafka import AckedSender
 from gpuledger.settings import Settings
-from inference.budget_guard import BudgetGuard
-from inference.gateway import create_app
-from inference.gateway_config import GatewayConfig
+from inference.gateway.app import create_app
+from inference.gateway.budget_guard import BudgetGuard
+from inference.gateway.config import GatewayConfig
 from schemas import BudgetStatus, codec_for
 from streams.budgets.evaluator import BudgetEvaluator, Topics
 from tests.budgets.conftest import KEYS, MODEL, noon_zone, set_budgets
@@ -39,15 +39,25 @@ AMOUNT = Decimal("0.0090")
 
 def gateway_config(backend_url: str) -> GatewayConfig:
     key = lambda secret, org, team: {"id": KEYS[org], "sha256": hashlib.sha256(secret.encode()).hexdigest(), "org": org, "team": team}  # noqa: E731
-    return GatewayConfig.model_validate({
-        "backends": [{"name": "fake", "kind": "openai", "base_url": backend_url + "/v1"}],
-        "models": [{"name": MODEL, "targets": [{"backend": "fake"}]}],
-        "keys": [key(SUPPORT, "support", "chatbot"), key(RESEARCH, "research", "agents")],
-    })
+    return GatewayConfig.model_validate(
+        {
+            "backends": [{"name": "fake", "kind": "openai", "base_url": backend_url + "/v1"}],
+            "models": [{"name": MODEL, "targets": [{"backend": "fake"}]}],
+            "keys": [key(SUPPORT, "support", "chatbot"), key(RESEARCH, "research", "agents")],
+        }
+    )
 
 
 def budget(amount: Decimal, zone: str) -> dict[str, str]:
-    return {"id": "chatbot-hard", "org": "support", "team": "chatbot", "period": "day", "timezone": zone, "amount": str(amount), "mode": "hard"}
+    return {
+        "id": "chatbot-hard",
+        "org": "support",
+        "team": "chatbot",
+        "period": "day",
+        "timezone": zone,
+        "amount": str(amount),
+        "mode": "hard",
+    }
 
 
 def test_hard_budget_blocks_within_10s_and_lifts_when_raised_or_rolled_over(budget_env: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -55,7 +65,12 @@ def test_hard_budget_blocks_within_10s_and_lifts_when_raised_or_rolled_over(budg
     set_budgets(settings, budget(AMOUNT, zone))
     worker = WorkerProcess(settings, tmp_path / "worker").start()
     try:
-        with serve(FakeVllm(models=(MODEL,)).app()) as backend, serve(create_app(gateway_config(backend), settings)) as gateway, httpx.Client(base_url=gateway, timeout=10) as http:
+        with (
+            serve(FakeVllm(models=(MODEL,)).app()) as backend,
+            serve(create_app(gateway_config(backend), settings)) as gateway,
+            httpx.Client(base_url=gateway, timeout=10) as http,
+        ):
+
             def ask(secret: str) -> httpx.Response:
                 return http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {secret}"})
 
@@ -74,8 +89,11 @@ def test_hard_budget_blocks_within_10s_and_lifts_when_raised_or_rolled_over(budg
             assert blocked_after is not None and blocked_after <= 10, f"blocked {blocked_after} s after the breach"
             error = answer.json()["error"]
             assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exceeded")
-            shown = re.match(r"Hard budget 'chatbot-hard' \(support/chatbot\) is exhausted: (\d+\.\d+) of 0\.009 USD spent this period; "
-                             r"requests are refused until the period ends \(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\) or the budget is raised\.$", error["message"])
+            shown = re.match(
+                r"Hard budget 'chatbot-hard' \(support/chatbot\) is exhausted: (\d+\.\d+) of 0\.009 USD spent this period; "
+                r"requests are refused until the period ends \(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\) or the budget is raised\.$",
+                error["message"],
+            )
             assert shown, error["message"]
             # The spend shown is the worker's, from whole ledger lines: at least the budget, at most what was answered.
             assert AMOUNT <= Decimal(shown[1]) <= spent and Decimal(shown[1]) % COST == 0, (shown[1], spent)
@@ -91,15 +109,24 @@ def test_hard_budget_blocks_within_10s_and_lifts_when_raised_or_rolled_over(budg
             wait_until(lambda: ask(SUPPORT).status_code == 200, 15, "the new period to let requests through")
     finally:
         worker.stop()
-    rejected = connect(settings.clickhouse).query("SELECT count() FROM usage_events FINAL WHERE status = 'rejected' AND key_id = {k:String}", parameters={"k": KEYS["support"]})
+    rejected = connect(settings.clickhouse).query(
+        "SELECT count() FROM usage_events FINAL WHERE status = 'rejected' AND key_id = {k:String}", parameters={"k": KEYS["support"]}
+    )
     assert rejected.result_rows[0][0] >= 2  # refused requests are metered too (once the worker stored them)
 
 
 async def evaluate_at(settings: Settings, clock: Callable[[], datetime]) -> None:
     sender = AckedSender(settings.kafka)
     budgets = (await current(settings))[0]
-    evaluator = BudgetEvaluator(connect(settings.clickhouse), settings.clickhouse.database, lambda: budgets, sender.send_all,
-                                Topics(settings.topics.budget_alerts, settings.topics.budget_status), settings.budgets, clock)
+    evaluator = BudgetEvaluator(
+        connect(settings.clickhouse),
+        settings.clickhouse.database,
+        lambda: budgets,
+        sender.send_all,
+        Topics(settings.topics.budget_alerts, settings.topics.budget_status),
+        settings.budgets,
+        clock,
+    )
     try:
         await evaluator.run_once()
     finally:
@@ -108,9 +135,21 @@ async def evaluate_at(settings: Settings, clock: Callable[[], datetime]) -> None
 
 def status(period_end: datetime, exhausted: bool = True, **scope: str) -> bytes:
     now = datetime.now(UTC)
-    record = BudgetStatus(budget_id="b", org=scope.get("org", "acme"), team=scope.get("team", ""), project=scope.get("project", ""),
-                          model=scope.get("model"), mode="hard", period_start=now - timedelta(hours=1), period_end=period_end,
-                          spend=Decimal(2), amount=Decimal(1), currency="USD", exhausted=exhausted, evaluated_at=now)
+    record = BudgetStatus(
+        budget_id="b",
+        org=scope.get("org", "acme"),
+        team=scope.get("team", ""),
+        project=scope.get("project", ""),
+        model=scope.get("model"),
+        mode="hard",
+        period_start=now - timedelta(hours=1),
+        period_end=period_end,
+        spend=Decimal(2),
+        amount=Decimal(1),
+        currency="USD",
+        exhausted=exhausted,
+        evaluated_at=now,
+    )
     return codec_for(BudgetStatus).encode(record)
 
 

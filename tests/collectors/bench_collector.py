@@ -83,9 +83,25 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULEDGER_")}
     env.update({"GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "GPULEDGER_LOG_FORMAT": "json", "GPULEDGER_LOG_LEVEL": "warning"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collectors.cli", "--source", "simulated", "--gpus", str(args.gpus), "--interval", str(args.interval),
-         "--spool-dir", str(work / "spool"), "--metrics-port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=(work / "collector.log").open("wb"),
+        [
+            sys.executable,
+            "-m",
+            "collectors.cli",
+            "--source",
+            "simulated",
+            "--gpus",
+            str(args.gpus),
+            "--interval",
+            str(args.interval),
+            "--spool-dir",
+            str(work / "spool"),
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "collector.log").open("wb"),
     )
     try:
         time.sleep(args.warmup)

@@ -20,14 +20,36 @@ POD_UID = "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718"
 POD_UID_US = POD_UID.replace("-", "_")
 
 POD_LIST = {
-    "kind": "PodList", "apiVersion": "v1",
+    "kind": "PodList",
+    "apiVersion": "v1",
     "items": [
-        {"metadata": {"name": "trainer-0", "namespace": "ml", "uid": POD_UID, "labels": {"team": "vision", "project": "detector", "app": "x"}},
-         "status": {"containerStatuses": [{"name": "main", "containerID": f"containerd://{CID}"}]}},
-        {"metadata": {"name": "vllm-1", "namespace": "serving", "uid": "0000aaaa-0000-0000-0000-000000000001", "labels": {"squad": "llm"}},
-         "status": {"containerStatuses": [{"name": "vllm", "containerID": f"cri-o://{CID2}"}]}},
-        {"metadata": {"name": "idle-reserver", "namespace": "research", "uid": "0000aaaa-0000-0000-0000-000000000002",
-                      "labels": {"team": "research", "project": "p9"}}, "status": {}},
+        {
+            "metadata": {
+                "name": "trainer-0",
+                "namespace": "ml",
+                "uid": POD_UID,
+                "labels": {"team": "vision", "project": "detector", "app": "x"},
+            },
+            "status": {"containerStatuses": [{"name": "main", "containerID": f"containerd://{CID}"}]},
+        },
+        {
+            "metadata": {
+                "name": "vllm-1",
+                "namespace": "serving",
+                "uid": "0000aaaa-0000-0000-0000-000000000001",
+                "labels": {"squad": "llm"},
+            },
+            "status": {"containerStatuses": [{"name": "vllm", "containerID": f"cri-o://{CID2}"}]},
+        },
+        {
+            "metadata": {
+                "name": "idle-reserver",
+                "namespace": "research",
+                "uid": "0000aaaa-0000-0000-0000-000000000002",
+                "labels": {"team": "research", "project": "p9"},
+            },
+            "status": {},
+        },
     ],
 }
 

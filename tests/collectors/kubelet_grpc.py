@@ -25,10 +25,13 @@ UPSTREAM_ONLY_FIELDS = b"\x1a\x02\x02\x03" + b"\x22" + bytes([len(_MEMORY)]) + _
 
 def container(name: str, *devices: tuple[str, list[str]], numa: int = 0) -> api_pb2.ContainerResources:
     """A container holding ``(resource_name, device_ids)`` devices, with the upstream-only fields appended."""
-    msg = api_pb2.ContainerResources(name=name, devices=[
-        api_pb2.ContainerDevices(resource_name=r, device_ids=ids, topology=api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=numa)]))
-        for r, ids in devices
-    ])
+    msg = api_pb2.ContainerResources(
+        name=name,
+        devices=[
+            api_pb2.ContainerDevices(resource_name=r, device_ids=ids, topology=api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=numa)]))
+            for r, ids in devices
+        ],
+    )
     wire = msg.SerializeToString() + UPSTREAM_ONLY_FIELDS
     out = api_pb2.ContainerResources()
     out.ParseFromString(wire)  # keeps the unknown fields, and re-sends them

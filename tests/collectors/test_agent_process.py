@@ -33,16 +33,37 @@ def metric(text: str, name: str) -> float:
 
 def collector_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULEDGER_")}
-    return {**env, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # nothing listens there
-            "GPULEDGER_LOG_FORMAT": "json", "NODE_NAME": "proc-node", "GPULEDGER_COLLECTOR_POLL_SECONDS": "0.1"}
+    return {
+        **env,
+        "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # nothing listens there
+        "GPULEDGER_LOG_FORMAT": "json",
+        "NODE_NAME": "proc-node",
+        "GPULEDGER_COLLECTOR_POLL_SECONDS": "0.1",
+    }
 
 
 def test_kafka_away_spools_and_sigterm_flushes(tmp_path: Path) -> None:
     port, spool_dir = free_port(), tmp_path / "spool"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collectors.cli", "--source", "simulated", "--gpus", "3", "--interval", "0.5",
-         "--spool-dir", str(spool_dir), "--metrics-port", str(port)],
-        cwd=ROOT, env=collector_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "collectors.cli",
+            "--source",
+            "simulated",
+            "--gpus",
+            "3",
+            "--interval",
+            "0.5",
+            "--spool-dir",
+            str(spool_dir),
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=collector_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 20
@@ -85,7 +106,11 @@ def test_kafka_away_spools_and_sigterm_flushes(tmp_path: Path) -> None:
 def test_no_gpu_gives_a_clear_error_and_points_to_simulated(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "collectors.cli", "--source", "nvml", "--once", "--spool-dir", str(tmp_path), "--metrics-port", "0"],
-        cwd=ROOT, env={**collector_env(tmp_path), "COLUMNS": "400"}, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={**collector_env(tmp_path), "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 3
     assert "libnvidia-ml.so.1" in result.stderr and "--source simulated" in result.stderr

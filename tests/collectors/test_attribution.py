@@ -18,13 +18,24 @@ from tests.collectors.conftest import CID, CID2, POD_UID, POD_UID_US
 from tests.collectors.kubelet_grpc import PodResourcesServer, container, pod
 
 CGROUP_CASES = {
-    "containerd v2 systemd": (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID_US}.slice/cri-containerd-{CID}.scope\n", CID, POD_UID),
-    "crio v2 systemd besteffort": (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_UID_US}.slice/crio-{CID}.scope\n", CID, POD_UID),
+    "containerd v2 systemd": (
+        f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID_US}.slice/cri-containerd-{CID}.scope\n",
+        CID,
+        POD_UID,
+    ),
+    "crio v2 systemd besteffort": (
+        f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_UID_US}.slice/crio-{CID}.scope\n",
+        CID,
+        POD_UID,
+    ),
     "guaranteed v2 systemd": (f"0::/kubepods.slice/kubepods-pod{POD_UID_US}.slice/cri-containerd-{CID}.scope\n", CID, POD_UID),
     "docker scope": (f"0::/system.slice/docker-{CID}.scope\n", CID, None),
     "docker v1": (f"12:memory:/docker/{CID}\n11:cpu,cpuacct:/docker/{CID}\n1:name=systemd:/docker/{CID}\n", CID, None),
     "kubepods v1 cgroupfs burstable": (
-        f"12:pids:/kubepods/burstable/pod{POD_UID}/{CID}\n4:memory:/kubepods/burstable/pod{POD_UID}/{CID}\n0::/\n", CID, POD_UID),
+        f"12:pids:/kubepods/burstable/pod{POD_UID}/{CID}\n4:memory:/kubepods/burstable/pod{POD_UID}/{CID}\n0::/\n",
+        CID,
+        POD_UID,
+    ),
     "kubepods v1 cgroupfs besteffort": (f"5:cpuset:/kubepods/besteffort/pod{POD_UID}/{CID}\n", CID, POD_UID),
     "kubepods v1 guaranteed": (f"5:devices:/kubepods/pod{POD_UID}/{CID}\n", CID, POD_UID),
     "crio conmon is not the container": (f"0::/kubepods.slice/kubepods-pod{POD_UID_US}.slice/crio-conmon-{CID2}.scope\n", None, None),
@@ -58,17 +69,27 @@ def test_read_proc_outside_kubernetes_gives_user_and_command(tmp_path: Path) -> 
     assert (gone.command, gone.user, gone.container_id) == (None, None, None)
 
 
-
-
 def sample(uuid: str, pids: list[int]) -> GpuSample:
     t = datetime(2027, 1, 1, tzinfo=UTC)
-    return GpuSample(sample_id=f"n/{uuid}/0", node="n", gpu_uuid=uuid, gpu_index=0, gpu_model="H100", interval_start=t,
-                     interval_end=t, utilization_pct=0, memory_used_bytes=0, memory_total_bytes=1, power_watts=0,
-                     processes=[GpuProcess(pid=p, gpu_memory_bytes=p * 10) for p in pids])
+    return GpuSample(
+        sample_id=f"n/{uuid}/0",
+        node="n",
+        gpu_uuid=uuid,
+        gpu_index=0,
+        gpu_model="H100",
+        interval_start=t,
+        interval_end=t,
+        utilization_pct=0,
+        memory_used_bytes=0,
+        memory_total_bytes=1,
+        power_watts=0,
+        processes=[GpuProcess(pid=p, gpu_memory_bytes=p * 10) for p in pids],
+    )
 
 
-def test_processes_attributed_to_pods_through_the_kubelet(tmp_path: Path, kubelet: tuple[str, list[str]],
-                                                         pod_resources_server: PodResourcesServer) -> None:
+def test_processes_attributed_to_pods_through_the_kubelet(
+    tmp_path: Path, kubelet: tuple[str, list[str]], pod_resources_server: PodResourcesServer
+) -> None:
     base, seen = kubelet
     proc = tmp_path / "proc"
     make_proc(proc, 10, CGROUP_CASES["containerd v2 systemd"][0], "python", 0)
@@ -78,18 +99,30 @@ def test_processes_attributed_to_pods_through_the_kubelet(tmp_path: Path, kubele
         pod("research", "idle-reserver", container("c", ("nvidia.com/gpu", ["GPU-idle"]))),
         pod("ml", "trainer-0", container("main", ("nvidia.com/gpu", ["GPU-busy"]))),
     ]
-    pods = PodDirectory(base + "/pods?fieldSelector=spec.nodeName={node}".replace("{node}", "gpu-7"),
-                        label_names={"team": "team", "project": "project"})
+    pods = PodDirectory(
+        base + "/pods?fieldSelector=spec.nodeName={node}".replace("{node}", "gpu-7"), label_names={"team": "team", "project": "project"}
+    )
     attributor = Attributor(proc, pods, PodResourcesClient(pod_resources_server.socket_path))
     busy, idle, host = attributor.attribute([sample("GPU-busy", [10, 11]), sample("GPU-idle", []), sample("GPU-host", [12])])
 
     trainer, vllm = busy.processes
-    assert (trainer.pod, trainer.namespace, trainer.container_id, trainer.command, trainer.user) == ("trainer-0", "ml", CID, "python", "root")
+    assert (trainer.pod, trainer.namespace, trainer.container_id, trainer.command, trainer.user) == (
+        "trainer-0",
+        "ml",
+        CID,
+        "python",
+        "root",
+    )
     assert trainer.labels == {"team": "vision", "project": "detector"} and trainer.gpu_memory_bytes == 100
     assert (vllm.pod, vllm.namespace, vllm.labels) == ("vllm-1", "serving", {})
     assert len(busy.processes) == 2  # the assigned pod already has a process: no placeholder
     [reserved] = idle.processes
-    assert (reserved.pid, reserved.pod, reserved.namespace, reserved.labels) == (ASSIGNED_IDLE_PID, "idle-reserver", "research", {"team": "research", "project": "p9"})
+    assert (reserved.pid, reserved.pod, reserved.namespace, reserved.labels) == (
+        ASSIGNED_IDLE_PID,
+        "idle-reserver",
+        "research",
+        {"team": "research", "project": "p9"},
+    )
     [plain] = host.processes
     assert (plain.pod, plain.container_id, plain.command, plain.user) == (None, None, "bench", "root")
     assert seen and all(p == "/pods?fieldSelector=spec.nodeName=gpu-7" for p in seen)
@@ -113,14 +146,37 @@ def test_kubelet_down_keeps_previous_view(tmp_path: Path) -> None:
 
 
 def test_default_label_keys_are_copied_as_they_are_and_aliases_still_work() -> None:
-    labels = {"gpuledger.dev/org": "acme", "gpuledger.dev/team": "vision", "team": "old-team", "cost-center": "CC-17",
-              "gpuledger.dev/cost-centre": "CC-18", "costcenter": "CC-19", "squad": "llm", "app": "x", "project": "p1"}
+    labels = {
+        "gpuledger.dev/org": "acme",
+        "gpuledger.dev/team": "vision",
+        "team": "old-team",
+        "cost-center": "CC-17",
+        "gpuledger.dev/cost-centre": "CC-18",
+        "costcenter": "CC-19",
+        "squad": "llm",
+        "app": "x",
+        "project": "p1",
+    }
     pods = {"items": [{"metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": labels}, "status": {}}]}
     _, by_uid = index_pod_list(pods, CollectorSettings().label_map())
     assert by_uid["u"].labels == {k: v for k, v in labels.items() if k not in ("squad", "app")}
-    assert CollectorSettings().pod_label_keys == list(DEFAULT_POD_LABEL_KEYS) == [
-        "gpuledger.dev/org", "org", "gpuledger.dev/team", "team", "gpuledger.dev/project", "project",
-        "gpuledger.dev/cost-centre", "cost-center", "cost-centre", "cost_centre", "costcenter"]
+    assert (
+        CollectorSettings().pod_label_keys
+        == list(DEFAULT_POD_LABEL_KEYS)
+        == [
+            "gpuledger.dev/org",
+            "org",
+            "gpuledger.dev/team",
+            "team",
+            "gpuledger.dev/project",
+            "project",
+            "gpuledger.dev/cost-centre",
+            "cost-center",
+            "cost-centre",
+            "cost_centre",
+            "costcenter",
+        ]
+    )
     # the deprecated settings still read a custom label into 'team' / 'project', as before
     legacy = CollectorSettings(pod_label_keys=["team", "project"], team_label="squad", project_label="app")
     _, by_uid = index_pod_list(pods, legacy.label_map())

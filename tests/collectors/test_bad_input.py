@@ -17,8 +17,19 @@ from tests.collectors.test_agent_process import ROOT, collector_env
 
 PORT = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "29000")) + 320
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-SAMPLE = GpuSample(sample_id="n/g/1", node="n", gpu_uuid="GPU-1", gpu_index=0, gpu_model="NVIDIA H100 80GB HBM3", interval_start=T0,
-                   interval_end=T0 + timedelta(seconds=5), utilization_pct=10.0, memory_used_bytes=1, memory_total_bytes=2, power_watts=1.0)
+SAMPLE = GpuSample(
+    sample_id="n/g/1",
+    node="n",
+    gpu_uuid="GPU-1",
+    gpu_index=0,
+    gpu_model="NVIDIA H100 80GB HBM3",
+    interval_start=T0,
+    interval_end=T0 + timedelta(seconds=5),
+    utilization_pct=10.0,
+    memory_used_bytes=1,
+    memory_total_bytes=2,
+    power_watts=1.0,
+)
 
 
 def test_an_unencodable_sample_is_skipped_and_counted_and_the_others_go_on() -> None:
@@ -31,8 +42,14 @@ def test_an_unencodable_sample_is_skipped_and_counted_and_the_others_go_on() -> 
 
 
 def _collector(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collectors.cli", "--source", "simulated", "--once", *args],
-                          cwd=ROOT, env={**collector_env(tmp_path), "COLUMNS": "400"}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "collectors.cli", "--source", "simulated", "--once", *args],
+        cwd=ROOT,
+        env={**collector_env(tmp_path), "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_an_unwritable_spool_directory_exits_5_with_one_line(tmp_path: Path) -> None:
@@ -42,7 +59,8 @@ def test_an_unwritable_spool_directory_exits_5_with_one_line(tmp_path: Path) -> 
     assert result.returncode == 5, result
     assert result.stderr.strip().splitlines() == [
         f"error: spool directory {blocker / 'spool'} is not writable (Not a directory); "
-        "point --spool-dir / GPULEDGER_COLLECTOR__SPOOL_DIR at a writable directory"]
+        "point --spool-dir / GPULEDGER_COLLECTOR__SPOOL_DIR at a writable directory"
+    ]
 
 
 def test_a_metrics_port_in_use_exits_5_with_one_line(tmp_path: Path) -> None:

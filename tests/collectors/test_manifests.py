@@ -20,7 +20,9 @@ K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
 
 def documents() -> list[dict[str, Any]]:
-    docs = [d for f in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "apiVersion" in d]  # not collector-values.yaml
+    docs = [
+        d for f in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "apiVersion" in d
+    ]  # not collector-values.yaml
     assert docs, "no manifests found"
     return docs
 
@@ -37,7 +39,17 @@ def test_builtin_kinds_validate_strictly(doc: dict[str, Any]) -> None:
 
 def test_only_the_service_monitor_is_a_crd() -> None:
     kinds = sorted(d["kind"] for d in documents())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "DaemonSet", "NetworkPolicy", "Service", "ServiceAccount", "ServiceMonitor"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "ConfigMap",
+        "DaemonSet",
+        "NetworkPolicy",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         kubernetes_validate.validate(by_kind("ServiceMonitor"), kubernetes_validate.latest_version(), strict=True)
 

@@ -43,9 +43,20 @@ FLEET = [
 
 def sample(uuid: str, pids: list[int] = ()) -> GpuSample:  # type: ignore[assignment]
     t = datetime(2027, 1, 1, tzinfo=UTC)
-    return GpuSample(sample_id=f"n/{uuid}/0", node="n", gpu_uuid=uuid, gpu_index=0, gpu_model="NVIDIA A100-SXM4-80GB", interval_start=t,
-                     interval_end=t, utilization_pct=0, memory_used_bytes=0, memory_total_bytes=1, power_watts=0,
-                     processes=[GpuProcess(pid=p) for p in pids])
+    return GpuSample(
+        sample_id=f"n/{uuid}/0",
+        node="n",
+        gpu_uuid=uuid,
+        gpu_index=0,
+        gpu_model="NVIDIA A100-SXM4-80GB",
+        interval_start=t,
+        interval_end=t,
+        utilization_pct=0,
+        memory_used_bytes=0,
+        memory_total_bytes=1,
+        power_watts=0,
+        processes=[GpuProcess(pid=p) for p in pids],
+    )
 
 
 def holders(s: GpuSample) -> list[tuple[int, str | None, str | None]]:
@@ -73,11 +84,20 @@ def test_assignments_whole_gpus_mig_and_time_slicing(pod_resources_server: PodRe
     # Through the attributor: a placeholder (pid 0) for each holding pod without a process there, labels from the pod list.
     pods = PodDirectory(kubelet[0] + "/pods", label_names=CollectorSettings().label_map())
     attributor = Attributor(None, pods, client)
-    busy, idle, mig3, mig1, shared, free = attributor.attribute([
-        sample("GPU-busy", [10]), sample("GPU-idle"), sample("MIG-3g"), sample("MIG-1g"), sample("GPU-shared"), sample("GPU-free")])
+    busy, idle, mig3, mig1, shared, free = attributor.attribute(
+        [sample("GPU-busy", [10]), sample("GPU-idle"), sample("MIG-3g"), sample("MIG-1g"), sample("GPU-shared"), sample("GPU-free")]
+    )
     [reserved] = idle.processes
-    assert (reserved.pid, reserved.namespace, reserved.pod, reserved.labels) == (ASSIGNED_IDLE_PID, "research", "idle-reserver", {"team": "research", "project": "p9"})
-    assert holders(busy) == [(10, None, None), (ASSIGNED_IDLE_PID, "ml", "trainer-0")]  # pid 10 not attributed (no /proc): the pod is still named
+    assert (reserved.pid, reserved.namespace, reserved.pod, reserved.labels) == (
+        ASSIGNED_IDLE_PID,
+        "research",
+        "idle-reserver",
+        {"team": "research", "project": "p9"},
+    )
+    assert holders(busy) == [
+        (10, None, None),
+        (ASSIGNED_IDLE_PID, "ml", "trainer-0"),
+    ]  # pid 10 not attributed (no /proc): the pod is still named
     assert holders(mig3) == [(ASSIGNED_IDLE_PID, "notebooks", "nb-alice")] and mig3.processes[0].labels == {}  # not in the pod list
     assert holders(mig1) == [(ASSIGNED_IDLE_PID, "notebooks", "nb-bob")]
     assert holders(shared) == [(ASSIGNED_IDLE_PID, "serving", "embed-a"), (ASSIGNED_IDLE_PID, "serving", "embed-b")]
@@ -144,8 +164,14 @@ def test_agent_wires_the_socket_and_exports_the_errors(tmp_path: Path, pod_resou
     pod_resources_server.lister.pods = FLEET[:1]
     fake = make_fake(1)
     fake.devices[0].uuid = "GPU-idle"
-    cfg = CollectorSettings(node="n", spool_dir=tmp_path / "spool", metrics_port=0, proc_root=tmp_path,
-                            pod_resources_socket=pod_resources_server.socket_path, pod_resources_timeout_seconds=0.5)
+    cfg = CollectorSettings(
+        node="n",
+        spool_dir=tmp_path / "spool",
+        metrics_port=0,
+        proc_root=tmp_path,
+        pod_resources_socket=pod_resources_server.socket_path,
+        pod_resources_timeout_seconds=0.5,
+    )
     agent = Agent(cfg, Settings(), nvml=fake, clock=fake.clock)
     assert agent.attributor.may_block and agent.attributor.pod_resources is not None
     agent.sampler.start()
@@ -175,21 +201,36 @@ def test_committed_generated_code_matches_the_proto(tmp_path: Path) -> None:
     from grpc_tools import protoc
 
     proto = "collectors/podresources/api.proto"
-    assert protoc.main(["protoc", f"-I{ROOT}", f"-I{Path(protoc.__file__).parent / '_proto'}", f"--python_out={tmp_path}",
-                        f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(ROOT / proto)]) == 0
+    assert (
+        protoc.main(
+            [
+                "protoc",
+                f"-I{ROOT}",
+                f"-I{Path(protoc.__file__).parent / '_proto'}",
+                f"--python_out={tmp_path}",
+                f"--pyi_out={tmp_path}",
+                f"--grpc_python_out={tmp_path}",
+                str(ROOT / proto),
+            ]
+        )
+        == 0
+    )
     for name in ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py"):
         generated = (tmp_path / "collectors" / "podresources" / name).read_text()
         assert generated == (ROOT / "collectors" / "podresources" / name).read_text(), f"{name} is stale: regenerate it"
 
 
-@pytest.mark.parametrize(("message", "fields"), [
-    ("ListPodResourcesResponse", {"pod_resources": 1}),
-    ("PodResources", {"name": 1, "namespace": 2, "containers": 3}),
-    ("ContainerResources", {"name": 1, "devices": 2}),
-    ("ContainerDevices", {"resource_name": 1, "device_ids": 2, "topology": 3}),
-    ("TopologyInfo", {"nodes": 1}),
-    ("NUMANode", {"ID": 1}),
-])
+@pytest.mark.parametrize(
+    ("message", "fields"),
+    [
+        ("ListPodResourcesResponse", {"pod_resources": 1}),
+        ("PodResources", {"name": 1, "namespace": 2, "containers": 3}),
+        ("ContainerResources", {"name": 1, "devices": 2}),
+        ("ContainerDevices", {"resource_name": 1, "device_ids": 2, "topology": 3}),
+        ("TopologyInfo", {"nodes": 1}),
+        ("NUMANode", {"ID": 1}),
+    ],
+)
 def test_field_numbers_are_upstreams(message: str, fields: dict[str, int]) -> None:
     """Upstream's numbers (k8s.io/kubelet/pkg/apis/podresources/v1/api.proto); a renumbering would misread the kubelet."""
     descriptor = getattr(api_pb2, message).DESCRIPTOR

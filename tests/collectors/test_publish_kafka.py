@@ -34,14 +34,28 @@ T0 = datetime(2027, 1, 1, tzinfo=UTC)
 
 def interval(i: int) -> list[GpuSample]:
     start = T0 + timedelta(seconds=5 * i)
-    return [GpuSample(sample_id=f"n1/{g}/{int(start.timestamp() * 1e6)}", node="n1", gpu_uuid=g, gpu_index=k, gpu_model="H100",
-                      interval_start=start, interval_end=start + timedelta(seconds=5), utilization_pct=float(i % 100),
-                      memory_used_bytes=i, memory_total_bytes=80, power_watts=100.0) for k, g in enumerate(GPUS)]
+    return [
+        GpuSample(
+            sample_id=f"n1/{g}/{int(start.timestamp() * 1e6)}",
+            node="n1",
+            gpu_uuid=g,
+            gpu_index=k,
+            gpu_model="H100",
+            interval_start=start,
+            interval_end=start + timedelta(seconds=5),
+            utilization_pct=float(i % 100),
+            memory_used_bytes=i,
+            memory_total_bytes=80,
+            power_watts=100.0,
+        )
+        for k, g in enumerate(GPUS)
+    ]
 
 
 async def consume_all(settings: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[GpuSample]:
-    consumer = AIOKafkaConsumer(topic, **client_options(settings.kafka), auto_offset_reset="earliest", enable_auto_commit=False,
-                                group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, **client_options(settings.kafka), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     out: list[GpuSample] = []
     try:
@@ -95,7 +109,15 @@ async def test_kafka_outage_is_bridged_by_the_spool(own_kafka: tuple[StackSettin
     broker = kafka.managed(stack)
     try:
         spool = Spool(tmp_path / "spool", max_bytes=10_000_000, segment_bytes=2048)
-        publisher = Publisher(settings.kafka, settings.topics.gpu_samples, spool, request_timeout_ms=2500, send_timeout=3.0, retry_seconds=0.3, max_retry_seconds=1.0)
+        publisher = Publisher(
+            settings.kafka,
+            settings.topics.gpu_samples,
+            spool,
+            request_timeout_ms=2500,
+            send_timeout=3.0,
+            retry_seconds=0.3,
+            max_retry_seconds=1.0,
+        )
         publisher.start()
         for i in range(10):
             publisher.publish(encode_samples(interval(i), PublisherStats()))
@@ -136,8 +158,16 @@ async def test_agent_once_publishes_simulated_gpus(own_kafka: tuple[StackSetting
     base = own_kafka[1]
     settings = base.model_copy(update={"topics": base.topics.model_copy(update={"gpu_samples": "collector-e2e.samples"})})
     await ensure_topics(settings)
-    cfg = CollectorSettings(source="simulated", simulated_gpus=3, interval_seconds=0.6, poll_seconds=0.2, node="e2e-node",
-                            spool_dir=tmp_path / "spool", metrics_port=0, proc_root=tmp_path / "proc")
+    cfg = CollectorSettings(
+        source="simulated",
+        simulated_gpus=3,
+        interval_seconds=0.6,
+        poll_seconds=0.2,
+        node="e2e-node",
+        spool_dir=tmp_path / "spool",
+        metrics_port=0,
+        proc_root=tmp_path / "proc",
+    )
     agent = Agent(cfg, settings)
     assert await agent.run(once=True) == 1
     assert agent.publisher.stats.published == 3 and agent.spool.empty()
@@ -152,7 +182,9 @@ async def test_agent_once_publishes_simulated_gpus(own_kafka: tuple[StackSetting
         assert s.memory_total_bytes > 0 and s.power_watts > 0 and s.energy_joules > 0
 
 
-async def test_spool_left_by_a_previous_run_is_replayed_before_new_samples(own_kafka: tuple[StackSettings, Settings], tmp_path: Path) -> None:
+async def test_spool_left_by_a_previous_run_is_replayed_before_new_samples(
+    own_kafka: tuple[StackSettings, Settings], tmp_path: Path
+) -> None:
     base = own_kafka[1]
     settings = base.model_copy(update={"topics": base.topics.model_copy(update={"gpu_samples": "collector-restart.samples"})})
     await ensure_topics(settings)
@@ -183,20 +215,44 @@ async def test_agent_attributes_processes_to_pods_end_to_end(
         pod("ml", "trainer-0", container("main", ("nvidia.com/gpu", ["GPU-attr-0"]))),
         pod("research", "idle-reserver", container("c", ("nvidia.com/gpu", ["GPU-attr-idle"]))),
     ]
-    nvml = NvmlDouble([DeviceState(uuid="GPU-attr-0", util_gpu=90, power_mw=500_000, processes={31337: 30 * 2**30}),
-                       DeviceState(uuid="GPU-attr-idle", index=1)])
-    cfg = CollectorSettings(interval_seconds=0.5, poll_seconds=0.1, node="attr-node", spool_dir=tmp_path / "spool", metrics_port=0,
-                            proc_root=tmp_path / "proc", pod_list_url=kubelet[0] + "/pods?fieldSelector=spec.nodeName={node}",
-                            service_account_dir=tmp_path / "no-sa", pod_resources_socket=pod_resources_server.socket_path)
+    nvml = NvmlDouble(
+        [
+            DeviceState(uuid="GPU-attr-0", util_gpu=90, power_mw=500_000, processes={31337: 30 * 2**30}),
+            DeviceState(uuid="GPU-attr-idle", index=1),
+        ]
+    )
+    cfg = CollectorSettings(
+        interval_seconds=0.5,
+        poll_seconds=0.1,
+        node="attr-node",
+        spool_dir=tmp_path / "spool",
+        metrics_port=0,
+        proc_root=tmp_path / "proc",
+        pod_list_url=kubelet[0] + "/pods?fieldSelector=spec.nodeName={node}",
+        service_account_dir=tmp_path / "no-sa",
+        pod_resources_socket=pod_resources_server.socket_path,
+    )
     agent = Agent(cfg, settings, nvml=nvml)
     assert await agent.run(once=True) == 1
     sample, idle = sorted(await consume_all(settings, settings.topics.gpu_samples, 2, timeout=20), key=lambda s: s.gpu_index)
     assert sample.utilization_pct == 90.0 and sample.power_watts == 500.0
     [proc] = sample.processes  # the holder already has a process there: no placeholder
-    assert (proc.pid, proc.pod, proc.namespace, proc.container_id, proc.command, proc.user) == (31337, "trainer-0", "ml", CID, "torchrun", "root")
+    assert (proc.pid, proc.pod, proc.namespace, proc.container_id, proc.command, proc.user) == (
+        31337,
+        "trainer-0",
+        "ml",
+        CID,
+        "torchrun",
+        "root",
+    )
     assert proc.labels == {"team": "vision", "project": "detector"} and proc.gpu_memory_bytes == 30 * 2**30
     [held] = idle.processes
-    assert (held.pid, held.pod, held.namespace, held.labels) == (ASSIGNED_IDLE_PID, "idle-reserver", "research", {"team": "research", "project": "p9"})
+    assert (held.pid, held.pod, held.namespace, held.labels) == (
+        ASSIGNED_IDLE_PID,
+        "idle-reserver",
+        "research",
+        {"team": "research", "project": "p9"},
+    )
     assert kubelet[1] == ["/pods?fieldSelector=spec.nodeName=attr-node"]
     assert pod_resources_server.lister.calls == 1 and agent.attributor.pod_resources is not None
     assert agent.attributor.pod_resources.stats.errors == {}
@@ -224,8 +280,9 @@ async def test_a_stalled_agent_skips_unobserved_intervals_and_does_not_invent_en
                 offset[0] += 3.0
                 dev.energy_mj += 300_000
 
-    cfg = CollectorSettings(interval_seconds=1.0, poll_seconds=0.5, node="stall-node", spool_dir=tmp_path / "spool", metrics_port=0,
-                            proc_root=tmp_path)
+    cfg = CollectorSettings(
+        interval_seconds=1.0, poll_seconds=0.5, node="stall-node", spool_dir=tmp_path / "spool", metrics_port=0, proc_root=tmp_path
+    )
     agent = Stalling(cfg, settings, nvml=nvml, clock=clock)
     assert await agent.run(max_intervals=4) == 4
     assert agent.sampler.stats.intervals_missed == 3

@@ -37,8 +37,10 @@ def started(n: int = 2, **fields: object) -> tuple[NvmlSampler, FakeNvml, Clock]
 
 def test_poll_average_energy_and_deterministic_ids() -> None:
     sampler, fake, clock = started(1, unsupported={"nvmlDeviceGetSamples"})
-    steps = [{0: {"util_gpu": u, "util_memory": u // 2, "power_mw": p, "energy_mj": e, "memory_used": 10 * 2**30}}
-             for u, p, e in [(20, 100_000, 100_000), (40, 200_000, 300_000), (60, 300_000, 600_000), (80, 400_000, 1_000_000)]]
+    steps = [
+        {0: {"util_gpu": u, "util_memory": u // 2, "power_mw": p, "energy_mj": e, "memory_used": 10 * 2**30}}
+        for u, p, e in [(20, 100_000, 100_000), (40, 200_000, 300_000), (60, 300_000, 600_000), (80, 400_000, 1_000_000)]
+    ]
     [sample] = run_interval(sampler, clock, fake, steps)
     # polls: initial (0 %, 70 W) + four steps -> mean of 0,20,40,60,80
     assert sample.utilization_pct == pytest.approx(40.0)
@@ -66,9 +68,17 @@ def test_driver_samples_preferred_and_limited_to_the_interval() -> None:
 
 
 def test_not_supported_fields_are_zero_or_none_and_never_crash() -> None:
-    unsupported = {"nvmlDeviceGetPowerUsage", "nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetTemperature",
-                   "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetProcessUtilization", "nvmlDeviceGetSamples",
-                   "nvmlDeviceGetClockInfo", "nvmlDeviceRegisterEvents", "nvmlDeviceGetMigMode"}
+    unsupported = {
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetTotalEnergyConsumption",
+        "nvmlDeviceGetTemperature",
+        "nvmlDeviceGetTotalEccErrors",
+        "nvmlDeviceGetProcessUtilization",
+        "nvmlDeviceGetSamples",
+        "nvmlDeviceGetClockInfo",
+        "nvmlDeviceRegisterEvents",
+        "nvmlDeviceGetMigMode",
+    }
     sampler, fake, clock = started(1, unsupported=unsupported, util_gpu=55, processes={4242: 2**30})
     [sample] = run_interval(sampler, clock, fake, [{}, {}])
     assert sample.utilization_pct == pytest.approx(55.0)
@@ -149,8 +159,15 @@ def test_mig_instances_are_entities_with_their_share_of_power() -> None:
     clock = Clock()
     parent = DeviceState(uuid="GPU-parent", memory_total=80 * 2**30, power_mw=400_000)
     parent.mig = [
-        DeviceState(uuid=f"MIG-{k}", memory_total=size * 2**30, gi=k + 1, ci=0, parent=parent,
-                    unsupported={"nvmlDeviceGetUtilizationRates", "nvmlDeviceGetSamples"}, processes={900 + k: 2**30})
+        DeviceState(
+            uuid=f"MIG-{k}",
+            memory_total=size * 2**30,
+            gi=k + 1,
+            ci=0,
+            parent=parent,
+            unsupported={"nvmlDeviceGetUtilizationRates", "nvmlDeviceGetSamples"},
+            processes={900 + k: 2**30},
+        )
         for k, size in enumerate([40, 20])
     ]
     fake = FakeNvml([parent], clock=clock)
@@ -201,7 +218,11 @@ def test_whole_gpus_carry_no_mig_fields() -> None:
 
 
 def test_mig_compute_instance_smaller_than_its_gpu_instance_and_a_4_slice_gpu() -> None:
-    a30 = {pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1, pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2, pynvml.NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4}
+    a30 = {
+        pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1,
+        pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2,
+        pynvml.NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4,
+    }
     clock = Clock()
     parent = DeviceState(uuid="GPU-a30", name="NVIDIA A30", memory_total=24 * 2**30, gi_profiles=a30)
     split_mig(parent, ["2g.12gb", "1c.2g.12gb"])
@@ -236,12 +257,24 @@ def test_mig_fields_degrade_to_unknown_when_the_driver_cannot_tell() -> None:
     assert any("slice count unreadable" in e["event"] for e in logs)
 
 
-@pytest.mark.parametrize(("memory_mb", "parent_mib", "gb"), [
-    (40192, 81920, 40), (19968, 81920, 20), (9856, 81920, 10), (80896, 81920, 80),  # A100 / H100 80GB
-    (4864, 40960, 5), (9984, 40960, 10), (19968, 40960, 20), (40192, 40960, 40),  # A100 40GB
-    (5836, 24576, 6), (11968, 24576, 12), (24064, 24576, 24),  # A30
-    (16384, 143771, 18), (70448, 143771, 71),  # H200 141GB: 1g.18gb, 3g.71gb
-])
+@pytest.mark.parametrize(
+    ("memory_mb", "parent_mib", "gb"),
+    [
+        (40192, 81920, 40),
+        (19968, 81920, 20),
+        (9856, 81920, 10),
+        (80896, 81920, 80),  # A100 / H100 80GB
+        (4864, 40960, 5),
+        (9984, 40960, 10),
+        (19968, 40960, 20),
+        (40192, 40960, 40),  # A100 40GB
+        (5836, 24576, 6),
+        (11968, 24576, 12),
+        (24064, 24576, 24),  # A30
+        (16384, 143771, 18),
+        (70448, 143771, 71),  # H200 141GB: 1g.18gb, 3g.71gb
+    ],
+)
 def test_profile_memory_is_named_as_nvidia_names_it(memory_mb: int, parent_mib: int, gb: int) -> None:
     assert mig_memory_gb(memory_mb, parent_mib * 2**20) == gb
 
@@ -328,7 +361,11 @@ def test_simulated_mig_node_reports_profiles_and_instance_workloads() -> None:
     assert samples == simulated_samples("mig-node", 2, T0, 60, interval_seconds=5.0, seed=1, mig=layout)
     first = samples[:4]
     assert [(s.mig_profile, s.mig_slices, s.mig_parent_slices) for s in first] == [
-        ("3g.40gb", 3, 7), ("2g.20gb", 2, 7), ("1g.10gb", 1, 7), (None, 0, 0)]
+        ("3g.40gb", 3, 7),
+        ("2g.20gb", 2, 7),
+        ("1g.10gb", 1, 7),
+        (None, 0, 0),
+    ]
     parent = first[3].gpu_uuid
     assert first[0].gpu_model == "NVIDIA A100-SXM4-80GB" and {s.mig_parent_uuid for s in first[:3]} == {first[0].mig_instance.split("/")[0]}
     assert parent != first[0].mig_parent_uuid  # GPU 1 is whole; GPU 0 is only seen through its instances

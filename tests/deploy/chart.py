@@ -47,8 +47,9 @@ def helm(*args: str) -> str:
     return done.stdout
 
 
-def render(*values_files: Path, release: str = "gl", namespace: str = "gpuledger", sets: tuple[str, ...] = (),
-           skip_schema: bool = False) -> list[dict[str, Any]]:
+def render(
+    *values_files: Path, release: str = "gl", namespace: str = "gpuledger", sets: tuple[str, ...] = (), skip_schema: bool = False
+) -> list[dict[str, Any]]:
     """``helm template`` of the chart: every object it renders."""
     args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
     if skip_schema:

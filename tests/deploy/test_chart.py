@@ -58,8 +58,12 @@ def component(doc_name: str) -> str:
 
 def misnamed_env(docs: list[dict[str, Any]]) -> list[str]:
     """GPULEDGER_* variables given to a container that its settings classes do not read."""
-    return sorted(f"{name}: {var}" for name, c in gpuledger_containers(docs) for var in container_env(docs, c)
-                  if var.startswith("GPULEDGER_") and var not in SHARED)
+    return sorted(
+        f"{name}: {var}"
+        for name, c in gpuledger_containers(docs)
+        for var in container_env(docs, c)
+        if var.startswith("GPULEDGER_") and var not in SHARED
+    )
 
 
 @pytest.mark.parametrize("values", [(), (ALL_ON,)], ids=["defaults", "all-on"])
@@ -78,15 +82,36 @@ def test_every_builtin_object_validates_strictly(rendered: list[dict[str, Any]])
 
 def test_all_on_renders_every_component(all_on: list[dict[str, Any]]) -> None:
     kinds = {(d["kind"], component(d["metadata"]["name"])) for d in all_on}
-    assert {("DaemonSet", "collector"), ("Deployment", "worker"), ("Deployment", "gateway"), ("Deployment", "notifier"),
-            ("Job", "migrate"), ("PodDisruptionBudget", "worker"), ("HorizontalPodAutoscaler", "gateway"), ("Ingress", "gateway"),
-            ("Service", "gateway"), ("PrometheusRule", "gpuledger"), ("Deployment", "ui"), ("Service", "ui"), ("Ingress", "ui")} <= kinds
-    assert {component(d["metadata"]["name"]) for d in all_on if d["kind"] == "NetworkPolicy"} == {"collector", "worker", "gateway", "notifier", "migrate", "ui"}
+    assert {
+        ("DaemonSet", "collector"),
+        ("Deployment", "worker"),
+        ("Deployment", "gateway"),
+        ("Deployment", "notifier"),
+        ("Job", "migrate"),
+        ("PodDisruptionBudget", "worker"),
+        ("HorizontalPodAutoscaler", "gateway"),
+        ("Ingress", "gateway"),
+        ("Service", "gateway"),
+        ("PrometheusRule", "gpuledger"),
+        ("Deployment", "ui"),
+        ("Service", "ui"),
+        ("Ingress", "ui"),
+    } <= kinds
+    assert {component(d["metadata"]["name"]) for d in all_on if d["kind"] == "NetworkPolicy"} == {
+        "collector",
+        "worker",
+        "gateway",
+        "notifier",
+        "migrate",
+        "ui",
+    }
     job = next(d for d in all_on if d["kind"] == "Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
 
 
-def test_every_rendered_env_var_is_a_setting_and_parses(rendered: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_every_rendered_env_var_is_a_setting_and_parses(
+    rendered: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     assert misnamed_env(rendered) == []
     monkeypatch.chdir(tmp_path)  # no ./gpuledger.yaml
     for name, c in gpuledger_containers(rendered):
@@ -107,8 +132,16 @@ def test_every_rendered_env_var_is_a_setting_and_parses(rendered: list[dict[str,
 
 def test_a_misnamed_setting_fails_the_env_check() -> None:
     """values.schema.json would refuse these first (test_the_chart_refuses_misuse); without it the env check still does."""
-    docs = render(ALL_ON, sets=("settings.kafka.bootstrap_server=x", "collector.settings.intervall_seconds=5", "notifier.settings.max_attempt=3",
-                                "ui.settings.trusted_proxie=x"), skip_schema=True)
+    docs = render(
+        ALL_ON,
+        sets=(
+            "settings.kafka.bootstrap_server=x",
+            "collector.settings.intervall_seconds=5",
+            "notifier.settings.max_attempt=3",
+            "ui.settings.trusted_proxie=x",
+        ),
+        skip_schema=True,
+    )
     wrong = misnamed_env(docs)
     assert "gl-gpuledger-collector: GPULEDGER_COLLECTOR__INTERVALL_SECONDS" in wrong
     assert "gl-gpuledger-notifier: GPULEDGER_NOTIFIER__MAX_ATTEMPT" in wrong
@@ -116,8 +149,9 @@ def test_a_misnamed_setting_fails_the_env_check() -> None:
     assert "gl-gpuledger-ui: GPULEDGER_UI__TRUSTED_PROXIE" in wrong
 
 
-def test_the_dashboard_reads_as_its_own_read_only_user_and_its_probe_needs_no_sign_in(all_on: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
-                                                                                  tmp_path: Path) -> None:
+def test_the_dashboard_reads_as_its_own_read_only_user_and_its_probe_needs_no_sign_in(
+    all_on: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The UI container's env is real settings that parse into what the dashboard needs: its read-only ClickHouse user from
     its own Secret (never the shared, writing one), readonly=1, the rendered token digests; and the probe path answers
     without sign-in while a page does not (the real app, in-process; no ClickHouse call is made on these paths)."""
@@ -172,23 +206,33 @@ def test_rendered_gateway_config_loads_and_its_api_keys_are_fed(all_on: list[dic
 
 
 def test_an_api_key_env_without_a_secret_is_refused() -> None:
-    done = subprocess.run([tool("helm"), "template", "gl", str(CHART), "--kube-version", "1.33.0", "-f", str(ALL_ON), "--set", "gateway.apiKeys=null"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [tool("helm"), "template", "gl", str(CHART), "--kube-version", "1.33.0", "-f", str(ALL_ON), "--set", "gateway.apiKeys=null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "reads its API key from $OPENAI_API_KEY, but gateway.apiKeys has no entry" in done.stderr
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("settings.clickhouse.password=x", "passwords do not go in values"),
-    ("settings.kafka.sasl_password=x", "passwords do not go in values"),
-    ("ui.settings.anonymous=admin", "anonymous admin is only allowed on a loopback address"),
-    ("ui.clickhouse.existingSecret=", "ui.clickhouse.existingSecret: the dashboard reads ClickHouse as its own read-only user"),
-    ("ui.settings.tokens=null,ui.settings.trusted_proxies=null", "ui.enabled: nobody could sign in"),
-    ("ui.tokensSecret.name=ui-tokens", "set either ui.settings.tokens or ui.tokensSecret.name, not both"),
-    ("ui.settings.clickhouse_password=x", "at '/ui/settings': additional properties 'clickhouse_password' not allowed"),
-    ("settings.ui.anonymous=admin", "at '/settings': additional properties 'ui' not allowed"),
-    ("settings.kafka.bootstrap_server=x", "at '/settings/kafka': additional properties 'bootstrap_server' not allowed"),  # values.schema.json
-    ("notifier.routes=null", None),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("settings.clickhouse.password=x", "passwords do not go in values"),
+        ("settings.kafka.sasl_password=x", "passwords do not go in values"),
+        ("ui.settings.anonymous=admin", "anonymous admin is only allowed on a loopback address"),
+        ("ui.clickhouse.existingSecret=", "ui.clickhouse.existingSecret: the dashboard reads ClickHouse as its own read-only user"),
+        ("ui.settings.tokens=null,ui.settings.trusted_proxies=null", "ui.enabled: nobody could sign in"),
+        ("ui.tokensSecret.name=ui-tokens", "set either ui.settings.tokens or ui.tokensSecret.name, not both"),
+        ("ui.settings.clickhouse_password=x", "at '/ui/settings': additional properties 'clickhouse_password' not allowed"),
+        ("settings.ui.anonymous=admin", "at '/settings': additional properties 'ui' not allowed"),
+        (
+            "settings.kafka.bootstrap_server=x",
+            "at '/settings/kafka': additional properties 'bootstrap_server' not allowed",
+        ),  # values.schema.json
+        ("notifier.routes=null", None),
+    ],
+)
 def test_the_chart_refuses_misuse(setting: str, message: str | None) -> None:
     args = [tool("helm"), "template", "gl", str(CHART), "--kube-version", "1.33.0", "-f", str(ALL_ON), "--set", setting]
     if message is None:  # routes gone but the default target stays: still valid
@@ -203,16 +247,26 @@ def test_container_commands_exist(all_on: list[dict[str, Any]]) -> None:
     """The image's entry point is the wheel's `gpuledger` script; each container's args are a real subcommand with real options."""
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', (ROOT / "deploy" / "Containerfile").read_text(), re.M)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert entry and entry.group(1) in scripts and scripts[entry.group(1)] == "gpuledger.cli:app"
+    assert entry and entry.group(1) in scripts and scripts[entry.group(1)] == "gpuledger.commands.cli:app"
     commands = {tuple(c["args"]) for _, c in gpuledger_containers(all_on)}
-    commands = {args[2:] if args[0] == "--config" else args for args in commands}  # the global option first: gpuledger --config FILE <command>
+    commands = {
+        args[2:] if args[0] == "--config" else args for args in commands
+    }  # the global option first: gpuledger --config FILE <command>
     assert {args[0] for args in commands} == {"collector", "worker", "migrate", "gateway", "notifier", "ui"}
     for args in sorted(commands):
         words = list(itertools.takewhile(lambda a: not a.startswith("-"), args))  # the subcommand, before its options
-        done = subprocess.run([sys.executable, "-m", "gpuledger.cli", *words, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={**os.environ, "COLUMNS": "200"})
+        done = subprocess.run(
+            [sys.executable, "-m", "gpuledger.commands.cli", *words, "--help"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         assert done.returncode == 0, f"gpuledger {' '.join(words)} --help failed: {done.stderr}"
-        assert all(opt in done.stdout for opt in args if opt.startswith("--")), f"{args}: an option is not in `gpuledger {' '.join(words)} --help`"
+        assert all(opt in done.stdout for opt in args if opt.startswith("--")), (
+            f"{args}: an option is not in `gpuledger {' '.join(words)} --help`"
+        )
 
 
 def test_pods_run_non_root_with_a_read_only_root(rendered: list[dict[str, Any]]) -> None:
@@ -221,11 +275,18 @@ def test_pods_run_non_root_with_a_read_only_root(rendered: list[dict[str, Any]])
         assert spec["securityContext"]["runAsNonRoot"] is True, name
     for name, c in gpuledger_containers(rendered):
         sc = c["securityContext"]
-        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], name
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], (
+            name
+        )
         mounts = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
         env = container_env(rendered, c)
-        writes = {"/tmp"} | {env[k] for k in env_paths if k in env and component(name) in {"collector", "worker", "notifier"}
-                             and (k != "GPULEDGER_WORKER__DATA_DIR" or component(name) == "worker")}
+        writes = {"/tmp"} | {
+            env[k]
+            for k in env_paths
+            if k in env
+            and component(name) in {"collector", "worker", "notifier"}
+            and (k != "GPULEDGER_WORKER__DATA_DIR" or component(name) == "worker")
+        }
         assert writes <= mounts, f"{name} writes to {sorted(writes - mounts)} without a writable volume"
 
 
@@ -236,8 +297,12 @@ def test_service_monitors_select_a_metrics_port(all_on: list[dict[str, Any]]) ->
     for sm in monitors:
         [endpoint] = sm["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
-        matched = [s for s in services if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
-                   and s["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]]
+        matched = [
+            s
+            for s in services
+            if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+            and s["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]
+        ]
         assert matched and all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in matched), sm["metadata"]["name"]
 
 
@@ -274,7 +339,12 @@ def test_worker_and_notifier_serve_metrics_the_chart_scrapes(all_on: list[dict[s
 
 def test_network_policies_open_only_each_components_own_port(rendered: list[dict[str, Any]]) -> None:
     """Each policy selects exactly its component's pods and admits traffic only to a port that pod declares."""
-    pods = [(name, d["spec"]["template"]) for d in rendered if d["kind"] in {"Deployment", "DaemonSet", "Job"} for name in [d["metadata"]["name"]]]
+    pods = [
+        (name, d["spec"]["template"])
+        for d in rendered
+        if d["kind"] in {"Deployment", "DaemonSet", "Job"}
+        for name in [d["metadata"]["name"]]
+    ]
     policies = [d for d in rendered if d["kind"] == "NetworkPolicy"]
     assert {component(p["metadata"]["name"]) for p in policies} == {component(name) for name, _ in pods}
     for policy in policies:
@@ -290,8 +360,15 @@ def test_network_policies_open_only_each_components_own_port(rendered: list[dict
 def exported_metrics() -> set[str]:
     """Metric names the code serves: prometheus_client counters gain ``_total`` in the exposition."""
     names = set()
-    for path in [*ROOT.glob("collectors/*.py"), *ROOT.glob("inference/*.py"), *ROOT.glob("streams/**/*.py"), *ROOT.glob("gpuledger/*.py")]:
-        for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary|CounterMetricFamily|GaugeMetricFamily)\(\s*"(gpuledger_\w+)"', path.read_text()):
+    for path in [
+        *ROOT.glob("collectors/**/*.py"),
+        *ROOT.glob("inference/**/*.py"),
+        *ROOT.glob("streams/**/*.py"),
+        *ROOT.glob("gpuledger/**/*.py"),
+    ]:
+        for kind, name in re.findall(
+            r'\b(Counter|Gauge|Histogram|Summary|CounterMetricFamily|GaugeMetricFamily)\(\s*"(gpuledger_\w+)"', path.read_text()
+        ):
             names.add(name + "_total" if kind.startswith("Counter") and not name.endswith("_total") else name)
     return names
 
@@ -305,9 +382,13 @@ def test_prometheus_rules_pass_promtool_and_use_served_metrics(all_on: list[dict
     exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
     used = set(re.findall(r"\bgpuledger_\w+", exprs))
     assert used and used <= exported_metrics(), f"rules use metrics nothing serves: {sorted(used - exported_metrics())}"
-    assert not re.findall(r"\bkafka_\w+", exprs), "with their own /metrics on, worker and notifier alerts must not be doubled by kafka_exporter's"
+    assert not re.findall(r"\bkafka_\w+", exprs), (
+        "with their own /metrics on, worker and notifier alerts must not be doubled by kafka_exporter's"
+    )
     # With the worker's and notifier's own metrics off, kafka_exporter's series stand in for them.
-    [fallback] = [d for d in render(ALL_ON, sets=("worker.metrics.enabled=false", "notifier.metrics.enabled=false")) if d["kind"] == "PrometheusRule"]
+    [fallback] = [
+        d for d in render(ALL_ON, sets=("worker.metrics.enabled=false", "notifier.metrics.enabled=false")) if d["kind"] == "PrometheusRule"
+    ]
     kafka_exprs = " ".join(r["expr"] for g in fallback["spec"]["groups"] for r in g["rules"])
     assert {"kafka_consumergroup_lag", "kafka_topic_partition_current_offset"} <= set(re.findall(r"\bkafka_\w+", kafka_exprs))
     assert "gpuledger_worker_" not in kafka_exprs
@@ -320,39 +401,89 @@ def test_alert_rules_fire_on_the_series_they_watch(all_on: list[dict[str, Any]],
     [rule] = [d for d in all_on if d["kind"] == "PrometheusRule"]
     groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in rule["spec"]["groups"]]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    collector, gateway = {"job": "gl-gpuledger-collector", "namespace": "gpuledger"}, {"job": "gl-gpuledger-gateway", "namespace": "gpuledger"}
+    collector, gateway = (
+        {"job": "gl-gpuledger-collector", "namespace": "gpuledger"},
+        {"job": "gl-gpuledger-gateway", "namespace": "gpuledger"},
+    )
 
     def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
         return {"series": name + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}", "values": values}
 
-    test = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m",
-        "input_series": [
-            series("gpuledger_collector_last_publish_timestamp_seconds", {**collector, "pod": "stuck"}, "0x30"),
-            series("gpuledger_collector_last_publish_timestamp_seconds", {**collector, "pod": "fine"}, "0+60x30"),  # tracks time()
-            series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "error"}, "0+10x30"),
-            series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "ok"}, "0+90x30"),
-            series("gpuledger_usage_events_dropped_total", {**gateway, "component": "gateway", "reason": "queue_full"}, "0x10 5x20"),
-            series("gpuledger_worker_consumer_lag_messages", {"namespace": "gpuledger", "topic": "gpuledger.inference-usage.v1", "partition": "0"}, "60000x30"),
-            series("gpuledger_worker_dead_letters_total", {"namespace": "gpuledger", "topic": "gpuledger.inference-usage.v1", "stage": "invalid"}, "0x5 3x25"),
-            series("gpuledger_worker_insert_retries_total", {"namespace": "gpuledger", "table": "ledger"}, "0+1x30"),
-            series("gpuledger_worker_reference_caught_up", {"namespace": "gpuledger", "topic": "gpuledger-prices-changelog"}, "0x30"),
-            series("gpuledger_notifier_alerts_waiting", {"namespace": "gpuledger", "partition": "0"}, "1x30"),
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("gpuledger_collector_last_publish_timestamp_seconds", {**collector, "pod": "stuck"}, "0x30"),
+                    series("gpuledger_collector_last_publish_timestamp_seconds", {**collector, "pod": "fine"}, "0+60x30"),  # tracks time()
+                    series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "error"}, "0+10x30"),
+                    series("gpuledger_gateway_requests_total", {**gateway, "endpoint": "chat", "status": "ok"}, "0+90x30"),
+                    series(
+                        "gpuledger_usage_events_dropped_total", {**gateway, "component": "gateway", "reason": "queue_full"}, "0x10 5x20"
+                    ),
+                    series(
+                        "gpuledger_worker_consumer_lag_messages",
+                        {"namespace": "gpuledger", "topic": "gpuledger.inference-usage.v1", "partition": "0"},
+                        "60000x30",
+                    ),
+                    series(
+                        "gpuledger_worker_dead_letters_total",
+                        {"namespace": "gpuledger", "topic": "gpuledger.inference-usage.v1", "stage": "invalid"},
+                        "0x5 3x25",
+                    ),
+                    series("gpuledger_worker_insert_retries_total", {"namespace": "gpuledger", "table": "ledger"}, "0+1x30"),
+                    series(
+                        "gpuledger_worker_reference_caught_up", {"namespace": "gpuledger", "topic": "gpuledger-prices-changelog"}, "0x30"
+                    ),
+                    series("gpuledger_notifier_alerts_waiting", {"namespace": "gpuledger", "partition": "0"}, "1x30"),
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "20m",
+                        "alertname": "GpuledgerCollectorSilent",
+                        "exp_alerts": [{"exp_labels": {**collector, "pod": "stuck", "severity": "warning"}}],
+                    },
+                    {"eval_time": "25m", "alertname": "GpuledgerGatewayErrorRate", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+                    {
+                        "eval_time": "12m",
+                        "alertname": "GpuledgerUsageEventsDropped",
+                        "exp_alerts": [{"exp_labels": {"reason": "queue_full", "severity": "critical"}}],
+                    },
+                    {"eval_time": "5m", "alertname": "GpuledgerUsageEventsDropped", "exp_alerts": []},
+                    {
+                        "eval_time": "20m",
+                        "alertname": "GpuledgerWorkerLagging",
+                        "exp_alerts": [{"exp_labels": {"topic": "gpuledger.inference-usage.v1", "severity": "warning"}}],
+                    },
+                    {
+                        "eval_time": "10m",
+                        "alertname": "GpuledgerWorkerDeadLetters",
+                        "exp_alerts": [
+                            {"exp_labels": {"topic": "gpuledger.inference-usage.v1", "stage": "invalid", "severity": "warning"}}
+                        ],
+                    },
+                    {"eval_time": "3m", "alertname": "GpuledgerWorkerDeadLetters", "exp_alerts": []},
+                    {
+                        "eval_time": "20m",
+                        "alertname": "GpuledgerWorkerInsertsFailing",
+                        "exp_alerts": [{"exp_labels": {"table": "ledger", "severity": "warning"}}],
+                    },
+                    {
+                        "eval_time": "20m",
+                        "alertname": "GpuledgerReferenceNotLoaded",
+                        "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
+                    },
+                    {
+                        "eval_time": "20m",
+                        "alertname": "GpuledgerAlertsNotDelivered",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+                    },
+                ],
+            }
         ],
-        "alert_rule_test": [
-            {"eval_time": "20m", "alertname": "GpuledgerCollectorSilent", "exp_alerts": [{"exp_labels": {**collector, "pod": "stuck", "severity": "warning"}}]},
-            {"eval_time": "25m", "alertname": "GpuledgerGatewayErrorRate", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
-            {"eval_time": "12m", "alertname": "GpuledgerUsageEventsDropped", "exp_alerts": [{"exp_labels": {"reason": "queue_full", "severity": "critical"}}]},
-            {"eval_time": "5m", "alertname": "GpuledgerUsageEventsDropped", "exp_alerts": []},
-            {"eval_time": "20m", "alertname": "GpuledgerWorkerLagging", "exp_alerts": [{"exp_labels": {"topic": "gpuledger.inference-usage.v1", "severity": "warning"}}]},
-            {"eval_time": "10m", "alertname": "GpuledgerWorkerDeadLetters",
-             "exp_alerts": [{"exp_labels": {"topic": "gpuledger.inference-usage.v1", "stage": "invalid", "severity": "warning"}}]},
-            {"eval_time": "3m", "alertname": "GpuledgerWorkerDeadLetters", "exp_alerts": []},
-            {"eval_time": "20m", "alertname": "GpuledgerWorkerInsertsFailing", "exp_alerts": [{"exp_labels": {"table": "ledger", "severity": "warning"}}]},
-            {"eval_time": "20m", "alertname": "GpuledgerReferenceNotLoaded", "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
-            {"eval_time": "20m", "alertname": "GpuledgerAlertsNotDelivered", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
-        ],
-    }]}
+    }
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
     done = subprocess.run([tool("promtool"), "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -37,15 +37,20 @@ def database() -> str:
 
 @pytest.fixture(scope="module")
 def docs(stack_settings: Settings, database: str) -> list[dict[str, Any]]:
-    return render(sets=(
-        f"settings.kafka.bootstrap_servers={stack_settings.kafka.bootstrap_servers}",
-        f"settings.clickhouse.url={stack_settings.clickhouse.url}",
-        f"settings.clickhouse.database={database}",
-        "settings.topics.replication_factor=1",
-        "gateway.enabled=true",
-        "ui.enabled=true", "ui.clickhouse.existingSecret=ui-clickhouse",
-        "ui.settings.tokens[0].name=ci", f"ui.settings.tokens[0].sha256={token_digest(UI_TOKEN)}", "ui.settings.tokens[0].admin=true",
-    ))
+    return render(
+        sets=(
+            f"settings.kafka.bootstrap_servers={stack_settings.kafka.bootstrap_servers}",
+            f"settings.clickhouse.url={stack_settings.clickhouse.url}",
+            f"settings.clickhouse.database={database}",
+            "settings.topics.replication_factor=1",
+            "gateway.enabled=true",
+            "ui.enabled=true",
+            "ui.clickhouse.existingSecret=ui-clickhouse",
+            "ui.settings.tokens[0].name=ci",
+            f"ui.settings.tokens[0].sha256={token_digest(UI_TOKEN)}",
+            "ui.settings.tokens[0].admin=true",
+        )
+    )
 
 
 def run_env(docs: list[dict[str, Any]], component: str, **local: str) -> tuple[list[str], dict[str, str]]:
@@ -57,7 +62,9 @@ def run_env(docs: list[dict[str, Any]], component: str, **local: str) -> tuple[l
 
 
 def gpuledger(args: list[str], env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gpuledger.commands.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_migration_job_env_migrates_a_fresh_database(docs: list[dict[str, Any]], stack_settings: Settings, database: str) -> None:
@@ -74,8 +81,15 @@ def test_migration_job_env_migrates_a_fresh_database(docs: list[dict[str, Any]],
 
 
 def test_collector_env_publishes_to_kafka(docs: list[dict[str, Any]], tmp_path: Path) -> None:
-    args, env = run_env(docs, "collector", GPULEDGER_COLLECTOR__SPOOL_DIR=str(tmp_path / "spool"), GPULEDGER_COLLECTOR__PROC_ROOT="/proc",
-                        GPULEDGER_COLLECTOR__POD_LIST_URL="", GPULEDGER_COLLECTOR__METRICS_PORT="0", GPULEDGER_COLLECTOR__INTERVAL_SECONDS="0.5")
+    args, env = run_env(
+        docs,
+        "collector",
+        GPULEDGER_COLLECTOR__SPOOL_DIR=str(tmp_path / "spool"),
+        GPULEDGER_COLLECTOR__PROC_ROOT="/proc",
+        GPULEDGER_COLLECTOR__POD_LIST_URL="",
+        GPULEDGER_COLLECTOR__METRICS_PORT="0",
+        GPULEDGER_COLLECTOR__INTERVAL_SECONDS="0.5",
+    )
     assert env["GPULEDGER_COLLECTOR__SOURCE"] == "nvml" and env["NODE_NAME"]
     done = gpuledger([*args, "--source", "simulated", "--gpus", "2", "--once"], env)  # no GPU here: the simulated source
     assert done.returncode == 0, done.stdout + done.stderr  # 4 would mean spooled: Kafka not reached
@@ -84,7 +98,14 @@ def test_collector_env_publishes_to_kafka(docs: list[dict[str, Any]], tmp_path: 
 
 def serve(args: list[str], env: dict[str, str], url: str) -> tuple[subprocess.Popen[str], httpx.Response | None]:
     """Start the container's command as a process and wait (30 s at most) until ``url`` answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuledger.commands.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -100,11 +121,17 @@ def test_gateway_env_and_config_serve(docs: list[dict[str, Any]], tmp_path: Path
     args, env = run_env(docs, "gateway")
     port = BASE + 310
     assert args[args.index("--host") + 1] == "0.0.0.0"
-    args[args.index("--config") + 1], args[args.index("--host") + 1], args[args.index("--port") + 1] = str(tmp_path / "gateway.yaml"), "127.0.0.1", str(port)
+    args[args.index("--config") + 1], args[args.index("--host") + 1], args[args.index("--port") + 1] = (
+        str(tmp_path / "gateway.yaml"),
+        "127.0.0.1",
+        str(port),
+    )
     proc, health = serve(args, env, f"http://127.0.0.1:{port}/health")
     try:
         assert health is not None and health.status_code == 200 and health.text == "ok", f"gateway did not serve: {proc.poll()}"
-        assert 'gpuledger_usage_events_published_total{component="gateway"}' in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        assert (
+            'gpuledger_usage_events_published_total{component="gateway"}' in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        )
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=15)
@@ -115,9 +142,13 @@ def test_dashboard_env_serves_the_ledger_read_only(docs: list[dict[str, Any]], s
     """The UI's rendered env and args run the real dashboard: its probe path answers without sign-in, a page answers the
     rendered token and refuses anyone else, reading the test ClickHouse as the user the UI's Secret would hold."""
     port = BASE + 311
-    args, env = run_env(docs, "ui", GPULEDGER_UI__CLICKHOUSE_USER=stack_settings.clickhouse.user,
-                        GPULEDGER_UI__CLICKHOUSE_PASSWORD=stack_settings.clickhouse.password.get_secret_value(),
-                        GPULEDGER_CLICKHOUSE__DATABASE=stack_settings.clickhouse.database)  # the migrated one; the module's is dropped
+    args, env = run_env(
+        docs,
+        "ui",
+        GPULEDGER_UI__CLICKHOUSE_USER=stack_settings.clickhouse.user,
+        GPULEDGER_UI__CLICKHOUSE_PASSWORD=stack_settings.clickhouse.password.get_secret_value(),
+        GPULEDGER_CLICKHOUSE__DATABASE=stack_settings.clickhouse.database,
+    )  # the migrated one; the module's is dropped
     assert env["GPULEDGER_CLICKHOUSE__READONLY"] == "true" and args[args.index("--host") + 1] == "0.0.0.0"
     args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", str(port)
     proc, health = serve(args, env, f"http://127.0.0.1:{port}/healthz")

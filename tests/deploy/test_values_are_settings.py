@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from deploy.helm.values_schema import SCHEMA, render, schema
-from inference.gateway_config import GatewayConfig
+from inference.gateway.config import GatewayConfig
 from tests.deploy.chart import ALL_ON, CHART
 
 
@@ -52,14 +52,17 @@ def test_the_charts_values_schema_is_current() -> None:
     assert SCHEMA.read_text() == render(), "a settings class changed: regenerate with `python deploy/helm/values_schema.py`"
 
 
-@pytest.mark.parametrize(("where", "bogus"), [
-    (("settings", "kafka"), "bootstrap_server"),
-    (("settings",), "log_levels"),
-    (("collector", "settings"), "intervall_seconds"),
-    (("notifier", "settings"), "max_attempt"),
-    (("gateway", "config"), "enforce_budget"),
-    (("ui", "settings"), "trusted_proxie"),
-])
+@pytest.mark.parametrize(
+    ("where", "bogus"),
+    [
+        (("settings", "kafka"), "bootstrap_server"),
+        (("settings",), "log_levels"),
+        (("collector", "settings"), "intervall_seconds"),
+        (("notifier", "settings"), "max_attempt"),
+        (("gateway", "config"), "enforce_budget"),
+        (("ui", "settings"), "trusted_proxie"),
+    ],
+)
 def test_a_misspelt_setting_is_caught(where: tuple[str, ...], bogus: str) -> None:
     v = copy.deepcopy(values(ALL_ON))
     node = v

@@ -30,7 +30,10 @@ from gpuledger.settings import Settings
 from tests.conftest import BASE
 from tests.support import ROOT, isolated, settings_env
 
-ROOTS = [pattern.rstrip("*") for pattern in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]]
+ROOTS = [
+    pattern.rstrip("*")
+    for pattern in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+]
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,14 @@ class Install:
     home: Path  # the working directory of every command: no source tree there
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.bin / args[0]), *args[1:]], cwd=self.home, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(self.bin / args[0]), *args[1:]], cwd=self.home, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+        )
 
     def start(self, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(self.bin / "gpuledger"), *args], cwd=self.home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [str(self.bin / "gpuledger"), *args], cwd=self.home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -62,16 +69,31 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     for package in ROOTS:
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(src)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     [wheel] = (root / "dist").glob("gpuledger-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     shared = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}  # after the venv's own: the wheel's code wins
     (site / "zz_shared_dependencies.pth").write_text("".join(f"{path}\n" for path in sorted(shared)))
-    subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", "-q", str(wheel)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     (root / "home").mkdir()
     return Install(wheel, venv / "bin", root / "home")
 
@@ -79,18 +101,28 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
 def test_the_wheel_holds_every_package_and_data_file(install: Install) -> None:
     """Every package of the source roots, and every file in them that is not Python, is in the wheel."""
     shipped = set(zipfile.ZipFile(install.wheel).namelist())
-    in_tree = {str(path.relative_to(ROOT)) for package in ROOTS for path in (ROOT / package).rglob("*")
-               if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+    in_tree = {
+        str(path.relative_to(ROOT))
+        for package in ROOTS
+        for path in (ROOT / package).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
     assert in_tree - shipped == set(), "add them to [tool.setuptools.package-data] in pyproject.toml"
-    assert {"gpuledger/data/demo/orgs.yaml", "gpuledger/data/kafka/pom.xml", "inference/gateway.example.yaml",
-            "sql/migrations/0001_raw_events.sql", "schemas/avro/price.v1.avsc", "gpuledger/ui/static/app.js"} <= shipped
+    assert {
+        "gpuledger/data/demo/orgs.yaml",
+        "gpuledger/data/kafka/pom.xml",
+        "inference/gateway/gateway.example.yaml",
+        "sql/migrations/0001_raw_events.sql",
+        "schemas/avro/price.v1.avsc",
+        "gpuledger/ui/static/app.js",
+    } <= shipped
 
 
 HELP_OF_EVERY_COMMAND = """
 import sys, typer.main
 from typer.testing import CliRunner
 import collectors, gpuledger, inference, schemas, sql, streams
-from gpuledger.cli import app
+from gpuledger.commands.cli import app
 from gpuledger.data import DEMO, KAFKA_POM
 from gpuledger.migrate import load_migrations
 from schemas import codec_for, Price
@@ -118,7 +150,18 @@ def test_every_command_answers_help_from_the_install(install: Install) -> None:
     done = install.run("python", "-c", HELP_OF_EVERY_COMMAND)
     assert done.returncode == 0, done.stdout + done.stderr
     seen = set(done.stdout.split("\n"))
-    assert {"gpuledger", "worker", "simulate", "demo", "collector", "gateway", "notifier run", "stack up", "budgets set", "orgs import"} <= seen, seen
+    assert {
+        "gpuledger",
+        "worker",
+        "simulate",
+        "demo",
+        "collector",
+        "gateway",
+        "notifier run",
+        "stack up",
+        "budgets set",
+        "orgs import",
+    } <= seen, seen
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"gpuledger"}, "a new console script: run its --help here too"
 
@@ -164,22 +207,43 @@ def test_the_worker_runs_from_the_install_until_healthy(install: Install, stack_
 @pytest.mark.engines
 def test_gateway_collector_and_notifier_start_from_the_install(install: Install, stack_settings: Settings) -> None:
     """The gateway serves the example config shipped in the wheel, the notifier answers /healthz, the collector publishes."""
-    kafka = {"GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers, "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url}
-    example = install.run("python", "-c", "from importlib import resources; print(resources.files('inference') / 'gateway.example.yaml')").stdout.strip()
+    kafka = {
+        "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
+        "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url,
+    }
+    example = install.run(
+        "python", "-c", "from importlib import resources; print(resources.files('inference') / 'gateway.example.yaml')"
+    ).stdout.strip()
     assert example.startswith(str(install.bin.parent)), example
     config = install.home / "notifier.yaml"
-    config.write_text(f"topics: {{budget_alerts: wheel-alerts-{uuid.uuid4().hex[:6]}}}\nnotifier:\n  state_dir: {install.home / 'notifier'}\n"
-                      f"  metrics_port: {BASE + 322}\n  default: {{name: ops, url: 'http://127.0.0.1:9/hook'}}\n")
+    config.write_text(
+        f"topics: {{budget_alerts: wheel-alerts-{uuid.uuid4().hex[:6]}}}\nnotifier:\n  state_dir: {install.home / 'notifier'}\n"
+        f"  metrics_port: {BASE + 322}\n  default: {{name: ops, url: 'http://127.0.0.1:9/hook'}}\n"
+    )
     gateway = install.start("gateway", "--config", example, "--port", str(BASE + 321), env=clean_env(**kafka))
     notifier = install.start("notifier", "run", "--config", str(config), env=clean_env(**kafka))
     try:  # the three start side by side: the test waits once for the slowest
-        collector = install.run("gpuledger", "collector", "--source", "simulated", "--gpus", "1", "--once", "--metrics-port", "0",
-                                "--spool-dir", str(install.home / "spool"), env=clean_env(**kafka))
+        collector = install.run(
+            "gpuledger",
+            "collector",
+            "--source",
+            "simulated",
+            "--gpus",
+            "1",
+            "--once",
+            "--metrics-port",
+            "0",
+            "--spool-dir",
+            str(install.home / "spool"),
+            env=clean_env(**kafka),
+        )
         assert collector.returncode == 0, collector.stdout + collector.stderr  # 4: spooled, Kafka not reached
         assert "published 1" in collector.stderr
         wait_for(f"http://127.0.0.1:{BASE + 321}/health", gateway, timeout=30)
         wait_for(f"http://127.0.0.1:{BASE + 322}/healthz", notifier, timeout=60)
     finally:
         (gateway_code, gateway_out), (notifier_code, notifier_out) = stopped(gateway), stopped(notifier)
-    assert gateway_code in (0, -signal.SIGTERM) and "gateway_started" in gateway_out and "Traceback" not in gateway_out, gateway_out  # uvicorn re-raises SIGTERM
+    assert gateway_code in (0, -signal.SIGTERM) and "gateway_started" in gateway_out and "Traceback" not in gateway_out, (
+        gateway_out
+    )  # uvicorn re-raises SIGTERM
     assert notifier_code == 0, notifier_out

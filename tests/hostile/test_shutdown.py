@@ -31,16 +31,20 @@ PROXY_PORT = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "29000")) + 330
 def test_sigterm_ends_a_worker_whose_insert_hangs_within_the_grace_period(stack_settings: Settings, tmp_path: Path) -> None:
     base = isolated(stack_settings, "hangstop")
     target = urlparse(base.clickhouse.url)
-    settings = base.model_copy(update={
-        "clickhouse": base.clickhouse.model_copy(update={"url": f"http://127.0.0.1:{PROXY_PORT}"}),
-        "worker": base.worker.model_copy(update={"shutdown_grace_seconds": 3.0}),
-    })
+    settings = base.model_copy(
+        update={
+            "clickhouse": base.clickhouse.model_copy(update={"url": f"http://127.0.0.1:{PROXY_PORT}"}),
+            "worker": base.worker.model_copy(update={"shutdown_grace_seconds": 3.0}),
+        }
+    )
     with StallingProxy(PROXY_PORT, (target.hostname or "127.0.0.1", target.port or 8123)) as proxy:
         worker = WorkerProcess(settings, tmp_path / "worker").start()
         try:
             asyncio.run(_send(settings, _event("first")))
             client = connect(base.clickhouse)  # straight to ClickHouse, not through the proxy
-            wait_until(lambda: client.query("SELECT count() FROM usage_events").result_rows[0][0] == 1, 60, "the first event stored", worker)
+            wait_until(
+                lambda: client.query("SELECT count() FROM usage_events").result_rows[0][0] == 1, 60, "the first event stored", worker
+            )
             proxy.stall()
             asyncio.run(_send(settings, _event("hang")))
             time.sleep(3)  # the batch is handed to the (now hanging) insert
@@ -59,9 +63,20 @@ def test_sigterm_ends_a_worker_whose_insert_hangs_within_the_grace_period(stack_
 
 def _event(event_id: str) -> bytes:
     now = datetime.now(UTC)
-    return codec_for(InferenceUsage).encode(InferenceUsage(
-        event_id=event_id, request_start=now - timedelta(seconds=1), request_end=now, key_id="k", model="m", backend="openai",
-        prompt_tokens=1, completion_tokens=1, latency_ms=1.0, status="ok"))
+    return codec_for(InferenceUsage).encode(
+        InferenceUsage(
+            event_id=event_id,
+            request_start=now - timedelta(seconds=1),
+            request_end=now,
+            key_id="k",
+            model="m",
+            backend="openai",
+            prompt_tokens=1,
+            completion_tokens=1,
+            latency_ms=1.0,
+            status="ok",
+        )
+    )
 
 
 async def _send(settings: Settings, value: bytes) -> None:

@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.inference.bench_gateway [--rate 300] [--seconds 5] [--runs 3]
 
 Starts its own Kafka (the gateway publishes every event for real), the fake vLLM and the
-gateway (``python -m inference.cli``) as separate processes, then drives both the backend
+gateway (``python -m inference.gateway.cli``) as separate processes, then drives both the backend
 directly and the gateway with the same open-loop load from 200 concurrent keep-alive
 clients, alternating, so both columns see the same machine. Reports medians over runs of
 p50/p99 latency, the difference, and the gateway's CPU time per request. The middleware is
@@ -33,13 +33,17 @@ import httpx
 from gpuledger.kafka import ensure_topics
 from gpuledger.settings import Settings, StackSettings
 from gpuledger.stack import kafka as kafka_stack
-from inference.meter_config import MeterSettings
-from inference.vllm_middleware import UsageMeteringMiddleware
+from inference.vllm_meter.config import MeterSettings
+from inference.vllm_meter.middleware import UsageMeteringMiddleware
 from tests.inference.fake_vllm import FakeVllm
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-bench"
-CHAT = {"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say five words about GPUs " * 8}]}
+CHAT = {
+    "model": "m",
+    "max_tokens": 5,
+    "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say five words about GPUs " * 8}],
+}
 
 
 def fake_app() -> Any:
@@ -133,10 +137,24 @@ async def middleware_cost(settings: Settings, n: int, reps: int) -> dict[str, fl
     results: dict[str, float] = {}
     for mode, body in (("json", CHAT), ("stream", {**CHAT, "stream": True})):
         raw = json.dumps(body).encode()
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-                 "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
-                 "headers": [(b"authorization", f"Bearer {SECRET}".encode()), (b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"authorization", f"Bearer {SECRET}".encode()),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+        }
 
         async def send(_: Any) -> None:
             return None
@@ -168,7 +186,11 @@ async def middleware_cost(settings: Settings, n: int, reps: int) -> dict[str, fl
 
 
 async def main(args: argparse.Namespace) -> None:
-    stack = StackSettings(data_dir=ROOT / ".gpuledger" / f"bench-inference-{args.port_base}", kafka_port=args.port_base + 92, kafka_controller_port=args.port_base + 93)
+    stack = StackSettings(
+        data_dir=ROOT / ".gpuledger" / f"bench-inference-{args.port_base}",
+        kafka_port=args.port_base + 92,
+        kafka_controller_port=args.port_base + 93,
+    )
     shutil.rmtree(stack.data_dir, ignore_errors=True)
     stack.data_dir.mkdir(parents=True)
     kafka_stack.start(stack)
@@ -177,19 +199,48 @@ async def main(args: argparse.Namespace) -> None:
     backend_port, gateway_port = args.port_base + 1, args.port_base + 2
     work = Path(tempfile.mkdtemp(prefix="gpuledger-bench-"))
     config = work / "gateway.yaml"
-    config.write_text(json.dumps({"gateway": {  # JSON is YAML
-        "backends": [{"name": "fake", "kind": "vllm", "base_url": f"http://127.0.0.1:{backend_port}/v1", "deployment": "bench"}],
-        "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
-        # --model auto goes through routing: a rule that does not match, then the default (the same config on older trees)
-        "aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "header": {"X-Tier": "large"}}]}],
-        "keys": [{"id": "bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "bench"}],
-    }}))
-    env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "GPULEDGER_LOG_LEVEL": "warning"}
+    config.write_text(
+        json.dumps(
+            {
+                "gateway": {  # JSON is YAML
+                    "backends": [
+                        {"name": "fake", "kind": "vllm", "base_url": f"http://127.0.0.1:{backend_port}/v1", "deployment": "bench"}
+                    ],
+                    "models": [{"name": "m", "targets": [{"backend": "fake"}]}],
+                    # --model auto goes through routing: a rule that does not match, then the default (the same config on older trees)
+                    "aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "header": {"X-Tier": "large"}}]}],
+                    "keys": [{"id": "bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "bench"}],
+                }
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "GPULEDGER_LOG_LEVEL": "warning",
+    }
     env.pop("GPULEDGER_CONFIG", None)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "tests.inference.bench_gateway:fake_app", "--port", str(backend_port),
-                          "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env),
-        subprocess.Popen([sys.executable, "-m", "inference.cli", "--config", str(config), "--port", str(gateway_port)], cwd=ROOT, env=env),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "tests.inference.bench_gateway:fake_app",
+                "--port",
+                str(backend_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "inference.gateway.cli", "--config", str(config), "--port", str(gateway_port)], cwd=ROOT, env=env
+        ),
     ]
     try:
         wait_healthy(f"http://127.0.0.1:{backend_port}", procs[0])
@@ -212,7 +263,10 @@ async def main(args: argparse.Namespace) -> None:
                     if target == "gateway":
                         cpu.setdefault(mode, []).append((cpu_seconds(procs[1].pid) - before) / len(latencies) * 1e6)
                     rows.setdefault((mode, target), []).append((pct(latencies, 0.5), pct(latencies, 0.99)))
-                    print(f"run {run + 1} {mode:6} {target:7} n={len(latencies):5} p50={pct(latencies, 0.5):7.2f} ms p99={pct(latencies, 0.99):7.2f} ms", flush=True)
+                    print(
+                        f"run {run + 1} {mode:6} {target:7} n={len(latencies):5} p50={pct(latencies, 0.5):7.2f} ms p99={pct(latencies, 0.99):7.2f} ms",
+                        flush=True,
+                    )
         mw = await middleware_cost(settings, n=2000, reps=5)
     finally:
         for proc in procs:
@@ -221,16 +275,22 @@ async def main(args: argparse.Namespace) -> None:
         kafka_stack.managed(stack).stop()
         shutil.rmtree(work, ignore_errors=True)
     fast = all(importlib.util.find_spec(m) is not None for m in ("uvloop", "httptools"))
-    print(f"\n{args.clients} clients, {args.rate:.0f} req/s offered, {args.seconds:.0f} s x {args.runs} runs, medians over runs ({os.cpu_count()} CPUs, "
-          f"servers on {'uvloop + httptools' if fast else 'asyncio + h11'})")
+    print(
+        f"\n{args.clients} clients, {args.rate:.0f} req/s offered, {args.seconds:.0f} s x {args.runs} runs, medians over runs ({os.cpu_count()} CPUs, "
+        f"servers on {'uvloop + httptools' if fast else 'asyncio + h11'})"
+    )
     print(f"{'mode':7}| {'direct p50':>10} {'p99':>8} | {'gateway p50':>11} {'p99':>8} | {'added p50':>9} {'p99':>8} | gateway CPU/req")
     for mode in ("json", "stream"):
         d50, d99 = (statistics.median(v) for v in zip(*rows[(mode, "direct")], strict=True))
         g50, g99 = (statistics.median(v) for v in zip(*rows[(mode, "gateway")], strict=True))
-        print(f"{mode:7}| {d50:8.2f}ms {d99:6.2f}ms | {g50:9.2f}ms {g99:6.2f}ms | {g50 - d50:7.2f}ms {g99 - d99:6.2f}ms | {statistics.median(cpu[mode]):8.0f} µs")
+        print(
+            f"{mode:7}| {d50:8.2f}ms {d99:6.2f}ms | {g50:9.2f}ms {g99:6.2f}ms | {g50 - d50:7.2f}ms {g99 - d99:6.2f}ms | {statistics.median(cpu[mode]):8.0f} µs"
+        )
     for mode in ("json", "stream"):
         (d50, d99), (g50, g99) = unloaded[(mode, "direct")], unloaded[(mode, "gateway")]
-        print(f"{mode:7}| {d50:8.2f}ms {d99:6.2f}ms | {g50:9.2f}ms {g99:6.2f}ms | {g50 - d50:7.2f}ms {g99 - d99:6.2f}ms | (1 client, sequential, 1000 requests)")
+        print(
+            f"{mode:7}| {d50:8.2f}ms {d99:6.2f}ms | {g50:9.2f}ms {g99:6.2f}ms | {g50 - d50:7.2f}ms {g99 - d99:6.2f}ms | (1 client, sequential, 1000 requests)"
+        )
     print(f"vLLM middleware cost per request (in-process, event to Kafka included): json {mw['json']:.0f} µs, stream {mw['stream']:.0f} µs")
 
 

@@ -65,27 +65,54 @@ class FakeResponses:
         self.headers_seen.append(dict(request.headers))
         headers = {"x-request-id": f"req_{uuid.uuid4().hex}", "openai-processing-ms": "42", "x-ratelimit-remaining-tokens": "149990"}
         if body.get("model") != "gpt-5":
-            error = {"error": {"message": f"The requested model '{body.get('model')}' does not exist.", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+            error = {
+                "error": {
+                    "message": f"The requested model '{body.get('model')}' does not exist.",
+                    "type": "invalid_request_error",
+                    "param": "model",
+                    "code": "model_not_found",
+                }
+            }
             return Response(json.dumps(error, indent=2), 404, headers=headers, media_type="application/json")
         n_in, n_out = words(body.get("input")) + words(body.get("instructions")), int(body.get("max_output_tokens") or 5)
         tokens = [f"tok{i} " for i in range(n_out)]
         rid, mid, created = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}", int(time.time())
-        usage = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": min(self.cached_tokens, n_in)}, "output_tokens": n_out,
-                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": n_in + n_out}
+        usage = {
+            "input_tokens": n_in,
+            "input_tokens_details": {"cached_tokens": min(self.cached_tokens, n_in)},
+            "output_tokens": n_out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": n_in + n_out,
+        }
         text = "".join(tokens)
-        item = {"id": mid, "type": "message", "status": "completed", "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}], "role": "assistant"}
+        item = {
+            "id": mid,
+            "type": "message",
+            "status": "completed",
+            "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}],
+            "role": "assistant",
+        }
         done = _response(rid, created, body, "completed", [item], usage)
         if not body.get("stream"):
             return Response(json.dumps(done, indent=2), headers=headers, media_type="application/json")
-        return StreamingResponse(self._events(rid, mid, created, body, tokens, done), headers=headers, media_type="text/event-stream; charset=utf-8")
+        return StreamingResponse(
+            self._events(rid, mid, created, body, tokens, done), headers=headers, media_type="text/event-stream; charset=utf-8"
+        )
 
-    async def _events(self, rid: str, mid: str, created: int, body: dict[str, Any], tokens: list[str], done: dict[str, Any]) -> AsyncIterator[str]:
+    async def _events(
+        self, rid: str, mid: str, created: int, body: dict[str, Any], tokens: list[str], done: dict[str, Any]
+    ) -> AsyncIterator[str]:
         started = _response(rid, created, body, "in_progress", [], None)
         part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
         where = {"item_id": mid, "output_index": 0, "content_index": 0}
         events: list[dict[str, Any]] = [
-            {"type": "response.created", "response": started}, {"type": "response.in_progress", "response": started},
-            {"type": "response.output_item.added", "output_index": 0, "item": {"id": mid, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}},
+            {"type": "response.created", "response": started},
+            {"type": "response.in_progress", "response": started},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {"id": mid, "type": "message", "status": "in_progress", "content": [], "role": "assistant"},
+            },
             {"type": "response.content_part.added", **where, "part": part},
             *({"type": "response.output_text.delta", **where, "delta": t, "logprobs": [], "obfuscation": "x"} for t in tokens),
             {"type": "response.output_text.done", **where, "text": "".join(tokens), "logprobs": []},
@@ -103,11 +130,35 @@ class FakeResponses:
 def _response(rid: str, created: int, body: dict[str, Any], status: str, output: list[Any], usage: dict[str, Any] | None) -> dict[str, Any]:
     """The Response object, fields in OpenAI's order."""
     return {
-        "id": rid, "object": "response", "created_at": created, "status": status, "background": False, "error": None, "incomplete_details": None,
-        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"), "max_tool_calls": None, "model": body["model"],
-        "output": output, "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None, "reasoning": {"effort": None, "summary": None},
-        "safety_identifier": None, "service_tier": "default", "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}, "verbosity": "medium"},
-        "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled", "usage": usage, "user": None, "metadata": {},
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": None,
+        "model": body["model"],
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "prompt_cache_key": None,
+        "reasoning": {"effort": None, "summary": None},
+        "safety_identifier": None,
+        "service_tier": "default",
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
+        "metadata": {},
     }
 
 
@@ -125,8 +176,12 @@ class FakeAnthropic:
         return Starlette(routes=[Route("/v1/messages", self.create, methods=["POST"])])
 
     def _error(self, status: int, kind: str, message: str) -> Response:
-        return Response(compact({"type": "error", "error": {"type": kind, "message": message}, "request_id": f"req_{uuid.uuid4().hex[:24]}"}), status,
-                        media_type="application/json", headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"})
+        return Response(
+            compact({"type": "error", "error": {"type": kind, "message": message}, "request_id": f"req_{uuid.uuid4().hex[:24]}"}),
+            status,
+            media_type="application/json",
+            headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"},
+        )
 
     async def create(self, request: Request) -> Response:
         body = json.loads(await request.body())
@@ -142,11 +197,29 @@ class FakeAnthropic:
         cached = min(self.cached_tokens, n_in)
         n_out = int(body["max_tokens"])
         tokens = [f"tok{i} " for i in range(n_out)]
-        usage = {"input_tokens": n_in - cached, "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
-                 "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}, "output_tokens": n_out, "service_tier": "standard"}
-        message = {"id": f"msg_01{uuid.uuid4().hex[:22]}", "type": "message", "role": "assistant", "model": body["model"], "content": [{"type": "text", "text": "".join(tokens)}],
-                   "stop_reason": "max_tokens", "stop_sequence": None, "usage": usage}
-        headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}", "anthropic-organization-id": str(uuid.uuid4()), "anthropic-ratelimit-requests-remaining": "49"}
+        usage = {
+            "input_tokens": n_in - cached,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": n_out,
+            "service_tier": "standard",
+        }
+        message = {
+            "id": f"msg_01{uuid.uuid4().hex[:22]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": "".join(tokens)}],
+            "stop_reason": "max_tokens",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        headers = {
+            "request-id": f"req_{uuid.uuid4().hex[:24]}",
+            "anthropic-organization-id": str(uuid.uuid4()),
+            "anthropic-ratelimit-requests-remaining": "49",
+        }
         if not body.get("stream"):
             return Response(compact(message), headers=headers, media_type="application/json")
         return StreamingResponse(self._events(message, tokens), headers=headers, media_type="text/event-stream; charset=utf-8")
@@ -162,6 +235,10 @@ class FakeAnthropic:
                 await asyncio.sleep(self.token_delay_s)
             yield f"event: content_block_delta\ndata: {compact({'type': 'content_block_delta', 'index': 0, 'delta': {'type': 'text_delta', 'text': token}})}\n\n"
         yield f"event: content_block_stop\ndata: {compact({'type': 'content_block_stop', 'index': 0})}\n\n"
-        delta = {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None}, "usage": {"output_tokens": len(tokens)}}
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+            "usage": {"output_tokens": len(tokens)},
+        }
         yield f"event: message_delta\ndata: {compact(delta)}\n\n"
         yield f"event: message_stop\ndata: {compact({'type': 'message_stop'})}\n\n"

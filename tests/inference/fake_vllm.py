@@ -57,18 +57,22 @@ class FakeVllm:
     headers_seen: list[dict[str, str]] = field(default_factory=list)
 
     def app(self) -> Starlette:
-        app = Starlette(routes=[
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-            Route("/v1/models", self.list_models, methods=["GET"]),
-            Route("/health", lambda _: Response(status_code=200), methods=["GET"]),
-        ])
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/health", lambda _: Response(status_code=200), methods=["GET"]),
+            ]
+        )
         app.add_middleware(RequestIdHeaders, fake=self)
         return app
 
     async def list_models(self, _: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "vllm"} for m in self.models]})
+        return JSONResponse(
+            {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "vllm"} for m in self.models]}
+        )
 
     async def chat(self, request: Request) -> Response:
         return await self._serve(request, "chatcmpl", "chat.completion")
@@ -83,8 +87,16 @@ class FakeVllm:
         n = prompt_tokens(body)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"index": i, "object": "embedding", "embedding": [0.125] * 16} for i in range(len(inputs))]
-        return self._json({"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": body["model"],
-                           "data": data, "usage": self._usage(n, 0, embeddings=True)})
+        return self._json(
+            {
+                "id": f"embd-{uuid.uuid4().hex}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": body["model"],
+                "data": data,
+                "usage": self._usage(n, 0, embeddings=True),
+            }
+        )
 
     async def _admit(self, request: Request) -> tuple[dict[str, Any], Response | None]:
         raw = await request.body()
@@ -119,17 +131,28 @@ class FakeVllm:
             include = bool(options.get("include_usage"))
             each = include and bool(options.get("continuous_usage_stats"))
             stream = self._chat_stream if prefix == "chatcmpl" else self._completion_stream
-            return StreamingResponse(stream(rid, chunk_obj, created, model, tokens, n_prompt, include, each), media_type="text/event-stream")
+            return StreamingResponse(
+                stream(rid, chunk_obj, created, model, tokens, n_prompt, include, each), media_type="text/event-stream"
+            )
         usage = self._usage(n_prompt, n_out)
         text = "".join(tokens)
         if prefix == "chatcmpl":
-            choice = {"index": 0, "message": {"role": "assistant", "reasoning_content": None, "content": text, "tool_calls": []},
-                      "logprobs": None, "finish_reason": "length", "stop_reason": None}
-            return self._json({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage, "prompt_logprobs": None})
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "reasoning_content": None, "content": text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": "length",
+                "stop_reason": None,
+            }
+            return self._json(
+                {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage, "prompt_logprobs": None}
+            )
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None, "prompt_logprobs": None}
         return self._json({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage})
 
-    async def _chat_stream(self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool, each: bool) -> AsyncIterator[str]:
+    async def _chat_stream(
+        self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool, each: bool
+    ) -> AsyncIterator[str]:
         """Chunks are dumped with exclude_unset: ``usage`` appears only when continuous stats set it."""
         head = {"id": rid, "object": obj, "created": created, "model": model}
         role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
@@ -147,7 +170,9 @@ class FakeVllm:
         if self.done_delay_s:
             await asyncio.sleep(self.done_delay_s)
 
-    async def _completion_stream(self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool, each: bool) -> AsyncIterator[str]:
+    async def _completion_stream(
+        self, rid: str, obj: str, created: int, model: str, tokens: list[str], n_prompt: int, include: bool, each: bool
+    ) -> AsyncIterator[str]:
         """Chunks are dumped with exclude_unset=False: ``usage`` is always there, null unless continuous stats set it."""
         head = {"id": rid, "object": obj, "created": created, "model": model}
         for i, token in enumerate(tokens):

@@ -38,7 +38,18 @@ class RawUpstream(socketserver.ThreadingTCPServer):
 
 def http_reply(body: bytes, *, status: bytes = b"200 OK", content_type: bytes = b"application/json", headers: bytes = b"") -> bytes:
     """A complete HTTP/1.1 response with the given raw extra header lines (each ending in CRLF)."""
-    return b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n" + headers + b"\r\n" + body
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n"
+        + headers
+        + b"\r\n"
+        + body
+    )
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""``python -m inference.cli`` (mounted as ``gpuledger gateway``) serves a YAML config and publishes to Kafka."""
+"""``python -m inference.gateway.cli`` (mounted as ``gpuledger gateway``) serves a YAML config and publishes to Kafka."""
 
 from __future__ import annotations
 
@@ -32,17 +32,34 @@ async def test_gateway_command_serves_a_yaml_config(stack_settings: Settings, ta
     secret, key_id = f"sk-cli-{uuid.uuid4().hex}", f"key-cli-{uuid.uuid4().hex[:8]}"
     with serve(FakeVllm().app()) as backend:
         config = tmp_path / "gateway.yaml"
-        config.write_text(yaml.safe_dump({"gateway": {
-            "backends": [{"name": "local", "kind": "vllm", "base_url": f"{backend}/v1", "api_key_env": "CLI_TEST_UPSTREAM_KEY"}],
-            "models": [{"name": "llama", "targets": [{"backend": "local"}]}],
-            "keys": [{"id": key_id, "sha256": hashlib.sha256(secret.encode()).hexdigest(), "org": "acme"}],
-        }}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "gateway": {
+                        "backends": [
+                            {"name": "local", "kind": "vllm", "base_url": f"{backend}/v1", "api_key_env": "CLI_TEST_UPSTREAM_KEY"}
+                        ],
+                        "models": [{"name": "llama", "targets": [{"backend": "local"}]}],
+                        "keys": [{"id": key_id, "sha256": hashlib.sha256(secret.encode()).hexdigest(), "org": "acme"}],
+                    }
+                }
+            )
+        )
         port = free_port()
-        env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
-               "GPULEDGER_TOPICS__INFERENCE_USAGE": stack_settings.topics.inference_usage, "CLI_TEST_UPSTREAM_KEY": "upstream-secret"}
+        env = {
+            **os.environ,
+            "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
+            "GPULEDGER_TOPICS__INFERENCE_USAGE": stack_settings.topics.inference_usage,
+            "CLI_TEST_UPSTREAM_KEY": "upstream-secret",
+        }
         env.pop("GPULEDGER_CONFIG", None)
-        proc = subprocess.Popen([sys.executable, "-m", "inference.cli", "--config", str(config), "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inference.gateway.cli", "--config", str(config), "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 20

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from gpuledger.settings import Settings
-from inference.gateway import create_app
-from inference.gateway_config import GatewayConfig
+from inference.gateway.app import create_app
+from inference.gateway.config import GatewayConfig
 from schemas import InferenceUsage
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.gateway_metrics import refusals
@@ -48,32 +48,57 @@ class Fleet:
 def fleet(stack_settings: Settings) -> Iterator[Fleet]:
     small, large, broken, hanging = FakeVllm(), FakeVllm(models=("llama-70b",)), FakeVllm(fail_status=500), FakeVllm(hang=True)
     with ExitStack() as stack:
-        urls = {name: stack.enter_context(serve(fake.app())) for name, fake in [("small", small), ("large", large), ("broken", broken), ("hanging", hanging)]}
-        config = GatewayConfig.model_validate({
-            "backends": [
-                {"name": "vllm-8b", "kind": "vllm", "base_url": urls["small"] + "/v1", "deployment": "llama-8b-a", "node": "gpu-node-b", "gpu_uuids": ["GPU-b0"]},
-                {"name": "vllm-70b", "kind": "vllm", "base_url": urls["large"] + "/v1", "deployment": "llama-70b-a", "node": "gpu-node-a", "gpu_uuids": ["GPU-a0", "GPU-a1"]},
-                {"name": "vllm-down", "kind": "vllm", "base_url": urls["broken"] + "/v1", "deployment": "llama-70b-b"},
-                {"name": "stuck-api", "kind": "openai", "base_url": urls["hanging"] + "/v1", "timeout_s": 0.3},
-                {"name": "nowhere", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "connect_timeout_s": 0.5},
-                {"name": "ext-api", "kind": "openai", "base_url": urls["small"] + "/v1", "api_key_env": EXT_KEY_ENV},
-            ],
-            "models": [
-                {"name": "llama-8b", "targets": [{"backend": "vllm-8b", "model": "meta-llama/Llama-3.1-8B-Instruct"}]},
-                {"name": "llama-70b", "targets": [{"backend": "vllm-down"}, {"backend": "vllm-70b"}]},
-                {"name": "slow-model", "targets": [{"backend": "stuck-api"}]},
-                {"name": "gone-model", "targets": [{"backend": "nowhere"}]},
-                {"name": "misnamed", "targets": [{"backend": "vllm-70b", "model": "not-served-here"}]},
-                {"name": "ext-model", "targets": [{"backend": "ext-api"}]},
-            ],
-            "aliases": [{"name": "auto", "default": "llama-8b", "rules": [
-                {"model": "llama-70b", "max_tokens_gt": 512},
-                {"model": "llama-70b", "messages_chars_gt": 200},
-                {"model": "llama-70b", "header": {"X-Tier": "large"}},
-            ]}],
-            "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "acme", "team": "search"}],
-            "max_body_bytes": 4096,
-        })
+        urls = {
+            name: stack.enter_context(serve(fake.app()))
+            for name, fake in [("small", small), ("large", large), ("broken", broken), ("hanging", hanging)]
+        }
+        config = GatewayConfig.model_validate(
+            {
+                "backends": [
+                    {
+                        "name": "vllm-8b",
+                        "kind": "vllm",
+                        "base_url": urls["small"] + "/v1",
+                        "deployment": "llama-8b-a",
+                        "node": "gpu-node-b",
+                        "gpu_uuids": ["GPU-b0"],
+                    },
+                    {
+                        "name": "vllm-70b",
+                        "kind": "vllm",
+                        "base_url": urls["large"] + "/v1",
+                        "deployment": "llama-70b-a",
+                        "node": "gpu-node-a",
+                        "gpu_uuids": ["GPU-a0", "GPU-a1"],
+                    },
+                    {"name": "vllm-down", "kind": "vllm", "base_url": urls["broken"] + "/v1", "deployment": "llama-70b-b"},
+                    {"name": "stuck-api", "kind": "openai", "base_url": urls["hanging"] + "/v1", "timeout_s": 0.3},
+                    {"name": "nowhere", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "connect_timeout_s": 0.5},
+                    {"name": "ext-api", "kind": "openai", "base_url": urls["small"] + "/v1", "api_key_env": EXT_KEY_ENV},
+                ],
+                "models": [
+                    {"name": "llama-8b", "targets": [{"backend": "vllm-8b", "model": "meta-llama/Llama-3.1-8B-Instruct"}]},
+                    {"name": "llama-70b", "targets": [{"backend": "vllm-down"}, {"backend": "vllm-70b"}]},
+                    {"name": "slow-model", "targets": [{"backend": "stuck-api"}]},
+                    {"name": "gone-model", "targets": [{"backend": "nowhere"}]},
+                    {"name": "misnamed", "targets": [{"backend": "vllm-70b", "model": "not-served-here"}]},
+                    {"name": "ext-model", "targets": [{"backend": "ext-api"}]},
+                ],
+                "aliases": [
+                    {
+                        "name": "auto",
+                        "default": "llama-8b",
+                        "rules": [
+                            {"model": "llama-70b", "max_tokens_gt": 512},
+                            {"model": "llama-70b", "messages_chars_gt": 200},
+                            {"model": "llama-70b", "header": {"X-Tier": "large"}},
+                        ],
+                    }
+                ],
+                "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "acme", "team": "search"}],
+                "max_body_bytes": 4096,
+            }
+        )
         os.environ[EXT_KEY_ENV] = EXT_KEY  # read once, when the gateway starts
         url = stack.enter_context(serve(create_app(config, stack_settings)))
         yield Fleet(small, large, broken, hanging, url)
@@ -112,7 +137,9 @@ async def test_missing_or_invalid_key_is_401_counted_but_writes_no_event(fleet: 
         one = await anon.get("/v1/models/llama-8b")
     for response in (missing, wrong, models, one):
         assert response.status_code == 401
-        assert set(response.json()["error"]) == {"message", "type", "param", "code"} and response.json()["error"]["code"] == "invalid_api_key"
+        assert (
+            set(response.json()["error"]) == {"message", "type", "param", "code"} and response.json()["error"]["code"] == "invalid_api_key"
+        )
     since = now()
     authenticated = await client.post("/v1/chat/completions", json=chat())  # its event comes after any the refused ones had
     assert authenticated.status_code == 200
@@ -128,13 +155,19 @@ async def test_alias_routes_small_by_default_and_large_by_rule(fleet: Fleet, cli
     by_chars = await client.post("/v1/chat/completions", json=chat("word " * 50))
     by_header = await client.post("/v1/chat/completions", json=chat("a b c"), headers={"x-tier": "large"})
     assert [r.status_code for r in (default, by_tokens, by_chars, by_header)] == [200] * 4
-    assert default.json()["model"] == "meta-llama/Llama-3.1-8B-Instruct" and fleet.small.requests[-1]["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (
+        default.json()["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+        and fleet.small.requests[-1]["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    )
     assert {r.json()["model"] for r in (by_tokens, by_chars, by_header)} == {"llama-70b"}
     assert "authorization" not in fleet.small.headers_seen[-1] or SECRET not in fleet.small.headers_seen[-1]["authorization"]
     events = sorted(await tap.events(ours(since), 4), key=lambda e: e.request_start)
     assert [(e.deployment, e.model, e.prompt_tokens, e.completion_tokens) for e in events] == [
-        ("llama-8b-a", "meta-llama/Llama-3.1-8B-Instruct", 3, 5), ("llama-70b-a", "llama-70b", 3, 600),
-        ("llama-70b-a", "llama-70b", 50, 5), ("llama-70b-a", "llama-70b", 3, 5)]
+        ("llama-8b-a", "meta-llama/Llama-3.1-8B-Instruct", 3, 5),
+        ("llama-70b-a", "llama-70b", 3, 600),
+        ("llama-70b-a", "llama-70b", 50, 5),
+        ("llama-70b-a", "llama-70b", 3, 5),
+    ]
     assert events[0].gpu_uuids == ["GPU-b0"] and events[1].gpu_uuids == ["GPU-a0", "GPU-a1"] and events[1].node == "gpu-node-a"
     assert all(e.status == "ok" and e.backend == "vllm" and e.endpoint == "chat.completions" for e in events)
 
@@ -145,7 +178,13 @@ async def test_backend_500_falls_back_to_the_next(fleet: Fleet, client: httpx.As
     assert response.status_code == 200 and response.json()["choices"][0]["text"] == "tok0 tok1 tok2 "
     assert len(fleet.broken.requests) == before + 1, "the first target must have been tried"
     [event] = await tap.events(ours(since), 1)
-    assert (event.status, event.deployment, event.endpoint, event.prompt_tokens, event.completion_tokens) == ("ok", "llama-70b-a", "completions", 3, 3)
+    assert (event.status, event.deployment, event.endpoint, event.prompt_tokens, event.completion_tokens) == (
+        "ok",
+        "llama-70b-a",
+        "completions",
+        3,
+        3,
+    )
 
 
 async def test_timeouts_and_unreachable_backends_are_504_and_502(client: httpx.AsyncClient, tap: UsageTap) -> None:
@@ -175,8 +214,12 @@ async def test_bad_requests_are_rejected_with_a_message_that_says_what_to_fix(cl
     unknown = await client.post("/v1/chat/completions", json={**chat(), "model": "gpt-17"})
     too_big = await client.post("/v1/chat/completions", json=chat("x" * 5000))
     assert (bad_json.status_code, bad_json.json()["error"]["code"]) == (400, "invalid_json")
-    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "model_not_found") and "llama-8b" in unknown.json()["error"]["message"]
-    assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "request_too_large") and "4096" in too_big.json()["error"]["message"]
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "model_not_found") and "llama-8b" in unknown.json()["error"][
+        "message"
+    ]
+    assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "request_too_large") and "4096" in too_big.json()["error"][
+        "message"
+    ]
     events = sorted(await tap.events(ours(since), 3), key=lambda e: e.request_start)
     assert [(e.status, e.model) for e in events] == [("rejected", ""), ("rejected", "gpt-17"), ("rejected", "")]
 
@@ -184,8 +227,12 @@ async def test_bad_requests_are_rejected_with_a_message_that_says_what_to_fix(cl
 async def test_streaming_meters_and_hides_the_injected_usage_chunk(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:
     since = now()
     plain = await client.post("/v1/chat/completions", json=chat("one two", stream=True, max_tokens=4))
-    assert fleet.small.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}, "vLLM backends get usage in every chunk"
-    asked = await client.post("/v1/chat/completions", json=chat("one two three", stream=True, max_tokens=2, stream_options={"include_usage": True}))
+    assert fleet.small.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}, (
+        "vLLM backends get usage in every chunk"
+    )
+    asked = await client.post(
+        "/v1/chat/completions", json=chat("one two three", stream=True, max_tokens=2, stream_options={"include_usage": True})
+    )
     completion = await client.post("/v1/completions", json={"model": "llama-8b", "prompt": "p q r s", "stream": True, "max_tokens": 3})
     await client.post("/v1/chat/completions", json={**chat("one two", stream=True, max_tokens=3), "model": "ext-model"})
     assert fleet.small.requests[-1]["stream_options"] == {"include_usage": True}, "OpenAI's API does not know continuous_usage_stats"
@@ -198,7 +245,9 @@ async def test_streaming_meters_and_hides_the_injected_usage_chunk(fleet: Fleet,
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 2
     assert all('"usage"' not in e for e in asked_events[:-2]), "per-chunk usage was not asked for by this client"
     completion_events = completion.text.split("\n\n")[:-1]
-    assert len(completion_events) == 3 + 1 and all(e.endswith(',"usage":null}') for e in completion_events[:-1]), "vLLM's completions write usage null"
+    assert len(completion_events) == 3 + 1 and all(e.endswith(',"usage":null}') for e in completion_events[:-1]), (
+        "vLLM's completions write usage null"
+    )
     events = sorted(await tap.events(ours(since), 4), key=lambda e: e.request_start)
     assert [(e.prompt_tokens, e.completion_tokens, e.status) for e in events] == [(2, 4, "ok"), (3, 2, "ok"), (4, 3, "ok"), (2, 3, "ok")]
     assert all(e.ttft_ms is not None and e.ttft_ms <= e.latency_ms for e in events)
@@ -208,7 +257,9 @@ STORY = "tell me an extraordinarily long story"  # 6 tokens to the fake, 10 by t
 
 
 @pytest.mark.parametrize("model", ["llama-8b", "ext-model"])
-async def test_streaming_client_that_hangs_up_is_charged_for_what_it_was_sent(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap, model: str) -> None:
+async def test_streaming_client_that_hangs_up_is_charged_for_what_it_was_sent(
+    fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap, model: str
+) -> None:
     since = now()
     fleet.small.token_delay_s = 0.1
     try:
@@ -219,7 +270,9 @@ async def test_streaming_client_that_hangs_up_is_charged_for_what_it_was_sent(fl
     assert event.status == "client_disconnected" and event.latency_ms < 3000  # not the 5 s the full answer would take
     # vLLM: exact counts from per-chunk usage; an external API: chunks relayed and a prompt estimated at 4 characters a token
     expected_prompt = len(STORY.split()) if model == "llama-8b" else math.ceil(len(STORY) / 4)
-    assert event.prompt_tokens == expected_prompt and 3 <= event.completion_tokens <= 4, event  # a 4th token may be relayed as the hang-up travels
+    assert event.prompt_tokens == expected_prompt and 3 <= event.completion_tokens <= 4, (
+        event
+    )  # a 4th token may be relayed as the hang-up travels
     assert event.usage_estimated is (model == "ext-model"), "estimates are flagged as such, reported counts are not"
 
 
@@ -241,17 +294,27 @@ async def test_models_embeddings_and_metrics(client: httpx.AsyncClient, tap: Usa
     assert (event.endpoint, event.prompt_tokens, event.completion_tokens) == ("embeddings", 4, 0)
     metrics = (await client.get("/metrics")).text
     check_metrics(metrics)
-    assert "gpuledger_usage_events_published_total" in metrics and 'gpuledger_gateway_requests_total{endpoint="embeddings",status="ok"}' in metrics
+    assert (
+        "gpuledger_usage_events_published_total" in metrics
+        and 'gpuledger_gateway_requests_total{endpoint="embeddings",status="ok"}' in metrics
+    )
     assert 'gpuledger_gateway_request_duration_seconds_count{endpoint="embeddings"}' in metrics
     assert 'gpuledger_gateway_upstream_duration_seconds_bucket{backend="vllm-8b",le="0.005"}' in metrics
     assert 'gpuledger_gateway_upstream_responses_total{backend="vllm-8b",status="200"}' in metrics
 
 
-async def test_tracing_headers_go_upstream_credentials_do_not_and_the_request_id_comes_back(fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap) -> None:
+async def test_tracing_headers_go_upstream_credentials_do_not_and_the_request_id_comes_back(
+    fleet: Fleet, client: httpx.AsyncClient, tap: UsageTap
+) -> None:
     since = now()
     fleet.small.request_id_headers = True
     try:
-        sent = {"x-request-id": f"req-{RUN}", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "x-custom": "no", "cookie": "c=1"}
+        sent = {
+            "x-request-id": f"req-{RUN}",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "x-custom": "no",
+            "cookie": "c=1",
+        }
         plain = await client.post("/v1/chat/completions", json={**chat(), "model": "ext-model"}, headers=sent)
         seen = fleet.small.headers_seen[-1]
         streamed = await client.post("/v1/chat/completions", json={**chat(stream=True), "model": "llama-8b"})

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from gpuledger.settings import GatewayConfig, SettingsError, load_settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "inference" / "gateway.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "inference" / "gateway" / "gateway.example.yaml"
 
 
 def load_config(path: Path) -> GatewayConfig:
@@ -24,18 +24,27 @@ def test_example_config_loads() -> None:
     assert {a.name for a in config.aliases} == {"auto"} and config.backends[2].api_key_env == "OPENAI_API_KEY"
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"models": [{"name": "m", "targets": [{"backend": "missing"}]}]}, "unknown backend 'missing'"),
-    ({"aliases": [{"name": "auto", "default": "nope"}]}, "unknown model 'nope'"),
-    ({"aliases": [{"name": "m", "default": "m"}]}, "shadows a model"),
-    ({"forward_headers": ["x-request-id", "Authorization"]}, "may not include \\['authorization'\\]"),
-    ({"aliases": [{"name": "auto", "default": "m", "baseline": "gpt-5"}]}, "baseline 'gpt-5', which is not a model"),
-    ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "x"}, {"model": "m", "name": "x"}]}]}, "named \\['x'\\] more than once"),
-    ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "fallback:1"}]}]}, "may not be empty"),
-    ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "default"}]}]}, "may not be empty"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"models": [{"name": "m", "targets": [{"backend": "missing"}]}]}, "unknown backend 'missing'"),
+        ({"aliases": [{"name": "auto", "default": "nope"}]}, "unknown model 'nope'"),
+        ({"aliases": [{"name": "m", "default": "m"}]}, "shadows a model"),
+        ({"forward_headers": ["x-request-id", "Authorization"]}, "may not include \\['authorization'\\]"),
+        ({"aliases": [{"name": "auto", "default": "m", "baseline": "gpt-5"}]}, "baseline 'gpt-5', which is not a model"),
+        (
+            {"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "x"}, {"model": "m", "name": "x"}]}]},
+            "named \\['x'\\] more than once",
+        ),
+        ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "fallback:1"}]}]}, "may not be empty"),
+        ({"aliases": [{"name": "auto", "default": "m", "rules": [{"model": "m", "name": "default"}]}]}, "may not be empty"),
+    ],
+)
 def test_broken_references_are_explained(change: dict[str, object], message: str) -> None:
-    base = {"backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}], "models": [{"name": "m", "targets": [{"backend": "b"}]}]}
+    base = {
+        "backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}],
+        "models": [{"name": "m", "targets": [{"backend": "b"}]}],
+    }
     with pytest.raises(ValidationError, match=message):
         GatewayConfig.model_validate({**base, **change})
 
@@ -50,7 +59,10 @@ def test_keys_file_adds_virtual_keys_and_refuses_duplicates(tmp_path: Path) -> N
     loaded = load_config(config)
     assert [k.id for k in loaded.keys] == ["key-search-ranker", "key-finance"] and loaded.keys[1].sha256 == digest
     keys.write_text(f"keys:\n  - {{id: key-search-ranker, sha256: {digest}, org: finance}}\n")
-    with pytest.raises(SettingsError, match=rf"gateway: .*virtual key id \['key-search-ranker'\] appears more than once in keys and its keys_file .*\(in {config}\)"):
+    with pytest.raises(
+        SettingsError,
+        match=rf"gateway: .*virtual key id \['key-search-ranker'\] appears more than once in keys and its keys_file .*\(in {config}\)",
+    ):
         load_config(config)
     keys.write_text("- {id: k, sha256: x}\n")
     with pytest.raises(ValueError, match="expected a YAML mapping with a `keys:` list"):
@@ -59,7 +71,10 @@ def test_keys_file_adds_virtual_keys_and_refuses_duplicates(tmp_path: Path) -> N
 
 def test_inline_keys_with_the_same_digest_are_refused() -> None:
     """Two inline keys sharing a sha256 would make the caller ambiguous; refused without any keys_file."""
-    base = {"backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}], "models": [{"name": "m", "targets": [{"backend": "b"}]}]}
+    base = {
+        "backends": [{"name": "b", "kind": "vllm", "base_url": "http://x/v1"}],
+        "models": [{"name": "m", "targets": [{"backend": "b"}]}],
+    }
     digest = "b" * 64
     keys = [{"id": "key-a", "sha256": digest, "org": "finance"}, {"id": "key-b", "sha256": digest, "org": "search"}]
     with pytest.raises(ValidationError, match=rf"virtual key sha256 \['{digest}'\] appears more than once in keys \["):

@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from gpuledger.settings import Settings
-from inference.gateway import create_app
-from inference.gateway_config import GatewayConfig
-from inference.openai_usage import MAX_TOKENS
-from inference.server import uvicorn_config
+from inference.gateway.app import create_app
+from inference.gateway.config import GatewayConfig
+from inference.gateway.server import uvicorn_config
+from inference.metering.openai_usage import MAX_TOKENS
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.raw_upstream import RawUpstream, http_reply, raw_upstream
 from tests.inference.servers import serve, serve_config
@@ -47,13 +47,25 @@ def setup(stack_settings: Settings) -> Iterator[Setup]:
     with ExitStack() as stack:
         raw = stack.enter_context(raw_upstream())
         good = stack.enter_context(serve(FakeVllm().app()))
-        config = GatewayConfig.model_validate({
-            "backends": [{"name": "raw", "kind": "openai", "base_url": raw.url + "/v1"}, {"name": "good", "kind": "vllm", "base_url": good + "/v1"}],
-            "models": [{"name": "raw-model", "targets": [{"backend": "raw"}]}, {"name": "good-model", "targets": [{"backend": "good"}]}],
-            "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "hostile"}],
-            "header_timeout_s": 1.0, "body_timeout_s": 1.0, "max_client_connections": MAX_CONNECTIONS,
-        })
-        url = stack.enter_context(serve_config(uvicorn_config(create_app(config, stack_settings), config, host="127.0.0.1", port=0, timeout_graceful_shutdown=2)))
+        config = GatewayConfig.model_validate(
+            {
+                "backends": [
+                    {"name": "raw", "kind": "openai", "base_url": raw.url + "/v1"},
+                    {"name": "good", "kind": "vllm", "base_url": good + "/v1"},
+                ],
+                "models": [
+                    {"name": "raw-model", "targets": [{"backend": "raw"}]},
+                    {"name": "good-model", "targets": [{"backend": "good"}]},
+                ],
+                "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "hostile"}],
+                "header_timeout_s": 1.0,
+                "body_timeout_s": 1.0,
+                "max_client_connections": MAX_CONNECTIONS,
+            }
+        )
+        url = stack.enter_context(
+            serve_config(uvicorn_config(create_app(config, stack_settings), config, host="127.0.0.1", port=0, timeout_graceful_shutdown=2))
+        )
         yield Setup(raw, url)
 
 
@@ -73,7 +85,11 @@ def chat(model: str = "raw-model", **extra: object) -> dict[str, object]:
 
 
 def answer(usage: str) -> bytes:
-    return b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":' + usage.encode() + b"}"
+    return (
+        b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":'
+        + usage.encode()
+        + b"}"
+    )
 
 
 HOSTILE_USAGE = [  # what the backend reports -> the prompt tokens metered (always flagged as estimated)
@@ -92,7 +108,10 @@ async def test_out_of_range_usage_is_clamped_flagged_and_publishing_goes_on(setu
         setup.raw.reply = http_reply(answer(usage))
         response = await client.post("/v1/chat/completions", json=chat())
         assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "hi"
-    setup.raw.reply = http_reply(b"data: " + answer('{"prompt_tokens":1e400,"completion_tokens":-1}').replace(b'"message"', b'"delta"') + b"\n\ndata: [DONE]\n\n", content_type=b"text/event-stream")
+    setup.raw.reply = http_reply(
+        b"data: " + answer('{"prompt_tokens":1e400,"completion_tokens":-1}').replace(b'"message"', b'"delta"') + b"\n\ndata: [DONE]\n\n",
+        content_type=b"text/event-stream",
+    )
     streamed = await client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
     setup.raw.reply = http_reply(answer('{"prompt_tokens":' + "9" * 5000 + ',"completion_tokens":2}'))  # past Python's int-parsing limit
@@ -102,17 +121,33 @@ async def test_out_of_range_usage_is_clamped_flagged_and_publishing_goes_on(setu
     assert normal.status_code == 200
     events = sorted(await tap.events(match, len(HOSTILE_USAGE) + 3), key=lambda e: e.request_start)
     unreadable = events.pop(-2)
-    assert (unreadable.prompt_tokens, unreadable.completion_tokens, unreadable.usage_estimated) == (1, 0, True), "the prompt estimated, flagged"
-    assert [(e.prompt_tokens, e.completion_tokens, e.usage_estimated, e.status) for e in events[:-2]] == [(p, 2, True, "ok") for _, p in HOSTILE_USAGE]
-    assert (events[-2].prompt_tokens, events[-2].completion_tokens, events[-2].usage_estimated, events[-2].status) == (MAX_TOKENS, 0, True, "ok")
+    assert (unreadable.prompt_tokens, unreadable.completion_tokens, unreadable.usage_estimated) == (1, 0, True), (
+        "the prompt estimated, flagged"
+    )
+    assert [(e.prompt_tokens, e.completion_tokens, e.usage_estimated, e.status) for e in events[:-2]] == [
+        (p, 2, True, "ok") for _, p in HOSTILE_USAGE
+    ]
+    assert (events[-2].prompt_tokens, events[-2].completion_tokens, events[-2].usage_estimated, events[-2].status) == (
+        MAX_TOKENS,
+        0,
+        True,
+        "ok",
+    )
     assert (events[-1].prompt_tokens, events[-1].usage_estimated, events[-1].status) == (2, False, "ok"), "the publisher is still alive"
 
 
 async def test_invalid_upstream_headers_are_dropped_valid_ones_pass(setup: Setup, client: httpx.AsyncClient, tap: UsageTap) -> None:
     match = ours()
-    setup.raw.reply = http_reply(answer('{"prompt_tokens":2,"completion_tokens":1}'), headers=(
-        "x-request-id: caf\u00e9-\u2603\r\n".encode() + b"x-ratelimit-remaining-tokens: 5\x01\r\nx-ratelimit-limit-requests: 10\r\n"
-        + b"openai-processing-ms: " + b"9" * 600 + b"\r\nset-cookie: a=b\r\n"))
+    setup.raw.reply = http_reply(
+        answer('{"prompt_tokens":2,"completion_tokens":1}'),
+        headers=(
+            "x-request-id: caf\u00e9-\u2603\r\n".encode()
+            + b"x-ratelimit-remaining-tokens: 5\x01\r\nx-ratelimit-limit-requests: 10\r\n"
+            + b"openai-processing-ms: "
+            + b"9" * 600
+            + b"\r\nset-cookie: a=b\r\n"
+        ),
+    )
     response = await client.post("/v1/chat/completions", json=chat())
     assert response.status_code == 200 and response.headers["x-ratelimit-limit-requests"] == "10"
     assert not {"x-request-id", "x-ratelimit-remaining-tokens", "openai-processing-ms", "set-cookie"} & set(response.headers)
@@ -120,14 +155,19 @@ async def test_invalid_upstream_headers_are_dropped_valid_ones_pass(setup: Setup
     assert (event.status, event.prompt_tokens) == ("ok", 2)
 
 
-@pytest.mark.parametrize("reply", [
-    b"NOT HTTP AT ALL\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"trunc",
-    b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n{}",
-    b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\n{}",
-    b"",
-])
-async def test_anything_an_upstream_sends_is_a_clean_502_and_metered(setup: Setup, client: httpx.AsyncClient, tap: UsageTap, reply: bytes) -> None:
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{"trunc',
+        b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n{}",
+        b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\n{}",
+        b"",
+    ],
+)
+async def test_anything_an_upstream_sends_is_a_clean_502_and_metered(
+    setup: Setup, client: httpx.AsyncClient, tap: UsageTap, reply: bytes
+) -> None:
     match = ours()
     setup.raw.reply = reply
     response = await client.post("/v1/chat/completions", json=chat())
@@ -140,7 +180,11 @@ async def test_anything_an_upstream_sends_is_a_clean_502_and_metered(setup: Setu
 async def test_an_overlong_model_name_is_refused_and_never_stored_whole(client: httpx.AsyncClient, tap: UsageTap) -> None:
     match = ours()
     response = await client.post("/v1/chat/completions", json=chat("m" * 20_000))
-    assert response.status_code == 400 and response.json()["error"]["code"] == "model_too_long" and "256" in response.json()["error"]["message"]
+    assert (
+        response.status_code == 400
+        and response.json()["error"]["code"] == "model_too_long"
+        and "256" in response.json()["error"]["message"]
+    )
     [event] = await tap.events(match, 1)
     assert (event.status, len(event.model)) == ("rejected", 256)
 
@@ -178,7 +222,9 @@ async def test_slow_and_silent_clients_are_disconnected_after_the_header_timeout
 
 async def test_a_body_that_does_not_arrive_is_408(setup: Setup) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", int(setup.url.rsplit(":", 1)[1]))
-    writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\"".encode())
+    writer.write(
+        f'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"model"'.encode()
+    )
     await writer.drain()
     started = time.monotonic()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -208,7 +254,9 @@ async def test_a_backend_breaking_off_after_done_leaves_the_stream_ok(setup: Set
     chunk = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
     usage = b'data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}\n\n'
     body = chunk + usage + b"data: [DONE]\n\n"
-    setup.raw.reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: " + str(len(body) + 1000).encode() + b"\r\n\r\n" + body
+    setup.raw.reply = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: " + str(len(body) + 1000).encode() + b"\r\n\r\n" + body
+    )
     response = await client.post("/v1/chat/completions", json=chat(stream=True))
     assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n") and '"error"' not in response.text
     [event] = await tap.events(match, 1)

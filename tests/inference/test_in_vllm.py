@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from gpuledger.settings import Settings
-from inference.events import key_id_for_secret
+from inference.metering.events import key_id_for_secret
 from tests.inference.usage_tap import UsageTap
 
 pytest.importorskip("vllm")
@@ -33,11 +33,30 @@ def vllm_url(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
-           "GPULEDGER_TOPICS__INFERENCE_USAGE": stack_settings.topics.inference_usage, "NODE_NAME": "test-node", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
+        "GPULEDGER_TOPICS__INFERENCE_USAGE": stack_settings.topics.inference_usage,
+        "NODE_NAME": "test-node",
+        "PYTHONPATH": str(ROOT),
+    }
     log = (tmp_path_factory.mktemp("vllm") / "vllm.log").open("wb")
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL, "--host", "127.0.0.1", "--port", str(port),
-            "--max-model-len", "1024", "--enable-prompt-tokens-details", "--middleware", "inference.vllm_middleware.UsageMeteringMiddleware"]
+    argv = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "1024",
+        "--enable-prompt-tokens-details",
+        "--middleware",
+        "inference.vllm_meter.middleware.UsageMeteringMiddleware",
+    ]
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:

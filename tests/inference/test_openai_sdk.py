@@ -26,8 +26,8 @@ import openai
 import pytest
 
 from gpuledger.settings import Settings
-from inference.gateway import Gateway
-from inference.gateway_config import GatewayConfig
+from inference.gateway.app import Gateway
+from inference.gateway.config import GatewayConfig
 from schemas import BudgetStatus, codec_for
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.gateway_metrics import refusals
@@ -49,17 +49,30 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(stack_settings: Settings) -> Iterator[Setup]:
-    backend, limited = FakeVllm(done_delay_s=0.25), FakeVllm(fail_status=429, extra_headers={"retry-after-ms": "1500", "x-ratelimit-reset-requests": "1.5s"})
+    backend, limited = (
+        FakeVllm(done_delay_s=0.25),
+        FakeVllm(fail_status=429, extra_headers={"retry-after-ms": "1500", "x-ratelimit-reset-requests": "1.5s"}),
+    )
     with ExitStack() as stack:
         urls = [stack.enter_context(serve(fake.app())) for fake in (backend, limited)]
-        config = GatewayConfig.model_validate({
-            "backends": [{"name": "vllm", "kind": "vllm", "base_url": urls[0] + "/v1"}, {"name": "ext", "kind": "openai", "base_url": urls[0] + "/v1"},
-                         {"name": "busy", "kind": "openai", "base_url": urls[1] + "/v1"}],
-            "models": [{"name": "llama", "targets": [{"backend": "vllm"}]}, {"name": "ext-model", "targets": [{"backend": "ext"}]},
-                       {"name": "busy-model", "targets": [{"backend": "busy"}]}],
-            "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": f"sdk-{RUN}"},
-                     {"id": BLOCKED_KEY_ID, "sha256": hashlib.sha256(BLOCKED_SECRET.encode()).hexdigest(), "org": f"sdk-blocked-{RUN}"}],
-        })
+        config = GatewayConfig.model_validate(
+            {
+                "backends": [
+                    {"name": "vllm", "kind": "vllm", "base_url": urls[0] + "/v1"},
+                    {"name": "ext", "kind": "openai", "base_url": urls[0] + "/v1"},
+                    {"name": "busy", "kind": "openai", "base_url": urls[1] + "/v1"},
+                ],
+                "models": [
+                    {"name": "llama", "targets": [{"backend": "vllm"}]},
+                    {"name": "ext-model", "targets": [{"backend": "ext"}]},
+                    {"name": "busy-model", "targets": [{"backend": "busy"}]},
+                ],
+                "keys": [
+                    {"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": f"sdk-{RUN}"},
+                    {"id": BLOCKED_KEY_ID, "sha256": hashlib.sha256(BLOCKED_SECRET.encode()).hexdigest(), "org": f"sdk-blocked-{RUN}"},
+                ],
+            }
+        )
         gateway = Gateway(config, stack_settings)
         url = stack.enter_context(serve(gateway.app()))
         yield Setup(backend, limited, gateway, url)
@@ -82,7 +95,9 @@ async def test_streams_the_sdk_reads_to_done_are_ok_though_the_body_ends_later(s
     texts = []
     for i in range(6):
         usage_asked = {"stream_options": {"include_usage": True}} if i % 2 else {}
-        stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "one two three"}], max_tokens=4, stream=True, **usage_asked)  # type: ignore[call-overload]
+        stream = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "one two three"}], max_tokens=4, stream=True, **usage_asked
+        )  # type: ignore[call-overload]
         texts.append("".join(c.choices[0].delta.content or "" for c in [chunk async for chunk in stream] if c.choices))
     await client.close()
     assert texts == ["tok0 tok1 tok2 tok3 "] * 6
@@ -93,8 +108,18 @@ async def test_streams_the_sdk_reads_to_done_are_ok_though_the_body_ends_later(s
 def block(setup: Setup) -> None:
     """The worker's word that the blocked key's org is over its hard budget for 10 more minutes (as read from the status topic)."""
     end = datetime.now(UTC) + timedelta(minutes=10)
-    status = BudgetStatus(budget_id=f"sdk-hard-{RUN}", org=f"sdk-blocked-{RUN}", mode="hard", period_start=end - timedelta(days=1), period_end=end,
-                          spend=Decimal("10.5"), amount=Decimal("10"), currency="USD", exhausted=True, evaluated_at=datetime.now(UTC))
+    status = BudgetStatus(
+        budget_id=f"sdk-hard-{RUN}",
+        org=f"sdk-blocked-{RUN}",
+        mode="hard",
+        period_start=end - timedelta(days=1),
+        period_end=end,
+        spend=Decimal("10.5"),
+        amount=Decimal("10"),
+        currency="USD",
+        exhausted=True,
+        evaluated_at=datetime.now(UTC),
+    )
     assert setup.gateway.budgets is not None
     setup.gateway.budgets.apply(status.budget_id.encode(), codec_for(BudgetStatus).encode(status))
 
@@ -111,7 +136,9 @@ async def test_budget_429_is_not_retried_and_a_repeated_request_id_is_metered_on
     assert refusals(setup.url, "budget") == before + 1, "the SDK must not have retried"
     for _ in range(3):  # a script retrying with the same request id: refused each time, metered once
         with pytest.raises(openai.RateLimitError):
-            await client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": f"same-{RUN}"})
+            await client.chat.completions.create(
+                model="llama", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": f"same-{RUN}"}
+            )
     await client.close()
     assert refusals(setup.url, "budget") == before + 4
     events = await tap.events(match, 2)
@@ -119,23 +146,37 @@ async def test_budget_429_is_not_retried_and_a_repeated_request_id_is_metered_on
 
 
 async def test_upstream_rate_limit_and_processing_headers_reach_the_client(setup: Setup) -> None:
-    setup.backend.extra_headers = {"x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-tokens": "6ms", "openai-processing-ms": "12",
-                                   "set-cookie": "session=secret", "server": "upstream/1.0"}
+    setup.backend.extra_headers = {
+        "x-ratelimit-remaining-requests": "99",
+        "x-ratelimit-reset-tokens": "6ms",
+        "openai-processing-ms": "12",
+        "set-cookie": "session=secret",
+        "server": "upstream/1.0",
+    }
     client = sdk(setup, max_retries=0)
     try:
         raw = await client.chat.completions.with_raw_response.create(model="ext-model", messages=[{"role": "user", "content": "hi"}])
-        streamed = await client.chat.completions.with_raw_response.create(model="llama", messages=[{"role": "user", "content": "hi"}], stream=True)
+        streamed = await client.chat.completions.with_raw_response.create(
+            model="llama", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         async for _ in streamed.parse():  # type: ignore[union-attr]
             pass
     finally:
         setup.backend.extra_headers = {}
     for headers in (raw.headers, streamed.headers):
-        assert (headers["x-ratelimit-remaining-requests"], headers["x-ratelimit-reset-tokens"], headers["openai-processing-ms"]) == ("99", "6ms", "12")
+        assert (headers["x-ratelimit-remaining-requests"], headers["x-ratelimit-reset-tokens"], headers["openai-processing-ms"]) == (
+            "99",
+            "6ms",
+            "12",
+        )
         assert "set-cookie" not in headers and headers.get("server") != "upstream/1.0"
     with pytest.raises(openai.RateLimitError) as limited:
         await client.chat.completions.create(model="busy-model", messages=[{"role": "user", "content": "hi"}])
     await client.close()
-    assert (limited.value.response.headers["retry-after-ms"], limited.value.response.headers["x-ratelimit-reset-requests"]) == ("1500", "1.5s")
+    assert (limited.value.response.headers["retry-after-ms"], limited.value.response.headers["x-ratelimit-reset-requests"]) == (
+        "1500",
+        "1.5s",
+    )
 
 
 async def test_models_retrieve_and_unknown_routes_answer_in_openai_shape(setup: Setup) -> None:
@@ -151,8 +192,16 @@ async def test_models_retrieve_and_unknown_routes_answer_in_openai_shape(setup: 
     async with httpx.AsyncClient(base_url=setup.url, headers={"Authorization": f"Bearer {SECRET}"}) as raw:
         wrong_method = await raw.delete("/v1/chat/completions")
         nowhere = await raw.get("/v2/anything")
-    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST" and wrong_method.json()["error"]["code"] == "method_not_allowed"
-    assert nowhere.status_code == 404 and nowhere.headers["content-type"] == "application/json" and set(nowhere.json()["error"]) == {"message", "type", "param", "code"}
+    assert (
+        wrong_method.status_code == 405
+        and wrong_method.headers["allow"] == "POST"
+        and wrong_method.json()["error"]["code"] == "method_not_allowed"
+    )
+    assert (
+        nowhere.status_code == 404
+        and nowhere.headers["content-type"] == "application/json"
+        and set(nowhere.json()["error"]) == {"message", "type", "param", "code"}
+    )
 
 
 NODE_SDK = Path(__file__).parent / "node_sdk"
@@ -175,8 +224,15 @@ async def test_the_node_sdk_streams_ok_and_does_not_retry_a_budget_429(setup: Se
     block(setup)
     match, before = since_now(), refusals(setup.url, "budget")
     target = await asyncio.to_thread(node_sdk_dir)
-    result = await asyncio.to_thread(subprocess.run, ["node", "stream_chat.mjs", setup.url + "/v1", SECRET, BLOCKED_SECRET, "llama"],
-                                     cwd=target, capture_output=True, text=True, timeout=60, check=False)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["node", "stream_chat.mjs", setup.url + "/v1", SECRET, BLOCKED_SECRET, "llama"],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["text"] == "tok0 tok1 tok2 tok3 "

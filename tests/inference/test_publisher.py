@@ -10,16 +10,27 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 
 from gpuledger.settings import KafkaSettings, Settings
-from inference.openai_usage import MAX_TOKENS
-from inference.publisher import UsagePublisher
+from inference.metering.openai_usage import MAX_TOKENS
+from inference.metering.publisher import UsagePublisher
 from schemas import InferenceUsage
 from tests.inference.usage_tap import UsageTap
 
 
 def event(key_id: str) -> InferenceUsage:
     now = datetime.now(UTC)
-    return InferenceUsage(event_id=uuid.uuid4().hex, request_start=now, request_end=now, key_id=key_id, model="m", backend="vllm",
-                          prompt_tokens=1, completion_tokens=2, latency_ms=1.0, status="ok", endpoint="completions")
+    return InferenceUsage(
+        event_id=uuid.uuid4().hex,
+        request_start=now,
+        request_end=now,
+        key_id=key_id,
+        model="m",
+        backend="vllm",
+        prompt_tokens=1,
+        completion_tokens=2,
+        latency_ms=1.0,
+        status="ok",
+        endpoint="completions",
+    )
 
 
 def counter(name: str, **labels: str) -> float:
@@ -62,7 +73,13 @@ async def test_an_unencodable_event_is_replaced_by_a_flagged_one_and_the_publish
     await publisher.close()
     received = {e.event_id: e for e in await tap.events(lambda e: e.key_id == key_id, 4)}
     replaced = received.pop(huge.event_id)
-    assert (replaced.prompt_tokens, replaced.completion_tokens, replaced.usage_estimated, replaced.latency_ms, len(replaced.model)) == (MAX_TOKENS, 2, True, 0.0, 256)
+    assert (replaced.prompt_tokens, replaced.completion_tokens, replaced.usage_estimated, replaced.latency_ms, len(replaced.model)) == (
+        MAX_TOKENS,
+        2,
+        True,
+        0.0,
+        256,
+    )
     assert set(received) == {e.event_id for e in after} and not any(e.usage_estimated for e in received.values())
     assert counter("gpuledger_usage_events_replaced_total", component=component) == 1
     assert counter("gpuledger_usage_events_dropped_total", component=component, reason="unencodable") == 1

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from inference.events import (
+from inference.metering.events import (
     MAX_MODEL_CHARS,
     Placement,
     RequestContext,
     RequestMeter,
     request_context,
 )
-from inference.openai_usage import Usage
+from inference.metering.openai_usage import Usage
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -19,11 +19,17 @@ def scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
 
 
 def test_ids_come_from_their_headers_and_reach_the_event() -> None:
-    context = request_context(scope((b"x-request-id", b" req-1 "), (b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-01".encode()),
-                                    (b"x-gpuledger-session-id", b"chat-42")))
+    context = request_context(
+        scope(
+            (b"x-request-id", b" req-1 "),
+            (b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-01".encode()),
+            (b"x-gpuledger-session-id", b"chat-42"),
+        )
+    )
     assert context == RequestContext(client_request_id="req-1", trace_id=TRACE, session_id="chat-42")
-    event = RequestMeter("chat.completions", context).event(key_id="k", model="m", placement=Placement(backend="vllm"), usage=Usage(),
-                                                            status="ok", streamed=False)
+    event = RequestMeter("chat.completions", context).event(
+        key_id="k", model="m", placement=Placement(backend="vllm"), usage=Usage(), status="ok", streamed=False
+    )
     assert (event.client_request_id, event.trace_id, event.session_id) == ("req-1", TRACE, "chat-42")
 
 

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference.gateway_config import GatewayConfig
-from inference.routing import Router
+from inference.gateway.config import GatewayConfig
+from inference.gateway.routing import Router
 
-CONFIG = GatewayConfig.model_validate({
-    "backends": [{"name": "small", "kind": "openai", "base_url": "http://small/v1"}, {"name": "big", "kind": "openai", "base_url": "http://big/v1"}],
-    "models": [
-        {"name": "mini", "targets": [{"backend": "small", "model": "gpt-mini"}, {"backend": "big", "model": "gpt-big"}]},
-        {"name": "large", "targets": [{"backend": "big", "model": "gpt-big"}]},
-    ],
-    "aliases": [
-        {"name": "auto", "default": "mini", "baseline": "large", "rules": [
-            {"name": "long-prompt", "model": "large", "messages_chars_gt": 20},
-            {"model": "large", "header": {"X-Tier": "large"}},
-        ]},
-        {"name": "plain", "default": "mini"},
-    ],
-})
+CONFIG = GatewayConfig.model_validate(
+    {
+        "backends": [
+            {"name": "small", "kind": "openai", "base_url": "http://small/v1"},
+            {"name": "big", "kind": "openai", "base_url": "http://big/v1"},
+        ],
+        "models": [
+            {"name": "mini", "targets": [{"backend": "small", "model": "gpt-mini"}, {"backend": "big", "model": "gpt-big"}]},
+            {"name": "large", "targets": [{"backend": "big", "model": "gpt-big"}]},
+        ],
+        "aliases": [
+            {
+                "name": "auto",
+                "default": "mini",
+                "baseline": "large",
+                "rules": [
+                    {"name": "long-prompt", "model": "large", "messages_chars_gt": 20},
+                    {"model": "large", "header": {"X-Tier": "large"}},
+                ],
+            },
+            {"name": "plain", "default": "mini"},
+        ],
+    }
+)
 SCOPE: dict[str, Any] = {"headers": []}
 
 

@@ -6,15 +6,17 @@ import json
 
 import pytest
 
-from inference.openai_usage import StreamUsage, Usage
-from inference.sse_usage import SseUsageScanner
+from inference.metering.openai_usage import StreamUsage, Usage
+from inference.metering.sse_usage import SseUsageScanner
 
 HEAD = '"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m"'
 
 
 def chunk(content: str | None, usage: dict[str, int] | None = None, *, choices: bool = True) -> bytes:
     """A vLLM chat chunk, compact JSON; ``usage`` last as vLLM writes it."""
-    body = f'{{{HEAD},"choices":' + (f'[{{"index":0,"delta":{{"content":{json.dumps(content)}}},"logprobs":null,"finish_reason":null}}]' if choices else "[]")
+    body = f'{{{HEAD},"choices":' + (
+        f'[{{"index":0,"delta":{{"content":{json.dumps(content)}}},"logprobs":null,"finish_reason":null}}]' if choices else "[]"
+    )
     return (body + (f',"usage":{json.dumps(usage, separators=(",", ":"))}' if usage else "") + "}").encode()
 
 
@@ -28,7 +30,13 @@ def relay(scanner: SseUsageScanner, reads: list[bytes]) -> bytes:
 
 @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r", b"\r\n\n", b"\n\r\n"])
 def test_every_blank_line_form_ends_an_event(end: bytes) -> None:
-    events = [b"data: " + chunk(""), b"data: " + chunk("a "), b"data: " + chunk("b "), b"data: " + chunk(None, running(2), choices=False), b"data: [DONE]"]
+    events = [
+        b"data: " + chunk(""),
+        b"data: " + chunk("a "),
+        b"data: " + chunk("b "),
+        b"data: " + chunk(None, running(2), choices=False),
+        b"data: [DONE]",
+    ]
     stream = end.join(events) + end
     scanner = SseUsageScanner(StreamUsage(final=True, each=False))
     out = relay(scanner, [stream[i : i + 7] for i in range(0, len(stream), 7)])  # reads split everywhere, CR and LF apart too
@@ -67,7 +75,9 @@ def test_without_any_usage_the_relayed_chunks_count_and_the_prompt_is_estimated(
     stream = b"".join(b"data: " + chunk(c) + b"\n\n" for c in ["", "a ", "b ", "", "c "])
     assert relay(scanner, [stream]) == stream, "nothing to hide: the very same bytes"
     assert scanner.usage is None and scanner.relayed == 3
-    assert scanner.usage_or_estimate({"messages": [{"role": "user", "content": "x" * 9}]}) == Usage(prompt_tokens=3, completion_tokens=3, estimated=True)
+    assert scanner.usage_or_estimate({"messages": [{"role": "user", "content": "x" * 9}]}) == Usage(
+        prompt_tokens=3, completion_tokens=3, estimated=True
+    )
 
 
 def test_an_unterminated_last_event_is_released_on_flush() -> None:

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from gpuledger.settings import Settings
-from inference.events import key_id_for_secret
-from inference.meter_config import MeterSettings
-from inference.vllm_middleware import UsageMeteringMiddleware
+from inference.metering.events import key_id_for_secret
+from inference.vllm_meter.config import MeterSettings
+from inference.vllm_meter.middleware import UsageMeteringMiddleware
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
 from tests.inference.streaming_client import hang_up_after
@@ -70,9 +70,17 @@ def mine(secret: str):  # type: ignore[no-untyped-def]
 async def test_plain_chat_is_metered_with_exact_tokens(vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str) -> None:
     reset.cached_tokens = 3
     async with httpx.AsyncClient(base_url=vllm_url, headers={"Authorization": f"Bearer {secret}"}) as client:
-        response = await client.post("/v1/chat/completions", json={"model": "llama-8b", "max_tokens": 7, "messages": [{"role": "user", "content": "secret prompt words here"}]})
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "llama-8b", "max_tokens": 7, "messages": [{"role": "user", "content": "secret prompt words here"}]},
+        )
     assert response.status_code == 200
-    assert response.json()["usage"] == {"prompt_tokens": 4, "total_tokens": 11, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 3}}
+    assert response.json()["usage"] == {
+        "prompt_tokens": 4,
+        "total_tokens": 11,
+        "completion_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 3},
+    }
     [event] = await tap.events(mine(secret), 1)
     assert (event.prompt_tokens, event.completion_tokens, event.cached_prompt_tokens) == (4, 7, 3)
     assert (event.status, event.endpoint, event.model, event.backend) == ("ok", "chat.completions", "llama-8b", "vllm")
@@ -85,8 +93,13 @@ async def test_plain_chat_is_metered_with_exact_tokens(vllm_url: str, tap: Usage
 
 async def test_stream_asks_for_usage_and_hides_the_usage_chunk(vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str) -> None:
     async with httpx.AsyncClient(base_url=vllm_url, headers={"Authorization": f"Bearer {secret}"}) as client:
-        response = await client.post("/v1/chat/completions", json={"model": "llama-8b", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "one two three"}]})
-    assert reset.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}, "the middleware must ask vLLM for usage"
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "llama-8b", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "one two three"}]},
+        )
+    assert reset.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}, (
+        "the middleware must ask vLLM for usage"
+    )
     chunks = sse_chunks(response.text)
     assert len(chunks) == 1 + 6 + 1  # role, six tokens, [DONE]: no usage chunk for a client that did not ask
     assert all(c == "[DONE]" or (c["choices"] and "usage" not in c) for c in chunks)
@@ -115,10 +128,15 @@ async def test_embeddings_and_errors_are_metered(vllm_url: str, tap: UsageTap, r
         untouched = await client.get("/v1/models")
     assert (ok.status_code, failed.status_code, untouched.status_code) == (200, 500, 200)
     events = sorted(await tap.events(mine(secret), 2), key=lambda e: e.request_start)
-    assert [(e.endpoint, e.status, e.prompt_tokens, e.completion_tokens) for e in events] == [("embeddings", "ok", 5, 0), ("chat.completions", "error", 0, 0)]
+    assert [(e.endpoint, e.status, e.prompt_tokens, e.completion_tokens) for e in events] == [
+        ("embeddings", "ok", 5, 0),
+        ("chat.completions", "error", 0, 0),
+    ]
 
 
-async def test_client_disconnecting_mid_stream_is_charged_for_what_it_was_sent(vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str) -> None:
+async def test_client_disconnecting_mid_stream_is_charged_for_what_it_was_sent(
+    vllm_url: str, tap: UsageTap, reset: FakeVllm, secret: str
+) -> None:
     reset.token_delay_s = 0.1
     body = {"model": "llama-8b", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": "long answer please"}]}
     async with httpx.AsyncClient(base_url=vllm_url, headers={"Authorization": f"Bearer {secret}"}) as client:
@@ -132,10 +150,14 @@ async def test_client_disconnecting_mid_stream_is_charged_for_what_it_was_sent(v
 
 async def test_key_header_names_the_caller(stack_settings: Settings, fake: FakeVllm, tap: UsageTap) -> None:
     caller = f"team-{uuid.uuid4().hex[:8]}"
-    middleware = UsageMeteringMiddleware(fake.app(), settings=stack_settings, meter=MeterSettings(key_header="X-Caller-Id", deployment="llama-a"))
+    middleware = UsageMeteringMiddleware(
+        fake.app(), settings=stack_settings, meter=MeterSettings(key_header="X-Caller-Id", deployment="llama-a")
+    )
     with serve(middleware) as url:
         async with httpx.AsyncClient(base_url=url) as client:
-            response = await client.post("/v1/completions", headers={"x-caller-id": caller, "authorization": "Bearer sk-other"}, json={"model": "m", "prompt": "p q"})
+            response = await client.post(
+                "/v1/completions", headers={"x-caller-id": caller, "authorization": "Bearer sk-other"}, json={"model": "m", "prompt": "p q"}
+            )
     assert response.status_code == 200
     [event] = await tap.events(lambda e: e.key_id == caller, 1)
     assert (event.deployment, event.prompt_tokens, event.completion_tokens) == ("llama-a", 2, 5)
@@ -160,10 +182,16 @@ async def test_a_stream_the_openai_sdk_closes_after_done_is_ok(vllm_url: str, ta
 async def test_request_trace_and_session_ids_reach_the_event(vllm_url: str, tap: UsageTap, secret: str) -> None:
     """What cost per outcome joins on, read from the client's headers by the middleware itself."""
     trace = uuid.uuid4().hex
-    headers = {"Authorization": f"Bearer {secret}", "x-request-id": "req-vllm-1", "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
-               "x-gpuledger-session-id": "chat-9"}
+    headers = {
+        "Authorization": f"Bearer {secret}",
+        "x-request-id": "req-vllm-1",
+        "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+        "x-gpuledger-session-id": "chat-9",
+    }
     async with httpx.AsyncClient(base_url=vllm_url, headers=headers) as client:
-        response = await client.post("/v1/chat/completions", json={"model": "llama-8b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "llama-8b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+        )
     assert response.status_code == 200
     [event] = await tap.events(mine(secret), 1)
     assert (event.client_request_id, event.trace_id, event.session_id) == ("req-vllm-1", trace, "chat-9")

@@ -73,8 +73,9 @@ class UsageTap:
         assert len(found) == count, f"expected {count} usage events, got {len(found)}: {found}"
         return found
 
-    async def events_through(self, match: Callable[[InferenceUsage], bool], sentinel: Callable[[InferenceUsage], bool],
-                             timeout: float = 15.0) -> list[InferenceUsage]:
+    async def events_through(
+        self, match: Callable[[InferenceUsage], bool], sentinel: Callable[[InferenceUsage], bool], timeout: float = 15.0
+    ) -> list[InferenceUsage]:
         """Events matching ``match``, read until the first ``sentinel`` event and on to the topic's end as of then.
 
         The publisher sends events in the order requests finished, so once the event of a request made
@@ -89,7 +90,9 @@ class UsageTap:
 
         async def read() -> None:
             nonlocal seen
-            assert asyncio.get_running_loop().time() < deadline, f"no sentinel event within {timeout}s" if not seen else "topic end not reached"
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"no sentinel event within {timeout}s" if not seen else "topic end not reached"
+            )
             for records in (await consumer.getmany(timeout_ms=100)).values():
                 for record in records:
                     event = CODEC.decode(record.value)

@@ -29,20 +29,44 @@ def slack() -> Iterator[FakeSlack]:
         yield fake
 
 
-def alert(scope: str = "acme/ml", pct: int = 50, spend: str = "500", budget: str = "1000", kind: str = "threshold",
-          projected_breach: datetime | None = None, message: str = "") -> BudgetAlert:
+def alert(
+    scope: str = "acme/ml",
+    pct: int = 50,
+    spend: str = "500",
+    budget: str = "1000",
+    kind: str = "threshold",
+    projected_breach: datetime | None = None,
+    message: str = "",
+) -> BudgetAlert:
     budget_id = f"{scope}-monthly"
-    return BudgetAlert(alert_id=f"{budget_id}/{PERIOD.date()}/{kind}/{pct}", budget_id=budget_id, scope=scope, kind=kind,
-                       threshold_pct=pct, period_start=PERIOD, period_end=PERIOD + timedelta(days=31), spend=Decimal(spend),
-                       budget_amount=Decimal(budget), currency="USD", raised_at=PERIOD + timedelta(days=10),
-                       projected_breach=projected_breach, message=message)
+    return BudgetAlert(
+        alert_id=f"{budget_id}/{PERIOD.date()}/{kind}/{pct}",
+        budget_id=budget_id,
+        scope=scope,
+        kind=kind,
+        threshold_pct=pct,
+        period_start=PERIOD,
+        period_end=PERIOD + timedelta(days=31),
+        spend=Decimal(spend),
+        budget_amount=Decimal(budget),
+        currency="USD",
+        raised_at=PERIOD + timedelta(days=10),
+        projected_breach=projected_breach,
+        message=message,
+    )
 
 
 def notifier_settings(tmp_path: Path, **overrides: Any) -> NotifierSettings:
     name = uuid.uuid4().hex[:10]
-    base: dict[str, Any] = {"group_id": f"nt-{name}", "state_dir": tmp_path / "state",
-                            "backoff_base_s": 0.05, "backoff_max_s": 0.2, "redelivery_pause_s": 0.2, "request_timeout_s": 5.0,
-                            "metrics_port": 0}
+    base: dict[str, Any] = {
+        "group_id": f"nt-{name}",
+        "state_dir": tmp_path / "state",
+        "backoff_base_s": 0.05,
+        "backoff_max_s": 0.2,
+        "redelivery_pause_s": 0.2,
+        "request_timeout_s": 5.0,
+        "metrics_port": 0,
+    }
     return NotifierSettings(**{**base, **overrides})
 
 

@@ -146,28 +146,43 @@ async def test_killed_mid_send_is_delivered_exactly_once_after_restart(stack_set
         state.close()
 
 
-async def test_routing_and_permanent_failures(stack_settings: Settings, slack: FakeSlack, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+async def test_routing_and_permanent_failures(
+    stack_settings: Settings, slack: FakeSlack, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO")  # httpx logs request URLs at INFO
-    acme, acme_ml, default, finance_json = slack.new_hook("acme"), slack.new_hook("acmeml"), slack.new_hook("default"), slack.new_json_hook()
+    acme, acme_ml, default, finance_json = (
+        slack.new_hook("acme"),
+        slack.new_hook("acmeml"),
+        slack.new_hook("default"),
+        slack.new_json_hook(),
+    )
     unknown = slack.base_url + "/services/Tgone/Bgone/deleted"  # a webhook Slack no longer knows: 404 no_service
     ns = notifier_settings(
         tmp_path,
-        routes=[Route(name="acme", match="acme", url=acme), Route(name="acme-ml", match="acme/ml", url=acme_ml),
-                Route(name="initech-finance", match="initech/finance", url=finance_json, format="json"),
-                Route(name="umbrella", match="umbrella", url=unknown)],
+        routes=[
+            Route(name="acme", match="acme", url=acme),
+            Route(name="acme-ml", match="acme/ml", url=acme_ml),
+            Route(name="initech-finance", match="initech/finance", url=finance_json, format="json"),
+            Route(name="umbrella", match="umbrella", url=unknown),
+        ],
         default=Target(name="default", url=default),
     )
     slack.then(acme, 400, "invalid_payload")  # the first acme alert is refused: permanent, never retried
     alerts = [
-        alert(scope="acme/research", pct=50, spend="500"),          # -> acme: 400
-        alert(scope="acme/research", pct=80, spend="800"),          # -> acme: delivered
-        alert(scope="acme/ml/llm", pct=50, spend="500"),            # -> acme-ml (longest prefix)
-        alert(scope="acmecorp/x", pct=50, spend="500"),             # whole segments only -> default
-        alert(scope="globex", pct=50, spend="500"),                 # -> default
-        alert(scope="umbrella/bio", pct=50, spend="500"),           # -> 404 no_service
-        alert(scope="initech/finance", pct=80, spend="123.456", budget="150", kind="forecast",
-              projected_breach=alert().period_start.replace(day=20)),  # -> JSON webhook
+        alert(scope="acme/research", pct=50, spend="500"),  # -> acme: 400
+        alert(scope="acme/research", pct=80, spend="800"),  # -> acme: delivered
+        alert(scope="acme/ml/llm", pct=50, spend="500"),  # -> acme-ml (longest prefix)
+        alert(scope="acmecorp/x", pct=50, spend="500"),  # whole segments only -> default
+        alert(scope="globex", pct=50, spend="500"),  # -> default
+        alert(scope="umbrella/bio", pct=50, spend="500"),  # -> 404 no_service
+        alert(
+            scope="initech/finance",
+            pct=80,
+            spend="123.456",
+            budget="150",
+            kind="forecast",
+            projected_breach=alert().period_start.replace(day=20),
+        ),  # -> JSON webhook
     ]
     await publish(stack_settings, ns, alerts)
     running = Running(stack_settings, ns)
@@ -179,8 +194,10 @@ async def test_routing_and_permanent_failures(stack_settings: Settings, slack: F
     assert [a.status for a in slack.attempts_for(acme)] == [400, 200]
     assert heads(acme) == ["Budget 80% threshold reached: acme/research at 80.0% of budget"]
     assert heads(acme_ml) == ["Budget 50% threshold reached: acme/ml/llm at 50.0% of budget"]
-    assert heads(default) == ["Budget 50% threshold reached: acmecorp/x at 50.0% of budget",
-                              "Budget 50% threshold reached: globex at 50.0% of budget"]
+    assert heads(default) == [
+        "Budget 50% threshold reached: acmecorp/x at 50.0% of budget",
+        "Budget 50% threshold reached: globex at 50.0% of budget",
+    ]
     assert [a.status for a in slack.attempts_for(unknown)] == [404]
     (body,) = slack.messages(finance_json)
     assert body["alert_id"] == alerts[-1].alert_id
@@ -211,14 +228,24 @@ async def test_cli_process_delivers_serves_metrics_and_stops_on_sigterm(stack_se
     ns = notifier_settings(tmp_path, default=Target(name="ops", url=hook))
     config = tmp_path / "notifier.yaml"
     port = int(os.environ.get("GPULEDGER_TEST_PORT_BASE", "20000")) + 321
-    config.write_text(f"log_format: json\ntopics: {{budget_alerts: {alerts_topic(ns)}}}\n"  # one settings file: shared sections and the notifier's
-                      f"notifier:\n  group_id: {ns.group_id}\n  state_dir: {ns.state_dir}\n  default: {{name: ops, url: '{hook}'}}\n"
-                      f"  metrics_port: {port}\n  backoff_base_s: 0.05\n")
+    config.write_text(
+        f"log_format: json\ntopics: {{budget_alerts: {alerts_topic(ns)}}}\n"  # one settings file: shared sections and the notifier's
+        f"notifier:\n  group_id: {ns.group_id}\n  state_dir: {ns.state_dir}\n  default: {{name: ops, url: '{hook}'}}\n"
+        f"  metrics_port: {port}\n  backoff_base_s: 0.05\n"
+    )
     await publish(stack_settings, ns, [alert(pct=80, spend="800")])
-    env = {**os.environ, "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
-           "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url, "GPULEDGER_CONFIG": str(tmp_path / "unused.yaml")}  # --config wins
-    proc = subprocess.Popen([sys.executable, "-m", "streams.notifier.cli", "run", "--config", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "GPULEDGER_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
+        "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url,
+        "GPULEDGER_CONFIG": str(tmp_path / "unused.yaml"),
+    }  # --config wins
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.notifier.cli", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         await wait_until(lambda: len(slack.messages(hook)) >= 1 or proc.poll() is not None, timeout=20, what="the CLI's message")
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
@@ -244,7 +271,11 @@ async def test_cli_process_delivers_serves_metrics_and_stops_on_sigterm(stack_se
     assert "/services/" not in output
     assert await committed(stack_settings, ns.group_id, alerts_topic(ns)) == 1
     check_metrics(metrics)
-    for line in ('gpuledger_notifier_deliveries_total{outcome="delivered"} 1.0', 'gpuledger_notifier_attempts_total{status="429"} 1.0',
-                 'gpuledger_notifier_attempts_total{status="200"} 1.0', 'gpuledger_notifier_alerts_waiting{partition="0"} 0.0'):
+    for line in (
+        'gpuledger_notifier_deliveries_total{outcome="delivered"} 1.0',
+        'gpuledger_notifier_attempts_total{status="429"} 1.0',
+        'gpuledger_notifier_attempts_total{status="200"} 1.0',
+        'gpuledger_notifier_alerts_waiting{partition="0"} 0.0',
+    ):
         assert line in metrics.splitlines(), line
     assert health.status_code == 200 and health.json()["consuming"] is True

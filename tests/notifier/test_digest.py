@@ -50,15 +50,52 @@ def test_the_due_week_is_the_last_full_local_week() -> None:
 
 
 def line(line_id: str, when: datetime, team: str, model: str, cost: str, kind: str = "api") -> LedgerLine:
-    return LedgerLine(line_id=line_id, kind=kind, event_time=when, org="acme", team=team, project="p", cost_centre="", model=model,
-                      price_id="", gpu_seconds=Decimal(0), cost=Decimal(cost), currency="USD", basis="tokens" if kind == "gpu" else "")
+    return LedgerLine(
+        line_id=line_id,
+        kind=kind,
+        event_time=when,
+        org="acme",
+        team=team,
+        project="p",
+        cost_centre="",
+        model=model,
+        price_id="",
+        gpu_seconds=Decimal(0),
+        cost=Decimal(cost),
+        currency="USD",
+        basis="tokens" if kind == "gpu" else "",
+    )
 
 
 def routed(event_id: str, cost: str, baseline: str, rule: str) -> PricedUsage:
     when = WEEK_START + timedelta(days=2)
-    usage = InferenceUsage(event_id=event_id, request_start=when, request_end=when, key_id="k", model="gpt-4o-mini", backend="openai",
-                           prompt_tokens=10, completion_tokens=10, latency_ms=1.0, status="ok", requested_model="auto", route_rule=rule, baseline_model="gpt-4o")
-    return PricedUsage(usage, OrgDirectory(kind="api_key", key="k", org="acme", team="ml", project="p"), "api", "", Decimal(cost), None, None, "", Decimal(baseline), "b")
+    usage = InferenceUsage(
+        event_id=event_id,
+        request_start=when,
+        request_end=when,
+        key_id="k",
+        model="gpt-4o-mini",
+        backend="openai",
+        prompt_tokens=10,
+        completion_tokens=10,
+        latency_ms=1.0,
+        status="ok",
+        requested_model="auto",
+        route_rule=rule,
+        baseline_model="gpt-4o",
+    )
+    return PricedUsage(
+        usage,
+        OrgDirectory(kind="api_key", key="k", org="acme", team="ml", project="p"),
+        "api",
+        "",
+        Decimal(cost),
+        None,
+        None,
+        "",
+        Decimal(baseline),
+        "b",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +103,44 @@ def week_data(stack_settings: Settings) -> Iterator[Settings]:
     """acme/ml's week: 12.8495 USD spent (two models and idle), 1.65 USD saved by routing, one budget at 40 %."""
     settings = isolated(stack_settings, "digest")
     client = connect(settings.clickhouse)
-    client.insert("ledger", [ledger_row(x, 1) for x in (
-        line("a", WEEK_START + timedelta(hours=1), "ml", "gpt-4o-mini", "10.004"),
-        line("g", WEEK_START + timedelta(days=3), "ml", "llama-8b", "2.3455", kind="gpu"),
-        line("i", WEEK_START + timedelta(days=4), "ml", "NVIDIA H100", "0.5", kind="idle"),
-        line("early", WEEK_START - timedelta(seconds=1), "ml", "gpt-4o-mini", "100"),  # the week before, in Berlin
-        line("other", WEEK_START + timedelta(hours=1), "search", "gpt-4o-mini", "7"),  # another team
-    )], column_names=list(LEDGER_COLUMNS))
-    client.insert("usage_events", [usage_row(routed("r1", "1.20", "3.00", "default"), 0, 1), usage_row(routed("r2", "0.40", "0.25", "fallback:1"), 0, 2)],
-                  column_names=list(USAGE_COLUMNS))
+    client.insert(
+        "ledger",
+        [
+            ledger_row(x, 1)
+            for x in (
+                line("a", WEEK_START + timedelta(hours=1), "ml", "gpt-4o-mini", "10.004"),
+                line("g", WEEK_START + timedelta(days=3), "ml", "llama-8b", "2.3455", kind="gpu"),
+                line("i", WEEK_START + timedelta(days=4), "ml", "NVIDIA H100", "0.5", kind="idle"),
+                line("early", WEEK_START - timedelta(seconds=1), "ml", "gpt-4o-mini", "100"),  # the week before, in Berlin
+                line("other", WEEK_START + timedelta(hours=1), "search", "gpt-4o-mini", "7"),  # another team
+            )
+        ],
+        column_names=list(LEDGER_COLUMNS),
+    )
+    client.insert(
+        "usage_events",
+        [usage_row(routed("r1", "1.20", "3.00", "default"), 0, 1), usage_row(routed("r2", "0.40", "0.25", "fallback:1"), 0, 2)],
+        column_names=list(USAGE_COLUMNS),
+    )
 
     async def standings() -> None:
         producer = new_producer(settings.kafka)
         await producer.start()
         try:
             for budget_id, team, spend in (("ml-weekly", "ml", "40"), ("search-weekly", "search", "99")):
-                status = BudgetStatus(budget_id=budget_id, org="acme", team=team, mode="soft", period_start=NOW, period_end=NOW + timedelta(days=7),
-                                      spend=Decimal(spend), amount=Decimal(100), currency="USD", exhausted=False, evaluated_at=NOW)
+                status = BudgetStatus(
+                    budget_id=budget_id,
+                    org="acme",
+                    team=team,
+                    mode="soft",
+                    period_start=NOW,
+                    period_end=NOW + timedelta(days=7),
+                    spend=Decimal(spend),
+                    amount=Decimal(100),
+                    currency="USD",
+                    exhausted=False,
+                    evaluated_at=NOW,
+                )
                 await producer.send_and_wait(settings.topics.budget_status, codec_for(BudgetStatus).encode(status), key=budget_id.encode())
         finally:
             await producer.stop()
@@ -132,11 +190,17 @@ async def test_one_message_per_team_and_week_with_its_figures(week_data: Setting
 def test_cost_per_outcome_section_reads_the_outcomes_view_when_it_exists(week_data: Settings) -> None:
     """A stand-in with the columns the digest reads from cost_per_outcome_daily (day, org, team, kind, cost, successes), created here."""
     client = connect(week_data.clickhouse)
-    client.command("CREATE VIEW IF NOT EXISTS outcomes_stand_in AS SELECT toDate('2026-11-24') AS day, 'acme' AS org, 'ml' AS team, "
-                   "'ticket_resolved' AS kind, toDecimal128('8.40', 9) AS cost, toUInt64(21) AS successes")
-    figures = team_week(client, week_data.clickhouse.database, "acme", "ml", WEEK_START, WEEK_START + timedelta(days=7), "outcomes_stand_in")
+    client.command(
+        "CREATE VIEW IF NOT EXISTS outcomes_stand_in AS SELECT toDate('2026-11-24') AS day, 'acme' AS org, 'ml' AS team, "
+        "'ticket_resolved' AS kind, toDecimal128('8.40', 9) AS cost, toUInt64(21) AS successes"
+    )
+    figures = team_week(
+        client, week_data.clickhouse.database, "acme", "ml", WEEK_START, WEEK_START + timedelta(days=7), "outcomes_stand_in"
+    )
     assert [(a.name, a.amount) for a in figures.cost_per_success or []] == [("ticket_resolved", Decimal("0.4"))]  # 8.40 / 21
-    odd = team_week(client, week_data.clickhouse.database, "acme", "ml", WEEK_START, WEEK_START + timedelta(days=7), "ledger")  # another shape
+    odd = team_week(
+        client, week_data.clickhouse.database, "acme", "ml", WEEK_START, WEEK_START + timedelta(days=7), "ledger"
+    )  # another shape
     assert odd.cost_per_success is None
 
 
@@ -157,8 +221,15 @@ def test_preview_digest_prints_a_teams_message_and_refuses_a_bad_zone(week_data:
     env = {**os.environ, **settings_env(week_data, tmp_path)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gpuledger.cli", "notifier", "preview-digest", *args], env=env, capture_output=True,
-                              text=True, cwd=ROOT, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "gpuledger.commands.cli", "notifier", "preview-digest", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
 
     ok = cli("--scope", "acme/ml", "--timezone", "Europe/Berlin")
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -30,10 +30,15 @@ FAST = RetryPolicy(max_attempts=4, backoff_base_s=0.01, backoff_max_s=0.02)
 
 
 def test_message_figures_forecast_and_message_text() -> None:
-    a = alert(kind="forecast", pct=0, spend="1234.5", budget="2000", projected_breach=datetime(2027, 3, 24, tzinfo=UTC), message="GPU spend up 3x")
+    a = alert(
+        kind="forecast", pct=0, spend="1234.5", budget="2000", projected_breach=datetime(2027, 3, 24, tzinfo=UTC), message="GPU spend up 3x"
+    )
     m = slack_message(a)
     assert m["text"] == ":crystal_ball: Budget forecast to exceed: acme/ml at 61.7% of budget"
-    assert m["blocks"][0] == {"type": "header", "text": {"type": "plain_text", "text": "Budget forecast to exceed: acme/ml at 61.7% of budget", "emoji": True}}
+    assert m["blocks"][0] == {
+        "type": "header",
+        "text": {"type": "plain_text", "text": "Budget forecast to exceed: acme/ml at 61.7% of budget", "emoji": True},
+    }
     texts = [f["text"] for f in m["blocks"][1]["fields"]]
     assert "*Spend*\n1,234.50 USD" in texts and "*Budget amount*\n2,000.00 USD" in texts
     assert "*Forecast breach*\n24 Mar 2027" in texts and "*Kind*\nforecast" in texts
@@ -42,9 +47,14 @@ def test_message_figures_forecast_and_message_text() -> None:
 
 
 def test_message_names_the_top_models_and_keys_driving_the_spend() -> None:
-    a = replace(alert(spend="812.5"), top_models=[SpendShare(name="llama-70b", spend=Decimal("600")), SpendShare(name="gpt-4o", spend=Decimal("212.5"))],
-                top_keys=[SpendShare(name="key-ml-batch", spend=Decimal("812.5"))])
-    drivers = [f["text"] for b in slack_message(a)["blocks"] if b["type"] == "section" for f in b.get("fields", []) if f["text"].startswith("*Top")]
+    a = replace(
+        alert(spend="812.5"),
+        top_models=[SpendShare(name="llama-70b", spend=Decimal("600")), SpendShare(name="gpt-4o", spend=Decimal("212.5"))],
+        top_keys=[SpendShare(name="key-ml-batch", spend=Decimal("812.5"))],
+    )
+    drivers = [
+        f["text"] for b in slack_message(a)["blocks"] if b["type"] == "section" for f in b.get("fields", []) if f["text"].startswith("*Top")
+    ]
     assert drivers == ["*Top models*\nllama-70b: 600.00 USD\ngpt-4o: 212.50 USD", "*Top keys*\nkey-ml-batch: 812.50 USD"]
     assert json_payload(a)["top_models"] == [{"name": "llama-70b", "spend": "600"}, {"name": "gpt-4o", "spend": "212.5"}]
 
@@ -70,11 +80,19 @@ def valid_block_kit(message: dict) -> None:
 
 
 def test_periods_are_shown_in_the_budgets_zone_with_an_inclusive_last_day() -> None:
-    berlin = replace(alert(), period_start=datetime(2026, 10, 31, 23, tzinfo=UTC), period_end=datetime(2026, 11, 30, 23, tzinfo=UTC), timezone="Europe/Berlin",
-                     kind="forecast", projected_breach=datetime(2026, 11, 24, 23, 30, tzinfo=UTC))
+    berlin = replace(
+        alert(),
+        period_start=datetime(2026, 10, 31, 23, tzinfo=UTC),
+        period_end=datetime(2026, 11, 30, 23, tzinfo=UTC),
+        timezone="Europe/Berlin",
+        kind="forecast",
+        projected_breach=datetime(2026, 11, 24, 23, 30, tzinfo=UTC),
+    )
     daily = replace(alert(), period_start=datetime(2026, 11, 29, tzinfo=UTC), period_end=datetime(2026, 11, 30, tzinfo=UTC))
     weekly = replace(alert(), period_start=datetime(2026, 12, 28, tzinfo=UTC), period_end=datetime(2027, 1, 4, tzinfo=UTC))
-    periods = [dict(f["text"].lstrip("*").split("*\n", 1) for f in slack_message(a)["blocks"][1]["fields"]) for a in (berlin, daily, weekly)]
+    periods = [
+        dict(f["text"].lstrip("*").split("*\n", 1) for f in slack_message(a)["blocks"][1]["fields"]) for a in (berlin, daily, weekly)
+    ]
     assert [p["Period"] for p in periods] == ["1–30 Nov 2026 (Europe/Berlin)", "29 Nov 2026 (UTC)", "28 Dec 2026 – 3 Jan 2027 (UTC)"]
     assert periods[0]["Forecast breach"] == "25 Nov 2026", "the breach day in Berlin, not UTC's 24th"
     for a in (berlin, daily, weekly):
@@ -82,21 +100,36 @@ def test_periods_are_shown_in_the_budgets_zone_with_an_inclusive_last_day() -> N
 
 
 def test_user_supplied_strings_are_mrkdwn_escaped_and_messages_stay_valid() -> None:
-    hostile = replace(alert(scope="<!channel>&co", message="spend by <@U123> & <https://evil|click>" * 200),
-                      budget_id="b<1>", top_models=[SpendShare(name="<!here>", spend=Decimal("1"))], top_keys=[SpendShare(name="k&" * 1500, spend=Decimal("2"))])
+    hostile = replace(
+        alert(scope="<!channel>&co", message="spend by <@U123> & <https://evil|click>" * 200),
+        budget_id="b<1>",
+        top_models=[SpendShare(name="<!here>", spend=Decimal("1"))],
+        top_keys=[SpendShare(name="k&" * 1500, spend=Decimal("2"))],
+    )
     message = slack_message(hostile)
     valid_block_kit(message)
-    mrkdwn = [message["text"]] + [t for b in message["blocks"] for t in
-                                  ([f["text"] for f in b.get("fields", [])] + [e["text"] for e in b.get("elements", [])] + ([b["text"]["text"]] if b["type"] == "section" and "text" in b else []))]
+    mrkdwn = [message["text"]] + [
+        t
+        for b in message["blocks"]
+        for t in (
+            [f["text"] for f in b.get("fields", [])]
+            + [e["text"] for e in b.get("elements", [])]
+            + ([b["text"]["text"]] if b["type"] == "section" and "text" in b else [])
+        )
+    ]
     assert all("<" not in t and ">" not in t for t in mrkdwn), "no raw < or > reaches Slack's mrkdwn"
     assert "*Scope*\n&lt;!channel&gt;&amp;co" in mrkdwn and "*Budget*\nb&lt;1&gt;" in mrkdwn
     assert any("&lt;!here&gt;: 1.00 USD" in t for t in mrkdwn)
-    assert message["blocks"][0]["text"]["text"].startswith("Budget 50% threshold reached: <!channel>&co"), "plain_text is shown as is, never parsed"
+    assert message["blocks"][0]["text"]["text"].startswith("Budget 50% threshold reached: <!channel>&co"), (
+        "plain_text is shown as is, never parsed"
+    )
 
 
 def test_routes_match_whole_segments_longest_first() -> None:
-    ns = NotifierSettings(routes=[Route(name="a", match="acme", url="http://x/a"), Route(name="a-ml", match="/acme/ml/", url="http://x/b")],
-                          default=Target(name="d", url="http://x/d"))
+    ns = NotifierSettings(
+        routes=[Route(name="a", match="acme", url="http://x/a"), Route(name="a-ml", match="/acme/ml/", url="http://x/b")],
+        default=Target(name="d", url="http://x/d"),
+    )
     assert route_for("acme", ns).name == "a"
     assert route_for("acme/research/p1", ns).name == "a"
     assert route_for("acme/ml", ns).name == "a-ml"

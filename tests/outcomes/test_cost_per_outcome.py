@@ -30,14 +30,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from gpuledger import outcomes_cli
-from gpuledger.budgets import BudgetSpec, save
 from gpuledger.clickhouse import connect
+from gpuledger.commands import outcomes_cli
+from gpuledger.commands.budgets import BudgetSpec, save
+from gpuledger.commands.reference_import import import_orgs, import_prices
 from gpuledger.kafka import AckedSender, read_all
-from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
-from inference.gateway import create_app
-from inference.gateway_config import GatewayConfig
+from inference.gateway.app import create_app
+from inference.gateway.config import GatewayConfig
 from schemas import BudgetAlert, OutcomeEvent, codec_for
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
@@ -117,7 +117,15 @@ class World:
     def subprocess_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **settings_env(self.settings, self.data_dir)}
         env.pop("GPULEDGER_CONFIG", None)
-        return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "gpuledger.commands.cli", *args],
+            check=False,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def _chat(client: httpx.Client, prompt: int, completion: int, headers: dict[str, str]) -> None:
@@ -137,12 +145,22 @@ def world(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
     asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
     data_dir = tmp_path_factory.mktemp("outcomes")
-    config = GatewayConfig.model_validate({
-        "backends": [{"name": "api", "kind": "openai", "base_url": "http://127.0.0.1:1/v1"}],  # replaced below, once the fake listens
-        "models": [{"name": "gpt-4o-mini", "targets": [{"backend": "api"}]}],
-        "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "support", "team": "chatbot", "project": "helpdesk"}],
-        "enforce_budgets": False,
-    })
+    config = GatewayConfig.model_validate(
+        {
+            "backends": [{"name": "api", "kind": "openai", "base_url": "http://127.0.0.1:1/v1"}],  # replaced below, once the fake listens
+            "models": [{"name": "gpt-4o-mini", "targets": [{"backend": "api"}]}],
+            "keys": [
+                {
+                    "id": KEY_ID,
+                    "sha256": hashlib.sha256(SECRET.encode()).hexdigest(),
+                    "org": "support",
+                    "team": "chatbot",
+                    "project": "helpdesk",
+                }
+            ],
+            "enforce_budgets": False,
+        }
+    )
     with ExitStack() as stack:
         worker = WorkerProcess(settings, data_dir / "worker").start()
         stack.callback(worker.stop)
@@ -163,8 +181,15 @@ def world(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
         for ticket in range(EARLY, TICKETS):
             _post_outcome(client, outcome_of(ticket))
         requests = 3 * TICKETS + UNLINKED
-        wait_until(lambda: w.query("SELECT count() FROM outcomes FINAL")[0][0] == TICKETS
-                   and w.query("SELECT countIf(cost > 0) FROM request_costs")[0][0] == requests, 90, "every outcome and priced request stored", worker)
+        wait_until(
+            lambda: (
+                w.query("SELECT count() FROM outcomes FINAL")[0][0] == TICKETS
+                and w.query("SELECT countIf(cost > 0) FROM request_costs")[0][0] == requests
+            ),
+            90,
+            "every outcome and priced request stored",
+            worker,
+        )
         yield w
 
 
@@ -174,7 +199,8 @@ def test_cost_per_success_is_the_kinds_whole_cost_over_its_successes_exactly(wor
     assert per_success == per_success.quantize(Decimal("1e-9")), "the example is chosen so that the quotient is exact to 9 places"
     ((outcomes, successes, requests, cost, cost_per_success, cost_per_outcome),) = world.query(
         "SELECT sum(outcomes), sum(successes), sum(requests), sum(cost), sum(cost) / sum(successes), sum(cost) / sum(outcomes) "
-        "FROM cost_per_outcome_daily WHERE kind = 'ticket_resolved'")
+        "FROM cost_per_outcome_daily WHERE kind = 'ticket_resolved'"
+    )
     assert (outcomes, successes, requests) == (TICKETS, SUCCESSES, 3 * TICKETS)
     assert (Decimal(cost), Decimal(cost_per_success), Decimal(cost_per_outcome)) == (total, per_success, total / TICKETS)
     # Each ticket carries exactly its own three requests, whichever way they were linked.
@@ -194,7 +220,9 @@ def test_cost_per_success_is_the_kinds_whole_cost_over_its_successes_exactly(wor
 
 def test_an_outcome_sent_before_its_requests_gains_their_cost_when_they_arrive(world: World) -> None:
     assert world.early_cost_before_requests == (EARLY, Decimal(0))  # stored first, costing nothing then
-    rows = world.query(f"SELECT requests, cost FROM outcome_costs WHERE outcome_id IN ('ticket-{RUN}-0', 'ticket-{RUN}-1', 'ticket-{RUN}-2')")
+    rows = world.query(
+        f"SELECT requests, cost FROM outcome_costs WHERE outcome_id IN ('ticket-{RUN}-0', 'ticket-{RUN}-1', 'ticket-{RUN}-2')"
+    )
     assert [(n, Decimal(c)) for n, c in rows] == [(3, 3 * api_cost(LINKED_PROMPT, LINKED_COMPLETION))] * 3
 
 
@@ -202,15 +230,21 @@ def test_requests_no_outcome_names_show_as_coverage(world: World) -> None:
     linked = 3 * TICKETS * api_cost(LINKED_PROMPT, LINKED_COMPLETION)
     unlinked = UNLINKED * api_cost(UNLINKED_PROMPT, UNLINKED_COMPLETION)
     assert unlinked * 10 == linked + unlinked, "the example's unlinked requests are exactly 10 % of the cost"
-    coverage = {kind: (Decimal(linked_cost), Decimal(project_cost), Decimal(c)) for kind, linked_cost, project_cost, c in world.query(
-        "SELECT kind, sum(linked_cost), sum(project_cost), sum(linked_cost) / sum(project_cost) FROM outcome_coverage_daily "
-        "WHERE org = 'support' GROUP BY kind")}
+    coverage = {
+        kind: (Decimal(linked_cost), Decimal(project_cost), Decimal(c))
+        for kind, linked_cost, project_cost, c in world.query(
+            "SELECT kind, sum(linked_cost), sum(project_cost), sum(linked_cost) / sum(project_cost) FROM outcome_coverage_daily "
+            "WHERE org = 'support' GROUP BY kind"
+        )
+    }
     assert coverage == {"ticket_resolved": (linked, linked + unlinked, Decimal("0.9")), "": (unlinked, linked + unlinked, Decimal("0.1"))}
     report = world.subprocess_cli("outcomes", "report", "--by", "team", "--format", "csv")
     assert report.returncode == 0, report.stderr
     assert "support/chatbot" in report.stdout and ",0.9000" in report.stdout
     table = world.cli("report")  # the default: by kind, a rich table
-    assert table.exit_code == 0 and "ticket_resolved" in table.output and "0.000016875" in table.output and " 0.9 " in table.output, table.output
+    assert table.exit_code == 0 and "ticket_resolved" in table.output and "0.000016875" in table.output and " 0.9 " in table.output, (
+        table.output
+    )
 
 
 def test_replayed_usage_and_outcomes_change_nothing(world: World) -> None:
@@ -229,7 +263,9 @@ def test_replayed_usage_and_outcomes_change_nothing(world: World) -> None:
 
     asyncio.run(replay())
     _post_outcome(world.gateway, outcome_of(0))  # a client resending an outcome
-    wait_until(lambda: asyncio.run(consumer_lag(s, [s.topics.inference_usage, s.topics.outcomes])) == 0, 60, "the replay consumed", world.worker)
+    wait_until(
+        lambda: asyncio.run(consumer_lag(s, [s.topics.inference_usage, s.topics.outcomes])) == 0, 60, "the replay consumed", world.worker
+    )
     assert (world.query(figures), world.query(coverage)) == before
     assert world.query("SELECT count() FROM outcomes FINAL") == [(TICKETS,)]
 
@@ -237,8 +273,17 @@ def test_replayed_usage_and_outcomes_change_nothing(world: World) -> None:
 def test_unit_budget_alerts_once_per_threshold(world: World) -> None:
     """0.00002 USD per resolved ticket against 0.000016875 spent per success (84 %): 50 % and 80 % fire, once each."""
     s = world.settings
-    spec = BudgetSpec.model_validate({"id": f"tickets-{RUN}", "org": "support", "team": "chatbot", "project": "helpdesk", "period": "week",
-                                      "amount": "0.00002", "outcome_kind": "ticket_resolved"})
+    spec = BudgetSpec.model_validate(
+        {
+            "id": f"tickets-{RUN}",
+            "org": "support",
+            "team": "chatbot",
+            "project": "helpdesk",
+            "period": "week",
+            "amount": "0.00002",
+            "outcome_kind": "ticket_resolved",
+        }
+    )
     asyncio.run(save(s, [spec]))
     per_success = 3 * TICKETS * api_cost(LINKED_PROMPT, LINKED_COMPLETION) / SUCCESSES
     alerts = "SELECT threshold_pct, spend FROM budget_alerts FINAL WHERE budget_id = {b:String} ORDER BY threshold_pct"
@@ -270,8 +315,10 @@ def test_gateway_refuses_bad_outcomes_with_openai_errors(world: World) -> None:
         assert (response.status_code, error["code"]) == (status, code), response.text
         assert words in error["message"] and set(error) == {"message", "type", "param", "code"}
     # The usage events carry what the joins use, as the gateway read it from the headers.
-    rows = world.query(f"SELECT client_request_id, trace_id, session_id FROM usage_events FINAL WHERE client_request_id = 'req-{RUN}-0-0' "
-                       f"OR trace_id = '{trace_of(1)}' OR session_id = 'sess-{RUN}-2' ORDER BY client_request_id DESC, trace_id DESC")
+    rows = world.query(
+        f"SELECT client_request_id, trace_id, session_id FROM usage_events FINAL WHERE client_request_id = 'req-{RUN}-0-0' "
+        f"OR trace_id = '{trace_of(1)}' OR session_id = 'sess-{RUN}-2' ORDER BY client_request_id DESC, trace_id DESC"
+    )
     assert rows == [(f"req-{RUN}-0-0", "", "")] + [("", trace_of(1), "")] * 3 + [("", "", f"sess-{RUN}-2")] * 3
 
 
@@ -295,21 +342,44 @@ def test_import_is_all_or_nothing_and_lists_every_bad_row(world: World, tmp_path
     assert len(asyncio.run(read_all(s.kafka, s.topics.outcomes))) == before
 
     good = tmp_path / "good.jsonl"
-    good.write_text("\n".join(json.dumps({**outcome_of(2), "outcome_id": f"imp-{RUN}-{n}", "kind": "csat_survey", "org": "support",
-                                           "team": "chatbot", "project": "helpdesk", "occurred_at": datetime.now(UTC).isoformat()}) for n in range(2)) + "\n")
+    good.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    **outcome_of(2),
+                    "outcome_id": f"imp-{RUN}-{n}",
+                    "kind": "csat_survey",
+                    "org": "support",
+                    "team": "chatbot",
+                    "project": "helpdesk",
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                }
+            )
+            for n in range(2)
+        )
+        + "\n"
+    )
     result = world.cli("import", str(good))
     assert result.exit_code == 0, result.output
-    wait_until(lambda: world.query("SELECT count() FROM outcomes FINAL WHERE kind = 'csat_survey'") == [(2,)], 30, "imported outcomes", world.worker)
+    wait_until(
+        lambda: world.query("SELECT count() FROM outcomes FINAL WHERE kind = 'csat_survey'") == [(2,)],
+        30,
+        "imported outcomes",
+        world.worker,
+    )
     # Both name ticket 2's session; its requests stay with the earlier outcome, the ticket (one outcome per request).
-    assert world.query("SELECT outcome_kind, count() FROM request_outcomes WHERE event_id IN "
-                       f"(SELECT event_id FROM usage_events FINAL WHERE session_id = 'sess-{RUN}-2') GROUP BY outcome_kind") == [("ticket_resolved", 3)]
+    assert world.query(
+        "SELECT outcome_kind, count() FROM request_outcomes WHERE event_id IN "
+        f"(SELECT event_id FROM usage_events FINAL WHERE session_id = 'sess-{RUN}-2') GROUP BY outcome_kind"
+    ) == [("ticket_resolved", 3)]
 
 
 def test_outcomes_the_worker_cannot_store_go_to_the_dead_letter_topic(world: World) -> None:
     """Any producer can write the topic: a non-Avro message and an outcome without org are refused with their reason, not lost."""
     s = world.settings
-    orphan = codec_for(OutcomeEvent).encode(OutcomeEvent(outcome_id=f"bad-{RUN}", kind="ticket_resolved", org="", occurred_at=datetime.now(UTC),
-                                                         success=True, session_id="s"))
+    orphan = codec_for(OutcomeEvent).encode(
+        OutcomeEvent(outcome_id=f"bad-{RUN}", kind="ticket_resolved", org="", occurred_at=datetime.now(UTC), success=True, session_id="s")
+    )
 
     async def send() -> None:
         sender = AckedSender(s.kafka)
@@ -321,8 +391,11 @@ def test_outcomes_the_worker_cannot_store_go_to_the_dead_letter_topic(world: Wor
     asyncio.run(send())
 
     def refused() -> list[str]:
-        return [dict(m.headers)["x-reason"].decode() for m in asyncio.run(read_all(s.kafka, s.topics.dead_letter))
-                if dict(m.headers).get("x-origin-topic") == s.topics.outcomes.encode()]
+        return [
+            dict(m.headers)["x-reason"].decode()
+            for m in asyncio.run(read_all(s.kafka, s.topics.dead_letter))
+            if dict(m.headers).get("x-origin-topic") == s.topics.outcomes.encode()
+        ]
 
     reasons = wait_until(lambda: len(refused()) == 2 and refused(), 30, "two dead letters", world.worker)
     assert any(r.startswith("decode:") for r in reasons) and "invalid: org is empty" in reasons

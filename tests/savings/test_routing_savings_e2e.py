@@ -26,11 +26,11 @@ import httpx
 import pytest
 
 from gpuledger.clickhouse import connect
+from gpuledger.commands.reference_import import import_orgs, import_prices
 from gpuledger.kafka import new_producer
-from gpuledger.reference_import import import_orgs, import_prices
 from gpuledger.settings import Settings
-from inference.gateway import create_app
-from inference.gateway_config import GatewayConfig
+from inference.gateway.app import create_app
+from inference.gateway.config import GatewayConfig
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
 from tests.inference.usage_tap import UsageTap
@@ -75,16 +75,27 @@ def fleet(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     small, large, premium = FakeVllm(), FakeVllm(), FakeVllm()
     with ExitStack() as stack:
         urls = {n: stack.enter_context(serve(f.app())) for n, f in (("small", small), ("large", large), ("premium", premium))}
-        config = GatewayConfig.model_validate({
-            "backends": [{"name": n, "kind": "openai", "base_url": u + "/v1"} for n, u in urls.items()],
-            "models": [
-                {"name": "small", "targets": [{"backend": "small", "model": "gpt-4o-mini"}, {"backend": "premium", "model": "claude-sonnet-4"}]},
-                {"name": "large", "targets": [{"backend": "large", "model": "gpt-4o"}]},
-            ],
-            "aliases": [{"name": "auto", "default": "small", "baseline": "large",
-                         "rules": [{"name": "long-prompt", "model": "large", "messages_chars_gt": 1000}]}],
-            "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "acme", "team": "support"}],
-        })
+        config = GatewayConfig.model_validate(
+            {
+                "backends": [{"name": n, "kind": "openai", "base_url": u + "/v1"} for n, u in urls.items()],
+                "models": [
+                    {
+                        "name": "small",
+                        "targets": [{"backend": "small", "model": "gpt-4o-mini"}, {"backend": "premium", "model": "claude-sonnet-4"}],
+                    },
+                    {"name": "large", "targets": [{"backend": "large", "model": "gpt-4o"}]},
+                ],
+                "aliases": [
+                    {
+                        "name": "auto",
+                        "default": "small",
+                        "baseline": "large",
+                        "rules": [{"name": "long-prompt", "model": "large", "messages_chars_gt": 1000}],
+                    }
+                ],
+                "keys": [{"id": KEY_ID, "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "org": "acme", "team": "support"}],
+            }
+        )
         url = stack.enter_context(serve(create_app(config, settings)))
         worker = WorkerProcess(settings, folder / "worker").start()
         stack.callback(worker.stop)
@@ -93,22 +104,34 @@ def fleet(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
 
 def chat(words: int) -> dict[str, object]:
     """Long prompts are streamed (SSE): the route fields and the usage must come through both paths."""
-    return {"model": "auto", "max_tokens": COMPLETION, "messages": [{"role": "user", "content": " ".join(["lorem"] * words)}], "stream": words == LONG}
+    return {
+        "model": "auto",
+        "max_tokens": COMPLETION,
+        "messages": [{"role": "user", "content": " ".join(["lorem"] * words)}],
+        "stream": words == LONG,
+    }
 
 
 def figures(settings: Settings) -> dict[str, tuple[int, Decimal, Decimal, Decimal]]:
-    rows = connect(settings.clickhouse).query(
-        "SELECT route_rule, sum(requests), sum(actual_cost), sum(counterfactual_cost), sum(savings) FROM routing_savings_daily "
-        "WHERE alias = 'auto' GROUP BY route_rule").result_rows
+    rows = (
+        connect(settings.clickhouse)
+        .query(
+            "SELECT route_rule, sum(requests), sum(actual_cost), sum(counterfactual_cost), sum(savings) FROM routing_savings_daily "
+            "WHERE alias = 'auto' GROUP BY route_rule"
+        )
+        .result_rows
+    )
     return {rule: (int(n), Decimal(a), Decimal(c), Decimal(s)) for rule, n, a, c, s in rows}
 
 
 async def test_100_small_20_large_5_fallbacks_save_the_hand_computed_figure_and_a_replay_changes_nothing(
-        fleet: tuple[Settings, str, FakeVllm, WorkerProcess], tmp_path: Path) -> None:
+    fleet: tuple[Settings, str, FakeVllm, WorkerProcess], tmp_path: Path
+) -> None:
     settings, url, small, worker = fleet
     tap = await UsageTap(settings).start()
     try:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {SECRET}"}, timeout=20) as client:
+
             async def send(words: int) -> None:
                 response = await client.post("/v1/chat/completions", json=chat(words))
                 assert response.status_code == 200, response.text
@@ -126,7 +149,10 @@ async def test_100_small_20_large_5_fallbacks_save_the_hand_computed_figure_and_
     finally:
         await tap.stop()
     assert sorted({(e.requested_model, e.route_rule, e.model, e.baseline_model) for e in events}) == [
-        ("auto", "default", "gpt-4o-mini", "gpt-4o"), ("auto", "fallback:1", "claude-sonnet-4", "gpt-4o"), ("auto", "long-prompt", "gpt-4o", "gpt-4o")]
+        ("auto", "default", "gpt-4o-mini", "gpt-4o"),
+        ("auto", "fallback:1", "claude-sonnet-4", "gpt-4o"),
+        ("auto", "long-prompt", "gpt-4o", "gpt-4o"),
+    ]
 
     # Ground truth by hand: every request's baseline is gpt-4o at 2.50 / 10.00 (the version in force now).
     short_baseline = by_hand(SHORT, COMPLETION, BIG)  # 40 x 2.50 + 800 x 10.00 = 8,100 per million = 0.0081
@@ -136,6 +162,7 @@ async def test_100_small_20_large_5_fallbacks_save_the_hand_computed_figure_and_
         "fallback:1": (5, 5 * by_hand(SHORT, COMPLETION, PREMIUM), 5 * short_baseline),  # 5 x 0.01212 vs 5 x 0.0081: negative
     }
     want = {rule: (n, actual, baseline, baseline - actual) for rule, (n, actual, baseline) in expected.items()}
+
     def all_priced() -> dict[str, tuple[int, Decimal, Decimal, Decimal]] | None:
         found = figures(settings)
         return found if sum(v[0] for v in found.values()) == 125 else None
@@ -165,8 +192,15 @@ async def test_100_small_20_large_5_fallbacks_save_the_hand_computed_figure_and_
     assert figures(settings) == want
 
     report = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "gpuledger.cli", "report", "--savings", "--by", "team", "--format", "json"],
-        check=False, env={**os.environ, **settings_env(settings, tmp_path)}, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        subprocess.run,
+        [sys.executable, "-m", "gpuledger.commands.cli", "report", "--savings", "--by", "team", "--format", "json"],
+        check=False,
+        env={**os.environ, **settings_env(settings, tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert report.returncode == 0, report.stdout + report.stderr
     rows = {(r["group"], r["route_rule"]): r for r in json.loads(report.stdout)}
     assert Decimal(rows[("acme/support", "fallback:1")]["savings"]) == want["fallback:1"][3] == Decimal("-0.0201")

@@ -17,8 +17,7 @@ OPEN = datetime(2026, 10, 30, 23, 0, tzinfo=UTC)
 
 
 def budget(**scope: str) -> Budget:
-    return Budget(budget_id="b", org=scope.pop("org", "acme"), period="day", amount=Decimal(10), currency="USD",
-                  updated_at=NOW, **scope)
+    return Budget(budget_id="b", org=scope.pop("org", "acme"), period="day", amount=Decimal(10), currency="USD", updated_at=NOW, **scope)
 
 
 def test_the_ledger_is_read_for_hours_a_boundary_cuts_and_hours_changed_since_the_watermark() -> None:
@@ -44,12 +43,19 @@ def test_the_spend_source_reads_rollup_hours_not_in_the_ledger_set_and_ledger_ra
     rollup, ledger = sql.split(" UNION ALL ")
     assert "FROM db.spend_hourly" in rollup and "hour NOT IN {ledger_hours:Array(DateTime('UTC'))}" in rollup
     assert "FROM db.ledger FINAL" in ledger and ledger.count(" OR ") == 2  # the open hour on, and two runs of hours
-    assert params["open"] == OPEN and (params["lo0"], params["hi0"], params["lo1"], params["hi1"]) == (OPEN - 5 * H, OPEN - 3 * H, OPEN - H, OPEN)
+    assert params["open"] == OPEN and (params["lo0"], params["hi0"], params["lo1"], params["hi1"]) == (
+        OPEN - 5 * H,
+        OPEN - 3 * H,
+        OPEN - H,
+        OPEN,
+    )
 
 
 def test_measure_binds_every_budget_value_and_splices_none() -> None:
-    probes = [Probe(budget(org="o'; DROP TABLE ledger --", team="t1"), OPEN - 23 * H, OPEN + H),
-              Probe(budget(model="gpt-x"), OPEN - 23 * H, OPEN + H)]
+    probes = [
+        Probe(budget(org="o'; DROP TABLE ledger --", team="t1"), OPEN - 23 * H, OPEN + H),
+        Probe(budget(model="gpt-x"), OPEN - 23 * H, OPEN + H),
+    ]
     sql, params = spend.measure_sql("db", probes, NOW, [], forecast_window=timedelta(minutes=45), baseline=timedelta(hours=24))
     assert "DROP" not in sql and "gpt-x" not in sql and "t1" not in sql
     assert params["p_org"] == ["o'; DROP TABLE ledger --", "acme"] and params["p_team"] == ["t1", ""] and params["p_model"] == ["", "gpt-x"]
@@ -70,7 +76,9 @@ def test_a_rollup_pass_inserts_recomputed_minus_held_and_leaves_zero_deltas_out(
     sql = rollups.hourly_delta_sql("db")
     assert sql.startswith("INSERT INTO db.spend_hourly (hour, day, org,")
     assert "FROM db.ledger FINAL WHERE event_time >= {lo:DateTime64(6, 'UTC')}" in sql
-    assert "-cost AS cost" in sql and "-lines AS lines" in sql and "FROM db.spend_hourly WHERE hour IN {hours:Array(DateTime('UTC'))}" in sql
+    assert (
+        "-cost AS cost" in sql and "-lines AS lines" in sql and "FROM db.spend_hourly WHERE hour IN {hours:Array(DateTime('UTC'))}" in sql
+    )
     assert sql.endswith("HAVING cost != 0 OR prompt_tokens != 0 OR completion_tokens != 0 OR gpu_seconds != 0 OR lines != 0")
     daily = rollups.daily_delta_sql("db")
     assert "FROM db.spend_hourly WHERE hour >= {lo:DateTime('UTC')}" in daily and "model" not in daily.replace("_model", "")

@@ -27,10 +27,16 @@ pytestmark = pytest.mark.engines
 @pytest.fixture(scope="module")
 def settings(stack_settings: Settings) -> Settings:
     base = isolated(stack_settings, "ui_access")
-    return base.model_copy(update={"ui": UISettings(
-        trusted_proxies=["10.0.0.0/24"], group_orgs={"research-people": ["research"]}, admin_groups=["finops"],
-        tokens=[UIToken(name="ci", sha256=token_digest("s3cret"), orgs=["search"])],
-    )})
+    return base.model_copy(
+        update={
+            "ui": UISettings(
+                trusted_proxies=["10.0.0.0/24"],
+                group_orgs={"research-people": ["research"]},
+                admin_groups=["finops"],
+                tokens=[UIToken(name="ci", sha256=token_digest("s3cret"), orgs=["search"])],
+            )
+        }
+    )
 
 
 def client(settings: Settings, peer: str) -> Iterator[TestClient]:
@@ -79,7 +85,15 @@ def test_every_response_forbids_other_origins(settings: Settings) -> None:
 def test_anonymous_admin_is_refused_on_a_non_loopback_address() -> None:
     env = {**os.environ, "GPULEDGER_UI__ANONYMOUS": "admin"}
     env.pop("GPULEDGER_CONFIG", None)
-    run = subprocess.run([sys.executable, "-m", "gpuledger.cli", "ui", "--host", "0.0.0.0"], check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "gpuledger.commands.cli", "ui", "--host", "0.0.0.0"],
+        check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1 and "only allowed on a loopback address, not 0.0.0.0" in run.stderr
 
 
@@ -92,6 +106,7 @@ def test_the_dashboards_clickhouse_connection_cannot_write(settings: Settings) -
 
 def test_the_sign_in_cookie_is_secure_behind_a_tls_ingress_only_when_the_proxy_says_so(settings: Settings) -> None:
     """A TLS ingress forwards plain HTTP with ``X-Forwarded-Proto: https``: believed from the configured proxy only."""
+
     def cookie(peer: str, headers: dict[str, str]) -> str:
         with client(settings, peer) as c:
             response = c.post("/login", data={"token": "s3cret"}, headers=headers)

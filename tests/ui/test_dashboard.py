@@ -25,11 +25,11 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from gpuledger.budgets import parse_specs, save
 from gpuledger.clickhouse import connect
-from gpuledger.reference_import import import_equivalents, import_orgs, import_prices
+from gpuledger.commands.budgets import parse_specs, save
+from gpuledger.commands.reference_import import import_equivalents, import_orgs, import_prices
+from gpuledger.commands.simulate import publish_fleet
 from gpuledger.settings import Settings
-from gpuledger.simulate import publish_fleet
 from gpuledger.ui.auth import token_digest
 from streams.store.rollups import refresh_rollups
 from tests.conftest import BASE
@@ -50,7 +50,10 @@ ORIGIN = f"http://127.0.0.1:{PORT}"
 ADMIN_TOKEN, RESEARCH_TOKEN = "admin-secret-1", "research-secret-2"
 CENT = Decimal("0.01")
 PAGES = ["/", "/drill", "/budgets", "/gpus", "/models", "/lines?org=research"]
-pytestmark = [pytest.mark.engines, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.engines,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"),
+]
 
 
 @dataclass
@@ -74,27 +77,57 @@ def dashboard(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     asyncio.run(import_orgs(settings, DEMO / "orgs.yaml"))
     asyncio.run(import_prices(settings, DEMO / "prices.yaml"))
     asyncio.run(import_equivalents(settings, DEMO / "equivalents.yaml"))
-    asyncio.run(save(settings, parse_specs([
-        {"id": "research-tiny", "org": "research", "amount": "0.05", "period": "day"},
-        {"id": "support-tiny", "org": "support", "amount": "0.05", "period": "day"},
-    ], "test")))
+    asyncio.run(
+        save(
+            settings,
+            parse_specs(
+                [
+                    {"id": "research-tiny", "org": "research", "amount": "0.05", "period": "day"},
+                    {"id": "support-tiny", "org": "support", "amount": "0.05", "period": "day"},
+                ],
+                "test",
+            ),
+        )
+    )
     worker = WorkerProcess(settings, tmp / "worker").start()
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=4)
-    truth = asyncio.run(publish_fleet(settings, seed=16, start=start, minutes=3, scale=0.5, orgs=DEMO / "orgs.yaml", prices=DEMO / "prices.yaml",
-                                      truth_path=tmp / "truth.json", console=None))
+    truth = asyncio.run(
+        publish_fleet(
+            settings,
+            seed=16,
+            start=start,
+            minutes=3,
+            scale=0.5,
+            orgs=DEMO / "orgs.yaml",
+            prices=DEMO / "prices.yaml",
+            truth_path=tmp / "truth.json",
+            console=None,
+        )
+    )
     wait_until(lambda: org_totals(settings) == expected_totals(truth), 120, "the ledger to equal the simulation", worker)
     client = connect(settings.clickhouse)
     wait_until(lambda: client.query("SELECT count() FROM budget_alerts").result_rows[0][0] >= 2, 60, "budget alerts", worker)
     config = tmp / "gpuledger.yaml"
-    config.write_text(yaml.safe_dump({"ui": {
-        "refresh_seconds": 1,
-        "tokens": [{"name": "finops", "sha256": token_digest(ADMIN_TOKEN), "admin": True},
-                   {"name": "research-lead", "sha256": token_digest(RESEARCH_TOKEN), "orgs": ["research"]}],
-        "trusted_proxies": ["127.0.0.1/32"], "group_orgs": {"support-leads": ["support"]},
-    }}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ui": {
+                    "refresh_seconds": 1,
+                    "tokens": [
+                        {"name": "finops", "sha256": token_digest(ADMIN_TOKEN), "admin": True},
+                        {"name": "research-lead", "sha256": token_digest(RESEARCH_TOKEN), "orgs": ["research"]},
+                    ],
+                    "trusted_proxies": ["127.0.0.1/32"],
+                    "group_orgs": {"support-leads": ["support"]},
+                }
+            }
+        )
+    )
     env = {**os.environ, **settings_env(settings, tmp / "ui"), "GPULEDGER_CONFIG": str(config)}
     log = (tmp / "ui.log").open("wb")
-    ui = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "ui", "--port", str(PORT)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "gpuledger.commands.cli", "ui", "--port", str(PORT)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         wait_until(lambda: _healthy() or ui.poll() is not None, 30, "gpuledger ui to answer")
         assert ui.poll() is None, f"gpuledger ui exited: {(tmp / 'ui.log').read_text()[-2000:]}"
@@ -211,8 +244,11 @@ def test_drill_down_to_the_ledger_lines_and_the_filter_form(dashboard: Dashboard
     page.wait_for_url("**/lines?*key_id=*")
     line_ids = column(page, "lines", "line_id")
     key = page.url.split("key_id=")[1].split("&")[0]
-    expected = dashboard.ch("SELECT line_id FROM ledger FINAL WHERE org = 'research' AND team = 'agents' AND key_id = {k:String} AND model = {m:String}",
-                            k=key, m=model.replace("%2F", "/").replace("+", " "))
+    expected = dashboard.ch(
+        "SELECT line_id FROM ledger FINAL WHERE org = 'research' AND team = 'agents' AND key_id = {k:String} AND model = {m:String}",
+        k=key,
+        m=model.replace("%2F", "/").replace("+", " "),
+    )
     assert line_ids and sorted(line_ids) == sorted(r[0] for r in expected)
     assert all(column(page, "lines", "price_id"))  # every line names its price
     # The filter form writes the org into the URL (a shareable link) and the page follows it.
@@ -233,8 +269,16 @@ def test_an_org_scoped_viewer_cannot_reach_another_org(dashboard: Dashboard, bro
     page.goto(ORIGIN + "/budgets")
     assert column(page, "standings", "budget_id") == ["research-tiny"]
     assert set(column(page, "alerts", "budget_id")) == {"research-tiny"}
-    for path in ("/drill?org=support", "/api/drill?org=support", "/csv/lines/lines?org=support", "/lines?org=support", "/gpus?org=support",
-                 "/models?org=support", "/budgets?org=support", "/api/overview?org=support"):
+    for path in (
+        "/drill?org=support",
+        "/api/drill?org=support",
+        "/csv/lines/lines?org=support",
+        "/lines?org=support",
+        "/gpus?org=support",
+        "/models?org=support",
+        "/budgets?org=support",
+        "/api/overview?org=support",
+    ):
         response = page.goto(ORIGIN + path)
         assert response is not None and response.status == 403, path
     # Without an org in the URL, the query layer still keeps to research: no support line leaks through a team filter.
@@ -269,8 +313,20 @@ def test_figures_refresh_without_a_reload(dashboard: Dashboard, browser: Browser
     page.evaluate("window.__marker = 1")  # survives only if the page is not reloaded
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
-        pool.submit(asyncio.run, publish_fleet(dashboard.settings, seed=99, start=start, minutes=1, scale=0.2, orgs=DEMO / "orgs.yaml",
-                                               prices=DEMO / "prices.yaml", truth_path=tmp_path / "truth.json", console=None)).result()
+        pool.submit(
+            asyncio.run,
+            publish_fleet(
+                dashboard.settings,
+                seed=99,
+                start=start,
+                minutes=1,
+                scale=0.2,
+                orgs=DEMO / "orgs.yaml",
+                prices=DEMO / "prices.yaml",
+                truth_path=tmp_path / "truth.json",
+                console=None,
+            ),
+        ).result()
     began = time.monotonic()
     expect(page.locator("#table-summary td[data-key='lines']")).not_to_have_text(before, timeout=30_000)
     assert page.evaluate("window.__marker") == 1

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gpuledger.clickhouse import connect
-from gpuledger.reference_import import publish
+from gpuledger.commands.reference_import import publish
 from gpuledger.settings import Settings
 from gpuledger.ui import queries
 from gpuledger.ui.auth import Refused, Viewer
@@ -30,9 +30,20 @@ OCT, NOV = date(2026, 10, 1), date(2026, 11, 1)
 
 def line(line_id: str, day: date, currency: str, kind: str, cost: str, tokens: int = 0) -> LedgerLine:
     return LedgerLine(
-        line_id=line_id, kind=kind, event_time=datetime(day.year, day.month, 10, tzinfo=UTC), org="research", team="agents",
-        project="p", cost_centre="", model="m" if kind == "api" else "NVIDIA H100 80GB HBM3", price_id="x", gpu_seconds=Decimal(0),
-        cost=Decimal(cost), currency=currency, prompt_tokens=tokens, basis="" if kind == "api" else "remainder",
+        line_id=line_id,
+        kind=kind,
+        event_time=datetime(day.year, day.month, 10, tzinfo=UTC),
+        org="research",
+        team="agents",
+        project="p",
+        cost_centre="",
+        model="m" if kind == "api" else "NVIDIA H100 80GB HBM3",
+        price_id="x",
+        gpu_seconds=Decimal(0),
+        cost=Decimal(cost),
+        currency=currency,
+        prompt_tokens=tokens,
+        basis="" if kind == "api" else "remainder",
     )
 
 
@@ -42,9 +53,12 @@ def two_currencies(stack_settings: Settings) -> Iterator[Settings]:
     settings = isolated(stack_settings, "ui_queries")
     client = connect(settings.clickhouse)
     lines = [
-        line("u1", OCT, "USD", "api", "4", 1_000_000), line("u2", OCT, "USD", "idle", "6"),
-        line("e1", OCT, "EUR", "api", "8", 2_000_000), line("e2", OCT, "EUR", "idle", "12"),
-        line("n1", NOV, "USD", "api", "9", 3_000_000), line("n2", NOV, "USD", "idle", "21"),
+        line("u1", OCT, "USD", "api", "4", 1_000_000),
+        line("u2", OCT, "USD", "idle", "6"),
+        line("e1", OCT, "EUR", "api", "8", 2_000_000),
+        line("e2", OCT, "EUR", "idle", "12"),
+        line("n1", NOV, "USD", "api", "9", 3_000_000),
+        line("n2", NOV, "USD", "idle", "21"),
     ]
     client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
     refresh_rollups(client)
@@ -52,14 +66,20 @@ def two_currencies(stack_settings: Settings) -> Iterator[Settings]:
 
 
 def ctx(settings: Settings, viewer: Viewer | None = None, state: dict[str, Any] | None = None, **filters: str) -> queries.Ctx:
-    return queries.Ctx(settings, connect(settings.clickhouse), viewer or Viewer("finops", None),
-                       Filters.parse(filters, date(2026, 11, 29)), state if state is not None else {})
+    return queries.Ctx(
+        settings,
+        connect(settings.clickhouse),
+        viewer or Viewer("finops", None),
+        Filters.parse(filters, date(2026, 11, 29)),
+        state if state is not None else {},
+    )
 
 
 def test_the_jevons_table_keeps_each_currency_of_a_month(two_currencies: Settings) -> None:
     table, chart = queries._jevons(ctx(two_currencies), date(2026, 12, 1))
     assert [(r["month"], r["currency"], r["spend"], r["tokens"], r["per_mtok_usage"]) for r in table.rows] == [
-        (OCT, "EUR", Decimal(20), 2_000_000, Decimal(4)), (OCT, "USD", Decimal(10), 1_000_000, Decimal(4)),
+        (OCT, "EUR", Decimal(20), 2_000_000, Decimal(4)),
+        (OCT, "USD", Decimal(10), 1_000_000, Decimal(4)),
         (NOV, "USD", Decimal(30), 3_000_000, Decimal(3)),
     ]
     assert {t["currency"]: t["spend"] for t in table.totals()} == {"USD": Decimal(40), "EUR": Decimal(20)}
@@ -68,12 +88,16 @@ def test_the_jevons_table_keeps_each_currency_of_a_month(two_currencies: Setting
 
 def test_the_lines_summary_totals_each_currency(two_currencies: Settings) -> None:
     page = queries.lines(ctx(two_currencies, since="2026-10-01", until="2026-12-01"))
-    assert page.table("summary").rows == [{"lines": 2, "cost": Decimal(20), "currency": "EUR"},
-                                          {"lines": 4, "cost": Decimal(40), "currency": "USD"}]
+    assert page.table("summary").rows == [
+        {"lines": 2, "cost": Decimal(20), "currency": "EUR"},
+        {"lines": 4, "cost": Decimal(40), "currency": "USD"},
+    ]
     assert "(6 of 6 shown;" in page.table("lines").title  # counted over both currencies
     newest = queries.lines(ctx(two_currencies, since="2026-10-01", until="2026-12-01"), limit=2)  # the ledger read from the newest hour on
     assert [r["line_id"] for r in newest.table("lines").rows] == ["n1", "n2"] and "(2 of 6 shown;" in newest.table("lines").title
-    assert queries._newest(ctx(two_currencies, since="2026-10-01", until="2026-12-01"), 2, [(NOV.replace(day=10), 2)]) == datetime(2026, 11, 10, tzinfo=UTC)
+    assert queries._newest(ctx(two_currencies, since="2026-10-01", until="2026-12-01"), 2, [(NOV.replace(day=10), 2)]) == datetime(
+        2026, 11, 10, tzinfo=UTC
+    )
     empty = queries.lines(ctx(two_currencies, since="2025-01-01", until="2025-02-01"))
     assert empty.table("summary").rows == [{"lines": 0, "cost": Decimal(0), "currency": "USD"}]
 
@@ -102,8 +126,10 @@ def test_the_models_page_marks_routing_savings_and_cost_per_outcome_until_their_
     page = queries.models(ctx(two_currencies, since="2026-10-01", until="2026-12-01"))
     assert [(a, "Not available yet" in text) for a, _, text in page.notes] == [("routing_savings", True), ("cost_per_outcome", True)]
     client = connect(two_currencies.clickhouse)
-    client.command("CREATE VIEW IF NOT EXISTS routing_savings_daily AS SELECT toDate(d) AS day, o AS org, toDecimal128(s, 9) AS savings, 'USD' AS currency"
-                   " FROM values('d String, o String, s String', ('2026-10-05', 'research', '1.5'), ('2026-10-06', 'support', '2'), ('2025-01-01', 'research', '9'))")
+    client.command(
+        "CREATE VIEW IF NOT EXISTS routing_savings_daily AS SELECT toDate(d) AS day, o AS org, toDecimal128(s, 9) AS savings, 'USD' AS currency"
+        " FROM values('d String, o String, s String', ('2026-10-05', 'research', '1.5'), ('2026-10-06', 'support', '2'), ('2025-01-01', 'research', '9'))"
+    )
     try:
         page = queries.models(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), since="2026-10-01", until="2026-12-01"))
         assert [a for a, _, _ in page.notes] == ["cost_per_outcome"]
@@ -119,13 +145,32 @@ def test_the_gpus_page_reads_its_rollups(stack_settings: Settings) -> None:
     t = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 
     def gpu(line_id: str, minute: int, gpu_uuid: str, org: str, kind: str, cost: str, util: float) -> LedgerLine:
-        return LedgerLine(line_id=line_id, kind=kind, event_time=t.replace(minute=minute), org=org, team="t", project="p", cost_centre="",
-                          model="m", price_id="x", gpu_seconds=Decimal(60), cost=Decimal(cost), currency="USD", gpu_uuid=gpu_uuid,
-                          node="n1" if gpu_uuid == "GPU-1" else "n2", utilization_pct=util, basis="tokens" if kind == "gpu" else "remainder")
+        return LedgerLine(
+            line_id=line_id,
+            kind=kind,
+            event_time=t.replace(minute=minute),
+            org=org,
+            team="t",
+            project="p",
+            cost_centre="",
+            model="m",
+            price_id="x",
+            gpu_seconds=Decimal(60),
+            cost=Decimal(cost),
+            currency="USD",
+            gpu_uuid=gpu_uuid,
+            node="n1" if gpu_uuid == "GPU-1" else "n2",
+            utilization_pct=util,
+            basis="tokens" if kind == "gpu" else "remainder",
+        )
 
     client = connect(settings.clickhouse)
-    lines = [gpu("a", 0, "GPU-1", "research", "gpu", "0.3", 80), gpu("b", 0, "GPU-1", "research", "idle", "0.1", 80),
-             gpu("c", 30, "GPU-1", "research", "gpu", "0.2", 40), gpu("d", 0, "GPU-2", "support", "gpu", "0.7", 10)]
+    lines = [
+        gpu("a", 0, "GPU-1", "research", "gpu", "0.3", 80),
+        gpu("b", 0, "GPU-1", "research", "idle", "0.1", 80),
+        gpu("c", 30, "GPU-1", "research", "gpu", "0.2", 40),
+        gpu("d", 0, "GPU-2", "support", "gpu", "0.7", 10),
+    ]
     client.insert("ledger", [ledger_row(x, 1) for x in lines], column_names=list(LEDGER_COLUMNS))
     refresh_rollups(client)
     page = queries.gpus(ctx(settings, since="2026-11-02", until="2026-11-03"))

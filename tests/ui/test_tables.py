@@ -14,8 +14,12 @@ from gpuledger.ui.tables import Column, Table, money
 
 def test_a_total_is_the_exact_sum_rounded_once_not_the_sum_of_rounded_rows() -> None:
     # three lines of 0.005 each: shown 0.00 / 0.00 / 0.00 (half-even), but they total 0.015 -> 0.02
-    table = Table("t", "t", [Column("org", "org"), Column("cost", "cost", "money", True), Column("currency", "currency")],
-                  [{"org": o, "cost": Decimal("0.005"), "currency": "USD"} for o in ("a", "b", "c")])
+    table = Table(
+        "t",
+        "t",
+        [Column("org", "org"), Column("cost", "cost", "money", True), Column("currency", "currency")],
+        [{"org": o, "cost": Decimal("0.005"), "currency": "USD"} for o in ("a", "b", "c")],
+    )
     assert [table.cell(r, table.columns[1]) for r in table.rows] == ["0.00", "0.00", "0.00"]
     assert table.totals() == [{"currency": "USD", "cost": Decimal("0.015")}]
     assert money(table.totals()[0]["cost"]) == "0.02"
@@ -23,8 +27,16 @@ def test_a_total_is_the_exact_sum_rounded_once_not_the_sum_of_rounded_rows() -> 
 
 
 def test_each_currency_gets_its_own_total() -> None:
-    table = Table("t", "t", [Column("cost", "cost", "money", True), Column("currency", "currency")],
-                  [{"cost": Decimal("1.10"), "currency": "USD"}, {"cost": Decimal("2.20"), "currency": "EUR"}, {"cost": Decimal("0.01"), "currency": "USD"}])
+    table = Table(
+        "t",
+        "t",
+        [Column("cost", "cost", "money", True), Column("currency", "currency")],
+        [
+            {"cost": Decimal("1.10"), "currency": "USD"},
+            {"cost": Decimal("2.20"), "currency": "EUR"},
+            {"cost": Decimal("0.01"), "currency": "USD"},
+        ],
+    )
     assert {t["currency"]: t["cost"] for t in table.totals()} == {"USD": Decimal("1.11"), "EUR": Decimal("2.20")}
     assert money(Decimal("1234567.125")) == "1,234,567.12" and money(Decimal("0.135")) == "0.14"
 

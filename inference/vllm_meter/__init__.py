@@ -1,0 +1,1 @@
+"""The ASGI middleware loaded inside vLLM's own process (``vllm serve --middleware``)."""
