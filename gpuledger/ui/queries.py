@@ -695,27 +695,21 @@ def models(ctx: Ctx) -> Page:
             }
         )
     page = Page("Models", [table])
-    for anchor, heading in MODEL_SLOTS:
-        _slot(ctx, page, anchor, heading)
+    for anchor, heading, view in MODEL_SLOTS:
+        _slot(ctx, page, anchor, heading, view)
     return page
 
 
-# Routing savings and cost per outcome: views other work adds (issue 14). Until a view whose name starts with the
-# slot's anchor exists in the database, the page says so in a marked section; once it does, its rows are shown
-# (scoped to the viewer's orgs and the date range where the view has `org` and `day` columns).
-MODEL_SLOTS = (("routing_savings", "Routing savings"), ("cost_per_outcome", "Cost per outcome"))
+# Routing savings and cost per outcome (issue 14): each slot shows its view's rows, scoped to the viewer's orgs and
+# the date range (migrations 0013 and 0011; both views have `org` and `day`).
+MODEL_SLOTS = (
+    ("routing_savings", "Routing savings", "routing_savings_daily"),
+    ("cost_per_outcome", "Cost per outcome", "cost_per_outcome_daily"),
+)
 SLOT_KINDS = {"Decimal": "money", "Int": "int", "UInt": "int", "Date": "date", "DateTime": "time"}
 
 
-def _slot(ctx: Ctx, page: Page, anchor: str, heading: str) -> None:
-    found = ctx.client.query(
-        "SELECT name FROM system.tables WHERE database = {db:String} AND startsWith(name, {prefix:String}) ORDER BY name LIMIT 1",
-        parameters={"db": ctx.db, "prefix": anchor},
-    ).result_rows
-    if not found:
-        page.notes.append((anchor, heading, f"Not available yet: this database has no {anchor}* view (it appears here once added)."))
-        return
-    view = found[0][0]
+def _slot(ctx: Ctx, page: Page, anchor: str, heading: str, view: str) -> None:
     columns = ctx.client.query(
         "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {view:String} ORDER BY position",
         parameters={"db": ctx.db, "view": view},

@@ -212,7 +212,7 @@ def test_gateway_collector_and_notifier_start_from_the_install(install: Install,
         "GPULEDGER_CLICKHOUSE__URL": stack_settings.clickhouse.url,
     }
     example = install.run(
-        "python", "-c", "from importlib import resources; print(resources.files('inference') / 'gateway.example.yaml')"
+        "python", "-c", "from importlib import resources; print(resources.files('inference.gateway') / 'gateway.example.yaml')"
     ).stdout.strip()
     assert example.startswith(str(install.bin.parent)), example
     config = install.home / "notifier.yaml"

@@ -20,7 +20,7 @@ from gpuledger.ui.auth import Refused, Viewer
 from gpuledger.ui.filters import Filters
 from schemas import Budget, LedgerLine, codec_for
 from schemas.keys import budget_key
-from streams.sink import LEDGER_COLUMNS, ledger_row
+from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
 from streams.store.rollups import refresh_rollups
 from tests.support import isolated
 
@@ -121,21 +121,58 @@ def test_budgets_refuses_a_foreign_org_before_reading_anything(two_currencies: S
         queries.budgets(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), org="support"))
 
 
-def test_the_models_page_marks_routing_savings_and_cost_per_outcome_until_their_views_exist(two_currencies: Settings) -> None:
-    """Marked sections while the views are missing; a view's rows (scoped to the viewer's orgs and the range) once one exists."""
-    page = queries.models(ctx(two_currencies, since="2026-10-01", until="2026-12-01"))
-    assert [(a, "Not available yet" in text) for a, _, text in page.notes] == [("routing_savings", True), ("cost_per_outcome", True)]
+def test_the_models_page_shows_routing_savings_and_cost_per_outcome_scoped_to_the_viewer(two_currencies: Settings) -> None:
+    """Two API requests routed with a baseline, one per org: research saved 0.0081 - 0.000486 = 0.007614; its viewer sees
+    only that row (the support row and the request outside the range stay hidden); no outcomes yet: an empty table."""
     client = connect(two_currencies.clickhouse)
-    client.command(
-        "CREATE VIEW IF NOT EXISTS routing_savings_daily AS SELECT toDate(d) AS day, o AS org, toDecimal128(s, 9) AS savings, 'USD' AS currency"
-        " FROM values('d String, o String, s String', ('2026-10-05', 'research', '1.5'), ('2026-10-06', 'support', '2'), ('2025-01-01', 'research', '9'))"
+
+    def routed(event_id: str, org: str, when: datetime, cost: str, baseline: str) -> list[object]:
+        values: dict[str, object] = dict.fromkeys(USAGE_COLUMNS, "")
+        values.update(
+            event_id=event_id,
+            request_start=when,
+            event_time=when,
+            gpu_uuids=[],
+            prompt_tokens=40,
+            cached_prompt_tokens=0,
+            completion_tokens=800,
+            usage_estimated=False,
+            ttft_ms=None,
+            latency_ms=1.0,
+            status="ok",
+            org=org,
+            team="t",
+            project="p",
+            priced_as="api",
+            model="gpt-4o-mini",
+            requested_model="auto",
+            route_rule="default",
+            baseline_model="gpt-4o",
+            cost=Decimal(cost),
+            api_equivalent_cost=None,
+            baseline_cost=Decimal(baseline),
+            source_partition=0,
+            source_offset=0,
+        )
+        return [values[c] for c in USAGE_COLUMNS]
+
+    october = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    client.insert(
+        "usage_events",
+        [
+            routed("r1", "research", october, "0.000486", "0.0081"),
+            routed("r2", "support", october, "0.001", "0.0081"),
+            routed("r3", "research", datetime(2025, 1, 1, tzinfo=UTC), "0.001", "0.0081"),
+        ],
+        column_names=list(USAGE_COLUMNS),
     )
-    try:
-        page = queries.models(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), since="2026-10-01", until="2026-12-01"))
-        assert [a for a, _, _ in page.notes] == ["cost_per_outcome"]
-        assert [(r["org"], r["savings"]) for r in page.table("routing_savings").rows] == [("research", Decimal("1.5"))]
-    finally:
-        client.command("DROP VIEW routing_savings_daily")
+    page = queries.models(ctx(two_currencies, Viewer("research-lead", frozenset({"research"})), since="2026-10-01", until="2026-12-01"))
+    assert page.notes == []
+    [saved] = page.table("routing_savings").rows
+    assert (saved["org"], saved["route_rule"], saved["savings"]) == ("research", "default", Decimal("0.007614"))
+    assert page.table("cost_per_outcome").rows == []
+    everyone = queries.models(ctx(two_currencies, since="2026-10-01", until="2026-12-01"))
+    assert sorted(r["org"] for r in everyone.table("routing_savings").rows) == ["research", "support"]
 
 
 def test_the_gpus_page_reads_its_rollups(stack_settings: Settings) -> None:
