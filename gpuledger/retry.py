@@ -140,4 +140,10 @@ class Backoff:
 
     async def call(self, fn: Callable[[], Awaitable[T]], **options: Any) -> T:
         """``fn()`` until it succeeds under this policy (``options`` as for ``retrying``)."""
-        return await self.retrying(**options)(fn)
+
+        async def attempt() -> (
+            T
+        ):  # a coroutine function of our own: tenacity awaits only those (9.2 returns a lambda's coroutine unawaited)
+            return await fn()
+
+        return await self.retrying(**options)(attempt)

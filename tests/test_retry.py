@@ -168,3 +168,14 @@ async def test_an_asked_wait_overrides_the_backoff_and_cancellation_stops_it() -
 
     with pytest.raises(asyncio.CancelledError):
         await Backoff().call(_Flaky(asyncio.CancelledError()), sleep=sleep)
+
+
+async def test_a_plain_callable_returning_a_coroutine_is_awaited() -> None:
+    """Callers pass lambdas (``lambda: store(batch)``); tenacity 9.2 awaits only coroutine functions, so ``call`` wraps them."""
+    flaky = _Flaky(ConnectionResetError("reset"))
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    result = await Backoff(first_s=0.1, max_s=0.1).call(lambda: flaky(), sleep=sleep)
+    assert result == "stored" and flaky.calls == 2
