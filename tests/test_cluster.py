@@ -32,7 +32,7 @@ from gpuledger.stack import kafka, local
 from tests.conftest import BASE, ROOT
 from tests.support import DEMO, WorkerProcess, isolated, org_totals, wait_until
 
-pytestmark = pytest.mark.engines
+pytestmark = [pytest.mark.engines, pytest.mark.cluster]
 CLUSTER_STACK = StackSettings(
     data_dir=ROOT / ".gpuledger" / f"test-cluster-{BASE}",
     kafka_port=BASE + 392,
