@@ -58,16 +58,11 @@ def spend_by_org_model(settings: Settings, since: datetime | None = None, until:
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
     bounds: dict[str, Any] = {"since": since or datetime(1970, 1, 2, tzinfo=UTC), "until": until or datetime(2999, 1, 1, tzinfo=UTC)}
-    where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
     now = datetime.now(UTC)
     hours = store.read_hours(client, db, [bounds["since"], bounds["until"]], bounds["since"], now)
     costs = client.query(store.spend_by_org_model_sql(db, hours, now, bounds), parameters=bounds, settings=store.SETTINGS).result_rows
     tokens = {
-        (org, model): int(count)
-        for org, model, count in client.query(
-            f"SELECT org, model, sum(prompt_tokens + completion_tokens) FROM {db}.usage_events FINAL WHERE {where} GROUP BY org, model",
-            parameters=bounds,
-        ).result_rows
+        (org, model): int(count) for org, model, count in client.query(store.tokens_by_org_model_sql(db), parameters=bounds).result_rows
     }
     return [
         SpendRow(org, model, Decimal(api), Decimal(gpu), Decimal(idle), Decimal(adj), tokens.get((org, model), 0), int(lines))
@@ -77,15 +72,7 @@ def spend_by_org_model(settings: Settings, since: datetime | None = None, until:
 
 def gpu_spend_by_team(settings: Settings) -> list[GpuTeamRow]:
     """GPU spend per org and team: inference (token shares), workloads (training, notebooks, pods holding GPUs), idle, adjustments."""
-    rows = (
-        connect(settings.clickhouse)
-        .query(
-            f"SELECT org, team, sumIf(cost, kind = 'gpu' AND basis = 'tokens'), sumIf(cost, kind = 'gpu' AND basis != 'tokens'), "
-            f"sumIf(cost, kind = 'idle'), sumIf(cost, kind = 'adjustment') FROM {settings.clickhouse.database}.ledger FINAL "
-            "WHERE kind != 'api' GROUP BY org, team ORDER BY org, team"
-        )
-        .result_rows
-    )
+    rows = connect(settings.clickhouse).query(store.gpu_spend_by_team_sql(settings.clickhouse.database)).result_rows
     return [GpuTeamRow(org, team, *(Decimal(v) for v in values)) for org, team, *values in rows]
 
 

@@ -188,3 +188,18 @@ def spend_by_org_model_sql(database: str, hours: list[datetime], now: datetime, 
         f"sumIf(cost, kind = 'adjustment'), sum(lines) "
         f"FROM ({spend_source(database, hours, now, params)}) WHERE {where} GROUP BY org, model HAVING sum(lines) != 0 ORDER BY org, model"
     )
+
+
+def tokens_by_org_model_sql(db: str) -> str:
+    """Tokens per org and model from the usage events (a request on two GPUs counts once); binds ``since``, ``until``."""
+    where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
+    return f"SELECT org, model, sum(prompt_tokens + completion_tokens) FROM {db}.usage_events FINAL WHERE {where} GROUP BY org, model"
+
+
+def gpu_spend_by_team_sql(db: str) -> str:
+    """GPU spend per org and team: token shares, workloads, idle, adjustments (every ledger line but API calls)."""
+    return (
+        f"SELECT org, team, sumIf(cost, kind = 'gpu' AND basis = 'tokens'), sumIf(cost, kind = 'gpu' AND basis != 'tokens'), "
+        f"sumIf(cost, kind = 'idle'), sumIf(cost, kind = 'adjustment') FROM {db}.ledger FINAL "
+        "WHERE kind != 'api' GROUP BY org, team ORDER BY org, team"
+    )
