@@ -20,6 +20,7 @@ from rich.table import Table
 
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
+from streams.store.unit_costs import comparisons_sql, serving_hours_sql, unit_costs_sql
 
 By = Literal["org", "team", "project", "model"]
 Format = Literal["table", "csv", "json"]
@@ -108,31 +109,10 @@ def unit_costs(settings: Settings, since: date, until: date, by: By) -> list[Uni
     label, keys = grouping(by)
     rows = (
         connect(settings.clickhouse)
-        .query(
-            f"SELECT {label}, llm_model, any(hosting), sum(tokens), sum(usage_cost), sum(allocation_cost), currency "
-            f"FROM {settings.clickhouse.database}.unit_costs_daily WHERE day >= {{since:Date}} AND day < {{until:Date}} "
-            f"GROUP BY {keys} ORDER BY {keys}",
-            parameters={"since": since, "until": until},
-        )
+        .query(unit_costs_sql(settings.clickhouse.database, label, keys), parameters={"since": since, "until": until})
         .result_rows
     )
     return [UnitCost(g, m, h, int(t), Decimal(u), Decimal(a), currency=c) for g, m, h, t, u, a, c in rows]
-
-
-# Where comparisons() reads: the live views (the CLI, always current) or the rollups of migration 0015 (the dashboard, fast).
-COMPARISON_SOURCES = {
-    False: (
-        "self_hosted_vs_api_daily",
-        (
-            "model AS llm_model, currency, uniqExact(toStartOfHour(event_time)) FROM {db}.ledger FINAL"
-            " WHERE kind = 'gpu' AND basis = 'tokens' AND event_time >= {{since:Date}} AND event_time < {{until:Date}}"
-        ),
-    ),
-    True: (
-        "self_hosted_vs_api_rollup",
-        "llm_model, currency, uniqExact(hour) FROM {db}.serving_hours WHERE hour >= {{since:Date}} AND hour < {{until:Date}}",
-    ),
-}
 
 
 def comparisons(
@@ -144,17 +124,8 @@ def comparisons(
     db = settings.clickhouse.database
     params = {"since": since, "until": until}
     client = client if client is not None else connect(settings.clickhouse)
-    view, serving = COMPARISON_SOURCES[rollup]
-    hours = {
-        (g, m, c): int(h)
-        for g, m, c, h in client.query(f"SELECT {label}, {serving.format(db=db)} GROUP BY {keys}", parameters=params).result_rows
-    }
-    rows = client.query(
-        f"SELECT {label}, llm_model, any(hosting), sum(tokens), sum(usage_cost), sum(allocation_cost), sum(api_equivalent_cost), "
-        f"sum(requests_without_equivalent), currency FROM {db}.{view} WHERE day >= {{since:Date}} AND day < {{until:Date}} "
-        f"GROUP BY {keys} ORDER BY {keys}",
-        parameters=params,
-    ).result_rows
+    hours = {(g, m, c): int(h) for g, m, c, h in client.query(serving_hours_sql(db, label, keys, rollup), parameters=params).result_rows}
+    rows = client.query(comparisons_sql(db, label, keys, rollup), parameters=params).result_rows
     return [
         Comparison(g, m, h, int(t), Decimal(u), Decimal(a), None if e is None else Decimal(e), int(n), hours.get((g, m, c), 0), currency=c)
         for g, m, h, t, u, a, e, n, c in rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.store import spend
+from streams.store import spend, unit_costs
 
 
 def test_tokens_by_org_model_reads_usage_events_between_the_bound_times() -> None:
@@ -17,3 +17,26 @@ def test_gpu_spend_by_team_reads_the_ledger_less_api_lines() -> None:
     assert "FROM gl.ledger FINAL" in sql
     assert "WHERE kind != 'api'" in sql
     assert "{" not in sql
+
+
+def test_unit_costs_reads_the_daily_view_between_bound_dates() -> None:
+    sql = unit_costs.unit_costs_sql("gl", "org", "org, llm_model, currency")
+    assert "FROM gl.unit_costs_daily WHERE day >= {since:Date} AND day < {until:Date}" in sql
+    assert sql.startswith("SELECT org, llm_model")
+    assert sql.endswith("GROUP BY org, llm_model, currency ORDER BY org, llm_model, currency")
+
+
+def test_comparisons_read_the_live_view_or_its_rollup() -> None:
+    live = unit_costs.comparisons_sql("gl", "team", "team, llm_model, currency")
+    assert "FROM gl.self_hosted_vs_api_daily WHERE day >= {since:Date} AND day < {until:Date}" in live
+    rollup = unit_costs.comparisons_sql("gl", "team", "team, llm_model, currency", rollup=True)
+    assert "FROM gl.self_hosted_vs_api_rollup " in rollup
+
+
+def test_serving_hours_come_from_the_ledger_or_the_rollup() -> None:
+    live = unit_costs.serving_hours_sql("gl", "org", "org, llm_model, currency")
+    assert "FROM gl.ledger FINAL WHERE kind = 'gpu' AND basis = 'tokens'" in live
+    assert "event_time >= {since:Date} AND event_time < {until:Date}" in live
+    assert live.endswith("GROUP BY org, llm_model, currency")
+    rollup = unit_costs.serving_hours_sql("gl", "org", "org, llm_model, currency", rollup=True)
+    assert "FROM gl.serving_hours WHERE hour >= {since:Date} AND hour < {until:Date}" in rollup
