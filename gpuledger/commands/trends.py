@@ -31,11 +31,10 @@ from clickhouse_connect.driver.client import Client
 from gpuledger.clickhouse import connect
 from gpuledger.commands.unit_costs import By, div_half_even, grouping, per_mtok
 from gpuledger.settings import Settings
+from streams.store.spend_daily import bridge_inputs_sql
 
 Period = Literal["month", "week"]
 ZERO = Decimal(0)
-PERIOD_START = {"month": "toStartOfMonth(day)", "week": "toMonday(day)"}
-TOKEN_LINE = "(kind IN ('api', 'gpu') AND llm_model != '')"
 
 
 @dataclass(frozen=True)
@@ -134,10 +133,7 @@ def trends(settings: Settings, since: date, until: date, by: By, period: Period,
     models: dict[tuple[str, str, date], dict[str, ModelSpend]] = defaultdict(dict)
     other: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
     for group, currency, when, model, tokens, spend, rest in client.query(
-        f"SELECT {dims} AS grp, currency, {PERIOD_START[period]} AS period, if({TOKEN_LINE}, llm_model, '') AS token_model,"
-        f" sumIf(prompt_tokens + completion_tokens, {TOKEN_LINE}), sumIf(cost, {TOKEN_LINE}), sumIf(cost, NOT {TOKEN_LINE})"
-        f" FROM {settings.clickhouse.database}.spend_daily WHERE day >= {{first:Date}} AND day < {{last:Date}}"
-        " GROUP BY grp, currency, period, token_model ORDER BY grp, currency, period, token_model",
+        bridge_inputs_sql(settings.clickhouse.database, dims, period),
         parameters={"first": shift(wanted[0], period, -1), "last": shift(wanted[-1], period, 1)},
     ).result_rows:
         if model:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.store import spend, unit_costs
+from streams.store import spend, spend_daily, unit_costs
 
 
 def test_tokens_by_org_model_reads_usage_events_between_the_bound_times() -> None:
@@ -40,3 +40,10 @@ def test_serving_hours_come_from_the_ledger_or_the_rollup() -> None:
     assert live.endswith("GROUP BY org, llm_model, currency")
     rollup = unit_costs.serving_hours_sql("gl", "org", "org, llm_model, currency", rollup=True)
     assert "FROM gl.serving_hours WHERE hour >= {since:Date} AND hour < {until:Date}" in rollup
+
+
+def test_trend_inputs_read_spend_daily_by_period_between_bound_dates() -> None:
+    sql = spend_daily.bridge_inputs_sql("gl", "org", "week")
+    assert sql.startswith("SELECT org AS grp, currency, toMonday(day) AS period")
+    assert "FROM gl.spend_daily WHERE day >= {first:Date} AND day < {last:Date}" in sql
+    assert "toStartOfMonth(day) AS period" in spend_daily.bridge_inputs_sql("gl", "''", "month")
