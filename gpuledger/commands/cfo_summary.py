@@ -15,6 +15,7 @@ from rich.table import Table
 
 from gpuledger.commands import unit_costs as uc
 from gpuledger.settings import Settings
+from streams.store import spend_daily
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,14 @@ def summary(settings: Settings, client: Client, at: date) -> CfoSummary:
     orgs = [
         OrgSpend(o, c, Decimal(a), Decimal(g), Decimal(i), Decimal(t))
         for o, c, a, g, i, t in client.query(
-            f"SELECT org, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(total_cost) FROM {db}.spend_by_org_daily"
-            " WHERE day >= {since:Date} AND day < {until:Date} GROUP BY org, currency ORDER BY sum(total_cost) DESC, org, currency",
+            spend_daily.spend_by_org_sql(db),
             parameters=params,
         ).result_rows
     ]
     bridge = [
         BridgeRow(o, c, Decimal(b), Decimal(a), Decimal(v), Decimal(p), Decimal(m), Decimal(x), bool(j))
         for o, c, b, a, v, p, m, x, j in client.query(
-            f"SELECT org, currency, spend_before, spend_after, volume, price, mix, other, jevons FROM {db}.spend_bridge"
-            " WHERE period_kind = 'month' AND period = {since:Date} ORDER BY org, currency",
+            spend_daily.monthly_bridge_by_org_sql(db),
             parameters=params,
         ).result_rows
     ]

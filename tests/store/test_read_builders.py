@@ -47,3 +47,10 @@ def test_trend_inputs_read_spend_daily_by_period_between_bound_dates() -> None:
     assert sql.startswith("SELECT org AS grp, currency, toMonday(day) AS period")
     assert "FROM gl.spend_daily WHERE day >= {first:Date} AND day < {last:Date}" in sql
     assert "toStartOfMonth(day) AS period" in spend_daily.bridge_inputs_sql("gl", "''", "month")
+
+
+def test_cfo_summary_reads_spend_by_org_daily_and_the_month_bridge() -> None:
+    orgs = spend_daily.spend_by_org_sql("gl")
+    assert "FROM gl.spend_by_org_daily WHERE day >= {since:Date} AND day < {until:Date}" in orgs
+    bridge = spend_daily.monthly_bridge_by_org_sql("gl")
+    assert "FROM gl.spend_bridge WHERE period_kind = 'month' AND period = {since:Date}" in bridge
