@@ -20,6 +20,7 @@ from rich.table import Table
 
 from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
+from streams.store import outcomes as store
 
 By = Literal["kind", "team", "project"]
 NANO = Decimal("0.000000001")
@@ -73,17 +74,8 @@ def _coverage_sql(by: By, db: str) -> str:
     """(group, linked cost, request cost) of the requests in the range."""
     if by != "kind":
         label, keys = LABELS[by]
-        return (
-            f"SELECT {label}, sumIf(cost, outcome_id != ''), sum(cost) FROM {db}.request_outcome_costs "
-            f"WHERE event_time >= {{since:Date}} AND event_time < {{until:Date}} GROUP BY {keys}"
-        )
-    return f"""
-        WITH r AS (SELECT org, team, project, outcome_kind, cost FROM {db}.request_outcome_costs
-                   WHERE event_time >= {{since:Date}} AND event_time < {{until:Date}}),
-             totals AS (SELECT org, team, project, sum(cost) AS total FROM r GROUP BY org, team, project),
-             kinds AS (SELECT outcome_kind AS kind, org, team, project, sum(cost) AS linked FROM r WHERE outcome_kind != ''
-                       GROUP BY kind, org, team, project)
-        SELECT k.kind, sum(k.linked), sum(t.total) FROM kinds AS k INNER JOIN totals AS t USING (org, team, project) GROUP BY k.kind"""
+        return store.coverage_sql(db, label, keys)
+    return store.coverage_by_kind_sql(db)
 
 
 def outcome_figures(settings: Settings, since: date, until: date, by: By, client: Client | None = None) -> list[OutcomeFigures]:
@@ -95,9 +87,7 @@ def outcome_figures(settings: Settings, since: date, until: date, by: By, client
         g: (Decimal(linked), Decimal(total)) for g, linked, total in client.query(_coverage_sql(by, db), parameters=params).result_rows
     }
     rows = client.query(
-        f"SELECT {label} AS g, anyIf(cost_currency, cost_currency != ''), count(), countIf(success), sum(requests), sum(cost), "
-        f"sum(value), countIf(value IS NOT NULL) FROM {db}.outcome_costs "
-        f"WHERE occurred_at >= {{since:Date}} AND occurred_at < {{until:Date}} GROUP BY {keys} ORDER BY g",
+        store.outcome_figures_sql(db, label, keys),
         parameters=params,
     ).result_rows
     zero = (Decimal(0), Decimal(0))

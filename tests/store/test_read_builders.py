@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.store import spend, spend_daily, unit_costs
+from streams.store import outcomes, spend, spend_daily, unit_costs
 
 
 def test_tokens_by_org_model_reads_usage_events_between_the_bound_times() -> None:
@@ -54,3 +54,16 @@ def test_cfo_summary_reads_spend_by_org_daily_and_the_month_bridge() -> None:
     assert "FROM gl.spend_by_org_daily WHERE day >= {since:Date} AND day < {until:Date}" in orgs
     bridge = spend_daily.monthly_bridge_by_org_sql("gl")
     assert "FROM gl.spend_bridge WHERE period_kind = 'month' AND period = {since:Date}" in bridge
+
+
+def test_outcome_coverage_reads_request_outcome_costs_between_bound_dates() -> None:
+    by_org = outcomes.coverage_sql("gl", "org", "org")
+    assert "FROM gl.request_outcome_costs WHERE event_time >= {since:Date} AND event_time < {until:Date} GROUP BY org" in by_org
+    by_kind = outcomes.coverage_by_kind_sql("gl")
+    assert "FROM gl.request_outcome_costs" in by_kind and "{since:Date}" in by_kind and "{until:Date}" in by_kind
+    assert "GROUP BY k.kind" in by_kind
+
+
+def test_outcome_figures_read_outcome_costs_between_bound_dates() -> None:
+    sql = outcomes.outcome_figures_sql("gl", "team", "team")
+    assert "FROM gl.outcome_costs WHERE occurred_at >= {since:Date} AND occurred_at < {until:Date} GROUP BY team ORDER BY g" in sql
