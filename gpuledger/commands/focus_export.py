@@ -29,6 +29,7 @@ from gpuledger.commands.focus_files import (
     open_writer,
 )
 from gpuledger.settings import Settings
+from streams.store import focus
 
 SECONDS_PER_HOUR = Decimal(3600)
 BATCH = 4096  # lines mapped and written at a time (one Parquet row group each)
@@ -95,29 +96,6 @@ COLUMNS: dict[str, ColumnType] = {
     "x_GpuModel": "string",
 }
 
-# Every line of a GPU window is priced at the window's one rate, so its cost share is its share of the window's
-# GPU-hours; the window is the (GPU, window start) group of gpu and idle lines. API lines join their usage event.
-LINES_SQL = """
-SELECT l.line_id, l.kind, l.event_time, l.window_seconds, l.org, l.team, l.project, l.cost_centre, l.model, l.key_id,
-       l.node, l.gpu_uuid, l.gpu_model, l.mig_profile, l.price_id, l.prompt_tokens, l.cached_prompt_tokens,
-       l.completion_tokens, l.window_tokens, l.share_tokens, l.gpu_seconds, l.utilization_pct, l.cost, l.currency,
-       l.workload, l.basis, l.idle_policy, l.adjusts_line_id, l.window_cost,
-       u.request_start, u.usage_estimated, u.api_equivalent_cost
-FROM (
-    SELECT *, if(kind IN ('gpu', 'idle'), sum(cost) OVER (PARTITION BY kind IN ('gpu', 'idle'), gpu_uuid, event_time), cost) AS window_cost,
-           if(kind = 'api', event_id, '') AS usage_key
-    FROM {db}.ledger FINAL
-    WHERE event_time >= {start:DateTime64(6)} AND event_time < {end:DateTime64(6)} AND is_deleted = 0
-) AS l
-LEFT JOIN (
-    SELECT event_id, request_start, usage_estimated, api_equivalent_cost FROM {db}.usage_events FINAL
-    WHERE event_time >= {start:DateTime64(6)} AND event_time < {end:DateTime64(6)}
-) AS u ON u.event_id = l.usage_key
-ORDER BY l.event_time, l.line_id
-SETTINGS join_use_nulls = 1, max_block_size = 4096
-"""
-COUNT_SQL = "SELECT count(), sum(cost) FROM {db}.ledger FINAL WHERE event_time >= {start:DateTime64(6)} AND event_time < {end:DateTime64(6)} AND is_deleted = 0"
-
 
 class ExportError(Exception):
     """Bad arguments for an export (what was wrong and what to give instead)."""
@@ -168,13 +146,13 @@ def _params(start: datetime, end: datetime) -> dict[str, Any]:
 
 def ledger_summary(client: Client, db: str, start: datetime, end: datetime) -> tuple[int, Decimal]:
     """How many lines the export will write (the progress bar's total) and what they cost."""
-    count, total = client.query(COUNT_SQL.replace("{db}", db), parameters=_params(start, end)).result_rows[0]
+    count, total = client.query(focus.count_sql(db), parameters=_params(start, end)).result_rows[0]
     return int(count), Decimal(total or 0)
 
 
 def ledger_lines(client: Client, db: str, start: datetime, end: datetime) -> Iterator[list[dict[str, Any]]]:
     """The lines in [start, end) as blocks of dicts, streamed (ClickHouse sends blocks; none is kept)."""
-    stream = client.query_row_block_stream(LINES_SQL.replace("{db}", db), parameters=_params(start, end))
+    stream = client.query_row_block_stream(focus.lines_sql(db), parameters=_params(start, end))
     with stream:
         names = cast(QueryResult, stream.source).column_names  # a row block stream's source is its QueryResult
         for block in stream:

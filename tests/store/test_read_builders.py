@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.store import outcomes, spend, spend_daily, unit_costs
+from streams.store import focus, outcomes, spend, spend_daily, unit_costs
 
 
 def test_tokens_by_org_model_reads_usage_events_between_the_bound_times() -> None:
@@ -67,3 +67,16 @@ def test_outcome_coverage_reads_request_outcome_costs_between_bound_dates() -> N
 def test_outcome_figures_read_outcome_costs_between_bound_dates() -> None:
     sql = outcomes.outcome_figures_sql("gl", "team", "team")
     assert "FROM gl.outcome_costs WHERE occurred_at >= {since:Date} AND occurred_at < {until:Date} GROUP BY team ORDER BY g" in sql
+
+
+def test_focus_lines_read_the_ledger_and_usage_events_between_bound_times() -> None:
+    sql = focus.lines_sql("gl")
+    assert "FROM gl.ledger FINAL" in sql and "FROM gl.usage_events FINAL" in sql
+    assert "{db}" not in sql
+    assert sql.count("{start:DateTime64(6)}") == 2 and sql.count("{end:DateTime64(6)}") == 2
+
+
+def test_focus_count_reads_live_ledger_lines_between_bound_times() -> None:
+    sql = focus.count_sql("gl")
+    assert sql.startswith("SELECT count(), sum(cost) FROM gl.ledger FINAL")
+    assert "{start:DateTime64(6)}" in sql and "{end:DateTime64(6)}" in sql and "is_deleted = 0" in sql
