@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from schemas import Budget
 from streams.budgets.rules import Figures
 from streams.budgets.spend import Probe
+from streams.store import outcomes
 
 NANO = Decimal("0.000000001")
 
@@ -28,33 +28,11 @@ def cost_per_success(cost: Decimal, successes: int) -> Decimal:
     return (cost / successes).quantize(NANO, ROUND_HALF_EVEN) if successes else Decimal(0)
 
 
-def _condition(probe: Probe, i: int, params: dict[str, Any]) -> str:
-    b = probe.budget
-    params.update({f"k{i}": b.outcome_kind, f"o{i}": b.org, f"c{i}": b.currency, f"ps{i}": probe.period_start, f"pe{i}": probe.period_end})
-    parts = [
-        f"kind = {{k{i}:String}}",
-        f"org = {{o{i}:String}}",
-        f"cost_currency IN ({{c{i}:String}}, '')",
-        f"occurred_at >= {{ps{i}:DateTime64(6, 'UTC')}}",
-        f"occurred_at < {{pe{i}:DateTime64(6, 'UTC')}}",
-    ]
-    for column, value in (("team", b.team), ("project", b.project)):
-        if value:
-            params[f"{column}{i}"] = value
-            parts.append(f"{column} = {{{column}{i}:String}}")
-    return " AND ".join(parts)
-
-
 def measure_units(client: Client, database: str, probes: list[Probe]) -> list[Figures]:
     """Each unit budget probe's cost per success in its period, in one scan of ``outcome_costs``."""
     if not probes:
         return []
-    params: dict[str, Any] = {"earliest": min(p.period_start for p in probes)}
-    columns = []
-    for i, probe in enumerate(probes):
-        condition = _condition(probe, i, params)
-        columns += [f"sumIf(cost, {condition})", f"countIf(success AND {condition})"]
-    sql = f"SELECT {', '.join(columns)} FROM {database}.outcome_costs WHERE occurred_at >= {{earliest:DateTime64(6, 'UTC')}}"
+    sql, params = outcomes.unit_figures_sql(database, probes)
     row = client.query(sql, parameters=params).result_rows[0]
     return [Figures(p.period_start, p.period_end, cost_per_success(Decimal(row[2 * i]), int(row[2 * i + 1]))) for i, p in enumerate(probes)]
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from schemas import Budget
+from streams.budgets.spend import Probe
 from streams.store import focus, outcomes, spend, spend_daily, unit_costs
 
 
@@ -80,3 +85,24 @@ def test_focus_count_reads_live_ledger_lines_between_bound_times() -> None:
     sql = focus.count_sql("gl")
     assert sql.startswith("SELECT count(), sum(cost) FROM gl.ledger FINAL")
     assert "{start:DateTime64(6)}" in sql and "{end:DateTime64(6)}" in sql and "is_deleted = 0" in sql
+
+
+def test_unit_budget_figures_read_outcome_costs_with_every_value_bound() -> None:
+    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    scoped = Budget(
+        budget_id="u",
+        org="o'; DROP TABLE x --",
+        team="t1",
+        period="month",
+        amount=Decimal(1),
+        currency="USD",
+        updated_at=end,
+        outcome_kind="ticket",
+    )
+    whole = Budget(budget_id="v", org="acme", period="month", amount=Decimal(1), currency="EUR", updated_at=end, outcome_kind="lead")
+    sql, params = outcomes.unit_figures_sql("gl", [Probe(scoped, start, end), Probe(whole, start - timedelta(days=30), end)])
+    assert "FROM gl.outcome_costs WHERE occurred_at >= {earliest:DateTime64(6, 'UTC')}" in sql
+    assert "DROP" not in sql and params["o0"] == scoped.org and params["team0"] == "t1" and "team1" not in params
+    assert "kind = {k1:String}" in sql and "cost_currency IN ({c1:String}, '')" in sql and "{pe1:DateTime64(6, 'UTC')}" in sql
+    assert params["earliest"] == start - timedelta(days=30)
+    assert sql.count("sumIf(cost, ") == 2 and sql.count("countIf(success AND ") == 2
