@@ -477,9 +477,6 @@ def budgets(ctx: Ctx) -> Page:
     return Page("Budgets and alerts", [standings, _alert_history(ctx)])
 
 
-ALERTS_FROM = "(SELECT *, splitByChar('/', splitByChar(' ', scope)[1])[1] AS org FROM {db}.budget_alert_history)"
-
-
 def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
     where, params = scope(
         ctx, "raised_at", ("org",), since=datetime.now(UTC).date() - timedelta(days=31), until=datetime.now(UTC).date() + timedelta(days=1)
@@ -488,8 +485,7 @@ def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
         cast(
             list[tuple[str, datetime]],
             ctx.client.query(  # clickhouse_connect annotates rows as Sequence[Sequence]
-                f"SELECT budget_id, argMax(projected_breach, raised_at) FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} AND kind = 'forecast'"
-                " AND period_end > now64() GROUP BY budget_id",
+                sql.forecast_breaches(ctx.db, where),
                 parameters=params,
             ).result_rows,
         )
@@ -516,7 +512,7 @@ def _alert_history(ctx: Ctx) -> Table:
         Column("alert_id", "alert id"),
     ]
     rows = ctx.client.query(
-        f"SELECT {', '.join(c.key for c in columns)} FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} ORDER BY raised_at DESC LIMIT 1000",
+        sql.alert_history(ctx.db, where, [c.key for c in columns]),
         parameters=params,
     ).result_rows
     return Table(
@@ -562,8 +558,7 @@ def gpus(ctx: Ctx) -> Page:
             heat_where.append(condition)
             heat_params[f"f_{dim}"] = getattr(f, dim)
     cells = ctx.client.query(
-        f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE {' AND '.join(heat_where)}"
-        " ORDER BY node, gpu_uuid, hour",
+        sql.heatmap(ctx.db, heat_where),
         parameters=heat_params,
     ).result_rows
     hours = sorted({c[2] for c in cells})
@@ -604,15 +599,11 @@ def gpus(ctx: Ctx) -> Page:
 
 def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
     """The largest ``ctx.row_limit`` groups of ``gpu_daily`` (by cost), with totals over every group."""
-    source = f"FROM {ctx.db}.gpu_daily WHERE {where} AND {condition}"
     rows = ctx.client.query(
-        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) {source}"
-        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)} LIMIT {int(ctx.row_limit)}",
+        sql.grouped_rows(ctx.db, where, condition, keys, ctx.row_limit),
         parameters=params,
     ).result_rows
-    totals = ctx.client.query(
-        f"SELECT currency, sum(lines), sum(gpu_seconds), sum(cost) {source} GROUP BY currency ORDER BY currency", parameters=params
-    ).result_rows
+    totals = ctx.client.query(sql.grouped_totals(ctx.db, where, condition), parameters=params).result_rows
     columns = [
         *(Column(k, k.replace("_", " ")) for k in keys),
         Column("lines", "lines", "int", True),
@@ -693,7 +684,7 @@ SLOT_KINDS = {"Decimal": "money", "Int": "int", "UInt": "int", "Date": "date", "
 
 def _slot(ctx: Ctx, page: Page, anchor: str, heading: str, view: str) -> None:
     columns = ctx.client.query(
-        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {view:String} ORDER BY position",
+        sql.view_columns(),
         parameters={"db": ctx.db, "view": view},
     ).result_rows
     names = [n for n, _ in columns]
@@ -707,9 +698,7 @@ def _slot(ctx: Ctx, page: Page, anchor: str, heading: str, view: str) -> None:
     else:
         where, params = "1", {}
     kinds = [next((k for prefix, k in SLOT_KINDS.items() if t.removeprefix("Nullable(").startswith(prefix)), "text") for _, t in columns]
-    rows = ctx.client.query(
-        f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {ctx.db}.`{view}` WHERE {where} LIMIT {LINES_SHOWN}", parameters=params
-    ).result_rows
+    rows = ctx.client.query(sql.view_rows(ctx.db, view, names, where, LINES_SHOWN), parameters=params).result_rows
     page.tables.append(
         Table(
             anchor,

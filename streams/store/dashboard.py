@@ -70,3 +70,49 @@ def lines_listing(db: str, keys: str, condition: str, limit: int) -> str:
 
 def newest_hours(db: str, where: str) -> str:
     return f"SELECT hour, sum(lines) FROM {SPEND_ROLLUP.format(db=db, table='spend_hourly')} WHERE {where} GROUP BY hour ORDER BY hour DESC"
+
+
+ALERTS_FROM = "(SELECT *, splitByChar('/', splitByChar(' ', scope)[1])[1] AS org FROM {db}.budget_alert_history)"
+
+
+def forecast_breaches(db: str, where: str) -> str:
+    return (
+        f"SELECT budget_id, argMax(projected_breach, raised_at) FROM {ALERTS_FROM.format(db=db)} WHERE {where} AND kind = 'forecast'"
+        " AND period_end > now64() GROUP BY budget_id"
+    )
+
+
+def alert_history(db: str, where: str, columns: list[str]) -> str:
+    return f"SELECT {', '.join(columns)} FROM {ALERTS_FROM.format(db=db)} WHERE {where} ORDER BY raised_at DESC LIMIT 1000"
+
+
+def heatmap(db: str, heat_where: list[str]) -> str:
+    return (
+        f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {db}.gpu_utilization_hourly WHERE {' AND '.join(heat_where)}"
+        " ORDER BY node, gpu_uuid, hour"
+    )
+
+
+def _gpu_source(db: str, where: str, condition: str) -> str:
+    return f"FROM {db}.gpu_daily WHERE {where} AND {condition}"
+
+
+def grouped_rows(db: str, where: str, condition: str, keys: tuple[str, ...], limit: int) -> str:
+    source = _gpu_source(db, where, condition)
+    return (
+        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) {source}"
+        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)} LIMIT {int(limit)}"
+    )
+
+
+def grouped_totals(db: str, where: str, condition: str) -> str:
+    source = _gpu_source(db, where, condition)
+    return f"SELECT currency, sum(lines), sum(gpu_seconds), sum(cost) {source} GROUP BY currency ORDER BY currency"
+
+
+def view_columns() -> str:
+    return "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {view:String} ORDER BY position"
+
+
+def view_rows(db: str, view: str, names: list[str], where: str, limit: int) -> str:
+    return f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {db}.`{view}` WHERE {where} LIMIT {limit}"
