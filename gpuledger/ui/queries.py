@@ -29,6 +29,7 @@ from gpuledger.ui.auth import Viewer
 from gpuledger.ui.filters import DIMENSIONS, LINE_FILTERS, Filters, period_bounds
 from gpuledger.ui.tables import Column, Table, share
 from schemas import Budget, BudgetStatus
+from streams.store import dashboard as sql
 
 LINES_SHOWN = 500
 LINES_CSV = 100_000
@@ -85,7 +86,7 @@ def visible_orgs(ctx: Ctx) -> list[str]:
     """Orgs with spend that the viewer may see (for the org picker)."""
     if ctx.viewer.orgs is not None:
         return sorted(ctx.viewer.orgs)
-    return [r[0] for r in ctx.client.query(f"SELECT DISTINCT org FROM {ctx.db}.spend_daily ORDER BY org").result_rows]
+    return [r[0] for r in ctx.client.query(sql.visible_orgs(ctx.db)).result_rows]
 
 
 # ---------------------------------------------------------------- overview
@@ -110,10 +111,8 @@ def overview(ctx: Ctx) -> Page:
 def _period_table(ctx: Ctx, name: str, title: str, dims: tuple[str, ...], previous: date, start: date, end: date) -> Table:
     where, params = scope(ctx, "day", since=previous, until=end)
     params["start"] = start
-    label = "concat(org, '/', team)" if len(dims) > 1 else "org"
     rows = ctx.client.query(
-        f"SELECT {label} AS grp, currency, sumIf(total_cost, day < {{start:Date}}), sumIf(total_cost, day >= {{start:Date}})"
-        f" FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY {', '.join(dims)}, currency ORDER BY 4 DESC, grp",
+        sql.period_table(ctx.db, where, dims),
         parameters=params,
     ).result_rows
     elapsed = _elapsed_fraction(start, end)
@@ -187,15 +186,14 @@ def _jevons(ctx: Ctx, end: date) -> tuple[Table, dict[str, Any]]:
     spend = {
         (m, c): Decimal(s)
         for m, c, s in ctx.client.query(
-            f"SELECT toStartOfMonth(day) AS m, currency, sum(total_cost) FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY m, currency",
+            sql.jevons_spend(ctx.db, where),
             parameters=params,
         ).result_rows
     }
     units = {
         (m, c): uc.UnitCost("", "", "", int(t), Decimal(u), Decimal(a))
         for m, c, t, u, a in ctx.client.query(
-            f"SELECT toStartOfMonth(day) AS m, currency, sum(tokens), sum(usage_cost), sum(allocation_cost) FROM {ctx.db}.self_hosted_vs_api_rollup"
-            f" WHERE {where} GROUP BY m, currency",
+            sql.jevons_units(ctx.db, where),
             parameters=params,
         ).result_rows
     }
@@ -259,33 +257,22 @@ SPEND_COLUMNS = [
 ]
 
 
-# spend_daily or spend_hourly with spend_by_org_daily's one model name per row (the LLM, else the GPU): the same filters apply
-SPEND_ROLLUP = "(SELECT *, if(llm_model != '', llm_model, gpu_model) AS model FROM {db}.{table})"
-
-
 def drill(ctx: Ctx) -> Page:
     """Spend one level below the filters (org → team → project → model → key), split API / GPU / idle."""
     f = ctx.filters
     level = next((d for d in DIMENSIONS if getattr(f, d) is None), "key_id")
     if level == "key_id":  # spend_by_org_daily has no keys: the rollup under it does
         where, params = scope(ctx, "day", DIMENSIONS)
-        sql = (
-            f"SELECT key_id, currency, sumIf(cost, kind = 'api'), sumIf(cost, kind = 'gpu'), sumIf(cost, kind = 'idle'),"
-            f" sumIf(cost, kind = 'adjustment'), sum(cost), sum(prompt_tokens + completion_tokens)"
-            f" FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {where} GROUP BY key_id, currency ORDER BY 7 DESC, key_id"
-        )
+        query = sql.drill_keys(ctx.db, where)
     else:
         where, params = scope(ctx, "day")
-        sql = (
-            f"SELECT {level}, currency, sum(api_cost), sum(gpu_cost), sum(idle_cost), sum(adjustment_cost), sum(total_cost), sum(tokens)"
-            f" FROM {ctx.db}.spend_by_org_daily WHERE {where} GROUP BY {level}, currency ORDER BY 7 DESC, {level}"
-        )
+        query = sql.drill_level(ctx.db, where, level)
     table = Table(
         "spend",
         f"Spend by {level.replace('_id', '')}, {f.since} to {f.until} (exclusive)",
         [Column("name", level.replace("_id", "")), *SPEND_COLUMNS],
     )
-    for i, (name, currency, api, gpu, idle, adjustment, total, tokens) in enumerate(ctx.client.query(sql, parameters=params).result_rows):
+    for i, (name, currency, api, gpu, idle, adjustment, total, tokens) in enumerate(ctx.client.query(query, parameters=params).result_rows):
         total = Decimal(total)
         table.rows.append(
             {
@@ -351,8 +338,7 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
     if rolled:
         day_where, day_params = scope(ctx, "day", (*DIMENSIONS, "kind"))
         per_day = ctx.client.query(
-            f"SELECT day, currency, sum(lines), sum(cost) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_daily')} WHERE {day_where}"
-            " GROUP BY day, currency ORDER BY day DESC, currency",
+            sql.lines_per_day(ctx.db, day_where),
             parameters=day_params,
         ).result_rows
         by_currency: dict[str, list[Any]] = {}
@@ -364,7 +350,7 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
     else:
         totals = list(
             ctx.client.query(
-                f"SELECT currency, count(), sum(cost) FROM {ctx.db}.ledger FINAL WHERE {where} GROUP BY currency ORDER BY currency",
+                sql.lines_totals(ctx.db, where),
                 parameters=params,
             ).result_rows
         )
@@ -373,12 +359,9 @@ def lines(ctx: Ctx, limit: int | None = None) -> Page:
     keys = ", ".join("prompt_tokens + completion_tokens" if c.key == "tokens" else c.key for c in LINE_COLUMNS)
 
     def listing(condition: str) -> list[Any]:
-        # pick the lines on the few columns that order and filter them, then read those lines whole by primary key
-        picked = f"SELECT toDate(event_time), line_id FROM {ctx.db}.ledger FINAL WHERE {condition} ORDER BY event_time DESC, line_id LIMIT {int(limit)}"
         return list(
             ctx.client.query(
-                f"SELECT {keys} FROM {ctx.db}.ledger FINAL WHERE {condition} AND (toDate(event_time), line_id) IN ({picked})"
-                " ORDER BY event_time DESC, line_id",
+                sql.lines_listing(ctx.db, keys, condition, limit),
                 parameters={**params, "newest": newest},
             ).result_rows
         )
@@ -413,8 +396,7 @@ def _newest(ctx: Ctx, limit: int, per_day: list[tuple[date, int]]) -> datetime |
     where, params = scope(ctx, "hour", (*DIMENSIONS, "kind"), since=day - timedelta(days=1))
     seen = 0
     for hour, n in ctx.client.query(
-        f"SELECT hour, sum(lines) FROM {SPEND_ROLLUP.format(db=ctx.db, table='spend_hourly')}"
-        f" WHERE {where} GROUP BY hour ORDER BY hour DESC",
+        sql.newest_hours(ctx.db, where),
         parameters=params,
     ).result_rows:
         seen += int(n)
@@ -495,9 +477,6 @@ def budgets(ctx: Ctx) -> Page:
     return Page("Budgets and alerts", [standings, _alert_history(ctx)])
 
 
-ALERTS_FROM = "(SELECT *, splitByChar('/', splitByChar(' ', scope)[1])[1] AS org FROM {db}.budget_alert_history)"
-
-
 def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
     where, params = scope(
         ctx, "raised_at", ("org",), since=datetime.now(UTC).date() - timedelta(days=31), until=datetime.now(UTC).date() + timedelta(days=1)
@@ -506,8 +485,7 @@ def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
         cast(
             list[tuple[str, datetime]],
             ctx.client.query(  # clickhouse_connect annotates rows as Sequence[Sequence]
-                f"SELECT budget_id, argMax(projected_breach, raised_at) FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} AND kind = 'forecast'"
-                " AND period_end > now64() GROUP BY budget_id",
+                sql.forecast_breaches(ctx.db, where),
                 parameters=params,
             ).result_rows,
         )
@@ -534,7 +512,7 @@ def _alert_history(ctx: Ctx) -> Table:
         Column("alert_id", "alert id"),
     ]
     rows = ctx.client.query(
-        f"SELECT {', '.join(c.key for c in columns)} FROM {ALERTS_FROM.format(db=ctx.db)} WHERE {where} ORDER BY raised_at DESC LIMIT 1000",
+        sql.alert_history(ctx.db, where, [c.key for c in columns]),
         parameters=params,
     ).result_rows
     return Table(
@@ -580,8 +558,7 @@ def gpus(ctx: Ctx) -> Page:
             heat_where.append(condition)
             heat_params[f"f_{dim}"] = getattr(f, dim)
     cells = ctx.client.query(
-        f"SELECT node, gpu_uuid, hour, utilization_sum / windows FROM {ctx.db}.gpu_utilization_hourly WHERE {' AND '.join(heat_where)}"
-        " ORDER BY node, gpu_uuid, hour",
+        sql.heatmap(ctx.db, heat_where),
         parameters=heat_params,
     ).result_rows
     hours = sorted({c[2] for c in cells})
@@ -622,15 +599,11 @@ def gpus(ctx: Ctx) -> Page:
 
 def _grouped(ctx: Ctx, name: str, title: str, keys: tuple[str, ...], condition: str, where: str, params: dict[str, Any]) -> Table:
     """The largest ``ctx.row_limit`` groups of ``gpu_daily`` (by cost), with totals over every group."""
-    source = f"FROM {ctx.db}.gpu_daily WHERE {where} AND {condition}"
     rows = ctx.client.query(
-        f"SELECT {', '.join(keys)}, currency, sum(lines), sum(gpu_seconds), sum(cost) {source}"
-        f" GROUP BY {', '.join(keys)}, currency ORDER BY sum(cost) DESC, {', '.join(keys)} LIMIT {int(ctx.row_limit)}",
+        sql.grouped_rows(ctx.db, where, condition, keys, ctx.row_limit),
         parameters=params,
     ).result_rows
-    totals = ctx.client.query(
-        f"SELECT currency, sum(lines), sum(gpu_seconds), sum(cost) {source} GROUP BY currency ORDER BY currency", parameters=params
-    ).result_rows
+    totals = ctx.client.query(sql.grouped_totals(ctx.db, where, condition), parameters=params).result_rows
     columns = [
         *(Column(k, k.replace("_", " ")) for k in keys),
         Column("lines", "lines", "int", True),
@@ -711,7 +684,7 @@ SLOT_KINDS = {"Decimal": "money", "Int": "int", "UInt": "int", "Date": "date", "
 
 def _slot(ctx: Ctx, page: Page, anchor: str, heading: str, view: str) -> None:
     columns = ctx.client.query(
-        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {view:String} ORDER BY position",
+        sql.view_columns(),
         parameters={"db": ctx.db, "view": view},
     ).result_rows
     names = [n for n, _ in columns]
@@ -725,9 +698,7 @@ def _slot(ctx: Ctx, page: Page, anchor: str, heading: str, view: str) -> None:
     else:
         where, params = "1", {}
     kinds = [next((k for prefix, k in SLOT_KINDS.items() if t.removeprefix("Nullable(").startswith(prefix)), "text") for _, t in columns]
-    rows = ctx.client.query(
-        f"SELECT {', '.join(f'`{n}`' for n in names)} FROM {ctx.db}.`{view}` WHERE {where} LIMIT {LINES_SHOWN}", parameters=params
-    ).result_rows
+    rows = ctx.client.query(sql.view_rows(ctx.db, view, names, where, LINES_SHOWN), parameters=params).result_rows
     page.tables.append(
         Table(
             anchor,
