@@ -14,10 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpuledger.commands.budgets import BudgetError, BudgetSpec, current, delete, parse_specs, read_file, save
+from gpuledger.commands.budgets import current, delete, read_file, save
 from gpuledger.kafka import PublishRefused
 from gpuledger.limits import MONEY_CONTEXT
 from gpuledger.settings import get_settings
+from streams.budgets.definitions import BudgetError, BudgetSpec, parse_specs
 
 app = typer.Typer(
     help="Budgets per org, team or project: alerts at thresholds, forecasts and spikes; hard budgets stop the gateway.",

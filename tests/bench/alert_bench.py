@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
-from gpuledger.commands.budgets import BudgetSpec, save  # noqa: E402
+from gpuledger.commands.budgets import save  # noqa: E402
 from gpuledger.commands.reference_import import import_orgs, import_prices  # noqa: E402
 from gpuledger.commands.reference_import import publish as publish_table  # noqa: E402
 from gpuledger.kafka import new_producer  # noqa: E402
@@ -45,6 +45,7 @@ from gpuledger.settings import Settings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
 from schemas import InferenceUsage, OrgDirectory, codec_for  # noqa: E402
 from schemas.keys import org_key  # noqa: E402
+from streams.budgets.definitions import BudgetSpec  # noqa: E402
 from tests.bench.pipeline_bench import STACK, event  # noqa: E402
 from tests.budgets.conftest import noon_zone  # noqa: E402
 from tests.notifier.fake_slack import FakeSlack  # noqa: E402

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from gpuledger.clickhouse import connect
-from gpuledger.commands.budgets import BudgetSpec, save
+from gpuledger.commands.budgets import save
 from gpuledger.commands.reference_import import import_orgs, import_prices
 from gpuledger.kafka import new_producer
 from gpuledger.settings import Settings
 from schemas import Budget, InferenceUsage, codec_for
+from streams.budgets.definitions import BudgetSpec
 from streams.notifier import NotifierSettings, Target, run_notifier
 from tests.support import ROOT, isolated
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuledger.commands.budgets import BudgetError, BudgetSpec, current, parse_specs, read_file, save
+from gpuledger.commands.budgets import current, read_file, save
 from gpuledger.settings import Settings
+from streams.budgets.definitions import BudgetError, BudgetSpec, parse_specs
 from tests.support import ROOT, settings_env
 
 pytestmark = pytest.mark.engines

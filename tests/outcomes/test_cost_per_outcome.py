@@ -32,13 +32,14 @@ from typer.testing import CliRunner, Result
 
 from gpuledger.clickhouse import connect
 from gpuledger.commands import outcomes_cli
-from gpuledger.commands.budgets import BudgetSpec, save
+from gpuledger.commands.budgets import save
 from gpuledger.commands.reference_import import import_orgs, import_prices
 from gpuledger.kafka import AckedSender, read_all
 from gpuledger.settings import Settings
 from inference.gateway.app import create_app
 from inference.gateway.config import GatewayConfig
 from schemas import BudgetAlert, OutcomeEvent, codec_for
+from streams.budgets.definitions import BudgetSpec
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
 from tests.support import (

@@ -26,11 +26,12 @@ import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from gpuledger.clickhouse import connect
-from gpuledger.commands.budgets import parse_specs, save
+from gpuledger.commands.budgets import save
 from gpuledger.commands.reference_import import import_equivalents, import_orgs, import_prices
 from gpuledger.commands.simulate import publish_fleet
 from gpuledger.settings import Settings
 from gpuledger.ui.auth import token_digest
+from streams.budgets.definitions import parse_specs
 from streams.store.rollups import refresh_rollups
 from tests.conftest import BASE
 from tests.support import (
