@@ -47,8 +47,9 @@ from streams.gpu_cost import (
 )
 from streams.ownership import EVERYTHING, OwnedPartitions, Watermarks
 from streams.pricing import ZERO, PriceBook
-from streams.sink import LEDGER_COLUMNS, ClickHouseSink, ledger_row, version_now
+from streams.sink import ClickHouseSink, ledger_row, version_now
 from streams.store import allocator as store
+from streams.store.tables import LEDGER_COLUMNS
 from streams.workloads import LabelKeys, Workload, collect_workloads, resolve_payer
 
 log = structlog.get_logger()

@@ -43,8 +43,9 @@ from streams.ingest import DeadLetters, Ingest
 from streams.outcomes import OUTCOME_COLUMNS, OutcomeRows
 from streams.ownership import consumer_ownership
 from streams.shutdown import GracefulWorker
-from streams.sink import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS, ClickHouseSink
+from streams.sink import ClickHouseSink
 from streams.store import rollups
+from streams.store.tables import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS
 from streams.validation import TimeWindow
 from streams.workloads import LabelKeys
 
@@ -171,7 +172,7 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
     )
     rollup_client = connect(settings.clickhouse)  # the next pass starts from the same watermark, so a failed one loses nothing
     app.timer(w.rollup_every_seconds, on_leader=True, name="rollups")(
-        GuardedPass("rollups", lambda: asyncio.to_thread(rollups.maintain, rollup_client, settings.clickhouse.database), _ready)
+        GuardedPass("rollups", lambda: asyncio.to_thread(rollups.maintain, rollup_client, settings.clickhouse.database))
     )
     if health is not None:  # /healthz reads the reference tables; consumer lag only while the CLI serves /metrics
         health.views.update({table.view.topic: table.view for table in reference.tables})
@@ -181,10 +182,6 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
             )
         )
     return app
-
-
-async def _ready() -> None:
-    """Rollups need no reference data."""
 
 
 def _named(name: str, start: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:

@@ -141,18 +141,19 @@ class ReferenceRejects:
 
 @dataclass(frozen=True)
 class GuardedPass:
-    """A periodic pass (timer) that never stops its timer: waits for ``ready``, is timed, and a failure is logged and counted.
+    """A periodic pass (timer) that never stops its timer: waits for ``ready`` (if any), is timed, and a failure is logged and counted.
 
     ``__call__`` returns whether the pass succeeded (for tests and logs; the timer ignores it).
     """
 
     name: str
     run: Callable[[], Awaitable[Any]]
-    ready: Callable[[], Awaitable[None]]
+    ready: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self) -> bool:
         try:
-            await self.ready()
+            if self.ready is not None:
+                await self.ready()
             with metrics.timed(metrics.PASS_SECONDS, metrics.PASS_FAILURES, self.name):
                 await self.run()
             return True

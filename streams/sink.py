@@ -24,7 +24,6 @@ from gpuledger.retry import Backoff
 from schemas import GpuSample, LedgerLine
 from streams import metrics
 from streams.enrich import PricedUsage
-from streams.store.tables import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS  # noqa: F401 (declared in the store layer; imported from here too)
 
 log = structlog.get_logger()
 

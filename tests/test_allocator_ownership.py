@@ -26,7 +26,8 @@ from streams.ownership import (
     partition_of,
 )
 from streams.pricing import PriceBook
-from streams.sink import LEDGER_COLUMNS, SAMPLE_COLUMNS, ClickHouseSink, sample_row
+from streams.sink import ClickHouseSink, sample_row
+from streams.store.tables import LEDGER_COLUMNS, SAMPLE_COLUMNS
 from streams.workloads import LabelKeys
 from tests.support import isolated
 

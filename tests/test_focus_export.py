@@ -32,7 +32,8 @@ from gpuledger.commands.report import spend_by_org_model
 from gpuledger.commands.simulate import publish_fleet
 from gpuledger.settings import Settings
 from schemas import LedgerLine
-from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
+from streams.sink import ledger_row
+from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
 from tests.focus_fill import BIG_RANGE, fill_ledger, peak_rss_mib
 from tests.support import (
     ROOT,

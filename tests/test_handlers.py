@@ -24,7 +24,7 @@ from streams import reference
 from streams.batching import RecordBatcher
 from streams.handlers import EventChecks, GuardedPass, ReferenceData, ReferenceRejects, SampleRows, UsageRows, settled_after
 from streams.ingest import DeadLetters
-from streams.sink import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS
+from streams.store.tables import LEDGER_COLUMNS, SAMPLE_COLUMNS, USAGE_COLUMNS
 from streams.validation import TimeWindow
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -31,7 +31,8 @@ from streams.enrich import price_usage
 from streams.handlers import settled_after
 from streams.ingest import DeadLetters, Ingest, Rows
 from streams.pricing import PriceBook
-from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ClickHouseSink, ledger_row, usage_row, version_now
+from streams.sink import ClickHouseSink, ledger_row, usage_row, version_now
+from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
 from tests.support import isolated
 
 pytestmark = pytest.mark.engines

@@ -59,8 +59,9 @@ def test_daily_rollups_count_days_in_the_reporting_time_zone(stack_settings: Set
     from decimal import Decimal
 
     from schemas import LedgerLine
-    from streams.sink import LEDGER_COLUMNS, ledger_row
+    from streams.sink import ledger_row
     from streams.store import rollups
+    from streams.store.tables import LEDGER_COLUMNS
 
     settings = fresh(stack_settings, "t_migrate_berlin").model_copy(update={"reporting_timezone": "Europe/Berlin"})
     apply_migrations(settings)

@@ -21,8 +21,9 @@ from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
 from schemas import Budget, LedgerLine
 from streams.budgets.spend import Probe, measure, top_spenders
-from streams.sink import LEDGER_COLUMNS, ledger_row
+from streams.sink import ledger_row
 from streams.store import rollups
+from streams.store.tables import LEDGER_COLUMNS
 
 pytestmark = pytest.mark.engines
 ZONE = "Asia/Kolkata"  # UTC+5:30: its days cut UTC hours in half

@@ -23,9 +23,10 @@ from gpuledger.commands.trends import Bridge, ModelSpend, bridge, trends
 from gpuledger.commands.unit_costs import div_half_even
 from gpuledger.settings import Settings
 from schemas import LedgerLine
-from streams.sink import LEDGER_COLUMNS, ledger_row
+from streams.sink import ledger_row
 from streams.store import rollups
 from streams.store.rollups import refresh_rollups
+from streams.store.tables import LEDGER_COLUMNS
 from tests.support import ROOT, isolated, settings_env
 
 

@@ -29,8 +29,9 @@ from gpuledger.commands.unit_costs import comparisons, render, unit_costs
 from gpuledger.kafka import new_producer
 from gpuledger.settings import Settings
 from schemas import InferenceUsage, LedgerLine, codec_for
-from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
+from streams.sink import ledger_row
 from streams.store.rollups import refresh_rollups
+from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
 from tests.support import (
     DEMO,
     ROOT,

@@ -168,34 +168,10 @@ def generate(seed: int, start: datetime, minutes: int, scale: float = 1.0) -> Fl
             for tick in range(60 // SAMPLE_SECONDS):
                 begin = start + timedelta(minutes=minute, seconds=tick * SAMPLE_SECONDS)
                 util = round(min(100.0, max(0.0, rng.gauss(busy, 3.0))), 1)
-                fleet.samples.append(
-                    GpuSample(
-                        sample_id=f"{gpu.node}/{gpu.uuid}/{int(begin.timestamp() * 1_000_000)}",
-                        node=gpu.node,
-                        gpu_uuid=gpu.uuid,
-                        gpu_index=gpu.index,
-                        gpu_model=gpu.model,
-                        interval_start=begin,
-                        interval_end=begin + timedelta(seconds=SAMPLE_SECONDS),
-                        utilization_pct=util,
-                        memory_utilization_pct=round(util * 0.6, 1),
-                        memory_used_bytes=40 * 2**30,
-                        memory_total_bytes=80 * 2**30,
-                        power_watts=round(90 + 6 * util, 1),
-                        energy_joules=round((90 + 6 * util) * SAMPLE_SECONDS, 1),
-                        sm_clock_mhz=1980,
-                        temperature_c=int(35 + util / 3),
-                        processes=[
-                            GpuProcess(
-                                pid=4242,
-                                command="vllm",
-                                namespace="inference",
-                                pod=f"vllm-{gpu.node}-{gpu.index // 2}",
-                                gpu_memory_bytes=38 * 2**30,
-                            )
-                        ],
-                    )
+                serving = GpuProcess(
+                    pid=4242, command="vllm", namespace="inference", pod=f"vllm-{gpu.node}-{gpu.index // 2}", gpu_memory_bytes=38 * 2**30
                 )
+                fleet.samples.append(_sample(gpu, gpu.uuid, begin, util, [serving], memory_used_gib=40))
     fleet.samples.extend(_workload_samples(start, minutes, rng))
     _add_outcomes(fleet, seed, context)
     return fleet
@@ -242,7 +218,9 @@ def _mig_uuid(profile: str) -> str:
     return f"MIG-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
-def _sample(gpu: Gpu, uuid: str, begin: datetime, util: float, processes: list[GpuProcess], **mig: Any) -> GpuSample:
+def _sample(
+    gpu: Gpu, uuid: str, begin: datetime, util: float, processes: list[GpuProcess], memory_used_gib: int = 30, **mig: Any
+) -> GpuSample:
     return GpuSample(
         sample_id=f"{gpu.node}/{uuid}/{int(begin.timestamp() * 1_000_000)}",
         node=gpu.node,
@@ -253,7 +231,7 @@ def _sample(gpu: Gpu, uuid: str, begin: datetime, util: float, processes: list[G
         interval_end=begin + timedelta(seconds=SAMPLE_SECONDS),
         utilization_pct=util,
         memory_utilization_pct=round(util * 0.6, 1),
-        memory_used_bytes=30 * 2**30,
+        memory_used_bytes=memory_used_gib * 2**30,
         memory_total_bytes=80 * 2**30,
         power_watts=round(90 + 6 * util, 1),
         energy_joules=round((90 + 6 * util) * SAMPLE_SECONDS, 1),

@@ -26,8 +26,9 @@ from streams.notifier.digest import DigestSender, due_week
 from streams.notifier.runner import wait_or_stop
 from streams.notifier.settings import DigestSchedule, Target
 from streams.notifier.state import DeliveryState
-from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row, usage_row
+from streams.sink import ledger_row, usage_row
 from streams.store.digest import team_week
+from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
 from tests.notifier.conftest import Running, notifier_settings, wait_until
 from tests.notifier.fake_slack import FakeSlack
 from tests.support import ROOT, isolated, settings_env

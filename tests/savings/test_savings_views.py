@@ -16,7 +16,8 @@ from gpuledger.clickhouse import connect
 from gpuledger.settings import Settings
 from schemas import InferenceUsage, LedgerLine, OrgDirectory
 from streams.enrich import PricedUsage
-from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row, usage_row
+from streams.sink import ledger_row, usage_row
+from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
 from tests.support import isolated
 
 pytestmark = pytest.mark.engines

@@ -20,8 +20,9 @@ from gpuledger.ui.auth import Refused, Viewer
 from gpuledger.ui.filters import Filters
 from schemas import Budget, LedgerLine, codec_for
 from schemas.keys import budget_key
-from streams.sink import LEDGER_COLUMNS, USAGE_COLUMNS, ledger_row
+from streams.sink import ledger_row
 from streams.store.rollups import refresh_rollups
+from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
 from tests.support import isolated
 
 pytestmark = pytest.mark.engines
