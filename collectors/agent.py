@@ -17,8 +17,8 @@ from collectors.metrics import GpuGauges, build_app, serve
 from collectors.podresources.client import PodResourcesClient
 from collectors.publisher import Publisher, encode_samples
 from collectors.sampler import NvmlSampler
-from collectors.settings import CollectorSettings
 from collectors.spool import Spool
+from gpuledger.sections.collector import CollectorSettings
 from gpuledger.settings import Settings
 
 log = structlog.get_logger()

@@ -28,9 +28,9 @@ def run(
     from collectors.agent import Agent
     from collectors.metrics import PortUnavailable
     from collectors.sampler import NvmlUnavailable
-    from collectors.settings import CollectorSettings
     from collectors.spool import SpoolUnavailable
     from gpuledger.logs import configure_logging
+    from gpuledger.sections.collector import CollectorSettings
     from gpuledger.settings import SettingsError, get_settings
 
     def say(message: str) -> None:

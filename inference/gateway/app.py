@@ -28,10 +28,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gpuledger.kafka import AckedSender
+from gpuledger.sections.gateway import GatewayConfig, VirtualKey
 from gpuledger.settings import Settings, get_settings
 from inference.gateway.auth import KeyRing
 from inference.gateway.budget_guard import BudgetGuard
-from inference.gateway.config import GatewayConfig, VirtualKey
 from inference.gateway.outcomes import OutcomesRoute
 from inference.gateway.repeats import RecentIds
 from inference.gateway.routing import Router, Upstream

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from inference.gateway.config import VirtualKey
+from gpuledger.sections.gateway import VirtualKey
 from inference.metering.asgi_body import Scope, bearer_token
 
 

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 
 from gpuledger.kafka import AckedSender
 from gpuledger.outcome_input import OutcomeIn, outcome_key
+from gpuledger.sections.gateway import VirtualKey
 from inference.gateway.auth import KeyRing
-from inference.gateway.config import VirtualKey
 from inference.metering.asgi_body import BodyTooLarge, ClientGone, read_body
 from inference.metering.errors import error_body
 from inference.metering.metrics import REFUSALS, labelled

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from inference.gateway.config import Alias, Backend, GatewayConfig, Rule
+from gpuledger.sections.gateway import Alias, Backend, GatewayConfig, Rule
 from inference.metering.asgi_body import Scope, header
 from inference.metering.events import Placement
 from inference.metering.openai_usage import prompt_chars

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from inference.gateway.config import GatewayConfig
+from gpuledger.sections.gateway import GatewayConfig
 from inference.metering.metrics import CONNECTIONS_CLOSED
 
 _HEADER_TIMEOUTS = CONNECTIONS_CLOSED.labels("header_timeout")

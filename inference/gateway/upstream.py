@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from inference.gateway.config import GatewayConfig
+from gpuledger.sections.gateway import GatewayConfig
 from inference.gateway.routing import Upstream
 from inference.gateway.upstream_headers import passed_through
 from inference.metering.metrics import UPSTREAM_DURATION, UPSTREAM_RESPONSES, labelled

@@ -7,8 +7,6 @@ import os
 from gpuledger.sections.meter import MeterSettings
 from inference.metering.events import Placement
 
-__all__ = ["MeterSettings", "placement"]
-
 
 def placement(meter: MeterSettings) -> Placement:
     """Deployment, node and GPUs of this server process."""

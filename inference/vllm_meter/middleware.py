@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from starlette.requests import ClientDisconnect
 
+from gpuledger.sections.meter import MeterSettings
 from gpuledger.settings import Settings, get_settings
 from inference.metering.asgi_body import ClientGone, Message, Receive, Scope, Send, bearer_token, header, read_body
 from inference.metering.dialects import Dialect, dialect_for
@@ -26,7 +27,7 @@ from inference.metering.events import ENDPOINTS, MAX_MODEL_CHARS, Placement, Req
 from inference.metering.openai_usage import StreamUsage, Usage, rewrite_request, stream_usage
 from inference.metering.publisher import UsagePublisher
 from inference.metering.sse_usage import SseUsageScanner
-from inference.vllm_meter.config import MeterSettings, placement
+from inference.vllm_meter.config import placement
 
 log = structlog.get_logger()
 ANONYMOUS = "anonymous"

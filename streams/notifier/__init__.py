@@ -5,7 +5,7 @@ Delivery is at-least-once towards Slack with a local durable ledger of delivered
 ``runner`` for the exact guarantee.
 """
 
+from gpuledger.sections.notifier import NotifierSettings, Route, Target
 from streams.notifier.runner import run_notifier
-from streams.notifier.settings import NotifierSettings, Route, Target
 
 __all__ = ["NotifierSettings", "Route", "Target", "run_notifier"]

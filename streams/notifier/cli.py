@@ -105,8 +105,8 @@ def preview(scope: str = "acme/ml", spend: str = "800", budget: str = "1000", ki
 @app.command("preview-digest")
 def preview_digest(scope: Annotated[str, typer.Option(help="org/team")], timezone: str = "UTC", config: ConfigOption = None) -> None:
     """Print the weekly digest a team would get now (its last full week, real figures) without posting it."""
+    from gpuledger.sections.notifier import DigestSchedule
     from streams.notifier.digest import digest_message, due_week, read_figures
-    from streams.notifier.settings import DigestSchedule
 
     try:
         schedule = DigestSchedule.model_validate({"scope": scope, "timezone": timezone})

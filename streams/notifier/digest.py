@@ -31,10 +31,10 @@ from slack_sdk.models.blocks import (
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import read_records
+from gpuledger.sections.notifier import WEEKDAYS, DigestSchedule, NotifierSettings
 from gpuledger.settings import Settings
 from schemas import BudgetStatus
 from streams.notifier.routing import route_for
-from streams.notifier.settings import WEEKDAYS, DigestSchedule, NotifierSettings
 from streams.notifier.slack import (
     TENTH,
     RetryPolicy,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.notifier.settings import NotifierSettings, Target
+from gpuledger.sections.notifier import NotifierSettings, Target
 
 
 def segments(scope: str) -> list[str]:

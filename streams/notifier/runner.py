@@ -38,13 +38,13 @@ from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options
+from gpuledger.sections.notifier import NotifierSettings
 from gpuledger.settings import Settings
 from schemas import BudgetAlert, DecodeError, codec_for
 from streams.metrics import serve_http
 from streams.notifier.digest import DigestSender
 from streams.notifier.metrics import ATTEMPTS, DELIVERIES, IN_FLIGHT, ROUNDS_EXHAUSTED, WAITING, NotifierHealth
 from streams.notifier.routing import route_for
-from streams.notifier.settings import NotifierSettings
 from streams.notifier.slack import Outcome, RetryPolicy, json_payload, post_with_retry, slack_message
 from streams.notifier.state import Delivery, DeliveryState
 from streams.sink import version_now

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from inference.gateway.config import GatewayConfig
+from gpuledger.sections.gateway import GatewayConfig
 from inference.gateway.routing import Router
 from inference.metering.events import Placement, RequestMeter
 from inference.metering.openai_usage import Usage

@@ -18,10 +18,10 @@ import pytest
 from gpuledger.clickhouse import connect
 from gpuledger.commands.budgets import current
 from gpuledger.kafka import AckedSender
+from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.settings import Settings
 from inference.gateway.app import create_app
 from inference.gateway.budget_guard import BudgetGuard
-from inference.gateway.config import GatewayConfig
 from schemas import BudgetStatus, codec_for
 from streams.budgets.evaluator import BudgetEvaluator, Topics
 from tests.budgets.conftest import KEYS, MODEL, noon_zone, set_budgets

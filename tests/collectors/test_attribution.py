@@ -11,7 +11,7 @@ from collectors.attribution import ASSIGNED_IDLE_PID, Attributor
 from collectors.cgroups import parse_cgroup, read_proc
 from collectors.kubelet import PodDirectory, index_pod_list
 from collectors.podresources.client import PodResourcesClient
-from collectors.settings import DEFAULT_POD_LABEL_KEYS, CollectorSettings
+from gpuledger.sections.collector import DEFAULT_POD_LABEL_KEYS, CollectorSettings
 from gpuledger.settings import load_settings
 from schemas import GpuProcess, GpuSample
 from tests.collectors.conftest import CID, CID2, POD_UID, POD_UID_US

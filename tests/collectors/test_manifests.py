@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from collectors.settings import DEFAULT_POD_LABEL_KEYS, CollectorSettings
+from gpuledger.sections.collector import DEFAULT_POD_LABEL_KEYS, CollectorSettings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 

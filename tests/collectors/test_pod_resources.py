@@ -22,7 +22,7 @@ from collectors.kubelet import PodDirectory
 from collectors.metrics import AgentCollector
 from collectors.podresources import api_pb2
 from collectors.podresources.client import DeviceAssignment, PodResourcesClient, device_uuid
-from collectors.settings import CollectorSettings
+from gpuledger.sections.collector import CollectorSettings
 from gpuledger.settings import Settings
 from schemas import GpuProcess, GpuSample
 from tests.collectors.fake_nvml import Clock, make_fake

@@ -16,10 +16,10 @@ from collectors.agent import Agent
 from collectors.attribution import ASSIGNED_IDLE_PID
 from collectors.metrics import health
 from collectors.publisher import Publisher, PublisherStats, encode_samples
-from collectors.settings import CollectorSettings
 from collectors.simnvml import DeviceState, NvmlDouble
 from collectors.spool import Spool
 from gpuledger.kafka import client_options, ensure_topics
+from gpuledger.sections.collector import CollectorSettings
 from gpuledger.settings import Settings, StackSettings
 from gpuledger.stack import kafka
 from schemas import GpuSample, codec_for

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from deploy.helm.values_schema import SCHEMA, render, schema
-from inference.gateway.config import GatewayConfig
+from gpuledger.sections.gateway import GatewayConfig
 from tests.deploy.chart import ALL_ON, CHART
 
 

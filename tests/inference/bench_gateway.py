@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 
 from gpuledger.kafka import ensure_topics
+from gpuledger.sections.meter import MeterSettings
 from gpuledger.settings import Settings, StackSettings
 from gpuledger.stack import kafka as kafka_stack
-from inference.vllm_meter.config import MeterSettings
 from inference.vllm_meter.middleware import UsageMeteringMiddleware
 from tests.inference.fake_vllm import FakeVllm
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.settings import Settings
 from inference.gateway.app import create_app
-from inference.gateway.config import GatewayConfig
 from schemas import InferenceUsage
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.gateway_metrics import refusals

@@ -19,9 +19,9 @@ import httpx
 import openai
 import pytest
 
+from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.settings import Settings
 from inference.gateway.app import create_app
-from inference.gateway.config import GatewayConfig
 from tests.inference.fake_providers import FakeAnthropic, FakeResponses
 from tests.inference.servers import serve
 from tests.inference.usage_tap import UsageTap

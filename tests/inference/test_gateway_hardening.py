@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.settings import Settings
 from inference.gateway.app import create_app
-from inference.gateway.config import GatewayConfig
 from inference.gateway.server import uvicorn_config
 from inference.metering.openai_usage import MAX_TOKENS
 from tests.inference.fake_vllm import FakeVllm

@@ -25,9 +25,9 @@ import httpx
 import openai
 import pytest
 
+from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.settings import Settings
 from inference.gateway.app import Gateway
-from inference.gateway.config import GatewayConfig
 from schemas import BudgetStatus, codec_for
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.gateway_metrics import refusals

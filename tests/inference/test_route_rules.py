@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference.gateway.config import GatewayConfig
+from gpuledger.sections.gateway import GatewayConfig
 from inference.gateway.routing import Router
 
 CONFIG = GatewayConfig.model_validate(

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gpuledger.sections.meter import MeterSettings
 from gpuledger.settings import Settings
 from inference.metering.events import key_id_for_secret
-from inference.vllm_meter.config import MeterSettings
 from inference.vllm_meter.middleware import UsageMeteringMiddleware
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve

@@ -19,12 +19,12 @@ import pytest
 
 from gpuledger.clickhouse import connect
 from gpuledger.kafka import new_producer
+from gpuledger.sections.notifier import DigestSchedule, Target
 from gpuledger.settings import Settings
 from schemas import BudgetStatus, InferenceUsage, LedgerLine, OrgDirectory, codec_for
 from streams.enrich import PricedUsage
 from streams.notifier.digest import DigestSender, due_week
 from streams.notifier.runner import wait_or_stop
-from streams.notifier.settings import DigestSchedule, Target
 from streams.notifier.state import DeliveryState
 from streams.sink import ledger_row, usage_row
 from streams.store.digest import team_week

@@ -35,9 +35,9 @@ from gpuledger.commands import outcomes_cli
 from gpuledger.commands.budgets import save
 from gpuledger.commands.reference_import import import_orgs, import_prices
 from gpuledger.kafka import AckedSender, read_all
+from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.settings import Settings
 from inference.gateway.app import create_app
-from inference.gateway.config import GatewayConfig
 from schemas import BudgetAlert, OutcomeEvent, codec_for
 from streams.budgets.definitions import BudgetSpec
 from tests.inference.fake_vllm import FakeVllm

@@ -28,9 +28,9 @@ import pytest
 from gpuledger.clickhouse import connect
 from gpuledger.commands.reference_import import import_orgs, import_prices
 from gpuledger.kafka import new_producer
+from gpuledger.sections.gateway import GatewayConfig
 from gpuledger.settings import Settings
 from inference.gateway.app import create_app
-from inference.gateway.config import GatewayConfig
 from tests.inference.fake_vllm import FakeVllm
 from tests.inference.servers import serve
 from tests.inference.usage_tap import UsageTap
