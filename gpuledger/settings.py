@@ -122,6 +122,12 @@ class WorkerSettings(Section):
     app_id: str = Field("gpuledger", description="Faust app id: the consumer group (reference topics are named in `topics`).")
     batch_size: int = Field(5000, ge=1, description="Most events written to ClickHouse in one insert.")
     batch_seconds: float = Field(0.25, gt=0, description="Longest wait to fill a batch.")
+    fetch_wait_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Longest time a broker holds the worker's fetch when its partitions have nothing new (Faust's own 1.5 s delayed the other partitions' records by as much).",
+    )
     gpu_window_seconds: int = Field(60, ge=10, le=3600, description="GPU cost allocation window.")
     allocate_every_seconds: float = Field(5.0, gt=0, description="How often GPU windows are (re)allocated.")
     restate_hours: float = Field(
