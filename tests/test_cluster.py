@@ -191,11 +191,11 @@ def test_workers_start_while_a_killed_broker_is_still_listed(cluster: Settings, 
         )
         for port in ports
     ]
+    truth = _publish(settings, tmp_path, 0, datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3))
     _kill_broker(2)
     for worker in workers:
         worker.start()
     try:
-        truth = _publish(settings, tmp_path, 0, datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3))
         wait_until(
             lambda: _all_alive(workers) or client_count(settings) == truth["usage_events"] and all(_healthy(p) for p in ports),
             90,
