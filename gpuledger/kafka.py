@@ -174,7 +174,12 @@ def declared_topics(settings: Settings) -> list[NewTopic]:
 
 
 async def ensure_topics(settings: Settings, policy: Backoff = TOPICS_BACKOFF) -> list[str]:
-    """Create missing topics (idempotent); returns the names created now.
+    """Create every declared topic that is missing (idempotent); returns the names created now."""
+    return await create_missing_topics(settings.kafka, declared_topics(settings), policy)
+
+
+async def create_missing_topics(kafka: KafkaSettings, topics: list[NewTopic], policy: Backoff = TOPICS_BACKOFF) -> list[str]:
+    """Create those of ``topics`` that do not exist; returns the names created now.
 
     The admin client asks a random known broker (and the broker the metadata calls controller), which on a
     cluster may be one that is down but not yet fenced: whatever ``is_transient`` calls transient (no answer,
@@ -186,17 +191,17 @@ async def ensure_topics(settings: Settings, policy: Backoff = TOPICS_BACKOFF) ->
             "Kafka did not answer while creating topics; trying again", error=f"{type(exc).__name__}: {exc}"[:300], retry_in=round(wait, 2)
         )
 
-    return await policy.call(lambda: _ensure_topics(settings), retry_if=is_transient, on_retry=retried)
+    return await policy.call(lambda: _create_missing(kafka, topics), retry_if=is_transient, on_retry=retried)
 
 
-async def _ensure_topics(settings: Settings) -> list[str]:
+async def _create_missing(kafka: KafkaSettings, topics: list[NewTopic]) -> list[str]:
     # A short request timeout: aiokafka's admin waits up to that long for a chosen node to become ready,
     # and a dead broker never does (the default 40 s per attempt would stall a worker's start).
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=ADMIN_TIMEOUT_MS)
+    admin = AIOKafkaAdminClient(**client_options(kafka), request_timeout_ms=ADMIN_TIMEOUT_MS)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [topic for topic in declared_topics(settings) if topic.name not in existing]
+        missing = [topic for topic in topics if topic.name not in existing]
         if missing:
             _raise_refusals((await admin.create_topics(missing)).topic_errors)
         return [topic.name for topic in missing]

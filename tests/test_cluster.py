@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from gpuledger.clickhouse import connect
 from gpuledger.commands.reference_import import import_orgs, import_prices
@@ -110,11 +111,14 @@ def _diagnosis(settings: Settings, expected: dict[str, Decimal], stored_events: 
     wrong = {org: (str(expected.get(org)), str(got.get(org))) for org in expected.keys() | got.keys() if expected.get(org) != got.get(org)}
     shards = client.query("SELECT _shard_num, kind, count() FROM ledger GROUP BY 1, 2 ORDER BY 1, 2").result_rows
     events = client.query("SELECT count() FROM usage_events FINAL").result_rows[0][0]
-    lag = asyncio.run(partition_lag(settings, [settings.topics.inference_usage, settings.topics.gpu_samples]))
+    try:
+        lag: object = asyncio.run(partition_lag(settings, [settings.topics.inference_usage, settings.topics.gpu_samples])) or "none"
+    except Exception as exc:  # noqa: BLE001 - the diagnosis must not hide the failure it explains
+        lag = f"not measured ({type(exc).__name__}: {exc})"
     logs = "\n".join(f"--- {w.data_dir.name} (exit {w.proc.poll() if w.proc else None}):\n{w.tail(1500)}" for w in workers)
     return (
         f"orgs off (expected, stored): {wrong}\nusage events stored {events} of {stored_events}\n"
-        f"ledger rows per (shard, kind): {shards}\nuncommitted messages per partition: {lag or 'none'}\n{logs}"
+        f"ledger rows per (shard, kind): {shards}\nuncommitted messages per partition: {lag}\n{logs}"
     )
 
 
@@ -162,10 +166,13 @@ def test_rolling_restart_and_a_dead_broker_under_load_keep_the_ledger_exact(clus
 
 
 async def _listed_brokers(settings: Settings) -> int:
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
-    await admin.start()
+    """Brokers in the cluster's metadata (0 while it cannot be asked)."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=5000)
     try:
+        await admin.start()
         return len((await admin.describe_cluster())["brokers"])
+    except (KafkaError, OSError):
+        return 0
     finally:
         await admin.close()
 
@@ -197,7 +204,7 @@ def test_workers_start_while_a_killed_broker_is_still_listed(cluster: Settings, 
         worker.start()
     try:
         wait_until(
-            lambda: _all_alive(workers) or client_count(settings) == truth["usage_events"] and all(_healthy(p) for p in ports),
+            lambda: _all_alive(workers) or _stored_events(settings) == truth["usage_events"] and all(_healthy(p) for p in ports),
             90,
             f"{truth['usage_events']} usage events stored and both workers healthy",
         )
@@ -206,5 +213,5 @@ def test_workers_start_while_a_killed_broker_is_still_listed(cluster: Settings, 
             worker.stop()
 
 
-def client_count(settings: Settings) -> int:
+def _stored_events(settings: Settings) -> int:
     return int(connect(settings.clickhouse).query("SELECT count() FROM usage_events FINAL").result_rows[0][0])
