@@ -14,21 +14,20 @@ from typing import Any, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    NodeNotReadyError,
-    RequestTimedOutError,
-    TopicAlreadyExistsError,
-)
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from gpuledger.retry import Backoff
+from gpuledger.retry import Backoff, is_transient
 from gpuledger.settings import KafkaSettings, Settings
 from schemas import DecodeError, codec_for
 
 log = structlog.get_logger()
 R = TypeVar("R", bound=Hashable)  # as schemas.codec.R: codec_for caches on the record type
 VIEW_BACKOFF = Backoff(first_s=1.0, max_s=30.0)  # a compacted view reconnects until cancelled
+# Topic creation outlasts a dead broker that the cluster still lists: KRaft fences it only after
+# broker.session.timeout.ms (9 s) and a controller election, and until then an admin request may go to it.
+# 12 attempts wait about 18-35 s in all; a refusal (bad replication factor, no permission) is not retried.
+TOPICS_BACKOFF = Backoff(first_s=0.5, max_s=4.0, attempts=12)
+ADMIN_TIMEOUT_MS = 10_000
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -147,6 +146,14 @@ def table_topic(settings: Settings, table: str) -> str:
     return str(getattr(settings.topics, table))
 
 
+def leader_topic(settings: Settings) -> str:
+    """The worker group's leader-election topic, named as Faust's ``LeaderAssignor`` names it (``<app_id>-__assignor-__leader``).
+
+    Created here with the others because the worker tells Faust not to create topics (see ``streams.app``).
+    """
+    return f"{settings.worker.app_id}-__assignor-__leader"
+
+
 def declared_topics(settings: Settings) -> list[NewTopic]:
     """Every topic gpuledger reads or writes, with its layout."""
     t = settings.topics
@@ -162,39 +169,55 @@ def declared_topics(settings: Settings) -> list[NewTopic]:
         NewTopic(table_topic(settings, "budgets"), 1, t.replication_factor, topic_configs=compact),
         NewTopic(t.budget_alerts, 1, t.replication_factor),
         NewTopic(t.budget_status, 1, t.replication_factor, topic_configs=compact),
+        NewTopic(leader_topic(settings), 1, t.replication_factor),
     ]
 
 
-async def ensure_topics(settings: Settings, attempts: int = 5) -> list[str]:
-    """Create missing topics (idempotent); returns the names created now.
+async def ensure_topics(settings: Settings, policy: Backoff = TOPICS_BACKOFF) -> list[str]:
+    """Create every declared topic that is missing (idempotent); returns the names created now."""
+    return await create_missing_topics(settings.kafka, declared_topics(settings), policy)
 
-    On a cluster the admin client asks a random known broker, which may be one that is down:
-    the request is tried again (on another) a few times before giving up.
+
+async def create_missing_topics(kafka: KafkaSettings, topics: list[NewTopic], policy: Backoff = TOPICS_BACKOFF) -> list[str]:
+    """Create those of ``topics`` that do not exist; returns the names created now.
+
+    The admin client asks a random known broker (and the broker the metadata calls controller), which on a
+    cluster may be one that is down but not yet fenced: whatever ``is_transient`` calls transient (no answer,
+    a node not ready, a timeout) is tried again under ``policy``, each time with fresh metadata.
     """
 
     def retried(exc: BaseException, wait: float) -> None:
-        log.warning("a broker did not answer while creating topics; trying again", error=str(exc), retry_in=round(wait, 2))
+        log.warning(
+            "Kafka did not answer while creating topics; trying again", error=f"{type(exc).__name__}: {exc}"[:300], retry_in=round(wait, 2)
+        )
 
-    unanswered = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)
-    return await Backoff(first_s=0.5, max_s=4.0, attempts=attempts).call(
-        lambda: _ensure_topics(settings), retry_if=lambda exc: isinstance(exc, unanswered), on_retry=retried
-    )
+    return await policy.call(lambda: _create_missing(kafka, topics), retry_if=is_transient, on_retry=retried)
 
 
-async def _ensure_topics(settings: Settings) -> list[str]:
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+async def _create_missing(kafka: KafkaSettings, topics: list[NewTopic]) -> list[str]:
+    # A short request timeout: aiokafka's admin waits up to that long for a chosen node to become ready,
+    # and a dead broker never does (the default 40 s per attempt would stall a worker's start).
+    admin = AIOKafkaAdminClient(**client_options(kafka), request_timeout_ms=ADMIN_TIMEOUT_MS)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [topic for topic in declared_topics(settings) if topic.name not in existing]
+        missing = [topic for topic in topics if topic.name not in existing]
         if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created them between our list and create
+            _raise_refusals((await admin.create_topics(missing)).topic_errors)
         return [topic.name for topic in missing]
     finally:
         await admin.close()
+
+
+def _raise_refusals(topic_errors: list[tuple[Any, ...]]) -> None:
+    """Raise the first per-topic error of a CreateTopics response (aiokafka's admin returns them, it does not raise).
+
+    "Already exists" is fine: another process created the topic between our list and create.
+    """
+    for name, code, *detail in topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            error = for_code(code)
+            raise error(f"Kafka refused to create topic {name!r}: {error.__name__} ({detail[0] if detail and detail[0] else 'no detail'})")
 
 
 async def read_records(kafka: KafkaSettings, topic: str, record_type: type[R]) -> list[R]:

@@ -90,6 +90,9 @@ def create_app(settings: Settings, health: metrics.WorkerHealth | None = None) -
         producer_acks=-1,
         datadir=str(w.data_dir / w.app_id),
         stream_wait_empty=False,  # no Faust stream holds our records: unstored ones are simply read again
+        # Faust would declare its topics by asking one broker for the controller and giving up if that broker is down;
+        # every topic, its leader topic included, is created by gpuledger.kafka.ensure_topics, which retries instead.
+        topic_allow_declare=False,
     )
     sender = AckedSender(settings.kafka)
     rejects = ReferenceRejects(DeadLetters(sender, topics.dead_letter))

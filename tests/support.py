@@ -120,7 +120,13 @@ class WorkerProcess:
     def assert_alive(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            raise AssertionError(f"worker {self.data_dir.name} exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of the worker's log, without aiokafka's repeated "Unable connect" lines (a dead broker floods the log)."""
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        kept = [line for line in lines if "Unable connect" not in line]
+        return f"({len(lines) - len(kept)} 'Unable connect' lines left out)\n" + "\n".join(kept)[-chars:]
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, worker: WorkerProcess | None = None) -> T:
@@ -148,6 +154,11 @@ def expected_totals(truth: dict[str, Any]) -> dict[str, Decimal]:
 
 async def consumer_lag(settings: Settings, topics: list[str]) -> int:
     """Messages in ``topics`` not yet committed by the worker's consumer group."""
+    return sum((await partition_lag(settings, topics)).values())
+
+
+async def partition_lag(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Messages not yet committed by the worker's consumer group, per ``topic/partition`` that has any."""
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     consumer = AIOKafkaConsumer(**client_options(settings.kafka))
     await admin.start()
@@ -156,7 +167,11 @@ async def consumer_lag(settings: Settings, topics: list[str]) -> int:
         committed = await admin.list_consumer_group_offsets(settings.worker.app_id)
         parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))]
         ends = await consumer.end_offsets(parts)
-        return sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0) for tp, end in ends.items())
+        lag = {
+            f"{tp.topic}/{tp.partition}": end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+            for tp, end in ends.items()
+        }
+        return {where: n for where, n in lag.items() if n}
     finally:
         await consumer.stop()
         await admin.close()

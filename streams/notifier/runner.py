@@ -33,11 +33,11 @@ from typing import Any
 import httpx
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
+from aiokafka.admin import NewTopic
+from aiokafka.errors import CommitFailedError
 
 from gpuledger.clickhouse import connect
-from gpuledger.kafka import client_options
+from gpuledger.kafka import client_options, create_missing_topics
 from gpuledger.sections.notifier import NotifierSettings
 from gpuledger.settings import Settings
 from schemas import BudgetAlert, DecodeError, codec_for
@@ -96,19 +96,9 @@ class Stopped(Exception):
 
 async def ensure_alerts_topic(settings: Settings) -> bool:
     """Create the alerts topic (``topics.budget_alerts``, one partition as the worker declares it) if missing; True when created now."""
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
-    await admin.start()
-    try:
-        topic = settings.topics.budget_alerts
-        if topic in set(await admin.list_topics()):
-            return False
-        try:
-            await admin.create_topics([NewTopic(topic, 1, settings.topics.replication_factor)])
-        except TopicAlreadyExistsError:
-            return False
-        return True
-    finally:
-        await admin.close()
+    return bool(
+        await create_missing_topics(settings.kafka, [NewTopic(settings.topics.budget_alerts, 1, settings.topics.replication_factor)])
+    )
 
 
 async def wait_or_stop(stop_event: asyncio.Event, seconds: float) -> bool:
