@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -43,6 +45,45 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    quiet_repeats(root)
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class RepeatedLines(logging.Filter):
+    """Shows a repeated stdlib log message once per ``every`` seconds, with how many like it were left out.
+
+    The Kafka client logs every failed reconnect and fetch of every one of a process's clients: with its
+    broker down, one worker wrote about 400 lines a second ("Unable connect to node ...", "Failed fetch
+    messages ..."), gigabytes a day of one fact. Messages are alike when they come from the same logger
+    with the same format string (their arguments, such as the node or the error, may differ).
+    """
+
+    MAX_KEYS = 1000  # a library that formats its own strings cannot grow this without bound
+
+    def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every, self.clock = every, clock
+        self._seen: dict[tuple[str, str], list[float]] = {}  # (logger, format) -> [shown at, left out since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now, seen = self.clock(), self._seen.get(key)
+        if seen is not None and now - seen[0] < self.every:
+            seen[1] += 1
+            return False
+        if len(self._seen) >= self.MAX_KEYS:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg = f"{record.getMessage()} [{int(seen[1])} more like this in the last {now - seen[0]:.0f} s, not shown]"
+            record.args = ()  # already formatted (a tuple: Faust's formatter wraps anything else as one argument)
+        return True
+
+
+def quiet_repeats(logger: logging.Logger, every: float = 30.0) -> None:
+    """Give each of ``logger``'s handlers a ``RepeatedLines`` filter (once; Faust's worker replaces the root handlers at start)."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, RepeatedLines) for f in handler.filters):
+            handler.addFilter(RepeatedLines(every))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 import faust
 import structlog
+
+from gpuledger.logs import quiet_repeats
 
 log = structlog.get_logger()
 
@@ -24,6 +27,11 @@ class GracefulWorker(faust.Worker):
     """
 
     grace: float = 20.0
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """Faust has just replaced the root handlers: repeated library lines (a broker down) are thinned again."""
+        super().on_setup_root_logger(logger, level)
+        quiet_repeats(logger)
 
     def _on_sigterm(self) -> None:
         self._arm_deadline("SIGTERM")
