@@ -1,23 +1,26 @@
-"""Incremental spend rollups: ``spend_hourly`` and ``spend_daily`` kept exact from what changed in the ledger.
+"""Incremental rollups: every rollup kept exact from what changed in the ledger and the usage events.
 
 A pass (leader worker, every ``worker.rollup_every_seconds``):
 
 1. reads the watermark of the last pass from ``rollup_state`` and the server's clock;
-2. finds the hours (and reporting-zone days) of ledger rows stored since ``watermark - OVERLAP``
-   (``ledger.ingested_at``, a minmax skip index; a replay, a restatement, a tombstone and a late
-   adjustment are all new rows, so their hours are found);
-3. inserts into ``spend_hourly``, per group of each dirty hour, *recomputed from ledger FINAL minus what
-   the rollup holds*, then the same for ``spend_daily`` from ``spend_hourly`` over the dirty days;
-4. records the clock read in 1 as the new watermark.
+2. finds the hours (and reporting-zone days) of ledger rows and of usage events stored since
+   ``watermark - OVERLAP`` (``ingested_at``, a minmax skip index on both tables; a replay, a restatement,
+   a tombstone and a late adjustment are all new rows, so their hours are found);
+3. for each hourly journal (``JOURNALS``), inserts per group of each dirty hour of its source *recomputed
+   from the source FINAL minus what the journal holds*; replaces the dirty hours of ``gpu_utilization_hours``
+   (not a sum: a mean of floats and a set of orgs); then ``spend_daily`` from ``spend_hourly`` over the dirty days;
+4. records the clock read in 1 as the new watermark, unless the watermark changed meanwhile (a migration
+   that reset it to rebuild a new rollup: the next pass then rebuilds).
 
-The rollups are journals of deltas (SummingMergeTree), so ``sum()`` over them is exact at every
-moment; a pass is one insert per table, and repeating a pass (a crash between 3 and 4) inserts
-zero deltas. ``OVERLAP`` covers inserts still in flight when the clock was read. One maintainer at a
-time: two passes running at once would both add the same delta (the leader runs them, one after another).
+The journals are deltas (SummingMergeTree), so ``sum()`` over them is exact at every moment; a pass is
+one insert per table, and repeating a pass (a crash between 3 and 4) inserts zero deltas. ``OVERLAP``
+covers inserts still in flight when the clock was read. One maintainer at a time: two passes running at
+once would both add the same delta (the leader runs them, one after another).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -51,6 +54,107 @@ LEDGER_PROJECTION = {
     "gpu_seconds": "gpu_seconds",
     "lines": "toInt64(1)",
 }
+# The rows of the dirty hours only: the primary-key range first (the ledger's key starts with the day, the usage
+# events' with the hour), then the hours themselves. Binds lo, hi and hours.
+IN_DIRTY_HOURS = (
+    "event_time >= {lo:DateTime64(6, 'UTC')} AND event_time < {hi:DateTime64(6, 'UTC')}"
+    " AND toStartOfHour(event_time) IN {hours:Array(DateTime('UTC'))}"
+)
+ZERO = "toDecimal128(0, 9)"
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """An hourly delta journal: ``fresh(db)`` recomputes its groups of the dirty hours from ``source`` FINAL."""
+
+    table: str
+    source: str
+    keys: tuple[str, ...]
+    measures: tuple[str, ...]
+    fresh: Callable[[str], str]
+
+
+def _spend_fresh(db: str) -> str:
+    projection = ", ".join(f"{expr} AS {name}" for name, expr in LEDGER_PROJECTION.items())
+    return f"SELECT {projection} FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS}"
+
+
+def _gpu_fresh(db: str) -> str:
+    """Every ledger line but API calls, by GPU and what it was booked to and on which basis (the GPUs page, the report)."""
+    return (
+        "SELECT toStartOfHour(event_time) AS hour, toDate(event_time, {tz:String}) AS day, node, gpu_uuid, gpu_model, kind, basis,"
+        " idle_policy, workload, org, team, project, currency, toInt64(1) AS lines, gpu_seconds, cost"
+        f" FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND kind != 'api'"
+    )
+
+
+def _unit_costs_fresh(db: str) -> str:
+    """unit_costs_daily's parts per hour: API lines and token shares (direct), and the idle of the windows the shares ran
+    on spread by share_tokens / window_tokens (attributed, the same expression per line as the view, so sums agree);
+    ``served``: 1 if the hour has an attributed share (the view counts such hours), ``token_lines``: the token shares."""
+    direct = (
+        "SELECT toStartOfHour(event_time) AS hour, org, team, project, model, currency,"
+        " toInt64(prompt_tokens + completion_tokens) AS tokens, if(kind = 'api', cost, {z}) AS api_cost,"
+        " if(kind = 'gpu', cost, {z}) AS gpu_usage_cost, {z} AS idle_cost, toInt64(0) AS served, toInt64(1) AS lines,"
+        " toInt64(kind = 'gpu') AS token_lines"
+        f" FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND (kind = 'api' OR (kind = 'gpu' AND basis = 'tokens'))"
+    ).replace("{z}", ZERO)
+    shares = (
+        "SELECT gpu_uuid, event_time, org, team, project, model, currency, share_tokens, window_tokens"
+        f" FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND kind = 'gpu' AND basis = 'tokens' AND window_tokens > 0"
+    )
+    window_idle = (
+        f"SELECT gpu_uuid, event_time, sum(cost) AS idle_cost FROM {db}.ledger FINAL"
+        f" WHERE {IN_DIRTY_HOURS} AND kind = 'idle' AND basis != 'mig-free' GROUP BY gpu_uuid, event_time"
+    )
+    attributed = (
+        f"SELECT toStartOfHour(s.event_time) AS hour, s.org AS org, s.team AS team, s.project AS project, s.model AS model,"
+        f" s.currency AS currency, toInt64(0) AS tokens, {ZERO} AS api_cost, {ZERO} AS gpu_usage_cost,"
+        f" i.idle_cost * s.share_tokens / s.window_tokens AS idle_cost, toInt64(1) AS served, toInt64(0) AS lines, toInt64(0) AS token_lines"
+        f" FROM ({shares}) AS s INNER JOIN ({window_idle}) AS i ON i.gpu_uuid = s.gpu_uuid AND i.event_time = s.event_time"
+    )
+    return (
+        "SELECT hour, org, team, project, model, currency, sum(tokens) AS tokens, sum(api_cost) AS api_cost,"
+        " sum(gpu_usage_cost) AS gpu_usage_cost, sum(idle_cost) AS idle_cost, max(served) AS served, sum(lines) AS lines,"
+        f" sum(token_lines) AS token_lines FROM ({direct} UNION ALL {attributed}) GROUP BY hour, org, team, project, model, currency"
+    )
+
+
+def _usage_fresh(db: str) -> str:
+    """Usage events, each once (FINAL by event id): tokens for the report, requests and API equivalents for the comparisons."""
+    return (
+        "SELECT toStartOfHour(event_time) AS hour, org, team, project, model, priced_as,"
+        " toInt64(prompt_tokens + completion_tokens) AS tokens, toInt64(1) AS requests,"
+        f" ifNull(api_equivalent_cost, {ZERO}) AS equivalent_cost, toInt64(isNull(api_equivalent_cost)) AS requests_without_equivalent"
+        f" FROM {db}.usage_events FINAL WHERE {IN_DIRTY_HOURS}"
+    )
+
+
+SPEND = Journal("spend_hourly", "ledger", HOURLY_KEYS, MEASURES, _spend_fresh)
+JOURNALS = (
+    Journal(
+        "gpu_hourly",
+        "ledger",
+        ("hour", "day", "node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project", "currency"),
+        ("lines", "gpu_seconds", "cost"),
+        _gpu_fresh,
+    ),
+    Journal(
+        "unit_costs_hourly",
+        "ledger",
+        ("hour", "org", "team", "project", "model", "currency"),
+        ("tokens", "api_cost", "gpu_usage_cost", "idle_cost", "served", "lines", "token_lines"),
+        _unit_costs_fresh,
+    ),
+    Journal(
+        "usage_hourly",
+        "usage_events",
+        ("hour", "org", "team", "project", "model", "priced_as"),
+        ("tokens", "requests", "equivalent_cost", "requests_without_equivalent"),
+        _usage_fresh,
+    ),
+    SPEND,  # last: spend_daily follows it, and a reader that waits for spend_daily then sees the whole pass
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,45 +165,47 @@ class State:
 
 @dataclass(frozen=True, slots=True)
 class Pass:
-    """What one pass changed: the hours and days it recomputed."""
+    """What one pass changed: the ledger hours and days and the usage-event hours it recomputed."""
 
     hours: list[datetime]
     days: list[date]
     watermark: datetime
+    usage_hours: list[datetime]
 
 
 def state_sql(database: str) -> str:
     return f"SELECT watermark, timezone FROM {database}.rollup_state FINAL WHERE name = '{STATE}'"
 
 
-def dirty_sql(database: str) -> str:
-    """Hours and reporting-zone days of ledger rows stored since ``{since}`` (skip index on ingested_at)."""
+def dirty_sql(database: str, source: str = "ledger") -> str:
+    """Hours and reporting-zone days of ``source`` rows stored since ``{since}`` (skip index on ingested_at)."""
     return (
         f"SELECT DISTINCT toStartOfHour(event_time) AS hour, toDate(event_time, {{tz:String}}) AS day"
-        f" FROM {database}.ledger WHERE ingested_at >= {{since:DateTime64(6, 'UTC')}}"
+        f" FROM {database}.{source} WHERE ingested_at >= {{since:DateTime64(6, 'UTC')}}"
     )
 
 
-def _delta_sql(target: str, keys: tuple[str, ...], fresh: str, current: str) -> str:
+def _delta_sql(target: str, keys: tuple[str, ...], measures: tuple[str, ...], fresh: str, current: str) -> str:
     """``INSERT`` of (fresh - current) per group of ``keys``, groups whose delta is zero left out."""
-    cols = ", ".join(keys + MEASURES)
-    negated = ", ".join(keys + tuple(f"-{m} AS {m}" for m in MEASURES))
-    sums = ", ".join(keys + tuple(f"sum({m}) AS {m}" for m in MEASURES))
-    nonzero = " OR ".join(f"{m} != 0" for m in MEASURES)
+    cols = ", ".join(keys + measures)
+    negated = ", ".join(keys + tuple(f"-{m} AS {m}" for m in measures))
+    sums = ", ".join(keys + tuple(f"sum({m}) AS {m}" for m in measures))
+    nonzero = " OR ".join(f"{m} != 0" for m in measures)
     return (
         f"INSERT INTO {target} ({cols}) SELECT {sums} FROM ({fresh} UNION ALL SELECT {negated} FROM {current})"
         f" GROUP BY {', '.join(keys)} HAVING {nonzero}"
     )
 
 
+def journal_delta_sql(database: str, journal: Journal) -> str:
+    """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` of ``journal`` from its source FINAL."""
+    current = f"{database}.{journal.table} WHERE hour IN {{hours:Array(DateTime('UTC'))}}"
+    return _delta_sql(f"{database}.{journal.table}", journal.keys, journal.measures, journal.fresh(database), current)
+
+
 def hourly_delta_sql(database: str) -> str:
     """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` from ``ledger FINAL`` into spend_hourly."""
-    projection = ", ".join(f"{expr} AS {name}" for name, expr in LEDGER_PROJECTION.items())
-    in_hours = "toStartOfHour(event_time) IN {hours:Array(DateTime('UTC'))}"
-    span = "event_time >= {lo:DateTime64(6, 'UTC')} AND event_time < {hi:DateTime64(6, 'UTC')}"  # primary-key range first
-    fresh = f"SELECT {projection} FROM {database}.ledger FINAL WHERE {span} AND {in_hours}"
-    current = f"{database}.spend_hourly WHERE hour IN {{hours:Array(DateTime('UTC'))}}"
-    return _delta_sql(f"{database}.spend_hourly", HOURLY_KEYS, fresh, current)
+    return journal_delta_sql(database, SPEND)
 
 
 def daily_delta_sql(database: str) -> str:
@@ -110,13 +216,38 @@ def daily_delta_sql(database: str) -> str:
         f" WHERE hour >= {{lo:DateTime('UTC')}} AND hour < {{hi:DateTime('UTC')}} AND day IN {{days:Array(Date)}}"
     )
     current = f"{database}.spend_daily WHERE day IN {{days:Array(Date)}}"
-    return _delta_sql(f"{database}.spend_daily", DAILY_KEYS, fresh, current)
+    return _delta_sql(f"{database}.spend_daily", DAILY_KEYS, MEASURES, fresh, current)
+
+
+def utilization_replace_sql(database: str) -> str:
+    """Replace the dirty hours of ``gpu_utilization_hours`` (ReplacingMergeTree by version, with tombstones): every row
+    held for them is withdrawn at ``{version}`` and each GPU-hour recomputed from ``ledger FINAL`` is written at
+    ``{version} + 1``, so a GPU-hour left with no lines disappears and the others take their new figures.
+
+    Per GPU-hour: the sum over its windows of the window's utilization (the highest any line of the window carries:
+    every line of a window carries the GPU's figure), the number of windows, and the orgs with lines on it."""
+    table = f"{database}.gpu_utilization_hours"
+    windows = (
+        "SELECT node, gpu_uuid, event_time AS window, max(utilization_pct) AS u, groupUniqArray(toString(org)) AS window_orgs"
+        f" FROM {database}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND kind IN ('gpu', 'idle') AND gpu_uuid != ''"
+        " GROUP BY node, gpu_uuid, window"
+    )
+    return (
+        f"INSERT INTO {table} (hour, node, gpu_uuid, utilization_sum, windows, orgs, version, is_deleted)"
+        " SELECT hour, node, gpu_uuid, toFloat64(0) AS utilization_sum, toUInt64(0) AS windows, CAST([], 'Array(String)') AS orgs,"
+        f" {{version:UInt64}} AS version, toUInt8(1) AS is_deleted FROM {table} FINAL WHERE hour IN {{hours:Array(DateTime('UTC'))}}"
+        " UNION ALL SELECT toStartOfHour(window) AS hour, node, gpu_uuid, sum(u) AS utilization_sum, count() AS windows,"
+        " arraySort(groupUniqArrayArray(window_orgs)) AS orgs, {version:UInt64} + 1 AS version, toUInt8(0) AS is_deleted"
+        f" FROM ({windows}) GROUP BY hour, node, gpu_uuid"
+    )
 
 
 def advance_sql(database: str) -> str:
+    """The new watermark, written only if ``{seen}`` is still the stored one (a migration may have reset it meanwhile)."""
     return (
         f"INSERT INTO {database}.rollup_state (name, watermark, timezone)"
-        f" VALUES ('{STATE}', {{watermark:DateTime64(6, 'UTC')}}, {{tz:String}})"
+        f" SELECT name, {{watermark:DateTime64(6, 'UTC')}}, timezone FROM {database}.rollup_state FINAL"
+        f" WHERE name = '{STATE}' AND watermark = {{seen:DateTime64(6, 'UTC')}}"
     )
 
 
@@ -142,52 +273,38 @@ def read_state(client: Client, database: str) -> State:
     return State(watermark.replace(tzinfo=UTC), tz)
 
 
+def _dirty(client: Client, database: str, source: str, since: datetime, tz: str) -> tuple[list[datetime], list[date]]:
+    rows = client.query(dirty_sql(database, source), parameters={"since": since, "tz": tz}).result_rows
+    return sorted({h.replace(tzinfo=UTC) for h, _ in rows}), sorted({d for _, d in rows})
+
+
 def maintain(client: Client, database: str) -> Pass:
     """One incremental pass (see the module docstring); returns what it recomputed."""
     state = read_state(client, database)
     now = client.query("SELECT now64(6, 'UTC')").result_rows[0][0].replace(tzinfo=UTC)
     since = state.watermark - OVERLAP if state.watermark > EPOCH else EPOCH
-    dirty = client.query(dirty_sql(database), parameters={"since": since, "tz": state.timezone}).result_rows
-    hours = sorted({h.replace(tzinfo=UTC) for h, _ in dirty})
-    days = sorted({d for _, d in dirty})
+    dirty = {source: _dirty(client, database, source, since, state.timezone) for source in ("ledger", "usage_events")}
     settings = {"max_execution_time": 0}
+    hours, days = dirty["ledger"]
     if hours:
-        params = {"hours": hours, "tz": state.timezone, **hour_span(hours)}
-        client.command(hourly_delta_sql(database), parameters=params, settings=settings)
+        version = int((now - EPOCH).total_seconds() * 1_000_000)
+        span = {"hours": hours, **hour_span(hours)}
+        client.command(utilization_replace_sql(database), parameters={**span, "version": version}, settings=settings)
+    for journal in JOURNALS:
+        source_hours = dirty[journal.source][0]
+        if source_hours:
+            params = {"hours": source_hours, "tz": state.timezone, **hour_span(source_hours)}
+            client.command(journal_delta_sql(database, journal), parameters=params, settings=settings)
+    if days:
         client.command(daily_delta_sql(database), parameters={"days": days, **day_span(days)}, settings=settings)
-    client.command(advance_sql(database), parameters={"watermark": now, "tz": state.timezone})
-    return Pass(hours, days, now)
+    client.command(advance_sql(database), parameters={"watermark": now, "seen": state.watermark})
+    return Pass(hours, days, now, dirty["usage_events"][0])
 
 
-# The dashboard's rollups that are still refreshable materialized views (migration 0015): each re-reads the ledger.
-REFRESHES = ("gpu_daily_refresh", "gpu_utilization_hourly_refresh", "self_hosted_vs_api_rollup_refresh", "serving_hours_refresh")
+def refresh_rollups(client: Client) -> None:
+    """Bring every rollup of ``client``'s database up to date now: one incremental pass.
 
-
-def refresh_rollups(client: Client, stopped: bool = False, spend: bool = True) -> None:
-    """Bring every rollup of ``client``'s database up to date now: one incremental spend pass, then each refreshable view.
-
-    For a demo or a test that must show the ledger as it is right now, with no worker running (one spend pass at a
-    time: with a worker up, pass ``spend=False`` and wait for its pass). ``stopped``: the views' schedules are stopped
-    (a benchmark, so they do not compete with what it times); each is started for its refresh and stopped again.
+    For a demo, a test or a benchmark that must show the ledger as it is right now, with no worker running (one pass
+    at a time: with a worker up, wait for its pass instead).
     """
-    if spend:
-        maintain(client, str(client.database))
-    for view in _present_refreshes(client):
-        if stopped:
-            client.command(f"SYSTEM START VIEW {view}")
-        client.command(f"SYSTEM REFRESH VIEW {view}")
-        client.command(f"SYSTEM WAIT VIEW {view}")
-        if stopped:
-            client.command(f"SYSTEM STOP VIEW {view}")
-
-
-def stop_rollups(client: Client) -> None:
-    """Stop every refreshable rollup's schedule (benchmarks: refreshes would compete with the timed queries)."""
-    for view in _present_refreshes(client):
-        client.command(f"SYSTEM STOP VIEW {view}")
-
-
-def _present_refreshes(client: Client) -> list[str]:
-    """The refreshable rollups this database has (a tree migrated before 0015 has none), in ``REFRESHES`` order."""
-    present = {r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
-    return [view for view in REFRESHES if view in present]
+    maintain(client, str(client.database))

@@ -1,0 +1,88 @@
+-- Issue 15 (part): migration 0015's dashboard rollups kept by the incremental pass (streams.store.rollups), not by
+-- refreshable views re-reading the ledger every few seconds. The pages read the same names and columns:
+-- - gpu_daily: a view summing gpu_hourly (migration 0016) by reporting-zone day;
+-- - serving_hours: a view over unit_costs_hourly (the hours with a GPU token share);
+-- - self_hosted_vs_api_rollup: a view with self_hosted_vs_api_daily's logic over unit_costs_hourly and usage_hourly
+--   (its joins pair lines of the same GPU window and rows of the same UTC day, so hourly parts sum to the same figures);
+-- - gpu_utilization_hourly: a view over gpu_utilization_hours, whose dirty hours each pass replaces (a mean of floats and
+--   a set of orgs are not sums), read FINAL.
+-- The watermark is reset so the next pass fills the new tables from history.
+
+DROP VIEW IF EXISTS {db}.gpu_daily_refresh;
+
+DROP VIEW IF EXISTS {db}.gpu_utilization_hourly_refresh;
+
+DROP VIEW IF EXISTS {db}.self_hosted_vs_api_rollup_refresh;
+
+DROP VIEW IF EXISTS {db}.serving_hours_refresh;
+
+DROP TABLE IF EXISTS {db}.gpu_daily;
+
+DROP TABLE IF EXISTS {db}.gpu_utilization_hourly;
+
+DROP TABLE IF EXISTS {db}.self_hosted_vs_api_rollup;
+
+DROP TABLE IF EXISTS {db}.serving_hours;
+
+CREATE TABLE IF NOT EXISTS {db}.unit_costs_hourly
+(
+    hour DateTime('UTC'), org LowCardinality(String), team LowCardinality(String), project LowCardinality(String),
+    model LowCardinality(String) COMMENT 'the LLM', currency LowCardinality(String),
+    tokens Int64, api_cost Decimal(38, 9), gpu_usage_cost Decimal(38, 9) COMMENT 'GPU token shares (the busy part)',
+    idle_cost Decimal(38, 9) COMMENT 'idle of the windows the shares ran on, spread by share_tokens / window_tokens',
+    served Int64 COMMENT '1: the hour has a share with its window''s idle (a serving hour of unit_costs_daily)',
+    lines Int64 COMMENT 'API lines and token shares', token_lines Int64 COMMENT 'token shares'
+)
+ENGINE = SummingMergeTree((tokens, api_cost, gpu_usage_cost, idle_cost, served, lines, token_lines))
+ORDER BY (hour, org, model, team, project, currency)
+COMMENT 'deltas: always read with sum() ... GROUP BY';
+
+CREATE TABLE IF NOT EXISTS {db}.gpu_utilization_hours
+(
+    hour DateTime('UTC'), node String, gpu_uuid String, utilization_sum Float64, windows UInt64, orgs Array(String),
+    version UInt64, is_deleted UInt8
+)
+ENGINE = ReplacingMergeTree(version, is_deleted) ORDER BY (hour, node, gpu_uuid)
+COMMENT 'read FINAL: each pass replaces the hours that changed';
+
+CREATE VIEW IF NOT EXISTS {db}.gpu_utilization_hourly AS
+SELECT hour, node, gpu_uuid, utilization_sum, windows, orgs FROM {db}.gpu_utilization_hours FINAL;
+
+CREATE VIEW IF NOT EXISTS {db}.gpu_daily AS
+SELECT day, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency,
+       sum(lines) AS lines, sum(gpu_seconds) AS gpu_seconds, sum(cost) AS cost
+FROM {db}.gpu_hourly WHERE kind IN ('gpu', 'idle', 'adjustment')
+GROUP BY day, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency
+HAVING lines != 0;
+
+CREATE VIEW IF NOT EXISTS {db}.serving_hours AS
+SELECT hour, org, team, project, model AS llm_model, currency FROM {db}.unit_costs_hourly
+GROUP BY hour, org, team, project, llm_model, currency HAVING sum(token_lines) != 0;
+
+CREATE VIEW IF NOT EXISTS {db}.self_hosted_vs_api_rollup AS
+SELECT
+    u.day AS day, u.org AS org, u.team AS team, u.project AS project, u.llm_model AS llm_model, u.currency AS currency,
+    if(u.gpu_usage_cost > 0, 'self-hosted', 'api') AS hosting,
+    toUInt64(u.tokens) AS tokens,
+    u.api_cost + u.gpu_usage_cost AS usage_cost,
+    u.api_cost + u.gpu_usage_cost + u.idle_cost AS allocation_cost,
+    toUInt64(u.serving_hours) AS serving_hours,
+    if(ifNull(e.requests, 0) - ifNull(e.without_equivalent, 0) = 0, NULL, e.equivalent_cost) AS api_equivalent_cost,
+    toUInt64(ifNull(e.requests, 0)) AS requests,
+    toUInt64(ifNull(e.without_equivalent, 0)) AS requests_without_equivalent
+FROM
+(
+    SELECT toDate(hour) AS day, org, team, project, model AS llm_model, currency, sum(tokens) AS tokens, sum(api_cost) AS api_cost,
+           sum(gpu_usage_cost) AS gpu_usage_cost, sum(idle_cost) AS idle_cost, sum(served) AS serving_hours
+    FROM {db}.unit_costs_hourly GROUP BY day, org, team, project, llm_model, currency HAVING sum(lines) != 0
+) AS u
+LEFT JOIN
+(
+    SELECT toDate(hour) AS day, org, team, project, model, sum(equivalent_cost) AS equivalent_cost, sum(requests) AS requests,
+           sum(requests_without_equivalent) AS without_equivalent
+    FROM {db}.usage_hourly WHERE priced_as IN ('api', 'gpu') GROUP BY day, org, team, project, model HAVING requests != 0
+) AS e
+ON e.day = u.day AND e.org = u.org AND e.team = u.team AND e.project = u.project AND e.model = u.llm_model;
+
+INSERT INTO {db}.rollup_state (name, watermark, timezone)
+SELECT name, toDateTime64(0, 6, 'UTC'), timezone FROM {db}.rollup_state FINAL WHERE name = 'spend';
