@@ -46,7 +46,6 @@ except ImportError:  # a tree from before issue 15: refreshable views
     rollups = None  # type: ignore[assignment]
 
 
-
 def stack(port_base: int) -> StackSettings:
     """The benchmark's own ClickHouse: TCP on ``port_base``, HTTP on ``port_base + 23``."""
     return StackSettings(
@@ -55,6 +54,7 @@ def stack(port_base: int) -> StackSettings:
         clickhouse_tcp_port=port_base,
         clickhouse_max_memory_bytes=8_000_000_000,
     )
+
 
 NOW = datetime(2026, 10, 30, 23, 40, tzinfo=UTC)
 LONG = {"max_execution_time": 0}
