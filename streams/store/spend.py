@@ -1,4 +1,5 @@
-"""Budget spend queries: closed, unchanged hours from ``spend_hourly``, everything else from ``ledger FINAL``.
+"""Budget spend and report queries: closed, unchanged hours from an hourly rollup (``spend_hourly``; the report's
+``usage_hourly`` and ``gpu_hourly`` too), everything else from the deduplicated source (``ledger FINAL``, ``usage_events FINAL``).
 
 Each query reads one *spend source*: the rollup's hours (stamped at the hour's start) for every hour
 that is closed and clean, and ledger lines for the rest. "The rest" is the open hour onwards, every
