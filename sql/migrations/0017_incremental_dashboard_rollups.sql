@@ -24,6 +24,18 @@ DROP TABLE IF EXISTS {db}.self_hosted_vs_api_rollup;
 
 DROP TABLE IF EXISTS {db}.serving_hours;
 
+-- The pass's scratch: the dirty hours' ledger lines, read from `ledger FINAL` once per chunk of hours for every journal.
+CREATE TABLE IF NOT EXISTS {db}.rollup_lines
+(
+    event_time DateTime64(6, 'UTC'), org LowCardinality(String), team LowCardinality(String), project LowCardinality(String),
+    cost_centre LowCardinality(String), key_id String, model LowCardinality(String), kind LowCardinality(String),
+    basis LowCardinality(String), currency LowCardinality(String), cost Decimal(38, 9), prompt_tokens UInt64, completion_tokens UInt64,
+    gpu_seconds Decimal(38, 9), gpu_model LowCardinality(String), node String, gpu_uuid String, idle_policy LowCardinality(String),
+    workload String, share_tokens UInt64, window_tokens UInt64, utilization_pct Float64
+)
+ENGINE = Memory
+COMMENT 'scratch of the rollup pass (streams.store.rollups), empty between passes';
+
 CREATE TABLE IF NOT EXISTS {db}.unit_costs_hourly
 (
     hour DateTime('UTC'), org LowCardinality(String), team LowCardinality(String), project LowCardinality(String),

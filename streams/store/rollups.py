@@ -61,6 +61,17 @@ IN_DIRTY_HOURS = (
     " AND toStartOfHour(event_time) IN {hours:Array(DateTime('UTC'))}"
 )
 ZERO = "toDecimal128(0, 9)"
+# The ledger columns the journals read: ledger FINAL is read once per chunk of dirty hours into rollup_lines.
+LINE_COLUMNS = (
+    "event_time, org, team, project, cost_centre, key_id, model, kind, basis, currency, cost, prompt_tokens, completion_tokens,"
+    " gpu_seconds, gpu_model, node, gpu_uuid, idle_policy, workload, share_tokens, window_tokens, utilization_pct"
+)
+# Dirty hours are recomputed in chunks of at most this many hours within one such stretch: a chunk's lines fit in memory
+# (the first pass after a migration has every hour dirty) and its ledger range stays within two days.
+CHUNK_HOURS = 24
+# A line keeps its event_time across versions (its id is derived from it), so the hour filter may run before FINAL
+# merges versions: only the dirty hours' lines are merged, not their whole days.
+SETTINGS = {"max_execution_time": 0, "optimize_move_to_prewhere_if_final": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +87,7 @@ class Journal:
 
 def _spend_fresh(db: str) -> str:
     projection = ", ".join(f"{expr} AS {name}" for name, expr in LEDGER_PROJECTION.items())
-    return f"SELECT {projection} FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS}"
+    return f"SELECT {projection} FROM {db}.rollup_lines"
 
 
 def _gpu_fresh(db: str) -> str:
@@ -84,7 +95,7 @@ def _gpu_fresh(db: str) -> str:
     return (
         "SELECT toStartOfHour(event_time) AS hour, toDate(event_time, {tz:String}) AS day, node, gpu_uuid, gpu_model, kind, basis,"
         " idle_policy, workload, org, team, project, currency, toInt64(1) AS lines, gpu_seconds, cost"
-        f" FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND kind != 'api'"
+        f" FROM {db}.rollup_lines WHERE kind != 'api'"
     )
 
 
@@ -97,15 +108,15 @@ def _unit_costs_fresh(db: str) -> str:
         " toInt64(prompt_tokens + completion_tokens) AS tokens, if(kind = 'api', cost, {z}) AS api_cost,"
         " if(kind = 'gpu', cost, {z}) AS gpu_usage_cost, {z} AS idle_cost, toInt64(0) AS served, toInt64(1) AS lines,"
         " toInt64(kind = 'gpu') AS token_lines"
-        f" FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND (kind = 'api' OR (kind = 'gpu' AND basis = 'tokens'))"
+        f" FROM {db}.rollup_lines WHERE kind = 'api' OR (kind = 'gpu' AND basis = 'tokens')"
     ).replace("{z}", ZERO)
     shares = (
         "SELECT gpu_uuid, event_time, org, team, project, model, currency, share_tokens, window_tokens"
-        f" FROM {db}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND kind = 'gpu' AND basis = 'tokens' AND window_tokens > 0"
+        f" FROM {db}.rollup_lines WHERE kind = 'gpu' AND basis = 'tokens' AND window_tokens > 0"
     )
     window_idle = (
-        f"SELECT gpu_uuid, event_time, sum(cost) AS idle_cost FROM {db}.ledger FINAL"
-        f" WHERE {IN_DIRTY_HOURS} AND kind = 'idle' AND basis != 'mig-free' GROUP BY gpu_uuid, event_time"
+        f"SELECT gpu_uuid, event_time, sum(cost) AS idle_cost FROM {db}.rollup_lines"
+        " WHERE kind = 'idle' AND basis != 'mig-free' GROUP BY gpu_uuid, event_time"
     )
     attributed = (
         f"SELECT toStartOfHour(s.event_time) AS hour, s.org AS org, s.team AS team, s.project AS project, s.model AS model,"
@@ -229,7 +240,7 @@ def utilization_replace_sql(database: str) -> str:
     table = f"{database}.gpu_utilization_hours"
     windows = (
         "SELECT node, gpu_uuid, event_time AS window, max(utilization_pct) AS u, groupUniqArray(toString(org)) AS window_orgs"
-        f" FROM {database}.ledger FINAL WHERE {IN_DIRTY_HOURS} AND kind IN ('gpu', 'idle') AND gpu_uuid != ''"
+        f" FROM {database}.rollup_lines WHERE kind IN ('gpu', 'idle') AND gpu_uuid != ''"
         " GROUP BY node, gpu_uuid, window"
     )
     return (
@@ -240,6 +251,22 @@ def utilization_replace_sql(database: str) -> str:
         " arraySort(groupUniqArrayArray(window_orgs)) AS orgs, {version:UInt64} + 1 AS version, toUInt8(0) AS is_deleted"
         f" FROM ({windows}) GROUP BY hour, node, gpu_uuid"
     )
+
+
+def lines_sql(database: str) -> str:
+    """The dirty hours' ledger lines, each once (FINAL), into the pass's scratch table ``rollup_lines``."""
+    return f"INSERT INTO {database}.rollup_lines SELECT {LINE_COLUMNS} FROM {database}.ledger FINAL WHERE {IN_DIRTY_HOURS}"
+
+
+def chunks(hours: list[datetime]) -> list[list[datetime]]:
+    """Sorted ``hours`` in runs of at most ``CHUNK_HOURS`` hours, each within ``CHUNK_HOURS`` of its first."""
+    out: list[list[datetime]] = []
+    for h in hours:
+        if out and len(out[-1]) < CHUNK_HOURS and h - out[-1][0] < timedelta(hours=CHUNK_HOURS):
+            out[-1].append(h)
+        else:
+            out.append([h])
+    return out
 
 
 def advance_sql(database: str) -> str:
@@ -284,21 +311,29 @@ def maintain(client: Client, database: str) -> Pass:
     now = client.query("SELECT now64(6, 'UTC')").result_rows[0][0].replace(tzinfo=UTC)
     since = state.watermark - OVERLAP if state.watermark > EPOCH else EPOCH
     dirty = {source: _dirty(client, database, source, since, state.timezone) for source in ("ledger", "usage_events")}
-    settings = {"max_execution_time": 0}
-    hours, days = dirty["ledger"]
-    if hours:
-        version = int((now - EPOCH).total_seconds() * 1_000_000)
-        span = {"hours": hours, **hour_span(hours)}
-        client.command(utilization_replace_sql(database), parameters={**span, "version": version}, settings=settings)
-    for journal in JOURNALS:
-        source_hours = dirty[journal.source][0]
-        if source_hours:
-            params = {"hours": source_hours, "tz": state.timezone, **hour_span(source_hours)}
-            client.command(journal_delta_sql(database, journal), parameters=params, settings=settings)
+    version = int((now - EPOCH).total_seconds() * 1_000_000)
+    for chunk in chunks(dirty["ledger"][0]):
+        _recompute_ledger_hours(client, database, chunk, state.timezone, version)
+    for chunk in chunks(dirty["usage_events"][0]):
+        params = {"hours": chunk, **hour_span(chunk)}
+        for journal in (j for j in JOURNALS if j.source == "usage_events"):
+            client.command(journal_delta_sql(database, journal), parameters=params, settings=SETTINGS)
+    days = dirty["ledger"][1]
     if days:
-        client.command(daily_delta_sql(database), parameters={"days": days, **day_span(days)}, settings=settings)
+        client.command(daily_delta_sql(database), parameters={"days": days, **day_span(days)}, settings=SETTINGS)
     client.command(advance_sql(database), parameters={"watermark": now, "seen": state.watermark})
-    return Pass(hours, days, now, dirty["usage_events"][0])
+    return Pass(dirty["ledger"][0], days, now, dirty["usage_events"][0])
+
+
+def _recompute_ledger_hours(client: Client, database: str, hours: list[datetime], tz: str, version: int) -> None:
+    """Every ledger-derived rollup for ``hours``: their lines read from ``ledger FINAL`` once, into ``rollup_lines``."""
+    span = {"hours": hours, **hour_span(hours)}
+    client.command(f"TRUNCATE TABLE {database}.rollup_lines")
+    client.command(lines_sql(database), parameters=span, settings=SETTINGS)
+    client.command(utilization_replace_sql(database), parameters={**span, "version": version}, settings=SETTINGS)
+    for journal in (j for j in JOURNALS if j.source == "ledger"):
+        client.command(journal_delta_sql(database, journal), parameters={**span, "tz": tz}, settings=SETTINGS)
+    client.command(f"TRUNCATE TABLE {database}.rollup_lines")
 
 
 def refresh_rollups(client: Client) -> None:
