@@ -320,7 +320,10 @@ def caught_up(client: Client) -> None:
 EPOCH_DAY = datetime(1970, 1, 2, tzinfo=UTC)
 
 
-def test_report_and_dashboard_rollups_equal_a_full_recomputation_after_every_kind_of_change(migrated: Settings, ledger: Client) -> None:
+def test_report_and_dashboard_rollups_equal_a_full_recomputation_after_every_kind_of_change(
+    migrated: Settings, ledger: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rollups, "CHUNK_HOURS", 2)  # the 7 hours below are recomputed in 4 chunks
     times = [T0 + timedelta(minutes=35 * i) for i in range(12)]  # 7 hours over two UTC days and two Kolkata days
     lines = [x for i, at in enumerate(times) for x in gpu_window(at, "GPU-1", {"t1": 300 + i, "t2": 700}, f"0.{i + 1}", 40.0 + i)]
     lines += [x for at in times[::2] for x in gpu_window(at, "GPU-2", {}, "0", 90.5, workload="ns/train")]
