@@ -6,8 +6,9 @@ A pass (leader worker, every ``worker.rollup_every_seconds``):
 2. finds the hours (and reporting-zone days) of ledger rows and of usage events stored since
    ``watermark - OVERLAP`` (``ingested_at``, a minmax skip index on both tables; a replay, a restatement,
    a tombstone and a late adjustment are all new rows, so their hours are found);
-3. for each hourly journal (``JOURNALS``), inserts per group of each dirty hour of its source *recomputed
-   from the source FINAL minus what the journal holds*; replaces the dirty hours of ``gpu_utilization_hours``
+3. reads the dirty hours' ledger lines from ``ledger FINAL`` once (a chunk of hours at a time, into the scratch
+   table ``rollup_lines``); for each hourly journal (``JOURNALS``), inserts per group of each dirty hour of its source
+   *recomputed from those lines (or from usage_events FINAL) minus what the journal holds*; replaces the dirty hours of ``gpu_utilization_hours``
    (not a sum: a mean of floats and a set of orgs); then ``spend_daily`` from ``spend_hourly`` over the dirty days;
 4. records the clock read in 1 as the new watermark, unless the watermark changed meanwhile (a migration
    that reset it to rebuild a new rollup: the next pass then rebuilds).
@@ -76,7 +77,8 @@ SETTINGS = {"max_execution_time": 0, "optimize_move_to_prewhere_if_final": 1}
 
 @dataclass(frozen=True, slots=True)
 class Journal:
-    """An hourly delta journal: ``fresh(db)`` recomputes its groups of the dirty hours from ``source`` FINAL."""
+    """An hourly delta journal: ``fresh(db)`` recomputes its groups of the dirty hours from ``source``, each row once
+    (the pass's ``rollup_lines``, read from ``ledger FINAL``, or ``usage_events FINAL`` itself)."""
 
     table: str
     source: str
@@ -209,13 +211,13 @@ def _delta_sql(target: str, keys: tuple[str, ...], measures: tuple[str, ...], fr
 
 
 def journal_delta_sql(database: str, journal: Journal) -> str:
-    """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` of ``journal`` from its source FINAL."""
+    """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` of ``journal`` from its source (``Journal``)."""
     current = f"{database}.{journal.table} WHERE hour IN {{hours:Array(DateTime('UTC'))}}"
     return _delta_sql(f"{database}.{journal.table}", journal.keys, journal.measures, journal.fresh(database), current)
 
 
 def hourly_delta_sql(database: str) -> str:
-    """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` from ``ledger FINAL`` into spend_hourly."""
+    """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` from their ledger lines (``rollup_lines``) into spend_hourly."""
     return journal_delta_sql(database, SPEND)
 
 
@@ -232,7 +234,7 @@ def daily_delta_sql(database: str) -> str:
 
 def utilization_replace_sql(database: str) -> str:
     """Replace the dirty hours of ``gpu_utilization_hours`` (ReplacingMergeTree by version, with tombstones): every row
-    held for them is withdrawn at ``{version}`` and each GPU-hour recomputed from ``ledger FINAL`` is written at
+    held for them is withdrawn at ``{version}`` and each GPU-hour recomputed from its lines (``rollup_lines``) is written at
     ``{version} + 1``, so a GPU-hour left with no lines disappears and the others take their new figures.
 
     Per GPU-hour: the sum over its windows of the window's utilization (the highest any line of the window carries:
