@@ -7,16 +7,18 @@ A pass (leader worker, every ``worker.rollup_every_seconds``):
    ``watermark - OVERLAP`` (``ingested_at``, a minmax skip index on both tables; a replay, a restatement,
    a tombstone and a late adjustment are all new rows, so their hours are found);
 3. reads the dirty hours' ledger lines from ``ledger FINAL`` once (a chunk of hours at a time, into the scratch
-   table ``rollup_lines``); for each hourly journal (``JOURNALS``), inserts per group of each dirty hour of its source
-   *recomputed from those lines (or from usage_events FINAL) minus what the journal holds*; replaces the dirty hours of ``gpu_utilization_hours``
-   (not a sum: a mean of floats and a set of orgs); then ``spend_daily`` from ``spend_hourly`` over the dirty days;
+   table ``rollup_lines``); for each hourly journal (``JOURNALS``), inserts per group of each dirty hour of its
+   source *recomputed from those lines (or from usage_events FINAL) minus what the journal holds*; replaces the
+   dirty hours of ``gpu_utilization_hours`` (not a sum: a mean of floats and a set of orgs); then ``spend_daily``
+   from ``spend_hourly`` over the dirty days;
 4. records the clock read in 1 as the new watermark, unless the watermark changed meanwhile (a migration
    that reset it to rebuild a new rollup: the next pass then rebuilds).
 
 The journals are deltas (SummingMergeTree), so ``sum()`` over them is exact at every moment; a pass is
-one insert per table, and repeating a pass (a crash between 3 and 4) inserts zero deltas. ``OVERLAP``
-covers inserts still in flight when the clock was read. One maintainer at a time: two passes running at
-once would both add the same delta (the leader runs them, one after another).
+one insert per table and chunk of hours, and repeating a pass (a crash between 3 and 4) inserts zero
+deltas. ``OVERLAP`` covers inserts still in flight when the clock was read. One maintainer at a time: two
+passes running at once would both add the same delta and share ``rollup_lines`` (the leader runs them, one
+after another).
 """
 
 from __future__ import annotations
