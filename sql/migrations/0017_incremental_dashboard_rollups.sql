@@ -2,8 +2,9 @@
 -- refreshable views re-reading the ledger every few seconds. The pages read the same names and columns:
 -- - gpu_daily: a view summing gpu_hourly (migration 0016) by reporting-zone day;
 -- - serving_hours: a view over unit_costs_hourly (the hours with a GPU token share);
--- - self_hosted_vs_api_rollup: a view with self_hosted_vs_api_daily's logic over unit_costs_hourly and usage_hourly
---   (its joins pair lines of the same GPU window and rows of the same UTC day, so hourly parts sum to the same figures);
+-- - self_hosted_vs_api_rollup: a view over self_hosted_vs_api_days, which the pass recomputes for the UTC days that
+--   changed with self_hosted_vs_api_daily's logic over unit_costs_hourly and usage_hourly (its joins pair lines of the
+--   same GPU window and rows of the same UTC day, so the hourly parts sum to the same figures);
 -- - gpu_utilization_hourly: a view over gpu_utilization_hours, whose dirty hours each pass replaces (a mean of floats and
 --   a set of orgs are not sums), read FINAL.
 -- The watermark is reset so the next pass fills the new tables from history.
@@ -71,30 +72,28 @@ CREATE VIEW IF NOT EXISTS {db}.serving_hours AS
 SELECT hour, org, team, project, model AS llm_model, currency FROM {db}.unit_costs_hourly
 GROUP BY hour, org, team, project, llm_model, currency HAVING sum(token_lines) != 0;
 
+-- self_hosted_vs_api_daily's rows per UTC day, recomputed by the pass for the days its hourly parts changed (deltas).
+CREATE TABLE IF NOT EXISTS {db}.self_hosted_vs_api_days
+(
+    day Date, org LowCardinality(String), team LowCardinality(String), project LowCardinality(String),
+    llm_model LowCardinality(String), currency LowCardinality(String), hosting LowCardinality(String),
+    tokens Int64, usage_cost Decimal(38, 9), allocation_cost Decimal(38, 9), serving_hours Int64,
+    equivalent_cost Decimal(38, 9), requests Int64, requests_without_equivalent Int64, rows Int64
+)
+ENGINE = SummingMergeTree((tokens, usage_cost, allocation_cost, serving_hours, equivalent_cost, requests, requests_without_equivalent, rows))
+ORDER BY (day, org, llm_model, team, project, currency, hosting)
+COMMENT 'deltas: always read with sum() ... GROUP BY (or through self_hosted_vs_api_rollup)';
+
 CREATE VIEW IF NOT EXISTS {db}.self_hosted_vs_api_rollup AS
-SELECT
-    u.day AS day, u.org AS org, u.team AS team, u.project AS project, u.llm_model AS llm_model, u.currency AS currency,
-    if(u.gpu_usage_cost > 0, 'self-hosted', 'api') AS hosting,
-    toUInt64(u.tokens) AS tokens,
-    u.api_cost + u.gpu_usage_cost AS usage_cost,
-    u.api_cost + u.gpu_usage_cost + u.idle_cost AS allocation_cost,
-    toUInt64(u.serving_hours) AS serving_hours,
-    if(ifNull(e.requests, 0) - ifNull(e.without_equivalent, 0) = 0, NULL, e.equivalent_cost) AS api_equivalent_cost,
-    toUInt64(ifNull(e.requests, 0)) AS requests,
-    toUInt64(ifNull(e.without_equivalent, 0)) AS requests_without_equivalent
+SELECT day, org, team, project, llm_model, currency, hosting, toUInt64(t) AS tokens, uc AS usage_cost, ac AS allocation_cost,
+       toUInt64(sh) AS serving_hours, if(r - w = 0, NULL, ec) AS api_equivalent_cost, toUInt64(r) AS requests,
+       toUInt64(w) AS requests_without_equivalent
 FROM
 (
-    SELECT toDate(hour) AS day, org, team, project, model AS llm_model, currency, sum(tokens) AS tokens, sum(api_cost) AS api_cost,
-           sum(gpu_usage_cost) AS gpu_usage_cost, sum(idle_cost) AS idle_cost, sum(served) AS serving_hours
-    FROM {db}.unit_costs_hourly GROUP BY day, org, team, project, llm_model, currency HAVING sum(lines) != 0
-) AS u
-LEFT JOIN
-(
-    SELECT toDate(hour) AS day, org, team, project, model, sum(equivalent_cost) AS equivalent_cost, sum(requests) AS requests,
-           sum(requests_without_equivalent) AS without_equivalent
-    FROM {db}.usage_hourly WHERE priced_as IN ('api', 'gpu') GROUP BY day, org, team, project, model HAVING requests != 0
-) AS e
-ON e.day = u.day AND e.org = u.org AND e.team = u.team AND e.project = u.project AND e.model = u.llm_model;
+    SELECT day, org, team, project, llm_model, currency, hosting, sum(tokens) AS t, sum(usage_cost) AS uc, sum(allocation_cost) AS ac,
+           sum(serving_hours) AS sh, sum(equivalent_cost) AS ec, sum(requests) AS r, sum(requests_without_equivalent) AS w
+    FROM {db}.self_hosted_vs_api_days GROUP BY day, org, team, project, llm_model, currency, hosting HAVING sum(rows) != 0
+);
 
 INSERT INTO {db}.rollup_state (name, watermark, timezone)
 SELECT name, toDateTime64(0, 6, 'UTC'), timezone FROM {db}.rollup_state FINAL WHERE name = 'spend';

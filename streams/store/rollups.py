@@ -9,8 +9,9 @@ A pass (leader worker, every ``worker.rollup_every_seconds``):
 3. reads the dirty hours' ledger lines from ``ledger FINAL`` once (a chunk of hours at a time, into the scratch
    table ``rollup_lines``); for each hourly journal (``JOURNALS``), inserts per group of each dirty hour of its
    source *recomputed from those lines (or from usage_events FINAL) minus what the journal holds*; replaces the
-   dirty hours of ``gpu_utilization_hours`` (not a sum: a mean of floats and a set of orgs); then ``spend_daily``
-   from ``spend_hourly`` over the dirty days;
+   dirty hours of ``gpu_utilization_hours`` (not a sum: a mean of floats and a set of orgs); then the day
+   journals: ``self_hosted_vs_api_days`` over the UTC days of every dirty hour, ``spend_daily`` from
+   ``spend_hourly`` over the dirty reporting-zone days;
 4. records the clock read in 1 as the new watermark, unless the watermark changed meanwhile (a migration
    that reset it to rebuild a new rollup: the next pass then rebuilds).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -273,6 +274,52 @@ def chunks(hours: list[datetime]) -> list[list[datetime]]:
     return out
 
 
+SELF_HOSTED_KEYS = ("day", "org", "team", "project", "llm_model", "currency", "hosting")
+SELF_HOSTED_MEASURES = (
+    "tokens",
+    "usage_cost",
+    "allocation_cost",
+    "serving_hours",
+    "equivalent_cost",
+    "requests",
+    "requests_without_equivalent",
+    "rows",
+)
+
+
+def self_hosted_delta_sql(database: str) -> str:
+    """Recompute the UTC days in ``{days:Array(Date)}`` of ``self_hosted_vs_api_days`` from the hourly journals, with
+    ``self_hosted_vs_api_daily``'s logic (migration 0007): the day's unit costs, left-joined with its usage events'
+    API equivalents by group and LLM (``rows``: 1 per row, so a row whose deltas cancel out is known gone)."""
+    in_days = "hour >= {lo:DateTime('UTC')} AND hour < {hi:DateTime('UTC')} AND toDate(hour) IN {days:Array(Date)}"
+    units = (
+        "SELECT toDate(hour) AS day, org, team, project, model AS llm_model, currency, sum(tokens) AS t, sum(api_cost) AS api,"
+        " sum(gpu_usage_cost) AS gpu, sum(idle_cost) AS idle, sum(served) AS sh"
+        f" FROM {database}.unit_costs_hourly WHERE {in_days} GROUP BY day, org, team, project, llm_model, currency HAVING sum(lines) != 0"
+    )
+    equivalents = (
+        "SELECT toDate(hour) AS day, org, team, project, model, sum(equivalent_cost) AS ec, sum(requests) AS r,"
+        f" sum(requests_without_equivalent) AS w FROM {database}.usage_hourly WHERE {in_days} AND priced_as IN ('api', 'gpu')"
+        " GROUP BY day, org, team, project, model HAVING r != 0"
+    )
+    fresh = (
+        "SELECT u.day AS day, u.org AS org, u.team AS team, u.project AS project, u.llm_model AS llm_model, u.currency AS currency,"
+        " if(u.gpu > 0, 'self-hosted', 'api') AS hosting, u.t AS tokens, u.api + u.gpu AS usage_cost,"
+        f" u.api + u.gpu + u.idle AS allocation_cost, u.sh AS serving_hours, ifNull(e.ec, {ZERO}) AS equivalent_cost,"
+        " ifNull(e.r, 0) AS requests, ifNull(e.w, 0) AS requests_without_equivalent, toInt64(1) AS rows"
+        f" FROM ({units}) AS u LEFT JOIN ({equivalents}) AS e"
+        " ON e.day = u.day AND e.org = u.org AND e.team = u.team AND e.project = u.project AND e.model = u.llm_model"
+    )
+    current = f"{database}.self_hosted_vs_api_days WHERE day IN {{days:Array(Date)}}"
+    return _delta_sql(f"{database}.self_hosted_vs_api_days", SELF_HOSTED_KEYS, SELF_HOSTED_MEASURES, fresh, current)
+
+
+def utc_days(hours: list[datetime]) -> dict[str, Any]:
+    """The UTC days of ``hours`` and the hour range that holds them (the parameters of ``self_hosted_delta_sql``)."""
+    days = sorted({h.date() for h in hours})
+    return {"days": days, "lo": datetime.combine(days[0], time(), UTC), "hi": datetime.combine(days[-1], time(), UTC) + timedelta(days=1)}
+
+
 def advance_sql(database: str) -> str:
     """The new watermark, written only if ``{seen}`` is still the stored one (a migration may have reset it meanwhile)."""
     return (
@@ -322,6 +369,9 @@ def maintain(client: Client, database: str) -> Pass:
         params = {"hours": chunk, **hour_span(chunk)}
         for journal in (j for j in JOURNALS if j.source == "usage_events"):
             client.command(journal_delta_sql(database, journal), parameters=params, settings=SETTINGS)
+    changed = dirty["ledger"][0] + dirty["usage_events"][0]
+    if changed:
+        client.command(self_hosted_delta_sql(database), parameters=utc_days(changed), settings=SETTINGS)
     days = dirty["ledger"][1]
     if days:
         client.command(daily_delta_sql(database), parameters={"days": days, **day_span(days)}, settings=SETTINGS)
