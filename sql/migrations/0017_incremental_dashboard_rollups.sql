@@ -1,6 +1,6 @@
 -- Issue 15 (part): migration 0015's dashboard rollups kept by the incremental pass (streams.store.rollups), not by
 -- refreshable views re-reading the ledger every few seconds. The pages read the same names and columns:
--- - gpu_daily: a view summing gpu_hourly (migration 0016) by reporting-zone day;
+-- - gpu_daily: a view over gpu_days, gpu_hourly (migration 0016) summed by reporting-zone day for the days that changed;
 -- - serving_hours: a view over unit_costs_hourly (the hours with a GPU token share);
 -- - self_hosted_vs_api_rollup: a view over self_hosted_vs_api_days, which the pass recomputes for the UTC days that
 --   changed with self_hosted_vs_api_daily's logic over unit_costs_hourly and usage_hourly (its joins pair lines of the
@@ -61,10 +61,22 @@ COMMENT 'read FINAL: each pass replaces the hours that changed';
 CREATE VIEW IF NOT EXISTS {db}.gpu_utilization_hourly AS
 SELECT hour, node, gpu_uuid, utilization_sum, windows, orgs FROM {db}.gpu_utilization_hours FINAL;
 
+-- gpu_hourly per reporting-zone day (the GPUs page reads a month of days, not of hours), recomputed for the days that changed.
+CREATE TABLE IF NOT EXISTS {db}.gpu_days
+(
+    day Date COMMENT 'in the reporting time zone ({reporting_timezone})', node String, gpu_uuid String, gpu_model LowCardinality(String),
+    kind LowCardinality(String), basis LowCardinality(String), idle_policy LowCardinality(String), workload String,
+    org LowCardinality(String), team LowCardinality(String), project LowCardinality(String), currency LowCardinality(String),
+    lines Int64, gpu_seconds Decimal(38, 9), cost Decimal(38, 9)
+)
+ENGINE = SummingMergeTree((lines, gpu_seconds, cost))
+ORDER BY (day, org, node, gpu_uuid, kind, basis, team, project, currency, gpu_model, idle_policy, workload)
+COMMENT 'deltas: always read with sum() ... GROUP BY (or through gpu_daily)';
+
 CREATE VIEW IF NOT EXISTS {db}.gpu_daily AS
 SELECT day, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency,
        sum(lines) AS lines, sum(gpu_seconds) AS gpu_seconds, sum(cost) AS cost
-FROM {db}.gpu_hourly WHERE kind IN ('gpu', 'idle', 'adjustment')
+FROM {db}.gpu_days
 GROUP BY day, node, gpu_uuid, gpu_model, kind, basis, idle_policy, workload, org, team, project, currency
 HAVING lines != 0;
 

@@ -10,8 +10,8 @@ A pass (leader worker, every ``worker.rollup_every_seconds``):
    table ``rollup_lines``); for each hourly journal (``JOURNALS``), inserts per group of each dirty hour of its
    source *recomputed from those lines (or from usage_events FINAL) minus what the journal holds*; replaces the
    dirty hours of ``gpu_utilization_hours`` (not a sum: a mean of floats and a set of orgs); then the day
-   journals: ``self_hosted_vs_api_days`` over the UTC days of every dirty hour, ``spend_daily`` from
-   ``spend_hourly`` over the dirty reporting-zone days;
+   journals: ``self_hosted_vs_api_days`` over the UTC days of every dirty hour, ``gpu_days`` and ``spend_daily``
+   from ``gpu_hourly`` and ``spend_hourly`` over the dirty reporting-zone days;
 4. records the clock read in 1 as the new watermark, unless the watermark changed meanwhile (a migration
    that reset it to rebuild a new rollup: the next pass then rebuilds).
 
@@ -147,14 +147,15 @@ def _usage_fresh(db: str) -> str:
 
 
 SPEND = Journal("spend_hourly", "ledger", HOURLY_KEYS, MEASURES, _spend_fresh)
+GPU = Journal(
+    "gpu_hourly",
+    "ledger",
+    ("hour", "day", "node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project", "currency"),
+    ("lines", "gpu_seconds", "cost"),
+    _gpu_fresh,
+)
 JOURNALS = (
-    Journal(
-        "gpu_hourly",
-        "ledger",
-        ("hour", "day", "node", "gpu_uuid", "gpu_model", "kind", "basis", "idle_policy", "workload", "org", "team", "project", "currency"),
-        ("lines", "gpu_seconds", "cost"),
-        _gpu_fresh,
-    ),
+    GPU,
     Journal(
         "unit_costs_hourly",
         "ledger",
@@ -224,15 +225,24 @@ def hourly_delta_sql(database: str) -> str:
     return journal_delta_sql(database, SPEND)
 
 
+def _day_delta_sql(database: str, target: str, hourly: Journal, keys: tuple[str, ...], condition: str = "") -> str:
+    """Recompute the reporting-zone days in ``{days:Array(Date)}`` of ``target`` from the hourly journal ``hourly``."""
+    fresh = (
+        f"SELECT {', '.join(keys + hourly.measures)} FROM {database}.{hourly.table}"
+        f" WHERE hour >= {{lo:DateTime('UTC')}} AND hour < {{hi:DateTime('UTC')}} AND day IN {{days:Array(Date)}}{condition}"
+    )
+    current = f"{database}.{target} WHERE day IN {{days:Array(Date)}}"
+    return _delta_sql(f"{database}.{target}", keys, hourly.measures, fresh, current)
+
+
 def daily_delta_sql(database: str) -> str:
     """Recompute the days in ``{days:Array(Date)}`` of spend_daily from spend_hourly."""
-    keys = ", ".join(DAILY_KEYS)
-    fresh = (
-        f"SELECT {keys}, {', '.join(MEASURES)} FROM {database}.spend_hourly"
-        f" WHERE hour >= {{lo:DateTime('UTC')}} AND hour < {{hi:DateTime('UTC')}} AND day IN {{days:Array(Date)}}"
-    )
-    current = f"{database}.spend_daily WHERE day IN {{days:Array(Date)}}"
-    return _delta_sql(f"{database}.spend_daily", DAILY_KEYS, MEASURES, fresh, current)
+    return _day_delta_sql(database, "spend_daily", SPEND, DAILY_KEYS)
+
+
+def gpu_days_delta_sql(database: str) -> str:
+    """Recompute the days in ``{days:Array(Date)}`` of gpu_days (the GPUs page's ``gpu_daily``) from gpu_hourly."""
+    return _day_delta_sql(database, "gpu_days", GPU, GPU.keys[1:], " AND kind IN ('gpu', 'idle', 'adjustment')")
 
 
 def utilization_replace_sql(database: str) -> str:
@@ -373,8 +383,8 @@ def maintain(client: Client, database: str) -> Pass:
     if changed:
         client.command(self_hosted_delta_sql(database), parameters=utc_days(changed), settings=SETTINGS)
     days = dirty["ledger"][1]
-    if days:
-        client.command(daily_delta_sql(database), parameters={"days": days, **day_span(days)}, settings=SETTINGS)
+    for daily in (gpu_days_delta_sql, daily_delta_sql) if days else ():  # spend_daily last (see JOURNALS)
+        client.command(daily(database), parameters={"days": days, **day_span(days)}, settings=SETTINGS)
     client.command(advance_sql(database), parameters={"watermark": now, "seen": state.watermark})
     return Pass(dirty["ledger"][0], days, now, dirty["usage_events"][0])
 
