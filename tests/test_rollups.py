@@ -159,6 +159,11 @@ def test_rollups_equal_a_full_recomputation_after_every_kind_of_change(ledger: C
     assert datetime(2026, 10, 2, 16, 0, tzinfo=UTC) in found.hours
     assert_exact(ledger)
 
+    # A watermark reset meanwhile (a migration adding a rollup) is not overwritten by a pass that read the old one.
+    held = rollups.read_state(ledger, ledger.database).watermark
+    ledger.command(rollups.advance_sql(ledger.database), parameters={"watermark": datetime.now(UTC), "seen": held - timedelta(seconds=1)})
+    assert rollups.read_state(ledger, ledger.database).watermark == held
+
     # A pass with nothing new adds nothing (its recomputation of the overlap nets to zero).
     before = ledger.query("SELECT count() FROM spend_hourly").result_rows[0][0]
     assert rollups.maintain(ledger, ledger.database).hours  # the overlap is looked at again...
