@@ -49,8 +49,8 @@ class GpuTeamRow:
 
 
 def spend_by_org_model(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> list[SpendRow]:
-    """Ledger totals: closed hours from the hourly rollup, the open hour and hours it has not caught up with from
-    the deduplicated ledger (``streams.store.spend``), so always current, with no rollup lag.
+    """Ledger totals: closed hours from the hourly rollups, the open hour and hours they have not caught up with from
+    the deduplicated ledger and usage events (``streams.store.spend``), so always current, with no rollup lag.
 
     Tokens come from the usage events, not the ledger: a request served by two GPUs
     has a line on each, but its tokens are counted once.
@@ -59,11 +59,14 @@ def spend_by_org_model(settings: Settings, since: datetime | None = None, until:
     db = settings.clickhouse.database
     bounds: dict[str, Any] = {"since": since or datetime(1970, 1, 2, tzinfo=UTC), "until": until or datetime(2999, 1, 1, tzinfo=UTC)}
     now = datetime.now(UTC)
-    hours = store.read_hours(client, db, [bounds["since"], bounds["until"]], bounds["since"], now)
-    costs = client.query(store.spend_by_org_model_sql(db, hours, now, bounds), parameters=bounds, settings=store.SETTINGS).result_rows
-    tokens = {
-        (org, model): int(count) for org, model, count in client.query(store.tokens_by_org_model_sql(db), parameters=bounds).result_rows
-    }
+    edges = [bounds["since"], bounds["until"]]
+    hours = store.read_hours(client, db, edges, bounds["since"], now)
+    usage_hours = store.read_hours(client, db, edges, bounds["since"], now, source="usage_events")
+    params = dict(bounds)
+    costs = client.query(store.spend_by_org_model_sql(db, hours, now, params), parameters=params, settings=store.SETTINGS).result_rows
+    params = dict(bounds)
+    counted = client.query(store.tokens_by_org_model_sql(db, usage_hours, now, params), parameters=params, settings=store.SETTINGS)
+    tokens = {(org, model): int(count) for org, model, count in counted.result_rows}
     return [
         SpendRow(org, model, Decimal(api), Decimal(gpu), Decimal(idle), Decimal(adj), tokens.get((org, model), 0), int(lines))
         for org, model, api, gpu, idle, adj, lines in costs
@@ -71,8 +74,14 @@ def spend_by_org_model(settings: Settings, since: datetime | None = None, until:
 
 
 def gpu_spend_by_team(settings: Settings) -> list[GpuTeamRow]:
-    """GPU spend per org and team: inference (token shares), workloads (training, notebooks, pods holding GPUs), idle, adjustments."""
-    rows = connect(settings.clickhouse).query(store.gpu_spend_by_team_sql(settings.clickhouse.database)).result_rows
+    """GPU spend per org and team: inference (token shares), workloads (training, notebooks, pods holding GPUs), idle,
+    adjustments; closed hours from ``gpu_hourly``, the rest from the ledger, like ``spend_by_org_model``."""
+    client = connect(settings.clickhouse)
+    db = settings.clickhouse.database
+    now, earliest = datetime.now(UTC), datetime(1970, 1, 2, tzinfo=UTC)
+    params: dict[str, Any] = {"earliest": earliest}
+    sql = store.gpu_spend_by_team_sql(db, store.read_hours(client, db, [], earliest, now), now, params)
+    rows = client.query(sql, parameters=params, settings=store.SETTINGS).result_rows
     return [GpuTeamRow(org, team, *(Decimal(v) for v in values)) for org, team, *values in rows]
 
 

@@ -1,4 +1,5 @@
-"""Budget spend queries: closed, unchanged hours from ``spend_hourly``, everything else from ``ledger FINAL``.
+"""Budget spend and report queries: closed, unchanged hours from an hourly rollup (``spend_hourly``; the report's
+``usage_hourly`` and ``gpu_hourly`` too), everything else from the deduplicated source (``ledger FINAL``, ``usage_events FINAL``).
 
 Each query reads one *spend source*: the rollup's hours (stamped at the hour's start) for every hour
 that is closed and clean, and ledger lines for the rest. "The rest" is the open hour onwards, every
@@ -67,43 +68,59 @@ def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
     return runs
 
 
-def spend_source(database: str, hours: list[datetime], now: datetime, params: dict[str, Any]) -> str:
-    """The union of clean rollup hours and ledger lines from ``{earliest}`` on (see the module docstring).
+def hour_source(rollup: str, raw: str, hours: list[datetime], now: datetime, params: dict[str, Any]) -> str:
+    """A rollup's clean closed hours ``UNION ALL`` its source's rows from ``{earliest}`` on (see the module docstring).
 
-    Columns: event_time, org, team, project, model, key_id, kind, currency, cost, lines.
+    ``rollup`` is ``SELECT toDateTime64(hour, 6, 'UTC') AS event_time, ... FROM <journal>`` and ``raw`` the same
+    columns from the deduplicated source, ``SELECT event_time, ... FROM <table> FINAL WHERE <its filter>``; each is
+    given the hour conditions here (bound in ``params``), so the two halves never hold the same hour.
     """
     params["open"], params["ledger_hours"] = floor_hour(now), hours
     ranges = ["event_time >= {open:DateTime64(6, 'UTC')}"]
     for n, (start, end) in enumerate(_runs(hours)):
         params[f"lo{n}"], params[f"hi{n}"] = start, end
         ranges.append(f"(event_time >= {{lo{n}:DateTime64(6, 'UTC')}} AND event_time < {{hi{n}:DateTime64(6, 'UTC')}})")
-    rollup = (
-        f"SELECT toDateTime64(hour, 6, 'UTC') AS event_time, org, team, project, model, key_id, kind, currency, cost, lines"
-        f" FROM {database}.spend_hourly WHERE hour >= {{earliest:DateTime64(6, 'UTC')}} AND hour < {{open:DateTime64(6, 'UTC')}}"
-        f" AND hour NOT IN {{ledger_hours:Array(DateTime('UTC'))}}"
+    closed = (
+        " WHERE hour >= {earliest:DateTime64(6, 'UTC')} AND hour < {open:DateTime64(6, 'UTC')}"
+        " AND hour NOT IN {ledger_hours:Array(DateTime('UTC'))}"
     )
-    ledger = (
-        f"SELECT event_time, org, team, project, model, key_id, kind, currency, cost, toInt64(1) AS lines"
-        f" FROM {database}.ledger FINAL WHERE event_time >= {{earliest:DateTime64(6, 'UTC')}} AND ({' OR '.join(ranges)})"
-    )
-    return f"{rollup} UNION ALL {ledger}"
+    fresh = f" AND event_time >= {{earliest:DateTime64(6, 'UTC')}} AND ({' OR '.join(ranges)})"
+    return f"{rollup}{closed} UNION ALL {raw}{fresh}"
 
 
-def dirty_hours_sql(database: str) -> str:
-    """Hours (from ``{earliest}``) of ledger rows stored since the rollup's watermark less its overlap: not yet, or not
-    surely, in the rollup. The watermark is read first (a scalar subquery); no state means every hour."""
+def spend_source(database: str, hours: list[datetime], now: datetime, params: dict[str, Any]) -> str:
+    """Spend from ``spend_hourly`` and ``ledger FINAL`` (``hour_source``).
+
+    Columns: event_time, org, team, project, model, key_id, kind, currency, cost, lines.
+    """
+    columns = "org, team, project, model, key_id, kind, currency, cost"
+    return hour_source(
+        f"SELECT toDateTime64(hour, 6, 'UTC') AS event_time, {columns}, lines FROM {database}.spend_hourly",
+        f"SELECT event_time, {columns}, toInt64(1) AS lines FROM {database}.ledger FINAL WHERE 1",
+        hours,
+        now,
+        params,
+    )
+
+
+def dirty_hours_sql(database: str, source: str = "ledger") -> str:
+    """Hours (from ``{earliest}``) of ``source`` rows stored since the rollups' watermark less its overlap: not yet, or
+    not surely, in the rollups. The watermark is read first (a scalar subquery); no state means every hour."""
     watermark = f"(SELECT max(watermark) FROM {database}.rollup_state FINAL WHERE name = '{rollups.STATE}')"
     return (
-        f"SELECT DISTINCT toStartOfHour(event_time) FROM {database}.ledger"
+        f"SELECT DISTINCT toStartOfHour(event_time) FROM {database}.{source}"
         f" WHERE ingested_at >= ifNull({watermark}, toDateTime64(0, 6, 'UTC')) - INTERVAL {int(rollups.OVERLAP.total_seconds())} SECOND"
         f" AND event_time >= {{earliest:DateTime64(6, 'UTC')}}"
     )
 
 
-def read_hours(client: Client, database: str, boundaries: Iterable[datetime], since_earliest: datetime, now: datetime) -> list[datetime]:
-    """The closed hours a spend source must read from the ledger (``ledger_hours``). The rollup's watermark is read
-    before the spend query runs, so a pass that lands meanwhile has inserted its deltas before the watermark we saw."""
-    rows = client.query(dirty_hours_sql(database), parameters={"earliest": since_earliest}).result_rows
+def read_hours(
+    client: Client, database: str, boundaries: Iterable[datetime], since_earliest: datetime, now: datetime, source: str = "ledger"
+) -> list[datetime]:
+    """The closed hours a source of ``source`` rows must read from that table (``ledger_hours``). The rollups' watermark
+    is read before the query that uses them runs, so a pass that lands meanwhile has inserted its deltas before the
+    watermark we saw."""
+    rows = client.query(dirty_hours_sql(database, source), parameters={"earliest": since_earliest}).result_rows
     return ledger_hours(boundaries, [row[0].replace(tzinfo=UTC) for row in rows], now)
 
 
@@ -190,16 +207,34 @@ def spend_by_org_model_sql(database: str, hours: list[datetime], now: datetime, 
     )
 
 
-def tokens_by_org_model_sql(db: str) -> str:
-    """Tokens per org and model from the usage events (a request on two GPUs counts once); binds ``since``, ``until``."""
+def tokens_by_org_model_sql(db: str, hours: list[datetime], now: datetime, params: dict[str, Any]) -> str:
+    """Tokens per org and model between ``{since}`` and ``{until}``, from the usage events (a request on two GPUs counts
+    once): ``usage_hourly``'s clean closed hours, ``usage_events FINAL`` for the rest (``hours``: from its own dirty set)."""
+    params["earliest"] = params["since"]
     where = "event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}"
-    return f"SELECT org, model, sum(prompt_tokens + completion_tokens) FROM {db}.usage_events FINAL WHERE {where} GROUP BY org, model"
+    source = hour_source(
+        f"SELECT toDateTime64(hour, 6, 'UTC') AS event_time, org, model, tokens FROM {db}.usage_hourly",
+        f"SELECT event_time, org, model, toInt64(prompt_tokens + completion_tokens) AS tokens FROM {db}.usage_events FINAL WHERE 1",
+        hours,
+        now,
+        params,
+    )
+    return f"SELECT org, model, sum(tokens) FROM ({source}) WHERE {where} GROUP BY org, model"
 
 
-def gpu_spend_by_team_sql(db: str) -> str:
-    """GPU spend per org and team: token shares, workloads, idle, adjustments (every ledger line but API calls)."""
+def gpu_spend_by_team_sql(db: str, hours: list[datetime], now: datetime, params: dict[str, Any]) -> str:
+    """GPU spend per org and team: token shares, workloads, idle, adjustments (every ledger line but API calls), from
+    ``gpu_hourly``'s clean closed hours and ``ledger FINAL`` for the rest; binds ``earliest``."""
+    columns = "org, team, kind, basis, cost"
+    source = hour_source(
+        f"SELECT toDateTime64(hour, 6, 'UTC') AS event_time, {columns}, lines FROM {db}.gpu_hourly",
+        f"SELECT event_time, {columns}, toInt64(1) AS lines FROM {db}.ledger FINAL WHERE kind != 'api'",
+        hours,
+        now,
+        params,
+    )
     return (
         f"SELECT org, team, sumIf(cost, kind = 'gpu' AND basis = 'tokens'), sumIf(cost, kind = 'gpu' AND basis != 'tokens'), "
-        f"sumIf(cost, kind = 'idle'), sumIf(cost, kind = 'adjustment') FROM {db}.ledger FINAL "
-        "WHERE kind != 'api' GROUP BY org, team ORDER BY org, team"
+        f"sumIf(cost, kind = 'idle'), sumIf(cost, kind = 'adjustment') FROM ({source}) "
+        "GROUP BY org, team HAVING sum(lines) != 0 ORDER BY org, team"
     )

@@ -16,6 +16,9 @@ def arguments(description: str | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,10000000,30000000", help="ledger lines at each step (cumulative fill)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--port-base", type=int, default=27500, help="ClickHouse TCP port; HTTP on --port-base + 23 (keep clear of others')"
+    )
     return parser.parse_args()
 
 

@@ -7,7 +7,9 @@ models) and, at each size, times with the clock set to 30 Oct 23:40 UTC (inside 
 - rollup upkeep: on a tree with refreshable views (before issue 15) one refresh of each; on a tree with
   incremental rollups the first (full) build once, then an incremental pass after each increment of
   ~10 s of traffic (1,000 new lines in the last 40 min, 100 restated and 10 withdrawn lines of the last 6 h);
-- ``gpuledger report`` (spend by org and model).
+- on a tree with migration 0015's refreshable dashboard rollups, one refresh of the four (server time; they run every
+  10 s there, and are stopped otherwise so they do not compete with the timings; an incremental pass keeps them after 0017);
+- ``gpuledger report``: spend by org and model, and its second table, GPU spend by team.
 Medians of --runs runs. Runs against whichever tree it sits in (copy it into an older checkout to
 measure "before"); its own ClickHouse, on ports below the ephemeral range.
 
@@ -24,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from clickhouse_connect.driver.client import Client
 from rich.console import Console
 from rich.table import Table
 
@@ -31,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gpuledger.clickhouse import connect  # noqa: E402
-from gpuledger.commands.report import spend_by_org_model  # noqa: E402
+from gpuledger.commands.report import gpu_spend_by_team, spend_by_org_model  # noqa: E402
 from gpuledger.settings import BudgetSettings, StackSettings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
 from schemas import Budget  # noqa: E402
@@ -45,12 +48,17 @@ try:
 except ImportError:  # a tree from before issue 15: refreshable views
     rollups = None  # type: ignore[assignment]
 
-STACK = StackSettings(
-    data_dir=ROOT / ".gpuledger" / "bench-scale",
-    clickhouse_http_port=27523,
-    clickhouse_tcp_port=27500,
-    clickhouse_max_memory_bytes=8_000_000_000,
-)
+
+def stack(port_base: int) -> StackSettings:
+    """The benchmark's own ClickHouse: TCP on ``port_base``, HTTP on ``port_base + 23``."""
+    return StackSettings(
+        data_dir=ROOT / ".gpuledger" / "bench-scale",
+        clickhouse_http_port=port_base + 23,
+        clickhouse_tcp_port=port_base,
+        clickhouse_max_memory_bytes=8_000_000_000,
+    )
+
+
 NOW = datetime(2026, 10, 30, 23, 40, tzinfo=UTC)
 LONG = {"max_execution_time": 0}
 INCREMENT = """
@@ -63,6 +71,14 @@ SELECT if(number < 1000, concat('inc:{run}:', toString(number)), concat('restate
        toDecimal128(((number + {run}) % 997) / 1000000, 9), 'USD', '', '', 1 + {run}, toUInt8(number >= 1100 AND {run} % 2 = 0)
 FROM numbers(1110)
 """  # 1,000 new lines in the last 40 min; 110 lines of the last 6 h rewritten every run (the last 10 withdrawn every other run)
+
+
+DASHBOARD_REFRESHES = ("gpu_daily_refresh", "gpu_utilization_hourly_refresh", "self_hosted_vs_api_rollup_refresh", "serving_hours_refresh")
+
+
+def views(client: Client) -> set[str]:
+    """The refreshable views of the benchmark's database."""
+    return {r[0] for r in client.query("SELECT view FROM system.view_refreshes WHERE database = currentDatabase()").result_rows}
 
 
 def budgets() -> list[Budget]:
@@ -87,12 +103,12 @@ async def _no_publish(topic: str, records: list[tuple[bytes, bytes | None]]) -> 
 def main() -> None:
     args = arguments(__doc__)
     console = Console()
-    settings = fresh_database(STACK, "bench_scale", console)
+    stack_settings = stack(args.port_base)
+    settings = fresh_database(stack_settings, "bench_scale", console)
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
-    if rollups is None:
-        for view in ("spend_hourly_refresh", "spend_daily_refresh"):
-            client.command(f"SYSTEM STOP VIEW {view}")  # refreshed on demand below, so they do not compete
+    for view in views(client):
+        client.command(f"SYSTEM STOP VIEW {view}")  # refreshed on demand below, so they do not compete
     tree = "incremental rollups" if rollups else "refreshable views"
     evaluator = BudgetEvaluator(client, db, budgets, _no_publish, Topics("alerts", "status"), BudgetSettings(), clock=lambda: NOW)
     probes = evaluator._probes([b for b in budgets()], NOW)
@@ -147,6 +163,9 @@ def main() -> None:
             increment()
             for view in ("spend_hourly_refresh", "spend_daily_refresh"):
                 record(f"{view} (server time)", statistics.median(refresh(view) for _ in range(args.runs)))
+        dashboard = [v for v in DASHBOARD_REFRESHES if v in views(client)]
+        if dashboard:  # a tree with migration 0015's refreshable dashboard rollups: each re-reads the ledger every 10 s
+            record("0015's dashboard rollups: one refresh of all four (server time)", sum(refresh(view) for view in dashboard))
         asyncio.run(evaluator.run_once())  # mirrors the budgets once
         record(
             "budget spend query, 100 budgets",
@@ -154,6 +173,7 @@ def main() -> None:
         )
         record("one evaluator pass", timed(lambda: asyncio.run(evaluator.run_once()), args.runs))
         record("gpuledger report", timed(lambda: spend_by_org_model(settings), args.runs))
+        record("gpuledger report: GPU spend by team", timed(lambda: gpu_spend_by_team(settings), args.runs))
     table = Table(title=f"{tree}: median of {args.runs} runs, seconds")
     table.add_column("figure")
     for size in sizes:
@@ -161,7 +181,7 @@ def main() -> None:
     for name, cells in figures.items():
         table.add_row(name, *cells)
     console.print(table)
-    local.down(STACK)
+    local.down(stack_settings)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ Starts its own Kafka and ClickHouse (ports from --port-base, below the ephemeral
 size in --sizes fills the ledger cumulatively inside ClickHouse (30 days back from now, 5 orgs, 7 teams,
 11 projects, 3 models, 50 keys, 16 GPUs on 4 nodes; a third each API lines, GPU token shares and idle; API
 lines spread over every org, team and project, each GPU's lines over 3 payers, as a GPU serves a few teams)
-with a tenth as many usage events, brings the rollups up to date and stops their refreshes (they would compete with
-the timed requests), and times every page --requests times through the app in-process (Starlette's test client:
+with a tenth as many usage events, brings the rollups up to date with one incremental pass (none runs while the
+requests are timed), and times every page --requests times through the app in-process (Starlette's test client:
 no network, the time is the server's), as an admin, over this month so far.
 
 --before COMMIT also times the same pages with the code at COMMIT (checked out in a temporary git worktree,
@@ -116,7 +116,7 @@ def main() -> None:
     from gpuledger.migrate import apply_migrations
     from gpuledger.settings import Settings, StackSettings
     from gpuledger.stack import local
-    from streams.store.rollups import refresh_rollups, stop_rollups
+    from streams.store.rollups import refresh_rollups
 
     console = Console(width=160)
     stack = StackSettings(
@@ -141,7 +141,6 @@ def main() -> None:
     connect(settings.clickhouse, database=None).command(f"DROP DATABASE IF EXISTS {DB}")
     apply_migrations(settings)
     client = connect(settings.clickhouse)
-    stop_rollups(client)  # refreshed once after each fill, never while the pages are timed
     trees = {"after (this tree)": ROOT}
     scratch = tempfile.TemporaryDirectory(prefix="gpuledger-before-")
     if args.before:
@@ -160,7 +159,7 @@ def main() -> None:
                     USAGE_FILL.format(db=DB, offset=filled // 10, count=(size - filled) // 10), settings={"max_execution_time": 0}
                 )
                 client.command(f"OPTIMIZE TABLE {DB}.ledger FINAL", settings={"max_execution_time": 0})
-                refresh_rollups(client, stopped=True)
+                refresh_rollups(client)  # one incremental pass after each fill, none while the pages are timed
                 filled = size
             console.print(f"{size:,} ledger lines: filled, optimized and rolled up in {time.monotonic() - began:.0f} s")
             for label, tree in trees.items():

@@ -30,7 +30,7 @@ from gpuledger.commands.trends import trends  # noqa: E402
 from gpuledger.commands.unit_costs import comparisons, unit_costs  # noqa: E402
 from gpuledger.settings import StackSettings  # noqa: E402
 from gpuledger.stack import local  # noqa: E402
-from streams.store.rollups import refresh_rollups, stop_rollups  # noqa: E402
+from streams.store.rollups import refresh_rollups  # noqa: E402
 from tests.bench.bench_stack import arguments, fresh_database  # noqa: E402
 
 STACK = StackSettings(
@@ -83,7 +83,6 @@ def main() -> None:
     console = Console()
     settings = fresh_database(STACK, "bench_views", console)
     client = connect(settings.clickhouse)
-    stop_rollups(client)  # the refreshes would compete with the timed queries
     queries: dict[str, Callable[[], object]] = {
         "spend by org (baseline)": lambda: client.query("SELECT org, sum(cost) FROM ledger FINAL GROUP BY org").result_rows,
         "report (spend by org and model)": lambda: spend_by_org_model(settings),
@@ -107,7 +106,7 @@ def main() -> None:
             client.command(LEDGER_FILL.format(offset=filled, count=size - filled), settings={"max_execution_time": 0})
             client.command(USAGE_FILL.format(offset=filled // 2, count=(size - filled) // 2), settings={"max_execution_time": 0})
             client.command("OPTIMIZE TABLE ledger FINAL", settings={"max_execution_time": 0})
-            refresh_rollups(client, stopped=True)  # trends and the spend_bridge view read the rollups (no worker runs here)
+            refresh_rollups(client)  # trends and the spend_bridge view read the rollups (no worker runs here)
             filled = size
         table.add_column(f"{size:,} lines", justify="right")
         baseline = 0.0

@@ -75,13 +75,22 @@ def test_top_spenders_only_by_model_or_key() -> None:
 def test_a_rollup_pass_inserts_recomputed_minus_held_and_leaves_zero_deltas_out() -> None:
     sql = rollups.hourly_delta_sql("db")
     assert sql.startswith("INSERT INTO db.spend_hourly (hour, day, org,")
-    assert "FROM db.ledger FINAL WHERE event_time >= {lo:DateTime64(6, 'UTC')}" in sql
+    assert "FROM db.rollup_lines UNION ALL" in sql  # the dirty hours' lines, read from ledger FINAL once per chunk
+    lines = rollups.lines_sql("db")
+    assert lines.startswith("INSERT INTO db.rollup_lines SELECT event_time,")
+    assert "FROM db.ledger FINAL WHERE event_time >= {lo:DateTime64(6, 'UTC')}" in lines and "{hours:Array(DateTime('UTC'))}" in lines
     assert (
         "-cost AS cost" in sql and "-lines AS lines" in sql and "FROM db.spend_hourly WHERE hour IN {hours:Array(DateTime('UTC'))}" in sql
     )
     assert sql.endswith("HAVING cost != 0 OR prompt_tokens != 0 OR completion_tokens != 0 OR gpu_seconds != 0 OR lines != 0")
     daily = rollups.daily_delta_sql("db")
     assert "FROM db.spend_hourly WHERE hour >= {lo:DateTime('UTC')}" in daily and "model" not in daily.replace("_model", "")
+
+
+def test_dirty_hours_are_recomputed_in_chunks_of_at_most_a_day_each() -> None:
+    spread = [OPEN - 100 * H, *(OPEN - n * H for n in range(30, 0, -1))]
+    assert [len(c) for c in rollups.chunks(spread)] == [1, 24, 6]
+    assert rollups.chunks([]) == [] and all(c[-1] - c[0] < rollups.CHUNK_HOURS * H for c in rollups.chunks(spread))
 
 
 def test_the_hours_of_a_day_span_every_zone() -> None:

@@ -10,18 +10,23 @@ from streams.budgets.spend import Probe
 from streams.store import focus, outcomes, spend, spend_daily, unit_costs
 
 
-def test_tokens_by_org_model_reads_usage_events_between_the_bound_times() -> None:
-    sql = spend.tokens_by_org_model_sql("gl")
-    assert "FROM gl.usage_events FINAL" in sql
+def test_tokens_by_org_model_read_the_usage_rollup_and_the_usage_events_for_the_rest() -> None:
+    now = datetime(2026, 10, 5, 12, 30, tzinfo=UTC)
+    params: dict[str, object] = {"since": datetime(2026, 10, 1, tzinfo=UTC), "until": now}
+    sql = spend.tokens_by_org_model_sql("gl", [datetime(2026, 10, 5, 9, tzinfo=UTC)], now, params)
+    rollup, events = sql.split(" UNION ALL ")
+    assert "FROM gl.usage_hourly WHERE hour >= {earliest:" in rollup and "hour NOT IN {ledger_hours:" in rollup
+    assert "FROM gl.usage_events FINAL" in events and events.count(" OR ") == 1  # the open hour on, and the dirty hour
     assert "{since:DateTime64(6)}" in sql and "{until:DateTime64(6)}" in sql
-    assert sql.endswith("GROUP BY org, model")
+    assert sql.endswith("GROUP BY org, model") and params["earliest"] == params["since"]
 
 
-def test_gpu_spend_by_team_reads_the_ledger_less_api_lines() -> None:
-    sql = spend.gpu_spend_by_team_sql("gl")
-    assert "FROM gl.ledger FINAL" in sql
-    assert "WHERE kind != 'api'" in sql
-    assert "{" not in sql
+def test_gpu_spend_by_team_reads_the_gpu_rollup_and_the_ledger_less_api_lines() -> None:
+    params: dict[str, object] = {"earliest": datetime(1970, 1, 2, tzinfo=UTC)}
+    sql = spend.gpu_spend_by_team_sql("gl", [], datetime(2026, 10, 5, 12, 30, tzinfo=UTC), params)
+    assert "FROM gl.gpu_hourly WHERE hour >= {earliest:" in sql
+    assert "FROM gl.ledger FINAL WHERE kind != 'api' AND event_time >= {earliest:" in sql
+    assert sql.endswith("GROUP BY org, team HAVING sum(lines) != 0 ORDER BY org, team")
 
 
 def test_unit_costs_reads_the_daily_view_between_bound_dates() -> None:
