@@ -23,8 +23,16 @@ class StallingProxy:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        """End every connection's task before the loop stops (a task left pending closes its sockets on a closed loop)."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop.stop()
 
     def stall(self) -> None:
         self.stalled.set()
