@@ -61,16 +61,6 @@ class State:
     timezone: str
 
 
-@dataclass(frozen=True, slots=True)
-class Pass:
-    """What one pass changed: the ledger hours and days and the usage-event hours it recomputed."""
-
-    hours: list[datetime]
-    days: list[date]
-    watermark: datetime
-    usage_hours: list[datetime]
-
-
 def state_sql(database: str) -> str:
     return f"SELECT watermark, timezone FROM {database}.rollup_state FINAL WHERE name = '{STATE}'"
 
@@ -99,11 +89,6 @@ def journal_delta_sql(database: str, journal: Journal) -> str:
     """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` of ``journal`` from its source (``Journal``)."""
     current = f"{database}.{journal.table} WHERE hour IN {{hours:Array(DateTime('UTC'))}}"
     return _delta_sql(f"{database}.{journal.table}", journal.keys, journal.measures, journal.fresh(database), current)
-
-
-def hourly_delta_sql(database: str) -> str:
-    """Recompute the hours in ``{hours:Array(DateTime('UTC'))}`` from their ledger lines (``rollup_lines``) into spend_hourly."""
-    return journal_delta_sql(database, SPEND)
 
 
 def _day_delta_sql(database: str, target: str, hourly: Journal, keys: tuple[str, ...], condition: str = "") -> str:
@@ -209,8 +194,8 @@ def _dirty(client: Client, database: str, source: str, since: datetime, tz: str)
     return sorted({h.replace(tzinfo=UTC) for h, _ in rows}), sorted({d for _, d in rows})
 
 
-def maintain(client: Client, database: str) -> Pass:
-    """One incremental pass (see the module docstring); returns what it recomputed."""
+def maintain(client: Client, database: str) -> list[datetime]:
+    """One incremental pass (see the module docstring); returns the ledger hours it recomputed."""
     state = read_state(client, database)
     now = client.query("SELECT now64(6, 'UTC')").result_rows[0][0].replace(tzinfo=UTC)
     since = state.watermark - OVERLAP if state.watermark > EPOCH else EPOCH
@@ -229,7 +214,7 @@ def maintain(client: Client, database: str) -> Pass:
     for daily in (gpu_days_delta_sql, daily_delta_sql) if days else ():  # spend_daily last (see JOURNALS)
         client.command(daily(database), parameters={"days": days, **day_span(days)}, settings=SETTINGS)
     client.command(advance_sql(database), parameters={"watermark": now, "seen": state.watermark})
-    return Pass(dirty["ledger"][0], days, now, dirty["usage_events"][0])
+    return dirty["ledger"][0]
 
 
 def _recompute_ledger_hours(client: Client, database: str, hours: list[datetime], tz: str, version: int) -> None:

@@ -73,7 +73,7 @@ def test_top_spenders_only_by_model_or_key() -> None:
 
 
 def test_a_rollup_pass_inserts_recomputed_minus_held_and_leaves_zero_deltas_out() -> None:
-    sql = rollups.hourly_delta_sql("db")
+    sql = rollups.journal_delta_sql("db", rollups.SPEND)
     assert sql.startswith("INSERT INTO db.spend_hourly (hour, day, org,")
     assert "FROM db.rollup_lines UNION ALL" in sql  # the dirty hours' lines, read from ledger FINAL once per chunk
     lines = rollups.lines_sql("db")
