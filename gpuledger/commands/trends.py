@@ -42,10 +42,6 @@ class ModelSpend:
     tokens: int
     spend: Decimal
 
-    @property
-    def unit_cost(self) -> Decimal | None:
-        return self.spend / self.tokens if self.tokens else None
-
 
 @dataclass(frozen=True)
 class Bridge:
