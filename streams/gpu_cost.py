@@ -169,19 +169,7 @@ def derive_lines(facts: WindowFacts, rate: Rate, *, policy: IdlePolicy, node_own
     )
 
     def line(line_id: str, kind: str, payer: OrgDirectory, model: str, amount: Decimal, basis: str, **extra: Any) -> LedgerLine:
-        return LedgerLine(
-            line_id=line_id,
-            kind=kind,
-            org=payer.org,
-            team=payer.team,
-            project=payer.project,
-            cost_centre=payer.cost_centre,
-            model=model,
-            cost=amount,
-            basis=basis,
-            **common,
-            **extra,
-        )
+        return _charged(payer, line_id=line_id, kind=kind, model=model, cost=amount, basis=basis, **common, **extra)
 
     lines: list[LedgerLine] = []
     if window_tokens > 0:
@@ -268,15 +256,12 @@ def mig_free_line(
     assert parent_price.per_hour is not None
     with localcontext(MONEY_CONTEXT):
         parent_cost = money(parent_price.per_hour * parent_seconds / SECONDS_PER_HOUR)
-    return LedgerLine(
+    return _charged(
+        node_owner,
         line_id=mig_free_line_id(parent, int(window.timestamp())),
         kind="idle",
         event_time=window,
         window_seconds=window_seconds,
-        org=node_owner.org,
-        team=node_owner.team,
-        project=node_owner.project,
-        cost_centre=node_owner.cost_centre,
         model=gpu_model,
         gpu_model=gpu_model,
         node=node,
@@ -288,6 +273,11 @@ def mig_free_line(
         currency=parent_price.currency,
         basis="mig-free",
     )
+
+
+def _charged(payer: OrgDirectory, **fields: Any) -> LedgerLine:
+    """A ledger line charged to ``payer`` (its org, team, project and cost centre); ``fields`` are the rest."""
+    return LedgerLine(org=payer.org, team=payer.team, project=payer.project, cost_centre=payer.cost_centre, **fields)
 
 
 def _payer(group: CallerGroup) -> OrgDirectory:
