@@ -171,6 +171,14 @@ def derive_lines(facts: WindowFacts, rate: Rate, *, policy: IdlePolicy, node_own
     def line(line_id: str, kind: str, payer: OrgDirectory, model: str, amount: Decimal, basis: str, **extra: Any) -> LedgerLine:
         return _charged(payer, line_id=line_id, kind=kind, model=model, cost=amount, basis=basis, **common, **extra)
 
+    def by_workload(total: Decimal, kind: str, line_id_of: Callable[[str, int, str], str]) -> list[LedgerLine]:
+        """``total`` split among the workloads holding the GPU (``workload_weights``), one line each."""
+        basis, weights = workload_weights(facts.workloads)
+        return [
+            line(line_id_of(facts.gpu, stamp, name), kind, payer_of(facts.workloads[name]), facts.gpu_model, amount, basis, workload=name)
+            for name, amount in sorted(split_down(total, weights).items())
+        ]
+
     lines: list[LedgerLine] = []
     if window_tokens > 0:
         with localcontext(MONEY_CONTEXT):
@@ -208,33 +216,9 @@ def derive_lines(facts: WindowFacts, rate: Rate, *, policy: IdlePolicy, node_own
                     )
                 )
         elif policy == "workload" and facts.workloads:
-            basis, weights = workload_weights(facts.workloads)
-            for name, amount in sorted(split_down(idle, weights).items()):
-                lines.append(
-                    line(
-                        idle_line_id(facts.gpu, stamp, name),
-                        "idle",
-                        payer_of(facts.workloads[name]),
-                        facts.gpu_model,
-                        amount,
-                        basis,
-                        workload=name,
-                    )
-                )
+            lines.extend(by_workload(idle, "idle", idle_line_id))
     elif facts.workloads:
-        basis, weights = workload_weights(facts.workloads)
-        for name, amount in sorted(split_down(cost, weights).items()):
-            lines.append(
-                line(
-                    workload_line_id(facts.gpu, stamp, name),
-                    "gpu",
-                    payer_of(facts.workloads[name]),
-                    facts.gpu_model,
-                    amount,
-                    basis,
-                    workload=name,
-                )
-            )
+        lines.extend(by_workload(cost, "gpu", workload_line_id))
     remainder = cost - sum((entry.cost for entry in lines), ZERO)
     lines.append(line(idle_line_id(facts.gpu, stamp), "idle", node_owner, facts.gpu_model, remainder, "remainder"))
     return lines
