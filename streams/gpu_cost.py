@@ -169,19 +169,15 @@ def derive_lines(facts: WindowFacts, rate: Rate, *, policy: IdlePolicy, node_own
     )
 
     def line(line_id: str, kind: str, payer: OrgDirectory, model: str, amount: Decimal, basis: str, **extra: Any) -> LedgerLine:
-        return LedgerLine(
-            line_id=line_id,
-            kind=kind,
-            org=payer.org,
-            team=payer.team,
-            project=payer.project,
-            cost_centre=payer.cost_centre,
-            model=model,
-            cost=amount,
-            basis=basis,
-            **common,
-            **extra,
-        )
+        return _charged(payer, line_id=line_id, kind=kind, model=model, cost=amount, basis=basis, **common, **extra)
+
+    def by_workload(total: Decimal, kind: str, line_id_of: Callable[[str, int, str], str]) -> list[LedgerLine]:
+        """``total`` split among the workloads holding the GPU (``workload_weights``), one line each."""
+        basis, weights = workload_weights(facts.workloads)
+        return [
+            line(line_id_of(facts.gpu, stamp, name), kind, payer_of(facts.workloads[name]), facts.gpu_model, amount, basis, workload=name)
+            for name, amount in sorted(split_down(total, weights).items())
+        ]
 
     lines: list[LedgerLine] = []
     if window_tokens > 0:
@@ -220,33 +216,9 @@ def derive_lines(facts: WindowFacts, rate: Rate, *, policy: IdlePolicy, node_own
                     )
                 )
         elif policy == "workload" and facts.workloads:
-            basis, weights = workload_weights(facts.workloads)
-            for name, amount in sorted(split_down(idle, weights).items()):
-                lines.append(
-                    line(
-                        idle_line_id(facts.gpu, stamp, name),
-                        "idle",
-                        payer_of(facts.workloads[name]),
-                        facts.gpu_model,
-                        amount,
-                        basis,
-                        workload=name,
-                    )
-                )
+            lines.extend(by_workload(idle, "idle", idle_line_id))
     elif facts.workloads:
-        basis, weights = workload_weights(facts.workloads)
-        for name, amount in sorted(split_down(cost, weights).items()):
-            lines.append(
-                line(
-                    workload_line_id(facts.gpu, stamp, name),
-                    "gpu",
-                    payer_of(facts.workloads[name]),
-                    facts.gpu_model,
-                    amount,
-                    basis,
-                    workload=name,
-                )
-            )
+        lines.extend(by_workload(cost, "gpu", workload_line_id))
     remainder = cost - sum((entry.cost for entry in lines), ZERO)
     lines.append(line(idle_line_id(facts.gpu, stamp), "idle", node_owner, facts.gpu_model, remainder, "remainder"))
     return lines
@@ -268,15 +240,12 @@ def mig_free_line(
     assert parent_price.per_hour is not None
     with localcontext(MONEY_CONTEXT):
         parent_cost = money(parent_price.per_hour * parent_seconds / SECONDS_PER_HOUR)
-    return LedgerLine(
+    return _charged(
+        node_owner,
         line_id=mig_free_line_id(parent, int(window.timestamp())),
         kind="idle",
         event_time=window,
         window_seconds=window_seconds,
-        org=node_owner.org,
-        team=node_owner.team,
-        project=node_owner.project,
-        cost_centre=node_owner.cost_centre,
         model=gpu_model,
         gpu_model=gpu_model,
         node=node,
@@ -288,6 +257,11 @@ def mig_free_line(
         currency=parent_price.currency,
         basis="mig-free",
     )
+
+
+def _charged(payer: OrgDirectory, **fields: Any) -> LedgerLine:
+    """A ledger line charged to ``payer`` (its org, team, project and cost centre); ``fields`` are the rest."""
+    return LedgerLine(org=payer.org, team=payer.team, project=payer.project, cost_centre=payer.cost_centre, **fields)
 
 
 def _payer(group: CallerGroup) -> OrgDirectory:

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -24,8 +25,10 @@ from gpuledger.retry import Backoff
 from schemas import GpuSample, LedgerLine
 from streams import metrics
 from streams.enrich import PricedUsage
+from streams.store.tables import LEDGER_LINE_COLUMNS
 
 log = structlog.get_logger()
+_LEDGER_LINE_VALUES = attrgetter(*LEDGER_LINE_COLUMNS)  # a row's values straight from the column names: one list, no drift
 
 
 def usage_row(p: PricedUsage, partition: int, offset: int) -> list[Any]:
@@ -104,41 +107,8 @@ def sample_row(s: GpuSample, owner_org: str, partition: int, offset: int) -> lis
 
 
 def ledger_row(line: LedgerLine, version: int, deleted: bool = False) -> list[Any]:
-    return [
-        line.line_id,
-        line.kind,
-        line.event_time,
-        line.window_seconds,
-        line.org,
-        line.team,
-        line.project,
-        line.cost_centre,
-        line.model,
-        line.key_id,
-        line.event_id,
-        line.node,
-        line.gpu_uuid,
-        line.price_id,
-        line.prompt_tokens,
-        line.cached_prompt_tokens,
-        line.completion_tokens,
-        line.window_tokens,
-        line.share_tokens,
-        line.gpu_seconds,
-        line.utilization_pct,
-        line.cost,
-        line.currency,
-        line.gpu_model,
-        line.workload,
-        line.basis,
-        line.idle_policy,
-        line.mig_profile,
-        line.parent_gpu_uuid,
-        line.adjusts_line_id,
-        line.adjusts_window,
-        version,
-        int(deleted),
-    ]
+    """``line`` as a ``ledger`` row: its fields in ``LEDGER_COLUMNS`` order, then the version and tombstone flag."""
+    return [*_LEDGER_LINE_VALUES(line), version, int(deleted)]
 
 
 def version_now() -> int:

@@ -5,7 +5,7 @@ Text moved unchanged from ``streams/allocator.py`` (``self.db`` / ``self.window`
 
 from __future__ import annotations
 
-from streams.store.tables import LEDGER_COLUMNS
+from streams.store.tables import LEDGER_LINE_COLUMNS
 
 NOW = "SELECT now64(3)"
 
@@ -65,7 +65,7 @@ def token_groups(db: str, window: int) -> str:
 def booked_lines(db: str) -> str:
     """Stored gpu and idle lines of the GPUs in ``{gpus}`` in [start, end), every ledger column but version and tombstone."""
     return f"""
-            SELECT {", ".join(c for c in LEDGER_COLUMNS if c not in ("version", "is_deleted"))}
+            SELECT {", ".join(LEDGER_LINE_COLUMNS)}
             FROM {db}.ledger FINAL
             WHERE kind IN ('gpu', 'idle') AND gpu_uuid IN {{gpus:Array(String)}}
               AND event_time >= {{start:DateTime64(6)}} AND event_time < {{end:DateTime64(6)}}"""

@@ -108,6 +108,8 @@ LEDGER_COLUMNS = (
     "version",
     "is_deleted",
 )
+# The ledger columns a ``LedgerLine`` carries under the same name: all but the row version and tombstone flag.
+LEDGER_LINE_COLUMNS = tuple(c for c in LEDGER_COLUMNS if c not in ("version", "is_deleted"))
 BUDGET_COLUMNS = (
     "budget_id",
     "org",
