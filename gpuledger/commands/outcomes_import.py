@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gpuledger.commands.reference_import import ReferenceFileError, _text, row_problems
+from gpuledger.commands.reference_import import ReferenceFileError, _text, all_or_nothing, row_problems
 from gpuledger.kafka import ensure_topics, publish_acked
 from gpuledger.outcome_input import OutcomeIn, outcome_key
 from gpuledger.settings import Settings
@@ -80,11 +80,7 @@ def parse_outcomes(path: Path) -> list[OutcomeEvent]:
         if not record.org:
             problems.append(f"{where}: org: required (which org the outcome belongs to)")
         records.append(record)
-    if problems:
-        raise ReferenceFileError("nothing imported; fix these rows:\n  " + "\n  ".join(problems))
-    if not records:
-        raise ReferenceFileError(f"{path}: no outcomes to import")
-    return records
+    return all_or_nothing(path, records, problems, "outcomes")
 
 
 async def import_outcomes(settings: Settings, path: Path) -> list[OutcomeEvent]:

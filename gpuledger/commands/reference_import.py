@@ -13,7 +13,7 @@ import csv
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +24,8 @@ from gpuledger.limits import price_problem
 from gpuledger.settings import Settings
 from schemas import ModelEquivalent, OrgDirectory, Price, codec_for
 from schemas.keys import equivalent_key, org_key, price_key
+
+T = TypeVar("T")
 
 
 class ReferenceFileError(ValueError):
@@ -165,6 +167,15 @@ def row_problems(where: str, exc: ValidationError) -> list[str]:
     return [f"{where}: {'.'.join(str(p) for p in error['loc']) or 'row'}: {error['msg']}" for error in exc.errors()]
 
 
+def all_or_nothing(path: Path, records: list[T], problems: list[str], what: str = "rows") -> list[T]:
+    """``records`` if no row had a problem, else ``ReferenceFileError`` listing them all: a file is imported whole or not at all."""
+    if problems:
+        raise ReferenceFileError("nothing imported; fix these rows:\n  " + "\n  ".join(problems))
+    if not records:
+        raise ReferenceFileError(f"{path}: no {what} to import")
+    return records
+
+
 def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | type[EquivalentRow]) -> list[Any]:
     """Every row as a typed record, or ReferenceFileError listing all bad rows."""
     problems: list[str] = []
@@ -181,11 +192,7 @@ def parse_rows(path: Path, section: str, model: type[OrgRow] | type[PriceRow] | 
             problems.append(f"{path} row {number} (line {line}): duplicate {identity} (already on line {first[identity]}); keep one")
         first.setdefault(identity, line)
         records.append(record)
-    if problems:
-        raise ReferenceFileError("nothing imported; fix these rows:\n  " + "\n  ".join(problems))
-    if not records:
-        raise ReferenceFileError(f"{path}: no rows to import")
-    return records
+    return all_or_nothing(path, records, problems)
 
 
 async def publish(settings: Settings, table: str, items: list[tuple[bytes, bytes | None]]) -> None:
@@ -219,8 +226,7 @@ async def import_equivalents(settings: Settings, path: Path) -> list[ModelEquiva
         for number, e in enumerate(equivalents, start=1)
         if e.api_sku not in priced
     ]
-    if problems:
-        raise ReferenceFileError("nothing imported; fix these rows:\n  " + "\n  ".join(problems))
+    all_or_nothing(path, equivalents, problems)
     encode = codec_for(ModelEquivalent).encode
     await publish(settings, "equivalents", [(equivalent_key(e), encode(e)) for e in equivalents])
     return equivalents

@@ -354,6 +354,13 @@ def _token_cost(u: InferenceUsage, price: Price) -> Decimal:
     return _even(raw / Decimal(1_000_000))
 
 
+def _payer(entry: OrgDirectory | None, unassigned: str) -> dict[str, str]:
+    """The directory entry's org/team/project/cost centre, or ``unassigned`` with blanks when the key has no entry."""
+    if entry is None:
+        return {"org": unassigned, "team": "", "project": "", "cost_centre": ""}
+    return {"org": entry.org, "team": entry.team, "project": entry.project, "cost_centre": entry.cost_centre}
+
+
 def _who_pays(process: GpuProcess, node_entry: dict[str, str], by_key: dict[tuple[str, str], OrgDirectory]) -> dict[str, str]:
     """Labels naming an org, else the namespace's directory entry, else the node owner; labels refine the rest."""
     labels = process.labels or {}
@@ -367,8 +374,7 @@ def _who_pays(process: GpuProcess, node_entry: dict[str, str], by_key: dict[tupl
     if label("org"):
         payer = {"org": label("org") or "", "team": "", "project": "", "cost_centre": ""}
     elif ("namespace", process.namespace or "") in by_key:
-        entry = by_key[("namespace", process.namespace or "")]
-        payer = {"org": entry.org, "team": entry.team, "project": entry.project, "cost_centre": entry.cost_centre}
+        payer = _payer(by_key[("namespace", process.namespace or "")], "")
     else:
         payer = dict(node_entry)
     for field_name in ("team", "project", "cost_centre"):
@@ -395,12 +401,7 @@ def ground_truth(
 
     for u in fleet.usage:
         entry = by_key.get(("api_key", u.key_id))
-        payer = {
-            "org": entry.org if entry else unassigned,
-            "team": entry.team if entry else "",
-            "project": entry.project if entry else "",
-            "cost_centre": entry.cost_centre if entry else "",
-        }
+        payer = _payer(entry, unassigned)
         price = _price_at(prices, "token", u.model, u.request_end)
         if price is not None:
             book(payer, "api", _token_cost(u, price))
@@ -418,12 +419,7 @@ def ground_truth(
     for (gpu, window), samples in sorted(windows.items()):
         first = samples[0]
         node = by_key.get(("node", first.node))
-        node_entry = {
-            "org": node.org if node else unassigned,
-            "team": node.team if node else "",
-            "project": node.project if node else "",
-            "cost_centre": node.cost_centre if node else "",
-        }
+        node_entry = _payer(node, unassigned)
         seconds = min(
             Decimal(sum(int((s.interval_end - s.interval_start).total_seconds() * 1_000_000) for s in samples)) / Decimal(1_000_000),
             Decimal(window_seconds),
@@ -492,7 +488,7 @@ def ground_truth(
         price = _price_at(prices, "gpu_hour", first.gpu_model, window)
         parent_cost = _even(price.per_hour * mig_seconds[(parent, window)] / Decimal(3600))  # type: ignore[union-attr,operator]
         book(
-            {"org": node.org if node else unassigned, "team": node.team if node else ""},
+            _payer(node, unassigned),
             "idle",
             max(parent_cost - instance_costs, Decimal(0)),
         )

@@ -420,12 +420,8 @@ def budget_standings(ctx: Ctx) -> tuple[list[Budget], dict[str, BudgetStatus]]:
         cached = ctx.state.get("budgets")
         if cached is None or time.monotonic() - cached[0] >= ctx.settings.ui.refresh_seconds:
             began = time.monotonic()
-            cached = ctx.state["budgets"] = (began, asyncio.run(_read_budgets(ctx.settings)))
+            cached = ctx.state["budgets"] = (began, asyncio.run(current(ctx.settings, read_only=True)))
         return cached[1]
-
-
-async def _read_budgets(settings: Settings) -> tuple[list[Budget], dict[str, BudgetStatus]]:
-    return await current(settings, read_only=True)
 
 
 def budgets(ctx: Ctx) -> Page:
@@ -478,9 +474,8 @@ def budgets(ctx: Ctx) -> Page:
 
 
 def _forecast_breaches(ctx: Ctx) -> dict[str, datetime]:
-    where, params = scope(
-        ctx, "raised_at", ("org",), since=datetime.now(UTC).date() - timedelta(days=31), until=datetime.now(UTC).date() + timedelta(days=1)
-    )
+    today = datetime.now(UTC).date()
+    where, params = scope(ctx, "raised_at", ("org",), since=today - timedelta(days=31), until=today + timedelta(days=1))
     return dict(
         cast(
             list[tuple[str, datetime]],
