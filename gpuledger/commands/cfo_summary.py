@@ -14,6 +14,7 @@ from rich.console import Group
 from rich.table import Table
 
 from gpuledger.commands import unit_costs as uc
+from gpuledger.commands.report import usd
 from gpuledger.settings import Settings
 from streams.store import spend_daily
 
@@ -71,15 +72,11 @@ def summary(settings: Settings, client: Client, at: date) -> CfoSummary:
     return CfoSummary(month, orgs, uc.comparisons(settings, month, end, "model", client), bridge)
 
 
-def _money(value: Decimal | None) -> str:
-    return "-" if value is None else f"{value.quantize(Decimal('0.0001')):,}"
-
-
 def render(s: CfoSummary) -> Group:
     """Three small tables, money to 4 places (the CLI commands and views carry the exact figures)."""
     orgs = Table("org", "API", "GPU share", "idle", "total", "currency", title=f"spend by org, {s.month:%B %Y} (spend_by_org_daily)")
     for o in s.orgs:
-        orgs.add_row(o.org, _money(o.api), _money(o.gpu), _money(o.idle), _money(o.total), o.currency)
+        orgs.add_row(o.org, usd(o.api), usd(o.gpu), usd(o.idle), usd(o.total), o.currency)
     models = Table(
         "model",
         "hosting",
@@ -98,8 +95,8 @@ def render(s: CfoSummary) -> Group:
             m.llm_model,
             m.hosting,
             f"{m.tokens:,}",
-            _money(m.allocation_cost),
-            _money(m.api_equivalent_cost),
+            usd(m.allocation_cost),
+            usd(m.api_equivalent_cost),
             "-" if m.ratio is None else str(m.ratio),
             "-" if m.break_even_tokens_per_hour is None else f"{m.break_even_tokens_per_hour:,}",
             "-" if m.headroom is None else str(m.headroom),
@@ -121,12 +118,12 @@ def render(s: CfoSummary) -> Group:
     for b in s.bridge:
         bridge.add_row(
             b.org,
-            _money(b.spend_before),
-            _money(b.spend_after),
-            _money(b.volume),
-            _money(b.price),
-            _money(b.mix),
-            _money(b.other),
+            usd(b.spend_before),
+            usd(b.spend_after),
+            usd(b.volume),
+            usd(b.price),
+            usd(b.mix),
+            usd(b.other),
             "yes" if b.jevons else "no",
             b.currency,
         )

@@ -92,15 +92,16 @@ def org_totals(rows: list[SpendRow]) -> dict[str, Decimal]:
     return totals
 
 
-def _usd(value: Decimal) -> str:
-    """Four decimals, in the wide money context: a figure near Decimal(38, 9)'s range is shown, not an InvalidOperation."""
-    return f"{value.quantize(Decimal('0.0001'), context=MONEY_CONTEXT):,}"
+def usd(value: Decimal | None) -> str:
+    """Four decimals, in the wide money context: a figure near Decimal(38, 9)'s range is shown, not an InvalidOperation;
+    "-" for no figure."""
+    return "-" if value is None else f"{value.quantize(Decimal('0.0001'), context=MONEY_CONTEXT):,}"
 
 
 def _money_columns(table: Table, rows: Sequence[object], columns: tuple[tuple[str, str], ...]) -> None:
     """Right-aligned money columns, each footed with its total."""
     for name, attr in columns:
-        table.add_column(name, justify="right", footer=_usd(sum((getattr(r, attr) for r in rows), Decimal(0))))
+        table.add_column(name, justify="right", footer=usd(sum((getattr(r, attr) for r in rows), Decimal(0))))
 
 
 def render(rows: list[SpendRow], currency: str) -> Table:
@@ -113,9 +114,9 @@ def render(rows: list[SpendRow], currency: str) -> Table:
     for org, total in org_totals(rows).items():
         for row in (r for r in rows if r.org == org):
             table.add_row(
-                row.org, row.model, _usd(row.api), _usd(row.gpu), _usd(row.idle), _usd(row.adjustment), _usd(row.total), f"{row.tokens:,}"
+                row.org, row.model, usd(row.api), usd(row.gpu), usd(row.idle), usd(row.adjustment), usd(row.total), f"{row.tokens:,}"
             )
-        table.add_row("", f"[bold]{org} subtotal[/bold]", "", "", "", "", f"[bold]{_usd(total)}[/bold]", "", end_section=True)
+        table.add_row("", f"[bold]{org} subtotal[/bold]", "", "", "", "", f"[bold]{usd(total)}[/bold]", "", end_section=True)
     return table
 
 
@@ -136,7 +137,5 @@ def render_gpu_teams(rows: list[GpuTeamRow], currency: str) -> Table:
         ),
     )
     for row in rows:
-        table.add_row(
-            row.org, row.team or "-", _usd(row.inference), _usd(row.workloads), _usd(row.idle), _usd(row.adjustment), _usd(row.total)
-        )
+        table.add_row(row.org, row.team or "-", usd(row.inference), usd(row.workloads), usd(row.idle), usd(row.adjustment), usd(row.total))
     return table
