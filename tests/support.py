@@ -24,6 +24,7 @@ from gpuledger.kafka import client_options, ensure_topics
 from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
 from schemas.keys import REFERENCE_TABLES
+from streams.store.tables import USAGE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "gpuledger" / "data" / "demo"
@@ -209,3 +210,50 @@ def scraped(url: str, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
+
+
+def usage_event_row(**fields: object) -> list[object]:
+    """One ``usage_events`` row in ``USAGE_COLUMNS`` order: an ok, unrouted API request with nothing priced, changed by
+    ``fields``; ``event_id``, ``request_start`` and ``event_time`` have no default, so each row says when it happened.
+
+    Tests that seed the ledger's tables directly share this so that a new column needs one default here, not one per file."""
+    unknown = set(fields) - set(USAGE_COLUMNS)
+    if unknown:
+        raise TypeError(f"usage_event_row: no usage_events column named {sorted(unknown)}")
+    values: dict[str, object] = {
+        "key_id": "k",
+        "model": "m",
+        "backend": "openai",
+        "deployment": "",
+        "endpoint": "chat.completions",
+        "node": "",
+        "gpu_uuids": [],
+        "prompt_tokens": 0,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": 0,
+        "usage_estimated": False,
+        "ttft_ms": None,
+        "latency_ms": 1.0,
+        "status": "ok",
+        "org": "",
+        "team": "",
+        "project": "p",
+        "cost_centre": "",
+        "priced_as": "api",
+        "price_id": "",
+        "cost": Decimal(0),
+        "api_equivalent_cost": None,
+        "api_equivalent_price_id": "",
+        "requested_model": "",
+        "route_rule": "",
+        "baseline_model": "",
+        "client_request_id": "",
+        "trace_id": "",
+        "session_id": "",
+        "source_partition": 0,
+        "source_offset": 0,
+        "baseline_cost": None,
+        "baseline_price_id": "",
+        **fields,
+    }
+    return [values[c] for c in USAGE_COLUMNS]

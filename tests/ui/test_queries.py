@@ -23,7 +23,7 @@ from schemas.keys import budget_key
 from streams.sink import ledger_row
 from streams.store.rollups import refresh_rollups
 from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
-from tests.support import isolated
+from tests.support import isolated, usage_event_row
 
 pytestmark = pytest.mark.engines
 OCT, NOV = date(2026, 10, 1), date(2026, 11, 1)
@@ -128,34 +128,24 @@ def test_the_models_page_shows_routing_savings_and_cost_per_outcome_scoped_to_th
     client = connect(two_currencies.clickhouse)
 
     def routed(event_id: str, org: str, when: datetime, cost: str, baseline: str) -> list[object]:
-        values: dict[str, object] = dict.fromkeys(USAGE_COLUMNS, "")
-        values.update(
+        return usage_event_row(
             event_id=event_id,
             request_start=when,
             event_time=when,
-            gpu_uuids=[],
+            key_id="",
+            backend="",
+            endpoint="",
             prompt_tokens=40,
-            cached_prompt_tokens=0,
             completion_tokens=800,
-            usage_estimated=False,
-            ttft_ms=None,
-            latency_ms=1.0,
-            status="ok",
             org=org,
             team="t",
-            project="p",
-            priced_as="api",
             model="gpt-4o-mini",
             requested_model="auto",
             route_rule="default",
             baseline_model="gpt-4o",
             cost=Decimal(cost),
-            api_equivalent_cost=None,
             baseline_cost=Decimal(baseline),
-            source_partition=0,
-            source_offset=0,
         )
-        return [values[c] for c in USAGE_COLUMNS]
 
     october = datetime(2026, 10, 5, 12, tzinfo=UTC)
     client.insert(
