@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options, ensure_topics
 from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
+from schemas import InferenceUsage, Price
 from schemas.keys import REFERENCE_TABLES
 from streams.store.tables import USAGE_COLUMNS
 
@@ -257,3 +259,38 @@ def usage_event_row(**fields: object) -> list[object]:
         **fields,
     }
     return [values[c] for c in USAGE_COLUMNS]
+
+
+def api_request(when: datetime, prompt: int, completion: int, **changes: Any) -> InferenceUsage:
+    """An ok ``gpt-4o-mini`` request through OpenAI that started and ended at ``when``, changed by ``changes``: the
+    pricing tests vary only the tokens, the time and the baseline, so the rest is said once here."""
+    fields: dict[str, Any] = {
+        "event_id": "e",
+        "request_start": when,
+        "request_end": when,
+        "key_id": "k",
+        "model": "gpt-4o-mini",
+        "backend": "openai",
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "latency_ms": 1.0,
+        "status": "ok",
+    }
+    return InferenceUsage(**{**fields, **changes})
+
+
+def token_price(
+    sku: str, effective_from: datetime, per_mtok: tuple[str | Decimal, str | Decimal], cached: str | Decimal | None = None
+) -> Price:
+    """A USD per-token price version: ``per_mtok`` is (input, output) per million tokens; ``cached`` the cached-input
+    price, None where the SKU has none (cached tokens then pay the input price)."""
+    input_price, output_price = per_mtok
+    return Price(
+        sku=sku,
+        kind="token",
+        currency="USD",
+        effective_from=effective_from,
+        input_per_mtok=Decimal(input_price),
+        cached_input_per_mtok=None if cached is None else Decimal(cached),
+        output_per_mtok=Decimal(output_price),
+    )
