@@ -24,7 +24,7 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options, ensure_topics
 from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
-from schemas import InferenceUsage, Price
+from schemas import InferenceUsage, LedgerLine, Price
 from schemas.keys import REFERENCE_TABLES
 from streams.store.tables import USAGE_COLUMNS
 
@@ -294,3 +294,23 @@ def token_price(
         cached_input_per_mtok=None if cached is None else Decimal(cached),
         output_per_mtok=Decimal(output_price),
     )
+
+
+def ledger_line(line_id: str, kind: str, when: datetime, cost: str, **changes: Any) -> LedgerLine:
+    """A USD ledger line of ``cost`` at ``when``, changed by ``changes``; the fields a test does not name are blank
+    (project ``p``, model ``m``, no GPU seconds), so each test lists only what its figures depend on."""
+    fields: dict[str, Any] = {
+        "line_id": line_id,
+        "kind": kind,
+        "event_time": when,
+        "org": "",
+        "team": "",
+        "project": "p",
+        "cost_centre": "",
+        "model": "m",
+        "price_id": "",
+        "gpu_seconds": Decimal(0),
+        "cost": Decimal(cost),
+        "currency": "USD",
+    }
+    return LedgerLine(**{**fields, **changes})
