@@ -148,6 +148,8 @@ def test_a_hung_kubelet_costs_one_short_deadline(pod_resources_server: PodResour
 
 
 def test_agent_wires_the_socket_and_exports_the_errors(tmp_path: Path, pod_resources_server: PodResourcesServer) -> None:
+    """No GPU here: the agent samples ``tests/collectors/fake_nvml.py`` (pynvml's names, ctypes structs and exceptions),
+    and attributes through the real gRPC pod-resources server on its unix socket."""
     pod_resources_server.lister.pods = FLEET[:1]
     fake = make_fake(1)
     fake.devices[0].uuid = "GPU-idle"
