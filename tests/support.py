@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,9 @@ from gpuledger.clickhouse import connect
 from gpuledger.kafka import client_options, ensure_topics
 from gpuledger.migrate import apply_migrations
 from gpuledger.settings import Settings
+from schemas import InferenceUsage, LedgerLine, Price
 from schemas.keys import REFERENCE_TABLES
+from streams.store.tables import USAGE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "gpuledger" / "data" / "demo"
@@ -209,3 +212,105 @@ def scraped(url: str, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
+
+
+def usage_event_row(**fields: object) -> list[object]:
+    """One ``usage_events`` row in ``USAGE_COLUMNS`` order: an ok, unrouted API request with nothing priced, changed by
+    ``fields``; ``event_id``, ``request_start`` and ``event_time`` have no default, so each row says when it happened.
+
+    Tests that seed the ledger's tables directly share this so that a new column needs one default here, not one per file."""
+    unknown = set(fields) - set(USAGE_COLUMNS)
+    if unknown:
+        raise TypeError(f"usage_event_row: no usage_events column named {sorted(unknown)}")
+    values: dict[str, object] = {
+        "key_id": "k",
+        "model": "m",
+        "backend": "openai",
+        "deployment": "",
+        "endpoint": "chat.completions",
+        "node": "",
+        "gpu_uuids": [],
+        "prompt_tokens": 0,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": 0,
+        "usage_estimated": False,
+        "ttft_ms": None,
+        "latency_ms": 1.0,
+        "status": "ok",
+        "org": "",
+        "team": "",
+        "project": "p",
+        "cost_centre": "",
+        "priced_as": "api",
+        "price_id": "",
+        "cost": Decimal(0),
+        "api_equivalent_cost": None,
+        "api_equivalent_price_id": "",
+        "requested_model": "",
+        "route_rule": "",
+        "baseline_model": "",
+        "client_request_id": "",
+        "trace_id": "",
+        "session_id": "",
+        "source_partition": 0,
+        "source_offset": 0,
+        "baseline_cost": None,
+        "baseline_price_id": "",
+        **fields,
+    }
+    return [values[c] for c in USAGE_COLUMNS]
+
+
+def api_request(when: datetime, prompt: int, completion: int, **changes: Any) -> InferenceUsage:
+    """An ok ``gpt-4o-mini`` request through OpenAI that started and ended at ``when``, changed by ``changes``: the
+    pricing tests vary only the tokens, the time and the baseline, so the rest is said once here."""
+    fields: dict[str, Any] = {
+        "event_id": "e",
+        "request_start": when,
+        "request_end": when,
+        "key_id": "k",
+        "model": "gpt-4o-mini",
+        "backend": "openai",
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "latency_ms": 1.0,
+        "status": "ok",
+    }
+    return InferenceUsage(**{**fields, **changes})
+
+
+def token_price(
+    sku: str, effective_from: datetime, per_mtok: tuple[str | Decimal, str | Decimal], cached: str | Decimal | None = None
+) -> Price:
+    """A USD per-token price version: ``per_mtok`` is (input, output) per million tokens; ``cached`` the cached-input
+    price, None where the SKU has none (cached tokens then pay the input price)."""
+    input_price, output_price = per_mtok
+    return Price(
+        sku=sku,
+        kind="token",
+        currency="USD",
+        effective_from=effective_from,
+        input_per_mtok=Decimal(input_price),
+        cached_input_per_mtok=None if cached is None else Decimal(cached),
+        output_per_mtok=Decimal(output_price),
+    )
+
+
+def ledger_line(line_id: str, kind: str, when: datetime, cost: str, **changes: Any) -> LedgerLine:
+    """A USD ledger line of ``cost`` at ``when``, changed by ``changes``; the fields a test does not name are blank
+    (project ``p``, model ``m``, no GPU seconds), so each test lists only what its figures depend on."""
+    fields: dict[str, Any] = {
+        "line_id": line_id,
+        "kind": kind,
+        "event_time": when,
+        "org": "",
+        "team": "",
+        "project": "p",
+        "cost_centre": "",
+        "model": "m",
+        "price_id": "",
+        "gpu_seconds": Decimal(0),
+        "cost": Decimal(cost),
+        "currency": "USD",
+    }
+    return LedgerLine(**{**fields, **changes})

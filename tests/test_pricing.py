@@ -5,37 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from schemas import InferenceUsage, Price
+from schemas import InferenceUsage
 from streams.pricing import PriceBook, api_cost
+from tests.support import api_request, token_price
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def usage(prompt: int, completion: int, cached: int = 0, when: datetime = T0) -> InferenceUsage:
-    return InferenceUsage(
-        event_id="e",
-        request_start=when,
-        request_end=when,
-        key_id="k",
-        model="gpt-4o-mini",
-        backend="openai",
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_prompt_tokens=cached,
-        latency_ms=1,
-        status="ok",
-    )
+    return api_request(when, prompt, completion, cached_prompt_tokens=cached)
 
 
-MINI = Price(
-    sku="gpt-4o-mini",
-    kind="token",
-    currency="USD",
-    effective_from=T0,
-    input_per_mtok=Decimal("0.15"),
-    cached_input_per_mtok=Decimal("0.075"),
-    output_per_mtok=Decimal("0.60"),
-)
+MINI = token_price("gpt-4o-mini", T0, ("0.15", "0.60"), cached="0.075")
 
 
 def test_api_cost_matches_the_readme_example() -> None:
@@ -49,27 +30,18 @@ def test_api_cost_rounds_half_even_to_nano_units() -> None:
     assert api_cost(usage(3, 1), MINI) == Decimal("0.000001050")
     # ties go to the even nano-unit: 1.5e-9 -> 2e-9, and 2.5e-9 -> 2e-9
     for per_mtok, expected in (("0.0015", "0.000000002"), ("0.0025", "0.000000002")):
-        cheap = Price(
-            sku="x", kind="token", currency="USD", effective_from=T0, input_per_mtok=Decimal(per_mtok), output_per_mtok=Decimal(0)
-        )
+        cheap = token_price("x", T0, (per_mtok, "0"))
         assert api_cost(usage(1, 0), cheap) == Decimal(expected)
 
 
 def test_cached_tokens_default_to_the_input_price_when_no_cached_price() -> None:
-    plain = Price(sku="m", kind="token", currency="USD", effective_from=T0, input_per_mtok=Decimal("1"), output_per_mtok=Decimal("2"))
+    plain = token_price("m", T0, ("1", "2"))
     assert api_cost(usage(1000, 1000, cached=400), plain) == Decimal("0.003000000")
 
 
 def test_price_book_picks_the_version_in_force_at_event_time() -> None:
     change = T0 + timedelta(days=30)
-    new = Price(
-        sku="gpt-4o-mini",
-        kind="token",
-        currency="USD",
-        effective_from=change,
-        input_per_mtok=Decimal("0.10"),
-        output_per_mtok=Decimal("0.40"),
-    )
+    new = token_price("gpt-4o-mini", change, ("0.10", "0.40"))
     book = PriceBook([new, MINI])
     assert book.at("token", "gpt-4o-mini", T0 - timedelta(seconds=1)) is None
     assert book.at("token", "gpt-4o-mini", change - timedelta(microseconds=1)) == MINI
@@ -81,15 +53,7 @@ def test_the_largest_accepted_request_is_priced_exactly() -> None:
     """Max tokens × max price (gpuledger.limits) stays exact: Python's default 28-digit context would round or raise here."""
     from gpuledger.limits import MAX_PRICE, MAX_TOKENS
 
-    top = Price(
-        sku="m",
-        kind="token",
-        currency="USD",
-        effective_from=T0,
-        input_per_mtok=MAX_PRICE - Decimal("0.000000001"),
-        cached_input_per_mtok=Decimal("0.000000001"),
-        output_per_mtok=MAX_PRICE,
-    )
+    top = token_price("m", T0, (MAX_PRICE - Decimal("0.000000001"), MAX_PRICE), cached="0.000000001")
     cost = api_cost(usage(MAX_TOKENS, MAX_TOKENS, cached=1), top)
     # ((10^12 - 1) × (10^9 - 10^-9) + 1 × 10^-9 + 10^12 × 10^9) / 10^6 = 1,999,999,999,998,999.999000000000002
     assert cost == Decimal("1999999999998999.999000000")

@@ -28,6 +28,7 @@ from streams.sink import ledger_row
 from streams.store import rollups
 from streams.store.spend import read_hours
 from streams.store.tables import LEDGER_COLUMNS
+from tests.support import ledger_line
 
 pytestmark = pytest.mark.engines
 ZONE = "Asia/Kolkata"  # UTC+5:30: its days cut UTC hours in half
@@ -76,20 +77,18 @@ DASHBOARD = (
 
 
 def line(line_id: str, at: datetime, cost: str, *, kind: str = "api", team: str = "t1", model: str = "m1", tokens: int = 0) -> LedgerLine:
-    return LedgerLine(
-        line_id=line_id,
-        kind=kind,
-        event_time=at,
+    return ledger_line(
+        line_id,
+        kind,
+        at,
+        cost,
         org="o",
         team=team,
-        project="p",
         cost_centre="cc",
         model=model,
         key_id="k-" + team,
         price_id="x",
         gpu_seconds=Decimal(60 if kind != "api" else 0),
-        cost=Decimal(cost),
-        currency="USD",
         prompt_tokens=tokens,
         gpu_model="H100" if kind != "api" else "",
         basis="tokens" if kind == "gpu" else "",

@@ -27,24 +27,21 @@ from streams.sink import ledger_row
 from streams.store import rollups
 from streams.store.rollups import refresh_rollups
 from streams.store.tables import LEDGER_COLUMNS
-from tests.support import ROOT, isolated, settings_env
+from tests.support import ROOT, isolated, ledger_line, settings_env
 
 
 def line(
     line_id: str, when: datetime, model: str, tokens: int, cost: str, kind: str = "api", org: str = "research", currency: str = "USD"
 ) -> LedgerLine:
-    return LedgerLine(
-        line_id=line_id,
-        kind=kind,
-        event_time=when,
+    return ledger_line(
+        line_id,
+        kind,
+        when,
+        cost,
         org=org,
         team="agents",
-        project="p",
-        cost_centre="",
         model=model,
         price_id="x",
-        gpu_seconds=Decimal(0),
-        cost=Decimal(cost),
         currency=currency,
         prompt_tokens=tokens,
         basis="" if kind == "api" else "remainder",

@@ -39,6 +39,7 @@ from tests.support import (
     demo_worker,
     isolated,
     settings_env,
+    usage_event_row,
     wait_until,
 )
 
@@ -87,45 +88,22 @@ def gpu_line(
 def usage_row(
     event_id: str, org: str, team: str, model: str, prompt: int, completion: int, priced_as: str, cost: str, equivalent: str | None
 ) -> list[object]:
-    values = {
-        "event_id": event_id,
-        "request_start": W,
-        "event_time": W + timedelta(seconds=10),
-        "key_id": "k",
-        "model": model,
-        "backend": "vllm",
-        "deployment": "",
-        "endpoint": "chat.completions",
-        "node": "n",
-        "gpu_uuids": [GPU] if priced_as == "gpu" else [],
-        "prompt_tokens": prompt,
-        "cached_prompt_tokens": 0,
-        "completion_tokens": completion,
-        "usage_estimated": False,
-        "ttft_ms": None,
-        "latency_ms": 1.0,
-        "status": "ok",
-        "org": org,
-        "team": team,
-        "project": "p",
-        "cost_centre": "",
-        "priced_as": priced_as,
-        "price_id": "",
-        "cost": Decimal(cost),
-        "api_equivalent_cost": None if equivalent is None else Decimal(equivalent),
-        "api_equivalent_price_id": "",
-        "source_partition": 0,
-        "source_offset": 0,
-        "requested_model": "",
-        "route_rule": "",
-        "baseline_model": "",
-        "client_request_id": "",
-        "trace_id": "",
-        "session_id": "",
-        "baseline_cost": None,
-        "baseline_price_id": "",
-    }
-    return [values[c] for c in USAGE_COLUMNS]
+    return usage_event_row(
+        event_id=event_id,
+        request_start=W,
+        event_time=W + timedelta(seconds=10),
+        model=model,
+        backend="vllm",
+        node="n",
+        gpu_uuids=[GPU] if priced_as == "gpu" else [],
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        org=org,
+        team=team,
+        priced_as=priced_as,
+        cost=Decimal(cost),
+        api_equivalent_cost=None if equivalent is None else Decimal(equivalent),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,41 @@ import json
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from schemas import GpuProcess, GpuSample
 from tests.collectors.kubelet_grpc import PodResourcesServer
 
 CID = "3f4e" + "a" * 60
 CID2 = "9b1c" + "b" * 60
 POD_UID = "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718"
 POD_UID_US = POD_UID.replace("-", "_")
+
+
+def gpu_sample(uuid: str, pids: Iterable[int] = (), gpu_model: str = "H100") -> GpuSample:
+    """One idle sample of ``uuid`` on node ``n`` whose processes (``pid`` x 10 bytes each) are not yet attributed:
+    the input the attribution tests hand the ``Attributor``."""
+    t = datetime(2027, 1, 1, tzinfo=UTC)
+    return GpuSample(
+        sample_id=f"n/{uuid}/0",
+        node="n",
+        gpu_uuid=uuid,
+        gpu_index=0,
+        gpu_model=gpu_model,
+        interval_start=t,
+        interval_end=t,
+        utilization_pct=0,
+        memory_used_bytes=0,
+        memory_total_bytes=1,
+        power_watts=0,
+        processes=[GpuProcess(pid=p, gpu_memory_bytes=p * 10) for p in pids],
+    )
+
 
 POD_LIST = {
     "kind": "PodList",

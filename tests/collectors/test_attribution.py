@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ from collectors.kubelet import PodDirectory, index_pod_list
 from collectors.podresources.client import PodResourcesClient
 from gpuledger.sections.collector import DEFAULT_POD_LABEL_KEYS, CollectorSettings
 from gpuledger.settings import load_settings
-from schemas import GpuProcess, GpuSample
-from tests.collectors.conftest import CID, CID2, POD_UID, POD_UID_US
+from tests.collectors.conftest import CID, CID2, POD_UID, POD_UID_US, gpu_sample
 from tests.collectors.kubelet_grpc import PodResourcesServer, container, pod
 
 CGROUP_CASES = {
@@ -69,24 +67,6 @@ def test_read_proc_outside_kubernetes_gives_user_and_command(tmp_path: Path) -> 
     assert (gone.command, gone.user, gone.container_id) == (None, None, None)
 
 
-def sample(uuid: str, pids: list[int]) -> GpuSample:
-    t = datetime(2027, 1, 1, tzinfo=UTC)
-    return GpuSample(
-        sample_id=f"n/{uuid}/0",
-        node="n",
-        gpu_uuid=uuid,
-        gpu_index=0,
-        gpu_model="H100",
-        interval_start=t,
-        interval_end=t,
-        utilization_pct=0,
-        memory_used_bytes=0,
-        memory_total_bytes=1,
-        power_watts=0,
-        processes=[GpuProcess(pid=p, gpu_memory_bytes=p * 10) for p in pids],
-    )
-
-
 def test_processes_attributed_to_pods_through_the_kubelet(
     tmp_path: Path, kubelet: tuple[str, list[str]], pod_resources_server: PodResourcesServer
 ) -> None:
@@ -103,7 +83,7 @@ def test_processes_attributed_to_pods_through_the_kubelet(
         base + "/pods?fieldSelector=spec.nodeName={node}".replace("{node}", "gpu-7"), label_names={"team": "team", "project": "project"}
     )
     attributor = Attributor(proc, pods, PodResourcesClient(pod_resources_server.socket_path))
-    busy, idle, host = attributor.attribute([sample("GPU-busy", [10, 11]), sample("GPU-idle", []), sample("GPU-host", [12])])
+    busy, idle, host = attributor.attribute([gpu_sample("GPU-busy", [10, 11]), gpu_sample("GPU-idle", []), gpu_sample("GPU-host", [12])])
 
     trainer, vllm = busy.processes
     assert (trainer.pod, trainer.namespace, trainer.container_id, trainer.command, trainer.user) == (
@@ -128,7 +108,7 @@ def test_processes_attributed_to_pods_through_the_kubelet(
     assert seen and all(p == "/pods?fieldSelector=spec.nodeName=gpu-7" for p in seen)
     # a second interval within the refresh period does not hit the kubelet again
     calls = len(seen)
-    attributor.attribute([sample("GPU-busy", [10])])
+    attributor.attribute([gpu_sample("GPU-busy", [10])])
     assert len(seen) == calls
 
 

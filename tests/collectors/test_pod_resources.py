@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,8 @@ from collectors.podresources import api_pb2
 from collectors.podresources.client import DeviceAssignment, PodResourcesClient, device_uuid
 from gpuledger.sections.collector import CollectorSettings
 from gpuledger.settings import Settings
-from schemas import GpuProcess, GpuSample
+from schemas import GpuSample
+from tests.collectors.conftest import gpu_sample
 from tests.collectors.fake_nvml import Clock, make_fake
 from tests.collectors.kubelet_grpc import PodResourcesServer, container, pod
 
@@ -41,22 +42,8 @@ FLEET = [
 ]
 
 
-def sample(uuid: str, pids: list[int] = ()) -> GpuSample:  # type: ignore[assignment]
-    t = datetime(2027, 1, 1, tzinfo=UTC)
-    return GpuSample(
-        sample_id=f"n/{uuid}/0",
-        node="n",
-        gpu_uuid=uuid,
-        gpu_index=0,
-        gpu_model="NVIDIA A100-SXM4-80GB",
-        interval_start=t,
-        interval_end=t,
-        utilization_pct=0,
-        memory_used_bytes=0,
-        memory_total_bytes=1,
-        power_watts=0,
-        processes=[GpuProcess(pid=p) for p in pids],
-    )
+def sample(uuid: str, pids: Iterable[int] = ()) -> GpuSample:
+    return gpu_sample(uuid, pids, gpu_model="NVIDIA A100-SXM4-80GB")
 
 
 def holders(s: GpuSample) -> list[tuple[int, str | None, str | None]]:
@@ -161,6 +148,8 @@ def test_a_hung_kubelet_costs_one_short_deadline(pod_resources_server: PodResour
 
 
 def test_agent_wires_the_socket_and_exports_the_errors(tmp_path: Path, pod_resources_server: PodResourcesServer) -> None:
+    """No GPU here: the agent samples ``tests/collectors/fake_nvml.py`` (pynvml's names, ctypes structs and exceptions),
+    and attributes through the real gRPC pod-resources server on its unix socket."""
     pod_resources_server.lister.pods = FLEET[:1]
     fake = make_fake(1)
     fake.devices[0].uuid = "GPU-idle"

@@ -31,7 +31,7 @@ from streams.store.digest import team_week
 from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
 from tests.notifier.conftest import Running, notifier_settings, wait_until
 from tests.notifier.fake_slack import FakeSlack
-from tests.support import ROOT, isolated, settings_env
+from tests.support import ROOT, isolated, ledger_line, settings_env
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)  # Monday 09:00 in Berlin: the week of 23-29 Nov is due
 WEEK_START = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)  # Monday 23 Nov 00:00 in Berlin
@@ -51,21 +51,7 @@ def test_the_due_week_is_the_last_full_local_week() -> None:
 
 
 def line(line_id: str, when: datetime, team: str, model: str, cost: str, kind: str = "api") -> LedgerLine:
-    return LedgerLine(
-        line_id=line_id,
-        kind=kind,
-        event_time=when,
-        org="acme",
-        team=team,
-        project="p",
-        cost_centre="",
-        model=model,
-        price_id="",
-        gpu_seconds=Decimal(0),
-        cost=Decimal(cost),
-        currency="USD",
-        basis="tokens" if kind == "gpu" else "",
-    )
+    return ledger_line(line_id, kind, when, cost, org="acme", team=team, model=model, basis="tokens" if kind == "gpu" else "")
 
 
 def routed(event_id: str, cost: str, baseline: str, rule: str) -> PricedUsage:

@@ -5,49 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from schemas import InferenceUsage, Price
+from schemas import InferenceUsage
 from streams.pricing import PriceBook, baseline_cost
+from tests.support import api_request, token_price
 
 JAN, JUN = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
 BOOK = PriceBook(
     [
-        Price(
-            sku="gpt-4o",
-            kind="token",
-            currency="USD",
-            effective_from=JAN,
-            input_per_mtok=Decimal("5.00"),
-            cached_input_per_mtok=Decimal("2.50"),
-            output_per_mtok=Decimal("20.00"),
-        ),
-        Price(
-            sku="gpt-4o",
-            kind="token",
-            currency="USD",
-            effective_from=JUN,
-            input_per_mtok=Decimal("2.50"),
-            cached_input_per_mtok=Decimal("1.25"),
-            output_per_mtok=Decimal("10.00"),
-        ),
+        token_price("gpt-4o", JAN, ("5.00", "20.00"), cached="2.50"),
+        token_price("gpt-4o", JUN, ("2.50", "10.00"), cached="1.25"),
     ]
 )
 
 
 def usage(baseline: str, when: datetime) -> InferenceUsage:
-    return InferenceUsage(
-        event_id="e",
-        request_start=when,
-        request_end=when,
-        key_id="k",
-        model="gpt-4o-mini",
-        backend="openai",
-        prompt_tokens=1_000,
-        cached_prompt_tokens=400,
-        completion_tokens=200,
-        latency_ms=1.0,
-        status="ok",
-        baseline_model=baseline,
-    )
+    return api_request(when, 1_000, 200, cached_prompt_tokens=400, baseline_model=baseline)
 
 
 def test_the_baseline_price_in_force_prices_the_same_tokens_cached_ones_included() -> None:

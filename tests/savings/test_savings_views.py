@@ -18,7 +18,7 @@ from schemas import InferenceUsage, LedgerLine, OrgDirectory
 from streams.enrich import PricedUsage
 from streams.sink import ledger_row, usage_row
 from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
-from tests.support import isolated
+from tests.support import isolated, ledger_line
 
 pytestmark = pytest.mark.engines
 D1 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
@@ -28,19 +28,16 @@ GPU = "GPU-savings-0001"
 
 def window_line(line_id: str, kind: str, cost: str, tokens: int) -> LedgerLine:
     """llama-8b's GPU window on D1: 0.03 busy + 0.01 idle for 4,000 tokens, i.e. 10 per million on the allocation basis."""
-    return LedgerLine(
-        line_id=line_id,
-        kind=kind,
-        event_time=D1,
+    return ledger_line(
+        line_id,
+        kind,
+        D1,
+        cost,
         org="search",
         team="ranking",
-        project="p",
-        cost_centre="",
         model="llama-8b" if kind == "gpu" else "NVIDIA H100",
         price_id="h100",
         gpu_seconds=Decimal(60),
-        cost=Decimal(cost),
-        currency="USD",
         gpu_uuid=GPU,
         window_tokens=4000,
         share_tokens=tokens,

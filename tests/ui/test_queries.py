@@ -23,25 +23,22 @@ from schemas.keys import budget_key
 from streams.sink import ledger_row
 from streams.store.rollups import refresh_rollups
 from streams.store.tables import LEDGER_COLUMNS, USAGE_COLUMNS
-from tests.support import isolated
+from tests.support import isolated, ledger_line, usage_event_row
 
 pytestmark = pytest.mark.engines
 OCT, NOV = date(2026, 10, 1), date(2026, 11, 1)
 
 
 def line(line_id: str, day: date, currency: str, kind: str, cost: str, tokens: int = 0) -> LedgerLine:
-    return LedgerLine(
-        line_id=line_id,
-        kind=kind,
-        event_time=datetime(day.year, day.month, 10, tzinfo=UTC),
+    return ledger_line(
+        line_id,
+        kind,
+        datetime(day.year, day.month, 10, tzinfo=UTC),
+        cost,
         org="research",
         team="agents",
-        project="p",
-        cost_centre="",
         model="m" if kind == "api" else "NVIDIA H100 80GB HBM3",
         price_id="x",
-        gpu_seconds=Decimal(0),
-        cost=Decimal(cost),
         currency=currency,
         prompt_tokens=tokens,
         basis="" if kind == "api" else "remainder",
@@ -128,34 +125,24 @@ def test_the_models_page_shows_routing_savings_and_cost_per_outcome_scoped_to_th
     client = connect(two_currencies.clickhouse)
 
     def routed(event_id: str, org: str, when: datetime, cost: str, baseline: str) -> list[object]:
-        values: dict[str, object] = dict.fromkeys(USAGE_COLUMNS, "")
-        values.update(
+        return usage_event_row(
             event_id=event_id,
             request_start=when,
             event_time=when,
-            gpu_uuids=[],
+            key_id="",
+            backend="",
+            endpoint="",
             prompt_tokens=40,
-            cached_prompt_tokens=0,
             completion_tokens=800,
-            usage_estimated=False,
-            ttft_ms=None,
-            latency_ms=1.0,
-            status="ok",
             org=org,
             team="t",
-            project="p",
-            priced_as="api",
             model="gpt-4o-mini",
             requested_model="auto",
             route_rule="default",
             baseline_model="gpt-4o",
             cost=Decimal(cost),
-            api_equivalent_cost=None,
             baseline_cost=Decimal(baseline),
-            source_partition=0,
-            source_offset=0,
         )
-        return [values[c] for c in USAGE_COLUMNS]
 
     october = datetime(2026, 10, 5, 12, tzinfo=UTC)
     client.insert(
@@ -183,19 +170,15 @@ def test_the_gpus_page_reads_its_rollups(stack_settings: Settings) -> None:
     t = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 
     def gpu(line_id: str, minute: int, gpu_uuid: str, org: str, kind: str, cost: str, util: float) -> LedgerLine:
-        return LedgerLine(
-            line_id=line_id,
-            kind=kind,
-            event_time=t.replace(minute=minute),
+        return ledger_line(
+            line_id,
+            kind,
+            t.replace(minute=minute),
+            cost,
             org=org,
             team="t",
-            project="p",
-            cost_centre="",
-            model="m",
             price_id="x",
             gpu_seconds=Decimal(60),
-            cost=Decimal(cost),
-            currency="USD",
             gpu_uuid=gpu_uuid,
             node="n1" if gpu_uuid == "GPU-1" else "n2",
             utilization_pct=util,
